@@ -1,0 +1,12 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests import naive.py as a plain module
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

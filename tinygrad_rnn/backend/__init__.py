@@ -1,0 +1,25 @@
+"""Backends: one module per device, all exposing the same array functions."""
+import numpy as np
+
+from . import cpu
+
+DEVICES = ("cpu", "cuda")
+
+
+def get(device):
+    """The backend module for ``device`` ("cpu" or "cuda")."""
+    if device == "cpu":
+        return cpu
+    if device == "cuda":
+        from . import cuda
+        cuda.require()
+        return cuda
+    raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+
+
+def of(array):
+    """The backend that owns ``array``."""
+    if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
+        return cpu
+    from . import cuda
+    return cuda

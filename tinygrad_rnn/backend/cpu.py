@@ -1,0 +1,208 @@
+"""CPU backend: NumPy arrays, BLAS matrix products and Numba kernels.
+
+Every kernel is a private ``_<op>_fwd`` / ``_<op>_bwd`` function working on flat
+contiguous arrays; the public wrapper below it validates and dispatches. Which
+path runs was chosen by measurement (``benchmarks/bench_kernels.py``):
+
+* float32 tanh/sigmoid use a rational approximation that vectorises (libm's
+  scalar ``tanh`` inside njit is ~40x slower than NumPy here, FACTS.md); its
+  error is below 3e-7, i.e. float32 rounding.
+* float64 tanh/sigmoid go to NumPy, which is exact and already vectorised
+  (SciPy's expit was 20x slower): float64 is the gradient-checking dtype.
+* The backward kernels fuse two or three NumPy passes into one.
+"""
+import math
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ._jit import kernel
+
+name = "cpu"
+_F32 = np.float32
+
+
+# ---- scalar building blocks, specialised per dtype at compile time --------
+def tanh_scalar(x):
+    """tanh for one number; inside kernels it is the vectorisable version."""
+    return math.tanh(x)
+
+
+def sigmoid_scalar(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _tanh_rational_f32(x):
+    # Odd 13/6 minimax rational approximation, clamped where tanh(x) rounds to
+    # +-1 in float32. Division instead of exp is what lets the loop vectorise.
+    v = min(max(x, _F32(-7.90531110763549805)), _F32(7.90531110763549805))
+    v2 = v * v
+    p = v2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
+    p = v2 * p + _F32(-8.60467152213735e-11)
+    p = v2 * p + _F32(5.12229709037114e-08)
+    p = v2 * p + _F32(1.48572235717979e-05)
+    p = v2 * p + _F32(6.37261928875436e-04)
+    p = v2 * p + _F32(4.89352455891786e-03)
+    q = v2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
+    q = v2 * q + _F32(2.26843463243900e-03)
+    q = v2 * q + _F32(4.89352518554385e-03)
+    r = v * p / q
+    return x if abs(x) < _F32(4e-4) else r
+
+
+@overload(tanh_scalar)
+def _tanh_scalar_impl(x):
+    if x == types.float32:
+        return _tanh_rational_f32
+    return lambda x: math.tanh(x)
+
+
+@overload(sigmoid_scalar)
+def _sigmoid_scalar_impl(x):
+    if x == types.float32:
+        return lambda x: _F32(0.5) + _F32(0.5) * tanh_scalar(_F32(0.5) * x)
+    return lambda x: 1.0 / (1.0 + math.exp(-x))
+
+
+# ---- kernels ---------------------------------------------------------------
+@kernel
+def _tanh_fwd(x, out):
+    for i in range(x.size):
+        out[i] = tanh_scalar(x[i])
+
+
+@kernel
+def _tanh_bwd(g, y, out):
+    for i in range(g.size):
+        out[i] = g[i] * (1 - y[i] * y[i])
+
+
+@kernel
+def _sigmoid_fwd(x, out):
+    for i in range(x.size):
+        out[i] = sigmoid_scalar(x[i])
+
+
+@kernel
+def _sigmoid_bwd(g, y, out):
+    for i in range(g.size):
+        out[i] = g[i] * y[i] * (1 - y[i])
+
+
+@kernel
+def _leaky_relu_fwd(x, slope, out):
+    for i in range(x.size):
+        out[i] = x[i] if x[i] > 0 else x[i] * slope
+
+
+@kernel
+def _leaky_relu_bwd(g, x, slope, out):
+    for i in range(g.size):
+        out[i] = g[i] if x[i] > 0 else g[i] * slope
+
+
+@kernel
+def _embedding_bwd(indices, g, out):
+    # Scatter-add of rows: a token used twice sums both gradients.
+    for n in range(indices.size):
+        row = indices[n]
+        for j in range(g.shape[1]):
+            out[row, j] += g[n, j]
+
+
+# ---- wrappers --------------------------------------------------------------
+def _flat(*arrays):
+    return [a.ravel() for a in arrays]  # contiguous 1-D; a view whenever possible
+
+
+def _elementwise(kernel_fn, like, *arrays, extra=()):
+    out = np.empty(like.shape, like.dtype)
+    kernel_fn(*_flat(*arrays), *extra, out.reshape(-1))
+    return out
+
+
+def _same_shape(op, *arrays):
+    shape = arrays[0].shape
+    if any(a.shape != shape for a in arrays):
+        raise ValueError(f"{op}: shapes differ: {[a.shape for a in arrays]}")
+
+
+def tanh(x):
+    if x.dtype == np.float32:
+        return _elementwise(_tanh_fwd, x, x)
+    return np.tanh(x)
+
+
+def tanh_bwd(g, y):
+    _same_shape("tanh_bwd", g, y)
+    return _elementwise(_tanh_bwd, y, g.astype(y.dtype, copy=False), y)
+
+
+def sigmoid(x):
+    if x.dtype == np.float32:
+        return _elementwise(_sigmoid_fwd, x, x)
+    return 0.5 + 0.5 * np.tanh(0.5 * x)  # exact, and unlike 1/(1+exp(-x)) never overflows
+
+
+def sigmoid_bwd(g, y):
+    _same_shape("sigmoid_bwd", g, y)
+    return _elementwise(_sigmoid_bwd, y, g.astype(y.dtype, copy=False), y)
+
+
+def leaky_relu(x, slope):
+    return _elementwise(_leaky_relu_fwd, x, x, extra=(x.dtype.type(slope),))
+
+
+def leaky_relu_bwd(g, x, slope):
+    _same_shape("leaky_relu_bwd", g, x)
+    g = g.astype(x.dtype, copy=False)
+    out = np.empty(x.shape, x.dtype)
+    _leaky_relu_bwd(*_flat(g, x), x.dtype.type(slope), out.reshape(-1))
+    return out
+
+
+def embedding_bwd(weight_shape, indices, g):
+    out = np.zeros(weight_shape, g.dtype)
+    _embedding_bwd(indices.ravel().astype(np.int64, copy=False),
+                   np.ascontiguousarray(g).reshape(-1, weight_shape[1]), out)
+    return out
+
+
+def scatter_add(shape, index, g):
+    """Gradient of ``x[index]``: zeros with ``g`` added at ``index`` (repeats sum)."""
+    out = np.zeros(shape, g.dtype)
+    np.add.at(out, index, g)
+    return out
+
+
+def log_softmax(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def sum_to_shape(g, shape):
+    """Reduce a broadcast gradient back to ``shape`` (NumPy broadcasting rules)."""
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[i + lead] != 1)
+    return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
+
+
+def asarray(data, dtype=None):
+    return np.asarray(data, dtype=dtype)
+
+
+def to_numpy(x):
+    return x
+
+
+def copy_as(g, dtype):
+    return np.array(g, dtype=dtype, copy=True)
+
+
+# NumPy already is the array API the ops are written against.
+from numpy import (broadcast_to, clip, concatenate, exp, expand_dims, log, matmul,  # noqa: E402
+                   maximum, ones_like, stack, swapaxes, where, zeros, zeros_like)

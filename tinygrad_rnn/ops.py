@@ -1,0 +1,380 @@
+"""Primitive ops: each is one forward and one VJP, side by side, in one table.
+
+A forward maps backend arrays to a backend array: ``fwd(k, *arrays, **attrs)``
+where ``k`` is the backend module of the inputs. A VJP maps the output's
+gradient ``g`` to one gradient per input (``None`` where an input is not
+differentiable): ``vjp(k, g, out, *arrays, **attrs)``. Ops marked
+``broadcast=True`` follow NumPy broadcasting; their VJPs may return gradients
+of the broadcast shape, which are summed back to each input's shape here.
+
+Everything not in the table is composed from it (``split`` is ``getitem``,
+``relu`` is ``leaky_relu`` with slope 0) and needs no VJP of its own.
+"""
+import builtins
+
+import numpy as np
+
+from . import backend
+from .tape import Node, _recording
+from .tensor import Tensor
+
+OPS = {}
+
+
+class Op:
+    __slots__ = ("name", "fwd", "vjp", "broadcast")
+
+    def __init__(self, name, fwd, vjp, broadcast):
+        self.name, self.fwd, self.vjp, self.broadcast = name, fwd, vjp, broadcast
+
+    def __repr__(self):
+        return f"<op {self.name}>"
+
+
+def defop(name, fwd, vjp, broadcast=False):
+    """Register a primitive. Public, so users can add their own ops.
+
+    ``broadcast=True``: the op follows NumPy broadcasting, and its VJP may return
+    gradients of the broadcast shape; the tape sums them back to each input's shape.
+    """
+    op = OPS[name] = Op(name, fwd, vjp, broadcast)
+    return op
+
+
+def apply(op, *inputs, **attrs):
+    """Run ``op`` forward on Tensors and record it when any input needs a gradient."""
+    arrays = [t.data for t in inputs]
+    k = backend.of(arrays[0])
+    for a in arrays:
+        if backend.of(a) is not k:
+            raise ValueError(f"{op.name}: inputs are on different devices: "
+                             f"{[t.device for t in inputs]}; move them with .to(device)")
+    try:
+        out = op.fwd(k, *arrays, **attrs)
+    except (ValueError, IndexError) as e:
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        raise type(e)(f"{op.name}: {e} (input shapes {shapes})") from None
+    t = Tensor._make(out)
+    if _recording[0]:
+        for i in inputs:
+            if i.requires_grad:
+                t.requires_grad = True
+                t._node = Node(op, inputs, arrays, attrs, out, k)
+                break
+    return t
+
+
+# ---- helpers for the table ---------------------------------------------------
+def _unreduce(k, g, shape, axis, keepdims):
+    """Broadcast the gradient of a reduction back over the reduced axes."""
+    if axis is not None and not keepdims:
+        g = k.expand_dims(g, axis)
+    return k.broadcast_to(g, shape)
+
+
+def _count(shape, axis):
+    if axis is None:
+        return int(np.prod(shape))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    return int(np.prod([shape[a] for a in axes]))
+
+
+def _matmul_vjp(k, g, out, a, b):
+    if a.ndim == 2 and b.ndim == 2:
+        return k.matmul(g, b.T), k.matmul(a.T, g)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if b.ndim == 1:  # restore the squeezed axes, b's first: for vector @ vector g is 0-d
+        g = k.expand_dims(g, -1)
+    if a.ndim == 1:
+        g = k.expand_dims(g, -2)
+    ga = k.matmul(g, k.swapaxes(b2, -1, -2))
+    gb = k.matmul(k.swapaxes(a2, -1, -2), g)
+    if a.ndim == 1:
+        ga = ga.reshape(ga.shape[:-2] + ga.shape[-1:])
+    if b.ndim == 1:
+        gb = gb.reshape(gb.shape[:-1])
+    return k.sum_to_shape(ga, a.shape), k.sum_to_shape(gb, b.shape)
+
+
+def _max_vjp(k, g, y, a, axis, keepdims):
+    y = _unreduce(k, y, a.shape, axis, keepdims)
+    hit = (a == y).astype(a.dtype)  # ties share the gradient, as in PyTorch's amax
+    return (_unreduce(k, g, a.shape, axis, keepdims) * hit /
+            _unreduce(k, hit.sum(axis=axis, keepdims=True), a.shape, axis, True),)
+
+
+def _getitem_vjp(k, g, y, a, index):
+    return (k.scatter_add(a.shape, index, g),)
+
+
+def _cat_vjp(k, g, y, *arrays, axis):
+    ends = np.cumsum([a.shape[axis] for a in arrays])
+    return tuple(g[(slice(None),) * (axis % g.ndim) + (slice(e - a.shape[axis], e),)]
+                 for e, a in zip(ends, arrays))
+
+
+def _stack_vjp(k, g, y, *arrays, axis):
+    return tuple(g[(slice(None),) * (axis % g.ndim) + (i,)] for i in range(len(arrays)))
+
+
+def _cross_entropy_fwd(k, logits, target):
+    logp = k.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
+    return -logp[np.arange(logp.shape[0]), target.reshape(-1)].mean()
+
+
+def _cross_entropy_vjp(k, g, y, logits, target):
+    p = k.exp(k.log_softmax(logits, -1)).reshape(-1, logits.shape[-1])
+    p[np.arange(p.shape[0]), target.reshape(-1)] -= 1
+    return ((p * (g / p.shape[0])).reshape(logits.shape),)
+
+
+def _transpose_vjp(k, g, y, a, axes):
+    return (g.transpose(np.argsort(axes)),)
+
+
+# ---- the table ------------------------------------------------------------------
+# name            forward                                      VJP: one gradient per input
+defop("add",      lambda k, a, b: a + b,                       lambda k, g, y, a, b: (g, g), broadcast=True)
+defop("sub",      lambda k, a, b: a - b,                       lambda k, g, y, a, b: (g, -g), broadcast=True)
+defop("mul",      lambda k, a, b: a * b,                       lambda k, g, y, a, b: (g * b, g * a), broadcast=True)
+defop("div",      lambda k, a, b: a / b,                       lambda k, g, y, a, b: (g / b, -g * y / b), broadcast=True)
+defop("neg",      lambda k, a: -a,                             lambda k, g, y, a: (-g,))
+defop("pow",      lambda k, a, p: a ** p,                      lambda k, g, y, a, p: (g * p * a ** (p - 1),))
+defop("matmul",   lambda k, a, b: k.matmul(a, b),              _matmul_vjp)
+defop("exp",      lambda k, a: k.exp(a),                       lambda k, g, y, a: (g * y,))
+defop("log",      lambda k, a: k.log(a),                       lambda k, g, y, a: (g / a,))
+defop("tanh",     lambda k, a: k.tanh(a),                      lambda k, g, y, a: (k.tanh_bwd(g, y),))
+defop("sigmoid",  lambda k, a: k.sigmoid(a),                   lambda k, g, y, a: (k.sigmoid_bwd(g, y),))
+defop("leaky_relu", lambda k, a, slope: k.leaky_relu(a, slope),
+                                                               lambda k, g, y, a, slope: (k.leaky_relu_bwd(g, a, slope),))
+defop("sum",      lambda k, a, axis, keepdims: k.asarray(a.sum(axis=axis, keepdims=keepdims)),
+                                                               lambda k, g, y, a, axis, keepdims: (_unreduce(k, g, a.shape, axis, keepdims),))
+defop("mean",     lambda k, a, axis, keepdims: k.asarray(a.mean(axis=axis, keepdims=keepdims)),
+                                                               lambda k, g, y, a, axis, keepdims: (_unreduce(k, g / _count(a.shape, axis), a.shape, axis, keepdims),))
+defop("max",      lambda k, a, axis, keepdims: k.asarray(a.max(axis=axis, keepdims=keepdims)),
+                                                               _max_vjp)
+defop("reshape",  lambda k, a, shape: a.reshape(shape),        lambda k, g, y, a, shape: (g.reshape(a.shape),))
+defop("transpose", lambda k, a, axes: a.transpose(axes),       _transpose_vjp)
+defop("getitem",  lambda k, a, index: a[index],                _getitem_vjp)
+defop("cat",      lambda k, *arrays, axis: k.concatenate(arrays, axis),
+                                                               _cat_vjp)
+defop("stack",    lambda k, *arrays, axis: k.stack(arrays, axis),
+                                                               _stack_vjp)
+defop("where",    lambda k, a, b, cond: k.where(cond, a, b),   lambda k, g, y, a, b, cond: (k.where(cond, g, 0), k.where(cond, 0, g)), broadcast=True)
+defop("clip",     lambda k, a, lo, hi: k.clip(a, lo, hi),      lambda k, g, y, a, lo, hi: (g * ((a >= lo) & (a <= hi)),))
+defop("embedding", lambda k, w, indices: w[indices],           lambda k, g, y, w, indices: (k.embedding_bwd(w.shape, indices, g),))
+defop("softmax",  lambda k, a, axis: k.exp(k.log_softmax(a, axis)),
+                                                               lambda k, g, y, a, axis: (y * (g - (g * y).sum(axis=axis, keepdims=True)),))
+defop("log_softmax", lambda k, a, axis: k.log_softmax(a, axis),
+                                                               lambda k, g, y, a, axis: (g - k.exp(y) * g.sum(axis=axis, keepdims=True),))
+defop("cross_entropy", _cross_entropy_fwd,                     _cross_entropy_vjp)
+defop("mse",      lambda k, a, b: k.asarray(((a - b) ** 2).mean()),
+                                                               lambda k, g, y, a, b: (g * 2 * (a - b) / a.size, g * 2 * (b - a) / a.size), broadcast=True)
+defop("astype",   lambda k, a, dtype: a.astype(dtype),         lambda k, g, y, a, dtype: (g.astype(a.dtype),))
+
+
+# ---- Tensor-level functions: validate, coerce, apply ---------------------------------
+def tensor(x, like=None):
+    """``x`` as a Tensor; Python scalars take the dtype and device of ``like``."""
+    if isinstance(x, Tensor):
+        return x
+    if like is not None and like.data.dtype.kind == "f" and isinstance(x, (int, float)):
+        return Tensor._make(backend.of(like.data).asarray(x, dtype=like.data.dtype))
+    return Tensor(x, device=None if like is None else like.device)
+
+
+def _pair(a, b):
+    if type(a) is Tensor and type(b) is Tensor and a.data.dtype == b.data.dtype:
+        return a, b
+    a = tensor(a, like=b if isinstance(b, Tensor) else None)
+    b = tensor(b, like=a)
+    # Integer data meeting float data takes the float dtype (no silent float64).
+    if a.dtype != b.dtype:
+        if a.dtype.kind != "f":
+            a = Tensor._make(a.data.astype(b.dtype))
+        elif b.dtype.kind != "f":
+            b = Tensor._make(b.data.astype(a.dtype))
+    return a, b
+
+
+def add(a, b): return apply(OPS["add"], *_pair(a, b))
+def sub(a, b): return apply(OPS["sub"], *_pair(a, b))
+def mul(a, b): return apply(OPS["mul"], *_pair(a, b))
+def div(a, b): return apply(OPS["div"], *_pair(a, b))
+def neg(a): return apply(OPS["neg"], a)
+def exp(a): return apply(OPS["exp"], tensor(a))
+def log(a): return apply(OPS["log"], tensor(a))
+def tanh(a): return apply(OPS["tanh"], tensor(a))
+def sigmoid(a): return apply(OPS["sigmoid"], tensor(a))
+def relu(a): return apply(OPS["leaky_relu"], tensor(a), slope=0.0)
+def leaky_relu(a, negative_slope=0.01): return apply(OPS["leaky_relu"], tensor(a), slope=float(negative_slope))
+def astype(a, dtype): return a if a.dtype == dtype else apply(OPS["astype"], a, dtype=dtype)
+
+
+def pow(a, exponent):
+    if isinstance(exponent, Tensor) or not np.isscalar(exponent):
+        raise TypeError(f"pow: the exponent must be a Python number, got {type(exponent).__name__}")
+    return apply(OPS["pow"], tensor(a), p=exponent)
+
+
+def matmul(a, b):
+    a, b = _pair(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: scalars cannot be matrix-multiplied (shapes {a.shape} and {b.shape})")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are incompatible "
+                         f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
+    return apply(OPS["matmul"], a, b)
+
+
+def _axis(axis, ndim, op):
+    if axis is None:
+        return None
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    for ax in axes:
+        if not -ndim <= ax < builtins.max(ndim, 1):
+            raise ValueError(f"{op}: axis {ax} is out of range for a tensor with {ndim} dimensions")
+    axes = tuple(sorted(ax % builtins.max(ndim, 1) for ax in axes))
+    return axes if len(axes) > 1 else axes[0]
+
+
+def sum(a, axis=None, keepdims=False): return apply(OPS["sum"], a, axis=_axis(axis, a.ndim, "sum"), keepdims=keepdims)
+def mean(a, axis=None, keepdims=False): return apply(OPS["mean"], a, axis=_axis(axis, a.ndim, "mean"), keepdims=keepdims)
+def max(a, axis=None, keepdims=False): return apply(OPS["max"], a, axis=_axis(axis, a.ndim, "max"), keepdims=keepdims)
+
+
+def reshape(a, *shape):
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return apply(OPS["reshape"], a, shape=shape)
+
+
+def transpose(a, *axes):
+    axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+    axes = axes or tuple(reversed(range(a.ndim)))
+    if sorted(ax % a.ndim for ax in axes) != list(range(a.ndim)):
+        raise ValueError(f"transpose: axes {axes} are not a permutation for shape {a.shape}")
+    return apply(OPS["transpose"], a, axes=tuple(ax % a.ndim for ax in axes))
+
+
+def _index_data(index):
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(_index_data(i) for i in index)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index
+
+
+def getitem(a, index):
+    return apply(OPS["getitem"], a, index=_index_data(index))
+
+
+def split(a, sections, axis=0):
+    """Split into pieces of size ``sections`` (an int) or at the sizes listed."""
+    axis = _axis(axis, a.ndim, "split")
+    n = a.shape[axis]
+    if isinstance(sections, int):
+        if sections <= 0:
+            raise ValueError(f"split: section size must be positive, got {sections}")
+        sizes = [sections] * (n // sections) + ([n % sections] if n % sections else [])
+    else:
+        sizes = list(sections)
+        if np.sum(sizes) != n:
+            raise ValueError(f"split: sizes {sizes} do not add up to {n} along axis {axis}")
+    lead, start, pieces = (slice(None),) * axis, 0, []
+    for size in sizes:
+        pieces.append(getitem(a, lead + (slice(start, start + size),)))
+        start += size
+    return pieces
+
+
+def _same_rank(op, tensors, axis, stacking):
+    tensors = [tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError(f"{op}: needs at least one tensor")
+    ref = tensors[0].shape
+    for t in tensors[1:]:
+        rest_ok = (t.shape == ref) if stacking else (
+            len(t.shape) == len(ref) and all(x == y for i, (x, y) in enumerate(zip(t.shape, ref))
+                                             if i != axis % len(ref)))
+        if not rest_ok:
+            raise ValueError(f"{op}: shapes {[x.shape for x in tensors]} do not match "
+                             f"{'exactly' if stacking else f'outside axis {axis}'}")
+    dtype = np.result_type(*[t.dtype for t in tensors])
+    return [astype(t, dtype) for t in tensors]
+
+
+def cat(tensors, axis=0):
+    tensors = _same_rank("cat", tensors, axis, stacking=False)
+    return apply(OPS["cat"], *tensors, axis=_axis(axis, tensors[0].ndim, "cat"))
+
+
+def stack(tensors, axis=0):
+    tensors = _same_rank("stack", tensors, axis, stacking=True)
+    return apply(OPS["stack"], *tensors, axis=_axis(axis, tensors[0].ndim + 1, "stack"))
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` is true, else ``b`` (cond is data, not differentiated)."""
+    cond = tensor(cond).data.astype(bool)
+    a, b = _pair(a, b)
+    return apply(OPS["where"], a, b, cond=cond)
+
+
+def clip(a, lo=None, hi=None):
+    lo = -np.inf if lo is None else lo
+    hi = np.inf if hi is None else hi
+    if lo > hi:
+        raise ValueError(f"clip: lower bound {lo} is above upper bound {hi}")
+    return apply(OPS["clip"], a, lo=lo, hi=hi)
+
+
+def softmax(a, axis=-1): return apply(OPS["softmax"], a, axis=_axis(axis, a.ndim, "softmax"))
+def log_softmax(a, axis=-1): return apply(OPS["log_softmax"], a, axis=_axis(axis, a.ndim, "log_softmax"))
+
+
+def _int_data(x, op, what):
+    data = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"{op}: {what} must be integers, got {data.dtype}")
+    return data
+
+
+def embedding(weight, indices):
+    """Rows of ``weight`` (num, dim) picked by integer ``indices`` of any shape."""
+    idx = _int_data(indices, "embedding", "indices")
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num, dim), got shape {weight.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
+        raise IndexError(f"embedding: indices must lie in [0, {weight.shape[0]}), "
+                         f"got range [{idx.min()}, {idx.max()}]")
+    return apply(OPS["embedding"], weight, indices=backend.of(weight.data).asarray(idx))
+
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy of ``logits`` (..., C) against integer class ``target`` (...)."""
+    t = _int_data(target, "cross_entropy", "targets")
+    if logits.ndim < 1 or t.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape "
+                         f"{logits.shape[:-1]}, got {t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= logits.shape[-1]):
+        raise IndexError(f"cross_entropy: targets must lie in [0, {logits.shape[-1]}), "
+                         f"got range [{t.min()}, {t.max()}]")
+    return apply(OPS["cross_entropy"], logits, target=backend.of(logits.data).asarray(t))
+
+
+def mse(a, b):
+    """Mean squared error; shapes must match exactly (broadcasting here is a bug magnet)."""
+    a, b = _pair(a, b)
+    if a.shape != b.shape:
+        raise ValueError(f"mse: prediction {a.shape} and target {b.shape} differ in shape")
+    return apply(OPS["mse"], a, b)
+
+
+def compare(a, b, how):
+    """Elementwise comparison: a boolean Tensor, never differentiated."""
+    a, b = _pair(a, b)
+    fn = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal}[how]
+    return Tensor._make(fn(a.data, b.data))
