@@ -2,9 +2,14 @@
 from .tape import no_grad
 from .tensor import Tensor
 from .ops import cat, stack, where, embedding, cross_entropy, mse, split, defop
-from . import testing
+from .init import manual_seed
+from .hookspecs import hookimpl
+from . import nn, ops, testing
+from .cell import Cell, fused_sequence
+from .plugins import get_cell, list_cells, load_plugin, get_task, list_tasks
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
-           "split", "defop", "testing", "__version__"]
+           "split", "defop", "manual_seed", "hookimpl", "nn", "testing", "Cell", "fused_sequence",
+           "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "__version__"]

@@ -22,22 +22,25 @@ OPS = {}
 
 
 class Op:
-    __slots__ = ("name", "fwd", "vjp", "broadcast")
+    __slots__ = ("name", "fwd", "vjp", "broadcast", "residuals")
 
-    def __init__(self, name, fwd, vjp, broadcast):
-        self.name, self.fwd, self.vjp, self.broadcast = name, fwd, vjp, broadcast
+    def __init__(self, name, fwd, vjp, broadcast, residuals):
+        self.name, self.fwd, self.vjp = name, fwd, vjp
+        self.broadcast, self.residuals = broadcast, residuals
 
     def __repr__(self):
         return f"<op {self.name}>"
 
 
-def defop(name, fwd, vjp, broadcast=False):
+def defop(name, fwd, vjp, broadcast=False, residuals=False):
     """Register a primitive. Public, so users can add their own ops.
 
     ``broadcast=True``: the op follows NumPy broadcasting, and its VJP may return
     gradients of the broadcast shape; the tape sums them back to each input's shape.
+    ``residuals=True``: the forward returns ``(out, residuals)``; the residuals are
+    kept for the VJP (as its ``residuals=`` keyword) only when the op is recorded.
     """
-    op = OPS[name] = Op(name, fwd, vjp, broadcast)
+    op = OPS[name] = Op(name, fwd, vjp, broadcast, residuals)
     return op
 
 
@@ -54,6 +57,9 @@ def apply(op, *inputs, **attrs):
     except (ValueError, IndexError) as e:
         shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
         raise type(e)(f"{op.name}: {e} (input shapes {shapes})") from None
+    if op.residuals:
+        out, residuals = out
+        attrs["residuals"] = residuals
     t = Tensor._make(out)
     if _recording[0]:
         for i in inputs:
@@ -129,6 +135,20 @@ def _cross_entropy_vjp(k, g, y, logits, target):
     return ((p * (g / p.shape[0])).reshape(logits.shape),)
 
 
+def _cell_fwd(k, x, *rest, kind, relu, mask, probe, need_dx):
+    n = len(rest) - 4
+    return k.cell_forward(kind, x, rest[:n], *rest[n:], mask, relu)
+
+
+def _cell_vjp(k, g, y, x, *rest, kind, relu, mask, probe, need_dx, residuals):
+    n = len(rest) - 4
+    dx, dstates, dw_ih, dw_hh, db_ih, db_hh, norms = k.cell_backward(
+        kind, g, y, residuals, x, rest[:n], rest[n], rest[n + 1], mask, relu, need_dx)
+    if probe is not None:
+        probe.norms = norms
+    return (dx, *dstates, dw_ih, dw_hh, db_ih, db_hh)
+
+
 def _transpose_vjp(k, g, y, a, axes):
     return (g.transpose(np.argsort(axes)),)
 
@@ -171,6 +191,7 @@ defop("log_softmax", lambda k, a, axis: k.log_softmax(a, axis),
 defop("cross_entropy", _cross_entropy_fwd,                     _cross_entropy_vjp)
 defop("mse",      lambda k, a, b: k.asarray(((a - b) ** 2).mean()),
                                                                lambda k, g, y, a, b: (g * 2 * (a - b) / a.size, g * 2 * (b - a) / a.size), broadcast=True)
+defop("cell_sequence", _cell_fwd,                             _cell_vjp, residuals=True)
 defop("astype",   lambda k, a, dtype: a.astype(dtype),         lambda k, g, y, a, dtype: (g.astype(a.dtype),))
 
 
@@ -371,6 +392,16 @@ def mse(a, b):
     if a.shape != b.shape:
         raise ValueError(f"mse: prediction {a.shape} and target {b.shape} differ in shape")
     return apply(OPS["mse"], a, b)
+
+
+def cell_sequence(kind, x, states, w_ih, w_hh, b_ih, b_hh, mask, relu=False, probe=None):
+    """A built-in cell run over a whole sequence as one fused op.
+
+    Returns the states after every step, shape (T, num_states, B, H). ``probe``,
+    if given, receives ``probe.norms`` (num_states, T) during backward.
+    """
+    return apply(OPS["cell_sequence"], x, *states, w_ih, w_hh, b_ih, b_hh, kind=kind, relu=relu,
+                 mask=mask, probe=probe, need_dx=x.requires_grad)
 
 
 def compare(a, b, how):

@@ -66,3 +66,99 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
                 f"{int(bad.sum())} of {bad.size} elements differ "
                 f"(max abs error {np.abs(analytic - numeric).max():.3g})")
     return True
+
+
+class CellReport:
+    """What ``check_cell`` found: ``ok``, and one line per check (str() prints them)."""
+
+    def __init__(self, cell):
+        self.cell, self.lines, self.ok = cell, [], True
+
+    def add(self, passed, what):
+        self.ok &= bool(passed)
+        self.lines.append(f"{'PASS' if passed else 'FAIL'}  {what}")
+
+    def __str__(self):
+        verdict = "all checks passed" if self.ok else "some checks FAILED"
+        return "\n".join([f"check_cell {self.cell!r}: {verdict}"] + ["  " + l for l in self.lines])
+
+    def __bool__(self):
+        return self.ok
+
+
+def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, seed=0):
+    """Check a cell against the plugin contract, for plugin authors.
+
+    Checks: construction and parameters, ``init_state`` and ``step`` shapes and
+    state count, float64 finite-difference gradients through ``seq_len`` steps
+    with respect to the input, the initial state and every parameter, determinism,
+    and (for cells with a fused kernel) fused == reference path. Returns a
+    ``CellReport``; ``report.ok`` is the verdict, ``print(report)`` the details.
+    """
+    from . import init, nn
+    from .plugins import get_cell
+
+    cls = get_cell(name_or_class) if isinstance(name_or_class, str) else name_or_class
+    report = CellReport(getattr(cls, "name", repr(cls)))
+    try:
+        init.manual_seed(seed)
+        rnn = nn.RNN(cls, input_size, hidden_size, dtype="float64", fused=False)
+    except Exception as e:
+        report.add(False, f"construct {cls.__name__}({input_size}, {hidden_size}): {type(e).__name__}: {e}")
+        return report
+    params = dict(rnn.named_parameters())
+    report.add(len(params) > 0, f"has parameters: {', '.join(f'{k}{v.shape}' for k, v in params.items()) or 'none'}")
+    cell = rnn.cells[0]
+    rng = np.random.default_rng(seed)
+    state0 = cell.init_state(batch, np.float64)
+    ok = isinstance(state0, tuple) and len(state0) == cls.num_states and all(
+        s.shape == (batch, hidden_size) for s in state0)
+    report.add(ok, f"init_state gives {cls.num_states} state(s) of shape {(batch, hidden_size)}")
+    x = rng.standard_normal((seq_len, batch, input_size))
+    states = [rng.standard_normal((1, batch, hidden_size)) * 0.5 for _ in range(cls.num_states)]
+    try:
+        out, final = rnn(Tensor(x), tuple(Tensor(s) for s in states))
+        ok = out.shape == (seq_len, batch, hidden_size) and len(final) == cls.num_states
+        report.add(ok, f"forward over {seq_len} steps: output {out.shape}, {len(final)} final state(s)")
+    except Exception as e:
+        report.add(False, f"forward: {type(e).__name__}: {e}")
+        return report
+    again, _ = rnn(Tensor(x), tuple(Tensor(s) for s in states))
+    report.add(np.array_equal(out.numpy(), again.numpy()), "deterministic: same input, same output")
+    report.add(bool(np.isfinite(out.numpy()).all()), "outputs are finite")
+
+    names = list(params)
+
+    def run(x, *rest):
+        st, ps = rest[:cls.num_states], rest[cls.num_states:]
+        saved = {n: getattr(cell, n.rsplit("_l", 1)[0]) for n in names}
+        for n, p in zip(names, ps):
+            object.__setattr__(cell, n.rsplit("_l", 1)[0], p)
+        try:
+            o, f = rnn(x, tuple(st))
+            return o.sum(axis=0) * 0.7 + f[-1][0]
+        finally:
+            for n, p in saved.items():
+                object.__setattr__(cell, n.rsplit("_l", 1)[0], p)
+
+    labels = ["input x"] + [f"initial state {i}" for i in range(cls.num_states)] + names
+    values = [x] + states + [p.numpy() for p in params.values()]
+    for i, label in enumerate(labels):
+        def only(v, i=i):  # differentiate one input at a time for a per-input report
+            args = list(values)
+            args[i] = v
+            return run(*[Tensor(a) if j != i else a for j, a in enumerate(args)])
+        try:
+            gradcheck(only, [values[i]], seed=seed)
+            report.add(True, f"gradient w.r.t. {label} matches finite differences")
+        except GradcheckError as e:
+            report.add(False, f"gradient w.r.t. {label}: {e}")
+        except Exception as e:
+            report.add(False, f"gradient w.r.t. {label}: {type(e).__name__}: {e}")
+    from .rnn import _has_fused
+    if _has_fused(cell):
+        rnn.fused = True
+        fused_out, _ = rnn(Tensor(x), tuple(Tensor(s) for s in states))
+        err = float(np.abs(fused_out.numpy() - out.numpy()).max())
+        report.add(err < 1e-10, f"fused path equals step path (max difference {err:.2e})")
+    return report

@@ -172,8 +172,16 @@ def embedding_bwd(weight_shape, indices, g):
 def scatter_add(shape, index, g):
     """Gradient of ``x[index]``: zeros with ``g`` added at ``index`` (repeats sum)."""
     out = np.zeros(shape, g.dtype)
-    np.add.at(out, index, g)
+    if _is_basic(index):
+        out[index] = g  # slices and ints never repeat an element
+    else:
+        np.add.at(out, index, g)
     return out
+
+
+def _is_basic(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in parts)
 
 
 def log_softmax(x, axis):
@@ -206,3 +214,4 @@ def copy_as(g, dtype):
 # NumPy already is the array API the ops are written against.
 from numpy import (broadcast_to, clip, concatenate, exp, expand_dims, log, matmul,  # noqa: E402
                    maximum, ones_like, stack, swapaxes, where, zeros, zeros_like)
+from .cpu_cells import cell_backward, cell_forward  # noqa: E402,F401  (needs the scalars above)

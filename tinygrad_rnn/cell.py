@@ -1,0 +1,115 @@
+"""The Cell contract: one time step of a recurrent network, in Tensor ops."""
+import numpy as np
+
+from . import init as _init
+from . import ops
+from .nn import Module, Parameter
+
+
+class Cell(Module):
+    """Base class for recurrent cells; subclass it and write ``step``.
+
+    Class attributes: ``name`` (registry name, lower case) and ``num_states``
+    (1 for (h,), 2 for LSTM's (h, c); the output is always ``state[0]``).
+    Create parameters with ``self.param(shape, init=...)``; they are named after
+    the attribute they are assigned to.
+    """
+
+    name = None
+    num_states = 1
+
+    def __init__(self, input_size, hidden_size, **options):
+        super().__init__()
+        for label, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{type(self).__name__}: {label} must be a positive integer, got {v!r}")
+        if options:
+            raise TypeError(f"cell {self.name!r} takes no options {sorted(options)}")
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+
+    def param(self, shape, init="uniform"):
+        """A new trainable parameter of ``shape``, drawn by the named initialiser."""
+        return Parameter(_init.make(init, shape, self.hidden_size), dtype=np.float32)
+
+    def reset_parameters(self, scheme):
+        """Re-initialise every parameter by a named scheme (``tinygrad-rnn train --init``).
+
+        The default treats matrices whose second axis is the hidden size as recurrent
+        (``weight_hh``-like) and gives ``scheme`` to them; biases become zeros and the
+        rest are drawn with xavier_uniform, except for ``pytorch`` which keeps the defaults.
+        """
+        for name, p in self._params.items():
+            if scheme == "pytorch":
+                arr = _init.uniform(p.shape, self.hidden_size)
+            elif p.ndim == 1:
+                arr = np.zeros(p.shape)
+            elif "hh" in name or p.shape[-1] == self.hidden_size and "ih" not in name:
+                arr = _init.make(scheme, p.shape, self.hidden_size)
+            else:
+                arr = _init.make("xavier_uniform" if scheme in ("identity", "orthogonal") else scheme,
+                                 p.shape, self.hidden_size)
+            p.data = arr.astype(p.dtype)
+
+    def init_state(self, batch, dtype=np.float32, device="cpu"):
+        """Zero states: a tuple of ``num_states`` tensors of shape (batch, hidden)."""
+        zeros = np.zeros((batch, self.hidden_size), dtype)
+        return tuple(ops.Tensor(zeros.copy(), device=device) for _ in range(self.num_states))
+
+    def step(self, x, state):
+        """One time step: ``x`` (B, input), ``state`` a tuple -> the new state tuple."""
+        raise NotImplementedError
+
+    def forward_sequence(self, x, state, mask=None, probe=None):
+        """Run over a whole sequence ``x`` (T, B, I); return (out (T, B, H), final state).
+
+        This reference path loops over ``step``. Cells with a fused kernel override
+        it; ``mask`` (T, B) marks real (1) and padded (0) steps; ``probe`` collects
+        the per-step states so their gradient norms can be read after backward.
+        """
+        outs = []
+        T = x.shape[0]
+        for t in range(T):
+            new = self.step(x[t], state)
+            new = _checked_state(self, new, state, t)
+            if mask is not None and not mask[t].all():
+                m = mask[t][:, None] > 0
+                new = tuple(ops.where(m, n, s) for n, s in zip(new, state))
+                outs.append(new[0] * ops.Tensor(mask[t][:, None].astype(new[0].dtype)))
+            else:
+                outs.append(new[0])
+            if probe is not None:
+                probe.track(new)
+            state = new
+        return ops.stack(outs, 0), state
+
+
+def _checked_state(cell, new, old, t):
+    """Enforce the contract on what ``step`` returned; errors name the cell and the step."""
+    from .plugins import provider_of
+
+    where = f"cell {cell.name!r} (plugin {provider_of(type(cell))!r}) at time step {t}"
+    if isinstance(new, ops.Tensor):
+        new = (new,)
+    if not isinstance(new, (tuple, list)) or len(new) != cell.num_states:
+        got = len(new) if isinstance(new, (tuple, list)) else type(new).__name__
+        raise TypeError(f"{where}: step() must return a tuple of num_states={cell.num_states} "
+                        f"tensors, got {got}")
+    for i, (n, o) in enumerate(zip(new, old)):
+        if not isinstance(n, ops.Tensor):
+            raise TypeError(f"{where}: state {i} is a {type(n).__name__}, not a Tensor")
+        if n.shape != o.shape:
+            raise ValueError(f"{where}: state {i} has shape {n.shape}, expected {o.shape}")
+    return tuple(new)
+
+
+def fused_sequence(cell, kind, x, state, mask=None, probe=None, relu=False):
+    """Run a PyTorch-layout cell (weight_ih, weight_hh, bias_ih, bias_hh) through
+    the fused kernels of ``kind`` ("rnn", "lstm" or "gru"): one op on the tape."""
+    T, B = x.shape[0], x.shape[1]
+    m = np.ones((T, B), x.dtype) if mask is None else mask
+    states = ops.cell_sequence(kind, x, state, cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                               cell.bias_hh, m, relu=relu, probe=probe)
+    out = states[:, 0]
+    if mask is not None and not mask.all():
+        out = out * ops.Tensor(mask[:, :, None])  # padded steps output zeros, as in PyTorch
+    return out, tuple(states[T - 1, i] for i in range(cell.num_states))

@@ -1,0 +1,1 @@
+"""Built-in cells. Each module is an ordinary plugin: read elman.py first."""

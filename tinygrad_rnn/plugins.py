@@ -1,0 +1,288 @@
+"""The plugin manager: built-ins first, then entry points, env and explicit plugins.
+
+Nothing is loaded when ``tinygrad_rnn`` is imported; the registry is built the
+first time a cell or task is looked up. A plugin that fails is reported by name
+and never takes the others down (an explicitly requested one raises).
+"""
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+import pluggy
+
+from . import hookspecs
+
+BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
+            "tinygrad_rnn.tasks")
+ENTRY_POINT_GROUP = "tinygrad_rnn"
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or broke the contract; the message names it."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str                 # builtin, entry point, env, explicit, test
+    distribution: str = ""
+    status: str = "ok"          # ok or the one-line error
+    cells: list = field(default_factory=list)
+    tasks: list = field(default_factory=list)
+
+
+@dataclass
+class Entry:
+    cls: type
+    plugin: str
+    aliases: tuple = ()
+
+
+class _State:
+    def __init__(self):
+        self.pm = None
+        self.plugins = {}        # plugin name -> PluginInfo
+        self.cells = {}          # name or alias -> Entry
+        self.tasks = {}
+        self.explicit = []       # module names / paths requested with --plugin
+        self.warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
+
+
+_state = _State()
+
+
+def _manager():
+    if _state.pm is None:
+        _build()
+    return _state.pm
+
+
+def _new_pm():
+    pm = pluggy.PluginManager("tinygrad_rnn")
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _build():
+    _state.pm, _state.plugins, _state.cells, _state.tasks = _new_pm(), {}, {}, {}
+    for modname in BUILTINS:
+        _add(importlib.import_module(modname), modname, "builtin", "tinygrad-rnn", explicit=True)
+    if os.environ.get("TINYGRAD_RNN_NO_PLUGINS") == "1":
+        return
+    seen = set()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if (ep.name, ep.value) in seen:  # the same dist on sys.path twice lists it twice
+            continue
+        seen.add((ep.name, ep.value))
+        dist = getattr(ep.dist, "name", "") if ep.dist else ""
+        try:
+            module = ep.load()
+        except Exception as e:  # a broken third-party plugin must not take the CLI down
+            _fail(PluginInfo(ep.name, "entry point", dist), f"failed to import {ep.value!r}: {_brief(e)}", False)
+            continue
+        _add(module, ep.name, "entry point", dist, explicit=False)
+    for spec in filter(None, os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)):
+        _load_spec(spec, "env", explicit=False)
+    for spec in _state.explicit:
+        _load_spec(spec, "explicit", explicit=True)
+
+
+def _brief(e):
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _fail(info, msg, explicit):
+    info.status = msg
+    _state.plugins[info.name] = info
+    text = f"plugin {info.name!r}: {msg}"
+    if explicit:
+        raise PluginError(text)
+    _state.warn(text + " (skipped)")
+
+
+def _import_spec(spec):
+    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file {spec!r}")
+        modname = "tinygrad_rnn_plugin_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        loader_spec = importlib.util.spec_from_file_location(modname, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[modname] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(modname, None)
+            raise
+        return module
+    return importlib.import_module(spec)
+
+
+def _load_spec(spec, source, explicit):
+    name = os.path.splitext(os.path.basename(spec))[0] if spec.endswith(".py") else spec
+    try:
+        module = _import_spec(spec)
+    except Exception as e:
+        _fail(PluginInfo(name, source), f"failed to import {spec!r}: {_brief(e)}", explicit)
+        return
+    _add(module, name, source, "", explicit)
+
+
+def _add(plugin, name, source, distribution, explicit):
+    """Register one plugin with pluggy and run its hooks with a register callback."""
+    info = PluginInfo(name, source, distribution)
+    if name in _state.plugins and _state.plugins[name].status == "ok":
+        return  # already loaded (an entry point also listed in the env, say)
+    if _state.pm.is_registered(plugin):
+        return
+    try:
+        _state.pm.register(plugin, name=name)
+    except Exception as e:
+        _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
+        return
+    _state.plugins[name] = info
+    for hook, table, kind in (("register_cells", _state.cells, "cells"),
+                              ("register_tasks", _state.tasks, "tasks")):
+        impls = [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]
+        for impl in impls:
+            staged = {}
+            try:
+                impl.function(register=_registrar(staged, table, name, kind))
+            except PluginError as e:
+                _state.pm.unregister(name=name)
+                _fail(info, str(e), explicit)
+                return
+            except Exception as e:
+                _state.pm.unregister(name=name)
+                _fail(info, f"{hook} raised {_brief(e)}", explicit)
+                return
+            table.update(staged)  # all of a plugin's registrations, or none
+            getattr(info, kind).extend(sorted({e.cls.name for e in staged.values()}))
+
+
+def _registrar(staged, table, plugin, kind):
+    def register(cls, aliases=()):
+        aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+        _validate(cls, plugin, kind)
+        for key in (cls.name, *aliases):
+            taken = table.get(key) or staged.get(key)
+            if taken is not None:
+                raise PluginError(f"{kind[:-1]} name {key!r} is registered by both "
+                                  f"{taken.plugin!r} and {plugin!r}")
+            staged[key] = Entry(cls, plugin, aliases)
+    return register
+
+
+def _validate(cls, plugin, kind):
+    from .cell import Cell
+    from .tasks import Task
+
+    base = Cell if kind == "cells" else Task
+    label = getattr(cls, "__name__", repr(cls))
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise PluginError(f"{label} is not a subclass of tinygrad_rnn.{base.__name__}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PluginError(f"{label}.name must be a lower-case identifier, got {name!r}")
+    if kind == "cells":
+        n = getattr(cls, "num_states", None)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise PluginError(f"{label}.num_states must be a positive integer, got {n!r}")
+        if cls.step is Cell.step:
+            raise PluginError(f"{label} does not define step(self, x, state)")
+
+
+# ---- public API -----------------------------------------------------------------
+def load_plugin(spec):
+    """Load a plugin module name or ``.py`` path now; raises PluginError naming it."""
+    if spec not in _state.explicit:
+        _state.explicit.append(spec)
+    if _state.pm is not None:
+        _load_spec(spec, "explicit", explicit=True)
+
+
+def register_plugin(plugin, name=None):
+    """Register an already-imported plugin object (tests, notebooks)."""
+    _manager()
+    name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
+    _add(plugin, name, "direct", "", explicit=True)
+    return name
+
+
+def unregister_plugin(name):
+    """Remove a plugin and everything it registered."""
+    _manager()
+    if _state.pm.has_plugin(name):
+        _state.pm.unregister(name=name)
+    for table in (_state.cells, _state.tasks):
+        for key in [k for k, e in table.items() if e.plugin == name]:
+            del table[key]
+    _state.plugins.pop(name, None)
+
+
+def reset():
+    """Forget every loaded plugin; the next lookup rebuilds the registry."""
+    _state.pm = None
+    _state.explicit = []
+
+
+def _lookup(table_name, name, kind):
+    _manager()
+    table = getattr(_state, table_name)
+    key = name.lower() if isinstance(name, str) else name
+    if key not in table:
+        known = ", ".join(sorted({e.cls.name for e in table.values()}))
+        raise KeyError(f"unknown {kind} {name!r}; registered: {known}")
+    return table[key].cls
+
+
+def get_cell(name):
+    """The cell class registered under ``name`` (or an alias)."""
+    return _lookup("cells", name, "cell")
+
+
+def get_task(name):
+    return _lookup("tasks", name, "task")
+
+
+def _listing(table_name):
+    _manager()
+    table = getattr(_state, table_name)
+    seen, out = set(), []
+    for entry in table.values():
+        if entry.cls.name not in seen:
+            seen.add(entry.cls.name)
+            dist = _state.plugins[entry.plugin].distribution if entry.plugin in _state.plugins else ""
+            out.append({"name": entry.cls.name, "plugin": entry.plugin, "distribution": dist,
+                        "aliases": list(entry.aliases), "doc": (entry.cls.__doc__ or "").strip().split("\n")[0]})
+    return out
+
+
+def list_cells():
+    """Registered cells: dicts with name, plugin, distribution, aliases, doc."""
+    return _listing("cells")
+
+
+def list_tasks():
+    return _listing("tasks")
+
+
+def list_plugins():
+    _manager()
+    return [vars(p).copy() for p in _state.plugins.values()]
+
+
+def provider_of(cls):
+    """The plugin that registered ``cls`` ("unregistered" if none did)."""
+    if _state.pm is not None:
+        for table in (_state.cells, _state.tasks):
+            for e in table.values():
+                if e.cls is cls:
+                    return e.plugin
+    return "unregistered"

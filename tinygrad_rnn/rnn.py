@@ -1,0 +1,173 @@
+"""``nn.RNN``: any registered cell, stacked in layers and run over time."""
+import numpy as np
+
+from . import ops
+from .nn import Module
+from .tensor import Tensor
+
+
+class GradProbe:
+    """Per-step gradient norms of one layer's states, read after backward.
+
+    Fused cells fill ``norms`` from their backward kernel; the reference path
+    keeps each step's state tensors with ``retain_grad`` and reads their grads.
+    """
+
+    def __init__(self):
+        self.norms = None
+        self._states = []
+
+    def track(self, states):
+        kept = []
+        for s in states:
+            if s.requires_grad:
+                s.retain_grad()
+            kept.append(s)
+        self._states.append(kept)
+
+    def result(self, num_states):
+        """Array (num_states, T): ||dL/d state_t|| over batch and hidden."""
+        if self.norms is not None:
+            return np.asarray(self.norms)
+        if not self._states:
+            raise RuntimeError("no gradient norms recorded: run backward() after the forward pass")
+        out = np.zeros((num_states, len(self._states)))
+        for t, states in enumerate(self._states):
+            for i, s in enumerate(states):
+                if s.grad is not None:
+                    out[i, t] = np.sqrt((s.grad.numpy().astype(np.float64) ** 2).sum())
+        return out
+
+
+class RNN(Module):
+    """A stack of ``num_layers`` cells run over a sequence.
+
+    ``RNN(cell, input_size, hidden_size, num_layers=1, batch_first=False,
+    dtype="float32", fused=None, **cell_options)``. ``cell`` is a registered
+    name or a ``tr.Cell`` subclass. ``fused=None`` uses a cell's fused kernel
+    when it has one; ``fused=False`` forces the reference ``step`` path.
+
+    ``out, state = rnn(x, state=None, lengths=None)``: ``x`` is (T, B, I)
+    (or (B, T, I) with ``batch_first``); ``out`` is the last layer's output
+    (T, B, H); ``state`` is a tuple of ``num_states`` tensors (num_layers, B, H).
+    Parameters are named like PyTorch's: ``weight_ih_l0``, ``weight_hh_l1``, ...
+    """
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, batch_first=False,
+                 dtype="float32", fused=None, **cell_options):
+        super().__init__()
+        from .plugins import get_cell
+
+        cls = get_cell(cell) if isinstance(cell, str) else cell
+        if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        self.cell_class = cls
+        self.num_states = cls.num_states
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, int(num_layers)
+        self.batch_first = batch_first
+        self.fused = fused
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.cells = [cls(input_size if l == 0 else hidden_size, hidden_size, **cell_options)
+                      for l in range(self.num_layers)]
+        for l, c in enumerate(self.cells):
+            object.__setattr__(self, f"_cell{l}", c)
+            for p in c.parameters():
+                p.data = p.data.astype(self.dtype)
+        self.probes = None
+
+    def named_parameters(self, prefix=""):
+        for l, c in enumerate(self.cells):
+            for name, p in c.named_parameters():
+                yield f"{prefix}{name}_l{l}", p
+
+    def modules(self):
+        yield self
+        for c in self.cells:
+            yield from c.modules()
+
+    def reset_parameters(self, scheme):
+        for c in self.cells:
+            c.reset_parameters(scheme)
+
+    def forward(self, x, state=None, lengths=None, probe=False):
+        """Run the sequence; with ``probe=True`` keep per-step gradient norms in ``self.probes``."""
+        x = ops.tensor(x)
+        if x.ndim != 3:
+            raise ValueError(f"RNN: input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, "
+                             f"{self.input_size}), got shape {x.shape}")
+        if x.dtype != self.dtype:
+            if x.dtype.kind != "f":
+                raise TypeError(f"RNN: input must be floating point, got {x.dtype}")
+            x = x.astype(self.dtype)
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"RNN: input has {I} features per step, the model expects "
+                             f"{self.input_size} (input shape {x.shape})")
+        if T == 0 or B == 0:
+            raise ValueError(f"RNN: empty input of shape {x.shape}")
+        mask = _mask(lengths, T, B, self.dtype)
+        state = self._initial_state(state, B, x.device)
+        self.probes = [GradProbe() for _ in self.cells] if probe else None
+        finals = []
+        for l, c in enumerate(self.cells):
+            layer_state = tuple(s[l] for s in state)
+            use_fused = self.fused is not False and _has_fused(c)
+            if self.fused is True and not use_fused:
+                raise ValueError(f"cell {c.name!r} has no fused kernel; use fused=None or False")
+            p = self.probes[l] if probe else None
+            x, final = (c.forward_sequence(x, layer_state, mask, p) if use_fused
+                        else Cell_forward_sequence(c, x, layer_state, mask, p))
+            finals.append(final)
+        out = x.transpose(1, 0, 2) if self.batch_first else x
+        return out, tuple(ops.stack([f[i] for f in finals], 0) for i in range(self.num_states))
+
+    def step_grad_norms(self, which=0):
+        """After a ``probe=True`` forward and a backward: array (num_layers, T)."""
+        if self.probes is None:
+            raise RuntimeError("call rnn(x, probe=True) and backward() before step_grad_norms()")
+        return np.stack([p.result(self.num_states)[which] for p in self.probes])
+
+    def _initial_state(self, state, B, device):
+        shape = (self.num_layers, B, self.hidden_size)
+        if state is None:
+            zeros = np.zeros(shape, self.dtype)
+            return tuple(Tensor(zeros, device=device) for _ in range(self.num_states))
+        if isinstance(state, Tensor) or not isinstance(state, (tuple, list)):
+            state = (state,)
+        if len(state) != self.num_states:
+            raise ValueError(f"RNN: cell {self.cell_class.name!r} needs {self.num_states} state "
+                             f"tensor(s), got {len(state)}")
+        out = []
+        for i, s in enumerate(state):
+            s = ops.tensor(s)
+            if s.shape != shape:
+                raise ValueError(f"RNN: state {i} has shape {s.shape}, expected {shape} "
+                                 "(num_layers, batch, hidden)")
+            out.append(s.astype(self.dtype))
+        return tuple(out)
+
+
+def _has_fused(cell):
+    from .cell import Cell
+    return type(cell).forward_sequence is not Cell.forward_sequence
+
+
+def Cell_forward_sequence(cell, x, state, mask, probe):
+    from .cell import Cell
+    return Cell.forward_sequence(cell, x, state, mask, probe)
+
+
+def _mask(lengths, T, B, dtype):
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths.numpy() if isinstance(lengths, Tensor) else lengths)
+    if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
+        raise ValueError(f"RNN: lengths must be {B} integers (one per sequence), got "
+                         f"shape {lengths.shape} dtype {lengths.dtype}")
+    if lengths.min() < 1 or lengths.max() > T:
+        raise ValueError(f"RNN: lengths must lie in [1, {T}], got [{lengths.min()}, {lengths.max()}]")
+    return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)
