@@ -1,65 +1,292 @@
-"""Sequence tasks with their losses and trivial baselines, registered as plugins."""
+"""Sequence tasks with their losses and trivial baselines, registered as plugins.
+
+Each task yields seeded batches ``(x, target)`` with ``x`` of shape (T, B, input_size),
+defines its loss on the readout ``pred`` and reports the loss of a trivial predictor,
+so a number printed by ``train`` always has something to be compared with.
+"""
+import csv
+import os
+
 import numpy as np
 
-from .hookspecs import hookimpl
 from . import ops
+from .hookspecs import hookimpl
+
+EVAL_SEED = 20131  # eval sets are fixed: the same for every run and every cell
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+
+
+class TaskError(ValueError):
+    """The task cannot be built from the given options or data."""
 
 
 class Task:
-    """A source of seeded batches with a loss and a known trivial baseline.
+    """Base class. Subclasses set ``name``, ``input_size``, ``output_size``, and implement
+    ``batch(rng, batch_size) -> (x (T, B, I) float32, target)`` and ``baseline()``.
 
-    Subclasses set ``name``, ``input_size``, ``output_size`` and implement
-    ``batch(rng, batch_size, seq_len) -> (x (T, B, I), target)``, ``loss(pred, target)``
-    and ``baseline(seq_len)``. ``pred`` is the readout of the RNN's output: all steps
-    (T, B, output_size), or the last step only when ``last_step_only``.
+    ``last_step_only``: the loss reads only the last step's output (pred (B, O)),
+    else every step's (pred (T, B, O)). ``classification``: targets are class indices
+    and the loss is cross-entropy (nats); otherwise mean squared error.
+    ``stream``: the task is one long sequence, so truncated BPTT (``--bptt``) applies.
     """
 
     name = None
     input_size = 1
     output_size = 1
     last_step_only = False
+    classification = False
+    stream = False
 
-    def __init__(self, seq_len=100, **options):
-        if not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
-            raise ValueError(f"task {self.name!r}: seq_len must be an integer >= 2, got {seq_len!r}")
+    def __init__(self, seq_len=100, data=None, **options):
+        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
+            raise TaskError(f"task {self.name!r}: seq_len must be an integer >= 2, got {seq_len!r}")
+        if options:
+            raise TaskError(f"task {self.name!r} takes no options {sorted(options)}")
         self.seq_len = int(seq_len)
+        self.data = data
 
     def batch(self, rng, batch_size):
         raise NotImplementedError
 
+    def eval_set(self, batch_size=256):
+        """A fixed evaluation batch (same seed for every run)."""
+        return self.batch(np.random.default_rng(EVAL_SEED), batch_size)
+
     def loss(self, pred, target):
+        if self.classification:
+            return ops.cross_entropy(pred, target)
         return ops.mse(pred, target)
 
     def baseline(self):
         raise NotImplementedError
 
+    def config(self):
+        return {"task": self.name, "seq_len": self.seq_len, "data": self.data}
+
 
 class Adding(Task):
-    """Adding problem (Hochreiter & Schmidhuber 1997): sum the two marked values."""
+    """Adding problem: sum the two marked values (Hochreiter & Schmidhuber 1997)."""
 
     name = "adding"
     input_size = 2
-    output_size = 1
     last_step_only = True
 
     def batch(self, rng, batch_size):
-        T = self.seq_len
-        values = rng.uniform(0, 1, (T, batch_size))
-        marks = np.zeros((T, batch_size))
-        half = T // 2
-        first = rng.integers(0, half, batch_size)
-        second = rng.integers(half, T, batch_size)
-        cols = np.arange(batch_size)
-        marks[first, cols] = 1
-        marks[second, cols] = 1
+        T, B = self.seq_len, batch_size
+        values = rng.uniform(0, 1, (T, B))
+        cols = np.arange(B)
+        first = rng.integers(0, T // 2, B)
+        second = rng.integers(T // 2, T, B)
+        marks = np.zeros((T, B))
+        marks[first, cols] = marks[second, cols] = 1
         x = np.stack([values, marks], axis=-1).astype(np.float32)
-        target = (values[first, cols] + values[second, cols])[:, None].astype(np.float32)
-        return x, target
+        return x, (values[first, cols] + values[second, cols])[:, None].astype(np.float32)
 
     def baseline(self):
-        return 1 / 6  # Var(U1 + U2): always predicting the mean, 1.0
+        return 1 / 6  # Var(U1 + U2): the MSE of always predicting the mean, 1
+
+
+class Copy(Task):
+    """Copy memory (Arjovsky et al. 2016): recall 10 symbols after ``seq_len`` blanks."""
+
+    name = "copy"
+    input_size = 10   # 8 symbols, blank (0), delimiter (9), one-hot
+    output_size = 9   # blank or a symbol
+    classification = True
+    symbols = 10
+
+    def batch(self, rng, batch_size):
+        T, n = self.seq_len, self.symbols
+        length = T + 2 * n
+        seq = np.zeros((length, batch_size), np.int64)
+        seq[:n] = rng.integers(1, 9, (n, batch_size))
+        seq[T + n - 1] = 9
+        target = np.zeros((length, batch_size), np.int64)
+        target[-n:] = seq[:n]
+        return np.eye(10, dtype=np.float32)[seq], target
+
+    def baseline(self):
+        return self.symbols * np.log(8) / (self.seq_len + 2 * self.symbols)
+
+
+class RunningSum(Task):
+    """Running sum: at every step, output the sum of the inputs so far."""
+
+    name = "sum"
+
+    def batch(self, rng, batch_size):
+        x = rng.uniform(-1, 1, (self.seq_len, batch_size, 1)) / np.sqrt(self.seq_len)
+        return x.astype(np.float32), np.cumsum(x, axis=0).astype(np.float32)
+
+    def baseline(self):
+        T = self.seq_len
+        return float(np.mean((np.arange(T) + 1) / (3 * T)))  # predicting 0 always
+
+
+class Sine(Task):
+    """Next-value forecasting of noisy sums of three sines with random frequencies."""
+
+    name = "sine"
+
+    def batch(self, rng, batch_size):
+        t = np.arange(self.seq_len + 1)[:, None]
+        signal = np.zeros((self.seq_len + 1, batch_size))
+        for _ in range(3):
+            freq = rng.uniform(0.02, 0.2, batch_size)
+            phase = rng.uniform(0, 2 * np.pi, batch_size)
+            signal += rng.uniform(0.2, 0.6, batch_size) * np.sin(2 * np.pi * freq * t + phase)
+        signal += rng.normal(0, 0.05, signal.shape)
+        return signal[:-1, :, None].astype(np.float32), signal[1:, :, None].astype(np.float32)
+
+    def baseline(self):
+        x, y = self.eval_set()
+        return float(((y - x) ** 2).mean())  # persistence: predict the last value
+
+
+class _Stream(Task):
+    """One long sequence split into train (first 90%) and eval (last 10%) parts."""
+
+    stream = True
+
+    def _split(self, series):
+        cut = int(len(series) * 0.9)
+        self.train, self.eval = series[:cut], series[cut:]
+        if len(self.train) <= self.seq_len + 1 or len(self.eval) <= self.seq_len + 1:
+            raise TaskError(f"task {self.name!r}: {len(series)} steps of data are too few for "
+                            f"seq_len {self.seq_len} (need more than {int((self.seq_len + 2) / 0.1)})")
+
+    def _windows(self, rng, part, batch_size):
+        starts = rng.integers(0, len(part) - self.seq_len - 1, batch_size)
+        idx = starts[None, :] + np.arange(self.seq_len + 1)[:, None]
+        return part[idx]
+
+    def eval_set(self, batch_size=256):
+        # Non-overlapping windows covering the held-out tail, in order.
+        n = (len(self.eval) - 1) // self.seq_len
+        starts = np.arange(min(n, batch_size)) * self.seq_len
+        idx = starts[None, :] + np.arange(self.seq_len + 1)[:, None]
+        return self._make(self.eval[idx])
+
+
+class Text(_Stream):
+    """Character-level language model over a UTF-8 file (default: a shipped corpus)."""
+
+    name = "text"
+    classification = True
+
+    def __init__(self, seq_len=100, data=None, **options):
+        super().__init__(seq_len, data, **options)
+        path = data or os.path.join(DATA_DIR, "tiny_corpus.txt")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise TaskError(f"task 'text': no such file {path!r}") from None
+        except UnicodeDecodeError as e:
+            raise TaskError(f"task 'text': {path!r} is not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise TaskError(f"task 'text': cannot read {path!r}: {e.strerror}") from None
+        if len(set(text)) < 2:
+            raise TaskError(f"task 'text': {path!r} needs at least two distinct characters")
+        self.vocab = sorted(set(text))
+        self.index = {c: i for i, c in enumerate(self.vocab)}
+        self.input_size = self.output_size = len(self.vocab)
+        self._split(np.array([self.index[c] for c in text], np.int64))
+
+    def _make(self, tokens):
+        return np.eye(self.input_size, dtype=np.float32)[tokens[:-1]], tokens[1:]
+
+    def batch(self, rng, batch_size):
+        return self._make(self._windows(rng, self.train, batch_size))
+
+    def baseline(self):
+        counts = np.bincount(self.train, minlength=self.input_size) + 1.0
+        p = counts / counts.sum()
+        return float(-(np.log(p[self.eval[1:]])).mean())  # unigram model, nats per char
+
+    def encode(self, text):
+        unknown = sorted(set(text) - set(self.index))
+        if unknown:
+            raise TaskError(f"characters {''.join(unknown)!r} are not in the model's vocabulary")
+        return np.array([self.index[c] for c in text], np.int64)
+
+    def decode(self, tokens):
+        return "".join(self.vocab[int(t)] for t in tokens)
+
+
+class Series(_Stream):
+    """Next-step forecasting over a user .npy or .csv file of shape (N,) or (N, F)."""
+
+    name = "series"
+
+    def __init__(self, seq_len=100, data=None, **options):
+        super().__init__(seq_len, data, **options)
+        if not data:
+            raise TaskError("task 'series' needs a data file: --data PATH (.npy or .csv)")
+        values = load_series(data)
+        self.input_size = self.output_size = values.shape[1]
+        self._split(values)
+        self.mean = self.train.mean(axis=0)
+        self.std = self.train.std(axis=0) + 1e-8  # normalise with train statistics only
+        self.train = ((self.train - self.mean) / self.std).astype(np.float32)
+        self.eval = ((self.eval - self.mean) / self.std).astype(np.float32)
+
+    def _make(self, window):
+        return window[:-1], window[1:]
+
+    def batch(self, rng, batch_size):
+        return self._make(self._windows(rng, self.train, batch_size))
+
+    def baseline(self):
+        x, y = self.eval_set()
+        return float(((y - x) ** 2).mean())  # persistence
+
+
+def load_series(path):
+    """Read (N,) or (N, F) numbers from .npy or .csv; NaN/Inf is an error naming the position."""
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif ext == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            if rows and not _is_number(rows[0][0]):
+                rows = rows[1:]  # a header line
+            values = np.array([[float(c) for c in r] for r in rows], np.float64)
+        else:
+            raise TaskError(f"series file {path!r} must end in .npy or .csv")
+    except FileNotFoundError:
+        raise TaskError(f"no such file {path!r}") from None
+    except ValueError as e:
+        if isinstance(e, TaskError):
+            raise
+        raise TaskError(f"cannot read {path!r} as numbers: {e}") from None
+    except OSError as e:
+        raise TaskError(f"cannot read {path!r}: {e}") from None
+    if values.dtype.kind not in "fiu":
+        raise TaskError(f"{path!r} holds {values.dtype} data, not numbers")
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise TaskError(f"{path!r} must have shape (N,) or (N, F), got {values.shape}")
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, col = bad[0]
+        raise TaskError(f"{path!r} has a non-finite value ({values[row, col]}) at row {row}, "
+                        f"column {col}" + (f" ({len(bad)} in all)" if len(bad) > 1 else ""))
+    return values.astype(np.float64)
+
+
+def _is_number(s):
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
 @hookimpl
 def register_tasks(register):
-    register(Adding)
+    for task in (Adding, Copy, RunningSum, Sine, Text, Series):
+        register(task)

@@ -23,3 +23,17 @@ def of(array):
         return cpu
     from . import cuda
     return cuda
+
+
+def cuda_available():
+    """(True, "") when a CUDA GPU (or Numba's simulator) can run kernels, else (False, reason)."""
+    try:
+        from numba import cuda
+    except Exception as e:  # numba-cuda missing or broken
+        return False, f"numba.cuda cannot be imported: {e}"
+    try:
+        if cuda.is_available():
+            return True, ""
+        return False, "no NVIDIA driver or GPU found"
+    except Exception as e:
+        return False, str(e).splitlines()[0]

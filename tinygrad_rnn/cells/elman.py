@@ -6,6 +6,7 @@ class Elman(tr.Cell):
     """Elman RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh), or relu."""
 
     name = "rnn"
+    fused_kind = "rnn"  # which fused kernel forward_sequence uses (diagnostics read it)
     num_states = 1
 
     def __init__(self, input_size, hidden_size, nonlinearity="tanh"):
@@ -25,7 +26,7 @@ class Elman(tr.Cell):
 
     def forward_sequence(self, x, state, mask=None, probe=None):
         # Optional: a whole-sequence fused kernel. Without it, step() is looped.
-        return tr.fused_sequence(self, "rnn", x, state, mask, probe, relu=self.nonlinearity == "relu")
+        return tr.fused_sequence(self, self.fused_kind, x, state, mask, probe, relu=self.nonlinearity == "relu")
 
 
 @tr.hookimpl

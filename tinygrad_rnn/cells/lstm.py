@@ -6,6 +6,7 @@ class LSTM(tr.Cell):
     """LSTM: c' = f*c + i*g, h' = o*tanh(c'); gates i, f, o sigmoid, g tanh."""
 
     name = "lstm"
+    fused_kind = "lstm"  # which fused kernel forward_sequence uses (diagnostics read it)
     num_states = 2  # (h, c)
 
     def __init__(self, input_size, hidden_size):
@@ -23,7 +24,7 @@ class LSTM(tr.Cell):
         return o.sigmoid() * c.tanh(), c
 
     def forward_sequence(self, x, state, mask=None, probe=None):
-        return tr.fused_sequence(self, "lstm", x, state, mask, probe)
+        return tr.fused_sequence(self, self.fused_kind, x, state, mask, probe)
 
 
 @tr.hookimpl

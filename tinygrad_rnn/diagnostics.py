@@ -1,0 +1,284 @@
+"""Gradient diagnostics: how dL/dh_t vanishes or explodes across time steps.
+
+Everything here is exact: per-step norms come from the fused backward (built-in
+cells) or from ``retain_grad`` on every step's state (any plugin cell), and step
+Jacobians are built row by row with one batched vector-Jacobian product.
+"""
+import math
+
+import numpy as np
+
+from . import ops
+from .tape import no_grad
+from .tensor import Tensor
+
+# Verdict thresholds (echoed in JSON output and documented in the README).
+VANISHING_RATIO = 1e-3    # ||dL/dh_0|| / ||dL/dh_T|| below this: the gradient vanished
+EXPLODING_RATIO = 1e3     # above this: it exploded
+HORIZON_FRACTION = 1e-3   # a step is "within reach" while its norm is >= this x the loss step's
+THRESHOLDS = {"vanishing_ratio": VANISHING_RATIO, "exploding_ratio": EXPLODING_RATIO,
+              "horizon_fraction": HORIZON_FRACTION}
+
+
+def _saved_grads(params):
+    return [p.grad for p in params]
+
+
+def _restore_grads(params, grads):
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
+    """Array (num_layers, T): ||dL/dh_t|| over (batch, hidden) for each layer and step.
+
+    ``loss_fn(out)`` maps the RNN output (T, B, H) to a scalar Tensor. The norm is
+    of the total derivative through later steps and upper layers. ``which=1``
+    gives ||dL/dc_t|| for LSTM-like cells. Parameter gradients are left as they were.
+    """
+    if not 0 <= which < rnn.num_states:
+        raise ValueError(f"which={which}: cell {rnn.cell_class.name!r} has {rnn.num_states} state(s)")
+    params = rnn.parameters()
+    saved = _saved_grads(params)
+    try:
+        out, _ = rnn(x, state, probe=True)
+        loss = loss_fn(out)
+        if not isinstance(loss, Tensor) or loss.size != 1:
+            raise ValueError("loss_fn(out) must return a scalar Tensor")
+        loss.backward()
+        return rnn.step_grad_norms(which)
+    finally:
+        _restore_grads(params, saved)
+
+
+def param_grad_norms(module):
+    """Parameter name -> L2 norm of its current gradient (NaN where it has none)."""
+    return {name: (float(np.sqrt((p.grad.numpy().astype(np.float64) ** 2).sum()))
+                   if p.grad is not None else math.nan)
+            for name, p in module.named_parameters()}
+
+
+def decay_rate(norms):
+    """Least-squares per-step factor rho: norm(t - k) ~ norm(t) * rho**k going back from the end."""
+    norms = np.asarray(norms, np.float64)
+    ok = norms > 0
+    if ok.sum() < 2:
+        return math.nan
+    steps_back = (len(norms) - 1 - np.arange(len(norms)))[ok]
+    slope = np.polyfit(steps_back, np.log(norms[ok]), 1)[0]
+    return float(np.exp(slope))
+
+
+def horizon(norms, fraction=HORIZON_FRACTION):
+    """Steps back from the last step for which the norm stays >= fraction x its last value."""
+    norms = np.asarray(norms, np.float64)
+    ref = norms[-1]
+    if not ref > 0:
+        return 0
+    below = np.nonzero(norms[::-1] < fraction * ref)[0]
+    return int(below[0]) if len(below) else len(norms)
+
+
+def verdict(norms):
+    """``vanishing``, ``exploding`` or ``healthy`` from first-to-last ratio of the norms."""
+    norms = np.asarray(norms, np.float64)
+    if not np.all(np.isfinite(norms)):
+        return "exploding"
+    last, first = norms[-1], norms[0]
+    if last == 0:
+        return "vanishing"
+    ratio = first / last
+    if ratio < VANISHING_RATIO:
+        return "vanishing"
+    if ratio > EXPLODING_RATIO:
+        return "exploding"
+    return "healthy"
+
+
+def _layer_inputs(rnn, x, state):
+    """The input sequence and initial state seen by each layer (no tape)."""
+    with no_grad():
+        x = ops.tensor(x).astype(rnn.dtype)
+        B = x.shape[1]
+        init = rnn._initial_state(state, B, x.device)
+        result = []
+        for l, cell in enumerate(rnn.cells):
+            layer_state = tuple(s[l] for s in init)
+            result.append((x, layer_state))
+            x, _ = cell.forward_sequence(x, layer_state)
+    return result
+
+
+def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
+    """Spectral norm of the step Jacobian d s_t / d s_{t-1} along one sequence's trajectory.
+
+    ``s`` is the full state (h, or (h, c) concatenated). Each Jacobian is built exactly
+    with one vector-Jacobian product on a batch of D = num_states * hidden copies,
+    each with a one-hot cotangent; its largest singular value is returned. Array (T,).
+    """
+    cell = rnn.cells[layer]
+    xs, s0 = _layer_inputs(rnn, x, state)[layer]
+    S, H = cell.num_states, cell.hidden_size
+    D = S * H
+    states = tuple(Tensor(s.numpy()[sample:sample + 1]) for s in s0)
+    eye = np.eye(D, dtype=rnn.dtype)
+    norms = np.zeros(xs.shape[0])
+    for t in range(xs.shape[0]):
+        x_t = Tensor(np.repeat(xs.numpy()[t, sample:sample + 1], D, axis=0))
+        inputs = tuple(Tensor(np.repeat(s.numpy(), D, axis=0), requires_grad=True) for s in states)
+        out = cell.step(x_t, inputs)
+        out = (out,) if isinstance(out, Tensor) else tuple(out)
+        total = sum((o * Tensor(eye[:, i * H:(i + 1) * H])).sum() for i, o in enumerate(out))
+        params = cell.parameters()
+        saved = _saved_grads(params)
+        total.backward()
+        _restore_grads(params, saved)
+        J = np.concatenate([s.grad.numpy() for s in inputs], axis=1)  # row k: d out_k / d state
+        norms[t] = np.linalg.norm(J.astype(np.float64), 2)
+        states = tuple(Tensor(o.numpy()[:1]) for o in out)
+    return norms
+
+
+def recurrent_spectral_radius(rnn):
+    """Spectral radius of each (H, H) block of every recurrent weight (``*hh*`` names)."""
+    out = {}
+    for name, p in rnn.named_parameters():
+        w = p.numpy().astype(np.float64)
+        H = rnn.hidden_size
+        if "hh" not in name or w.ndim != 2 or w.shape[1] != H or w.shape[0] % H:
+            continue
+        for g in range(w.shape[0] // H):
+            key = name if w.shape[0] == H else f"{name}[{g}]"
+            out[key] = float(np.abs(np.linalg.eigvals(w[g * H:(g + 1) * H])).max())
+    return out
+
+
+_SIGMOID_BLOCKS = {"lstm": (0, 1, 3), "gru": (0, 1)}
+_TANH_BLOCKS = {"lstm": (2,), "gru": (2,)}
+
+
+def gate_saturation(rnn, x, state=None):
+    """For built-in gated cells: share of sigmoid gates < 0.05 or > 0.95, and of tanh
+    candidates beyond +-0.95, over all layers, steps and units. None for other cells."""
+    from .backend import cpu_cells
+    kind = getattr(rnn.cell_class, "fused_kind", None)
+    if kind not in _SIGMOID_BLOCKS:
+        return None
+    sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
+    for (xs, s0), cell in zip(_layer_inputs(rnn, x, state), rnn.cells):
+        T, B = xs.shape[:2]
+        _, (gates, _) = cpu_cells.cell_forward(
+            kind, xs.numpy(), tuple(s.numpy() for s in s0), cell.weight_ih.numpy(),
+            cell.weight_hh.numpy(), cell.bias_ih.numpy(), cell.bias_hh.numpy(),
+            np.ones((T, B), rnn.dtype))
+        blocks = gates.reshape(T, B, -1, cell.hidden_size)
+        s = blocks[:, :, list(_SIGMOID_BLOCKS[kind])]
+        th = blocks[:, :, list(_TANH_BLOCKS[kind])]
+        sig += int(((s < 0.05) | (s > 0.95)).sum())
+        n_sig += s.size
+        tanh += int((np.abs(th) > 0.95).sum())
+        n_tanh += th.size
+    return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / n_tanh}
+
+
+def sparkline(values, width=50):
+    """A log-scale terminal sparkline (one character per bucket of steps)."""
+    bars = "▁▂▃▄▅▆▇█"
+    v = np.asarray(values, np.float64)
+    if len(v) > width:
+        v = np.array([chunk.mean() for chunk in np.array_split(v, width)])
+    logs = np.log10(np.where(v > 0, v, np.nan))
+    if np.all(np.isnan(logs)):
+        return " " * len(v)
+    lo, hi = np.nanmin(logs), np.nanmax(logs)
+    span = hi - lo if hi > lo else 1.0
+    return "".join(" " if np.isnan(l) else bars[int(round((l - lo) / span * 7))] for l in logs)
+
+
+def diagnose_cell(model, task, x, y):
+    """Every measure for one model on one batch: a JSON-able dict."""
+    rnn = model.rnn
+    loss_fn = lambda out: task.loss(model.head(out[-1] if model.last_step_only else out), y)  # noqa: E731
+    params = model.parameters()
+    saved = _saved_grads(params)
+    try:
+        out, _ = rnn(x, probe=True)
+        loss_fn(out).backward()
+        norms = rnn.step_grad_norms(0)
+        c_norms = rnn.step_grad_norms(1) if rnn.num_states > 1 else None
+        pnorms = param_grad_norms(model)
+    finally:
+        _restore_grads(params, saved)
+    first_layer = norms[0]
+    jac = step_jacobian_norms(rnn, x)
+    result = {
+        "verdict": verdict(first_layer),
+        "grad_norm_per_step": norms.tolist(),
+        "decay_rate": decay_rate(first_layer),
+        "horizon": horizon(first_layer),
+        "ratio_first_last": float(first_layer[0] / first_layer[-1]) if first_layer[-1] > 0 else None,
+        "jacobian_spectral_norm": {"mean": float(jac.mean()), "max": float(jac.max()),
+                                   "per_step": jac.tolist()},
+        "recurrent_spectral_radius": recurrent_spectral_radius(rnn),
+        "gate_saturation": gate_saturation(rnn, x),
+        "param_grad_norms": pnorms,
+    }
+    if c_norms is not None:
+        result["c_grad_norm_per_step"] = c_norms.tolist()
+    return result
+
+
+def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
+             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu"):
+    """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
+
+    Measured in float64, so that norms far below float32's range are still exact.
+    Returns ``{"task", "seq_len", ..., "cells": [{"cell", "verdict", "grad_norm_per_step", ...}]}``.
+    """
+    from .train import build, train
+
+    report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,
+              "steps": steps, "seed": seed, "batch": batch, "thresholds": THRESHOLDS, "cells": []}
+    for cell in cells:
+        config = dict(cell=cell, task=task, seq_len=seq_len, data=None, hidden=hidden, layers=layers,
+                      init=init_scheme, seed=seed, dtype="float64", device=device)
+        task_obj, model = build(config)
+        x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
+        entry = {"cell": cell, **diagnose_cell(model, task_obj, Tensor(x, device=device), y)}
+        if steps:
+            summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, hidden=hidden, layers=layers,
+                                      batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
+                                      init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
+                                      return_model=True)
+            after = diagnose_cell(model, task_obj, Tensor(x, device=device), y)
+            after.update(train_loss=summary["train_loss"], eval_loss=summary["eval_loss"])
+            entry["after_training"] = after
+            entry["final_verdict"] = after["verdict"]
+        else:
+            entry["final_verdict"] = entry["verdict"]
+        report["cells"].append(entry)
+    return report
+
+
+def plot(report, path):
+    """||dL/dh_t|| against t on a log scale, one line per cell (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("plotting needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for entry in report["cells"]:
+        norms = np.asarray(entry["grad_norm_per_step"][0])
+        line, = ax.semilogy(norms, label=f"{entry['cell']} (init, {entry['verdict']})")
+        if "after_training" in entry:
+            ax.semilogy(entry["after_training"]["grad_norm_per_step"][0], "--", color=line.get_color(),
+                        label=f"{entry['cell']} (after {report['steps']} steps)")
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("||dL/dh_t||")
+    ax.set_title(f"{report['task']} task, T={report['seq_len']}, init={report['init']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
