@@ -44,6 +44,8 @@ def load(path):
     """Return ``(meta, arrays)``; raises CheckpointError with a one-line reason."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint file {path!r}")
+    if not zipfile.is_zipfile(path):  # else NumPy guesses "pickled data" for any junk
+        raise CheckpointError(f"{path!r} is corrupt or not a checkpoint (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):

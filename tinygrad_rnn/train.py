@@ -111,6 +111,8 @@ def train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
     t0 = time.perf_counter()
+    errstate = np.errstate(over="ignore", invalid="ignore")  # non-finite values are reported below
+    errstate.__enter__()
     try:
         for step in range(start + 1, steps + 1):
             if config["bptt"]:
@@ -156,6 +158,7 @@ def train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=
         if progress:
             print(file=sys.stderr)
     finally:
+        errstate.__exit__(None, None, None)
         if log_file:
             log_file.close()
     seconds = time.perf_counter() - t0

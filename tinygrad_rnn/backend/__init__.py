@@ -11,8 +11,10 @@ def get(device):
     if device == "cpu":
         return cpu
     if device == "cuda":
+        ok, why = cuda_available()
+        if not ok:
+            raise RuntimeError(f"device 'cuda' is not available: {why}")
         from . import cuda
-        cuda.require()
         return cuda
     raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
 
@@ -27,6 +29,9 @@ def of(array):
 
 def cuda_available():
     """(True, "") when a CUDA GPU (or Numba's simulator) can run kernels, else (False, reason)."""
+    import importlib.util
+    if importlib.util.find_spec(__name__ + ".cuda") is None:
+        return False, "this build of tinygrad_rnn has no CUDA backend"
     try:
         from numba import cuda
     except Exception as e:  # numba-cuda missing or broken

@@ -1,0 +1,149 @@
+"""Per-step gradient norms: exact against PyTorch; verdicts on constructed cases; measures."""
+import numpy as np
+import pytest
+
+import tinygrad_rnn as tr
+from tinygrad_rnn import diagnostics as D
+
+
+def _torch_unrolled_norms(torch, cell, sd, x, w, layers, H):
+    """||dL/dh_t|| per layer from PyTorch cells unrolled by hand with retain_grad."""
+    mk = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[cell]
+    cells = []
+    for l in range(layers):
+        c = mk(x.shape[2] if l == 0 else H, H).double()
+        c.load_state_dict({k.replace(f"_l{l}", ""): torch.tensor(v) for k, v in sd.items() if k.endswith(f"_l{l}")})
+        cells.append(c)
+    T, B = x.shape[:2]
+    inp = [torch.tensor(x[t]) for t in range(T)]
+    keep = []
+    for c in cells:
+        h = torch.zeros(B, H, dtype=torch.float64)
+        cs = torch.zeros(B, H, dtype=torch.float64)
+        hs, cells_c = [], []
+        for t in range(T):
+            if cell == "lstm":
+                h, cs = c(inp[t], (h, cs))
+                cs.retain_grad()
+                cells_c.append(cs)
+            else:
+                h = c(inp[t], h)
+            h.retain_grad()
+            hs.append(h)
+        keep.append((hs, cells_c))
+        inp = hs
+    (torch.stack(inp) * torch.tensor(w)).sum().backward()
+    h_norms = np.array([[float(h.grad.norm()) for h in hs] for hs, _ in keep])
+    c_norms = np.array([[float(c.grad.norm()) for c in cs] for _, cs in keep]) if cell == "lstm" else None
+    return h_norms, c_norms
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_grad_norms_match_pytorch_unrolled(cell, fused):
+    torch = pytest.importorskip("torch")
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN(cell, 3, 5, num_layers=2, dtype="float64", fused=fused)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 4, 3))
+    w = rng.standard_normal((7, 4, 5))
+    ours = D.step_grad_norms(rnn, x, lambda out: (out * w).sum())
+    theirs, c_theirs = _torch_unrolled_norms(torch, cell, rnn.state_dict(), x, w, 2, 5)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-8)
+    if cell == "lstm":
+        np.testing.assert_allclose(D.step_grad_norms(rnn, x, lambda out: (out * w).sum(), which=1),
+                                   c_theirs, rtol=1e-8)
+
+
+def test_step_grad_norms_leave_parameter_grads_alone():
+    rnn = tr.nn.RNN("gru", 2, 3)
+    D.step_grad_norms(rnn, np.ones((4, 2, 2), np.float32), lambda out: out.sum())
+    assert all(p.grad is None for p in rnn.parameters())
+
+
+def _relu_rnn_with_recurrent(scale, H=8):
+    rnn = tr.nn.RNN("rnn", 2, H, nonlinearity="relu", dtype="float64")
+    sd = rnn.state_dict()
+    sd["weight_hh_l0"] = scale * np.eye(H)
+    sd["weight_ih_l0"] = np.abs(sd["weight_ih_l0"])
+    sd["bias_ih_l0"] = sd["bias_hh_l0"] = np.zeros(H)
+    rnn.load_state_dict(sd)
+    return rnn
+
+
+def test_verdicts_on_constructed_cases():
+    rng = np.random.default_rng(0)
+    loss_last = lambda out: out[-1].sum()
+    # A tanh RNN at T=100 with PyTorch's default init: vanishing.
+    tr.manual_seed(0)
+    tanh_rnn = tr.nn.RNN("rnn", 2, 32, dtype="float64")
+    norms = D.step_grad_norms(tanh_rnn, rng.uniform(0, 1, (100, 8, 2)), loss_last)[0]
+    assert D.verdict(norms) == "vanishing" and D.horizon(norms) < 100
+    # A ReLU RNN with recurrent weights 1.5 x identity and positive inputs: exploding.
+    x_pos = rng.uniform(0, 1, (60, 4, 2))
+    norms = D.step_grad_norms(_relu_rnn_with_recurrent(1.5), x_pos, loss_last)[0]
+    assert D.verdict(norms) == "exploding"
+    assert D.decay_rate(norms) == pytest.approx(1.5, rel=1e-6)
+    # The identity recurrence (IRNN, Le et al. 2015): every step gets the same gradient.
+    norms = D.step_grad_norms(_relu_rnn_with_recurrent(1.0), x_pos, loss_last)[0]
+    assert D.verdict(norms) == "healthy" and D.horizon(norms) == 60
+    np.testing.assert_allclose(norms, norms[-1])
+
+
+def test_step_jacobian_norm_is_exact_for_linear_recurrence():
+    rnn = _relu_rnn_with_recurrent(0.7, H=4)
+    x = np.random.default_rng(0).uniform(0, 1, (5, 2, 2))
+    np.testing.assert_allclose(D.step_jacobian_norms(rnn, x), 0.7, rtol=1e-12)
+
+
+def test_step_jacobian_of_lstm_matches_finite_differences():
+    tr.manual_seed(2)
+    rnn = tr.nn.RNN("lstm", 2, 3, dtype="float64")
+    x = np.random.default_rng(1).standard_normal((3, 1, 2))
+    norms = D.step_jacobian_norms(rnn, x)
+    cell = rnn.cells[0]
+    s = np.zeros(6)
+    for t in range(3):
+        def f(v):
+            with tr.no_grad():
+                h, c = cell.step(tr.Tensor(x[t]), (tr.Tensor(v[None, :3]), tr.Tensor(v[None, 3:])))
+            return np.concatenate([h.numpy()[0], c.numpy()[0]])
+        J = np.stack([(f(s + e) - f(s - e)) / 2e-6 for e in np.eye(6) * 1e-6], axis=1)
+        assert norms[t] == pytest.approx(np.linalg.norm(J, 2), rel=1e-6)
+        s = f(s)
+
+
+def test_spectral_radius_and_saturation():
+    rnn = _relu_rnn_with_recurrent(1.5)
+    assert D.recurrent_spectral_radius(rnn) == {"weight_hh_l0": pytest.approx(1.5)}
+    lstm = tr.nn.RNN("lstm", 2, 4)
+    radius = D.recurrent_spectral_radius(lstm)
+    assert sorted(radius) == [f"weight_hh_l0[{g}]" for g in range(4)]
+    sat = D.gate_saturation(lstm, np.zeros((3, 2, 2), np.float32))
+    assert sat == {"sigmoid_saturated": 0.0, "tanh_saturated": 0.0}
+    big = tr.nn.RNN("lstm", 2, 4)
+    big.load_state_dict({k: v * 0 + (50.0 if "bias" in k else 0.0) for k, v in big.state_dict().items()})
+    assert D.gate_saturation(big, np.zeros((3, 2, 2), np.float32))["sigmoid_saturated"] == 1.0
+    assert D.gate_saturation(tr.nn.RNN("rnn", 2, 3), np.zeros((3, 2, 2), np.float32)) is None
+
+
+def test_horizon_and_rate_helpers():
+    norms = 0.5 ** np.arange(20)[::-1]
+    assert D.decay_rate(norms) == pytest.approx(0.5)
+    assert D.horizon(norms) == 10  # 0.5**10 < 1e-3 <= 0.5**9
+    line = D.sparkline(norms, width=10)
+    bars = "▁▂▃▄▅▆▇█"
+    assert len(line) == 10 and line[0] == "▁" and line[-1] == "█"
+    assert [bars.index(c) for c in line] == sorted(bars.index(c) for c in line)  # log-linear: monotone
+
+
+def test_diagnose_report_schema():
+    report = D.diagnose(cells=("rnn", "lstm"), seq_len=12, hidden=8, batch=4)
+    assert report["task"] == "adding" and report["seq_len"] == 12
+    assert report["thresholds"]["vanishing_ratio"] == D.VANISHING_RATIO
+    for entry in report["cells"]:
+        assert np.array(entry["grad_norm_per_step"]).shape == (1, 12)
+        assert entry["verdict"] in ("vanishing", "exploding", "healthy")
+        assert {"horizon", "decay_rate", "jacobian_spectral_norm", "recurrent_spectral_radius",
+                "gate_saturation", "param_grad_norms"} <= set(entry)
+    assert "c_grad_norm_per_step" in report["cells"][1]
