@@ -11,7 +11,7 @@ import click
 
 import tinygrad_rnn as tr
 from tinygrad_rnn import checkpoint, diagnostics, plugins, tasks
-from tinygrad_rnn import train as training
+from tinygrad_rnn import training
 
 FAIL_ON_EXIT = 3
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,

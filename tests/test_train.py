@@ -9,7 +9,7 @@ import pytest
 
 import tinygrad_rnn as tr
 from tinygrad_rnn import checkpoint, optim, tasks
-from tinygrad_rnn.train import TrainingError, generate, train
+from tinygrad_rnn.training import TrainingError, generate, train
 
 
 def _param(values, grad):

@@ -235,7 +235,7 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
     Measured in float64, so that norms far below float32's range are still exact.
     Returns ``{"task", "seq_len", ..., "cells": [{"cell", "verdict", "grad_norm_per_step", ...}]}``.
     """
-    from .train import build, train
+    from .training import build, train
 
     report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,
               "steps": steps, "seed": seed, "batch": batch, "thresholds": THRESHOLDS, "cells": []}

@@ -52,17 +52,25 @@ def evaluate(model, task, device="cpu"):
         return float(task.loss(pred, y).item())
 
 
-def train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=1, batch=32, steps=1000,
+def train(*args, **kwargs):
+    """Train ``cell`` on ``task``; return a summary dict (what ``train --json`` prints).
+
+    Keyword arguments as in ``tinygrad-rnn train``: cell, task, seq_len, data, hidden,
+    layers, batch, steps, optimizer, lr, clip_norm, clip_value, init_scheme,
+    weight_decay, l1, bptt, seed, device, save, resume, log, log_every, on_nonfinite,
+    diagnose_every, dtype. ``steps`` is the total: a resumed run continues from its
+    checkpoint up to it. ``bptt=K`` (stream tasks: text, series) trains on consecutive
+    K-step chunks, carrying each sequence's state across chunks (detached).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
+        return _train(*args, **kwargs)
+
+
+def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=1, batch=32, steps=1000,
           optimizer="adam", lr=1e-3, clip_norm=None, clip_value=None, init_scheme="pytorch",
           weight_decay=0.0, l1=0.0, bptt=None, seed=0, device="cpu", save=None, resume=None,
           log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
           dtype="float32", cell_options=None, return_model=False):
-    """Train ``cell`` on ``task``; return a summary dict (what ``train --json`` prints).
-
-    ``steps`` is the total: a resumed run continues from its checkpoint up to it.
-    ``bptt=K`` (stream tasks: text, series) trains on consecutive K-step chunks,
-    carrying each sequence's state across chunks (detached).
-    """
     for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
                     ("seq_len", seq_len), ("log_every", log_every)):
         _positive(name, v, allow_zero=name == "steps")
@@ -111,8 +119,6 @@ def train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
     t0 = time.perf_counter()
-    errstate = np.errstate(over="ignore", invalid="ignore")  # non-finite values are reported below
-    errstate.__enter__()
     try:
         for step in range(start + 1, steps + 1):
             if config["bptt"]:
@@ -158,7 +164,6 @@ def train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=
         if progress:
             print(file=sys.stderr)
     finally:
-        errstate.__exit__(None, None, None)
         if log_file:
             log_file.close()
     seconds = time.perf_counter() - t0
