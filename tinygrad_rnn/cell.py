@@ -74,7 +74,7 @@ class Cell(Module):
             if mask is not None and not mask[t].all():
                 m = mask[t][:, None] > 0
                 new = tuple(ops.where(m, n, s) for n, s in zip(new, state))
-                outs.append(new[0] * ops.Tensor(mask[t][:, None].astype(new[0].dtype)))
+                outs.append(new[0] * ops.Tensor(mask[t][:, None].astype(new[0].dtype), device=x.device))
             else:
                 outs.append(new[0])
             if probe is not None:
@@ -111,5 +111,5 @@ def fused_sequence(cell, kind, x, state, mask=None, probe=None, relu=False):
                                cell.bias_hh, m, relu=relu, probe=probe)
     out = states[:, 0]
     if mask is not None and not mask.all():
-        out = out * ops.Tensor(mask[:, :, None])  # padded steps output zeros, as in PyTorch
+        out = out * ops.Tensor(mask[:, :, None], device=x.device)  # padded steps output zeros, as in PyTorch
     return out, tuple(states[T - 1, i] for i in range(cell.num_states))

@@ -148,7 +148,7 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             return x
         keep = (_init.rng().random(x.shape) >= self.p) / (1 - self.p)
-        return x * Tensor(keep.astype(x.dtype))
+        return x * Tensor(keep.astype(x.dtype), device=x.device)
 
 
 def _positive(**sizes):

@@ -125,14 +125,12 @@ def _stack_vjp(k, g, y, *arrays, axis):
 
 
 def _cross_entropy_fwd(k, logits, target):
-    logp = k.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
-    return -logp[np.arange(logp.shape[0]), target.reshape(-1)].mean()
+    return k.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
 def _cross_entropy_vjp(k, g, y, logits, target):
-    p = k.exp(k.log_softmax(logits, -1)).reshape(-1, logits.shape[-1])
-    p[np.arange(p.shape[0]), target.reshape(-1)] -= 1
-    return ((p * (g / p.shape[0])).reshape(logits.shape),)
+    flat = logits.reshape(-1, logits.shape[-1])
+    return (k.cross_entropy_bwd(flat, target.reshape(-1), g).reshape(logits.shape),)
 
 
 def _cell_fwd(k, x, *rest, kind, relu, mask, probe, need_dx):
@@ -339,8 +337,8 @@ def stack(tensors, axis=0):
 
 def where(cond, a, b):
     """``a`` where ``cond`` is true, else ``b`` (cond is data, not differentiated)."""
-    cond = tensor(cond).data.astype(bool)
     a, b = _pair(a, b)
+    cond = backend.of(a.data).asarray(tensor(cond).numpy().astype(bool))
     return apply(OPS["where"], a, b, cond=cond)
 
 

@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 
+from . import backend
+
 
 def _check_lr(lr):
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
@@ -37,7 +39,7 @@ class Optimizer:
         if self.weight_decay:
             g = g + self.weight_decay * p.data
         if self.l1:
-            g = g + self.l1 * np.sign(p.data)
+            g = g + self.l1 * backend.of(p.data).sign(p.data)
         return g
 
     def step(self):
@@ -51,7 +53,7 @@ class Optimizer:
         out = {"steps": np.asarray(self.steps), "lr": np.asarray(self.lr)}
         for i, st in enumerate(self.state):
             for k, v in st.items():
-                out[f"{i}.{k}"] = np.asarray(v)
+                out[f"{i}.{k}"] = v if isinstance(v, np.ndarray) else backend.of(v).to_numpy(v)
         return out
 
     def load_state_dict(self, state):
@@ -63,7 +65,7 @@ class Optimizer:
                 i, k = key.split(".", 1)
                 if int(i) >= len(self.params):
                     raise ValueError(f"optimizer state has entry {key!r} for a parameter that does not exist")
-                self.state[int(i)][k] = np.array(v)
+                self.state[int(i)][k] = backend.of(self.params[int(i)].data).asarray(np.array(v))
 
 
 class SGD(Optimizer):
@@ -93,7 +95,7 @@ class Adam(Optimizer):
         v = st["v"] = b2 * st.get("v", 0) + (1 - b2) * g * g
         m_hat = m / (1 - b1 ** self.steps)
         v_hat = v / (1 - b2 ** self.steps)
-        return (p - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(p.dtype)
+        return (p - self.lr * m_hat / (backend.of(p).sqrt(v_hat) + self.eps)).astype(p.dtype)
 
 
 class RMSprop(Optimizer):
@@ -103,7 +105,7 @@ class RMSprop(Optimizer):
 
     def _update(self, p, g, st):
         sq = st["square_avg"] = self.alpha * st.get("square_avg", 0) + (1 - self.alpha) * g * g
-        return (p - self.lr * g / (np.sqrt(sq) + self.eps)).astype(p.dtype)
+        return (p - self.lr * g / (backend.of(p).sqrt(sq) + self.eps)).astype(p.dtype)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
@@ -146,4 +148,4 @@ def clip_grad_value(params, clip_value):
         raise ValueError(f"clip_grad_value: clip_value must be a number >= 0, got {clip_value!r}")
     for p in params:
         if p.grad is not None:
-            p.grad.data = np.clip(p.grad.data, -clip_value, clip_value)
+            p.grad.data = backend.of(p.grad.data).clip(p.grad.data, -clip_value, clip_value)

@@ -189,6 +189,26 @@ def log_softmax(x, axis):
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def cross_entropy(logits, target):
+    """Mean of -log softmax(logits)[n, target[n]] over rows."""
+    logp = log_softmax(logits, -1)
+    return np.asarray(-logp[np.arange(len(target)), target].mean())
+
+
+def cross_entropy_bwd(logits, target, g):
+    p = np.exp(log_softmax(logits, -1))
+    p[np.arange(len(target)), target] -= 1
+    return p * (g / len(target))
+
+
+def sign(x):
+    return np.sign(x)
+
+
+def sqrt(x):
+    return np.sqrt(x)
+
+
 def sum_to_shape(g, shape):
     """Reduce a broadcast gradient back to ``shape`` (NumPy broadcasting rules)."""
     if g.shape == shape:
