@@ -25,6 +25,18 @@ def best_ms(fn, repeat):
     return min(times) * 1e3
 
 
+def paired_best_ms(a, b, repeat):
+    """Min times of ``a`` and ``b`` run alternately, so both see the same machine load."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeat):
+        for fn, acc in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return min(ta) * 1e3, min(tb) * 1e3
+
+
 def ours_step(cell, x, size, device, fused=None):
     rnn = tr.nn.RNN(cell, size, size, fused=fused)
     if device != "cpu":
@@ -61,7 +73,7 @@ def main():
     ap.add_argument("--cells", default="lstm,gru,rnn")
     ap.add_argument("--seq-len", type=int, default=100)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--unfused", action="store_true", help="also time the reference step path")
     args = ap.parse_args()
@@ -77,8 +89,11 @@ def main():
     for cell in args.cells.split(","):
         for size in map(int, args.sizes.split(",")):
             x = rng.standard_normal((args.seq_len, args.batch, size)).astype(np.float32)
-            ours = best_ms(ours_step(cell, x, size, args.device), args.repeat)
-            theirs = best_ms(torch_step(cell, x, size, args.device), args.repeat) if torch else float("nan")
+            if torch:
+                ours, theirs = paired_best_ms(ours_step(cell, x, size, args.device),
+                                              torch_step(cell, x, size, args.device), args.repeat)
+            else:
+                ours, theirs = best_ms(ours_step(cell, x, size, args.device), args.repeat), float("nan")
             print(f"{cell:5} {size:5d} {ours:9.2f} {theirs:9.2f} {theirs / ours:10.2f}", flush=True)
             if args.unfused:
                 slow = best_ms(ours_step(cell, x, size, args.device, fused=False), max(1, args.repeat // 2))

@@ -1,4 +1,5 @@
 """tinygrad_rnn: a small, fast, hackable lab for recurrent neural networks."""
+from . import _blas  # noqa: F401  (first: it may choose NumPy's BLAS kernels, before NumPy loads)
 from .tape import no_grad
 from .tensor import Tensor
 from .ops import cat, stack, where, embedding, cross_entropy, mse, split, defop

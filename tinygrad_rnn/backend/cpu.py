@@ -17,6 +17,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from . import _malloc  # noqa: F401  (tunes glibc once, at import)
 from ._jit import kernel
 
 name = "cpu"

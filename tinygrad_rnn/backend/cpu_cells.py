@@ -45,24 +45,28 @@ def _rnn_step_fwd(pre_x, pre_h, h_prev, m, relu, h):
 
 
 @kernel
-def _rnn_step_bwd(dh, h, m, relu, dpre, dh_pass):
+def _rnn_step_bwd(dy, dh_rec, pass_in, h, m, relu, dpre, pass_out):
+    # The total dL/dh_t is summed here (upstream + recurrent + pass-through):
+    # three NumPy temporaries per step saved.
     B, H = h.shape
     sq = 0.0
     for b in range(B):
-        dhb, hb, dp = dh[b], h[b], dpre[b]
+        dyb, rb, pb, hb, dp, po = dy[b], dh_rec[b], pass_in[b], h[b], dpre[b], pass_out[b]
         for j in range(H):
-            sq += dhb[j] * dhb[j]
+            d = dyb[j] + rb[j] + pb[j]
+            sq += d * d
         if m[b] == 0:
             dp[:] = 0
-            dh_pass[b] = dhb
+            for j in range(H):
+                po[j] = dyb[j] + rb[j] + pb[j]
             continue
-        dh_pass[b] = 0
+        po[:] = 0
         if relu:
             for j in range(H):
-                dp[j] = dhb[j] if hb[j] > 0 else 0
+                dp[j] = (dyb[j] + rb[j] + pb[j]) if hb[j] > 0 else 0
         else:
             for j in range(H):
-                dp[j] = dhb[j] * (1 - hb[j] * hb[j])
+                dp[j] = (dyb[j] + rb[j] + pb[j]) * (1 - hb[j] * hb[j])
     return sq
 
 
@@ -89,32 +93,36 @@ def _lstm_step_fwd(pre_x, pre_h, h_prev, c_prev, m, gates, h, c):
 
 
 @kernel
-def _lstm_step_bwd(dh, dc, gates, c, c_prev, m, dgates, dh_pass, dc_prev):
-    B, H = dh.shape
+def _lstm_step_bwd(dy, dh_rec, pass_in, dcy, dc_in, gates, c, c_prev, m, dgates, pass_out, dc_out):
+    B, H = c.shape
     sq_h = 0.0
     sq_c = 0.0
     for b in range(B):
-        dhb, dcb, gb, cb, cp, dg, dcp = dh[b], dc[b], gates[b], c[b], c_prev[b], dgates[b], dc_prev[b]
-        for j in range(H):
-            sq_h += dhb[j] * dhb[j]
+        dyb, rb, pb, dcyb, dcib = dy[b], dh_rec[b], pass_in[b], dcy[b], dc_in[b]
+        gb, cb, cp, dg, dco, po = gates[b], c[b], c_prev[b], dgates[b], dc_out[b], pass_out[b]
         if m[b] == 0:
             dg[:] = 0
-            dh_pass[b] = dhb
-            dcp[:] = dcb
             for j in range(H):
-                sq_c += dcb[j] * dcb[j]
+                d = dyb[j] + rb[j] + pb[j]
+                dcj = dcyb[j] + dcib[j]
+                sq_h += d * d
+                sq_c += dcj * dcj
+                po[j] = d
+                dco[j] = dcj
             continue
-        dh_pass[b] = 0
         for j in range(H):
+            d = dyb[j] + rb[j] + pb[j]
+            sq_h += d * d
             i, f, g, o = gb[j], gb[H + j], gb[2 * H + j], gb[3 * H + j]
             tc = tanh_scalar(cb[j])
-            dcj = dcb[j] + dhb[j] * o * (1 - tc * tc)  # total dL/dc_t
+            dcj = dcyb[j] + dcib[j] + d * o * (1 - tc * tc)  # total dL/dc_t
             sq_c += dcj * dcj
             dg[j] = dcj * g * i * (1 - i)
             dg[H + j] = dcj * cp[j] * f * (1 - f)
             dg[2 * H + j] = dcj * i * (1 - g * g)
-            dg[3 * H + j] = dhb[j] * tc * o * (1 - o)
-            dcp[j] = dcj * f
+            dg[3 * H + j] = d * tc * o * (1 - o)
+            dco[j] = dcj * f
+            po[j] = 0
     return sq_h, sq_c
 
 
@@ -141,26 +149,30 @@ def _gru_step_fwd(pre_x, pre_h, b_hh, h_prev, m, gates, hn, h):
 
 
 @kernel
-def _gru_step_bwd(dh, gates, hn, h_prev, m, dgx, dgh, dh_pass):
-    B, H = dh.shape
+def _gru_step_bwd(dy, dh_rec, pass_in, gates, hn, h_prev, m, dgx, dgh, pass_out):
+    B, H = h_prev.shape
     sq = 0.0
     for b in range(B):
-        dhb, gb, hnb, hp, gx, gh, dpass = dh[b], gates[b], hn[b], h_prev[b], dgx[b], dgh[b], dh_pass[b]
-        for j in range(H):
-            sq += dhb[j] * dhb[j]
+        dyb, rb, pb, gb, hnb, hp = dy[b], dh_rec[b], pass_in[b], gates[b], hn[b], h_prev[b]
+        gx, gh, po = dgx[b], dgh[b], pass_out[b]
         if m[b] == 0:
             gx[:] = 0
             gh[:] = 0
-            dpass[:] = dhb
+            for j in range(H):
+                d = dyb[j] + rb[j] + pb[j]
+                sq += d * d
+                po[j] = d
             continue
         for j in range(H):
-            r, z, n, d = gb[j], gb[H + j], gb[2 * H + j], dhb[j]
+            d = dyb[j] + rb[j] + pb[j]
+            sq += d * d
+            r, z, n = gb[j], gb[H + j], gb[2 * H + j]
             dn = d * (1 - z) * (1 - n * n)
             dz = d * (hp[j] - n) * z * (1 - z)
             dr = dn * hnb[j] * r * (1 - r)
             gx[j], gx[H + j], gx[2 * H + j] = dr, dz, dn
             gh[j], gh[H + j], gh[2 * H + j] = dr, dz, dn * r
-            dpass[j] = d * z
+            po[j] = d * z
     return sq
 
 
@@ -221,28 +233,31 @@ def cell_backward(kind, dY, Y, residuals, x, states, w_ih, w_hh, mask, relu=Fals
     gates, hn = residuals
     T, S, B, H = Y.shape
     I, G, dt = x.shape[2], GATES[kind], Y.dtype
+    dY = np.ascontiguousarray(dY, dtype=dt)  # the kernels read rows of it
     dgx = np.empty((T, B, G * H), dt)
     dgh = np.empty((T, B, G * H), dt) if kind == "gru" else dgx
-    dh_pass = np.empty((B, H), dt)
-    dc_prev = np.empty((B, H), dt)
-    dh_next = np.zeros((B, H), dt)
-    dc_next = np.zeros((B, H), dt)
+    # Ping-pong buffers: step t reads what step t+1 wrote, and writes the other one.
+    rec_in, rec_out = np.zeros((B, H), dt), np.empty((B, H), dt)
+    pass_in, pass_out = np.zeros((B, H), dt), np.empty((B, H), dt)
+    dc_in, dc_out = np.zeros((B, H), dt), np.empty((B, H), dt)
     sq = np.zeros((S, T))
     for t in range(T - 1, -1, -1):
-        dh = dY[t, 0] + dh_next
-        h_prev = Y[t - 1, 0] if t else states[0]
         if kind == "rnn":
-            sq[0, t] = _rnn_step_bwd(dh, Y[t, 0], mask[t], relu, dgx[t], dh_pass)
+            sq[0, t] = _rnn_step_bwd(dY[t, 0], rec_in, pass_in, Y[t, 0], mask[t], relu, dgx[t], pass_out)
         elif kind == "lstm":
-            dc = dY[t, 1] + dc_next
             c_prev = Y[t - 1, 1] if t else states[1]
-            sq[0, t], sq[1, t] = _lstm_step_bwd(dh, dc, gates[t], Y[t, 1], c_prev, mask[t],
-                                               dgx[t], dh_pass, dc_prev)
-            dc_next, dc_prev = dc_prev, dc_next
+            sq[0, t], sq[1, t] = _lstm_step_bwd(dY[t, 0], rec_in, pass_in, dY[t, 1], dc_in, gates[t], Y[t, 1],
+                                               c_prev, mask[t], dgx[t], pass_out, dc_out)
+            dc_in, dc_out = dc_out, dc_in
         else:
-            sq[0, t] = _gru_step_bwd(dh, gates[t], hn[t], h_prev, mask[t], dgx[t], dgh[t], dh_pass)
-        dh_next = np.matmul(dgh[t], w_hh)
-        dh_next += dh_pass
+            h_prev = Y[t - 1, 0] if t else states[0]
+            sq[0, t] = _gru_step_bwd(dY[t, 0], rec_in, pass_in, gates[t], hn[t], h_prev, mask[t],
+                                     dgx[t], dgh[t], pass_out)
+        np.matmul(dgh[t], w_hh, out=rec_out)
+        rec_in, rec_out = rec_out, rec_in
+        pass_in, pass_out = pass_out, pass_in
+    dh_next = rec_in + pass_in
+    dc_next = dc_in
     h_prevs = np.concatenate([states[0][None], Y[:-1, 0]]) if T > 1 else states[0][None]
     dgx2, dgh2 = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
     dw_ih = np.matmul(dgx2.T, x.reshape(T * B, I))
