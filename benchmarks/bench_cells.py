@@ -76,7 +76,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--unfused", action="store_true", help="also time the reference step path")
+    ap.add_argument("--plugin", action="append", default=[], help="load a cell plugin (module or .py file)")
     args = ap.parse_args()
+    for spec in args.plugin:
+        tr.load_plugin(spec)
     try:
         import torch
         torch.set_num_threads(2) if args.device == "cpu" else None
@@ -89,13 +92,13 @@ def main():
     for cell in args.cells.split(","):
         for size in map(int, args.sizes.split(",")):
             x = rng.standard_normal((args.seq_len, args.batch, size)).astype(np.float32)
-            if torch:
+            if torch and cell in ("rnn", "lstm", "gru"):
                 ours, theirs = paired_best_ms(ours_step(cell, x, size, args.device),
                                               torch_step(cell, x, size, args.device), args.repeat)
             else:
                 ours, theirs = best_ms(ours_step(cell, x, size, args.device), args.repeat), float("nan")
             print(f"{cell:5} {size:5d} {ours:9.2f} {theirs:9.2f} {theirs / ours:10.2f}", flush=True)
-            if args.unfused:
+            if args.unfused and cell in ("rnn", "lstm", "gru"):  # plugin cells are unfused already
                 slow = best_ms(ours_step(cell, x, size, args.device, fused=False), max(1, args.repeat // 2))
                 print(f"{cell:5} {size:5d} unfused {slow:9.2f} ms: fused is {slow / ours:.1f}x faster")
 

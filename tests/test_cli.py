@@ -150,3 +150,11 @@ def test_series_nan_is_named(tmp_path):
 def test_gradcheck_command():
     result = run("gradcheck", "--cell", "gru")
     assert result.exit_code == 0 and "all checks passed" in result.stdout
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    result = run("diagnose", "--cell", "rnn", "--seq-len", "5", "--hidden", "3", "--plot", str(tmp_path / "x.png"))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: --plot needs matplotlib: pip install 'tinygrad-rnn[plot]'"

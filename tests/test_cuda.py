@@ -136,3 +136,14 @@ def test_every_kernel_compiles_to_ptx_for_sm90():
         pytest.skip("the CUDA toolkit's libNVVM is not installed here")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "COMPILED" in out.stdout
+
+
+def test_cli_diagnoses_on_cuda():
+    from click.testing import CliRunner
+    import json
+    import cli
+    result = CliRunner().invoke(cli.main, ["diagnose", "--device", "cuda", "--cell", "gru", "--seq-len", "4",
+                                           "--hidden", "3", "--batch", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)["cells"][0]
+    assert len(entry["grad_norm_per_step"][0]) == 4 and entry["verdict"] in ("vanishing", "exploding", "healthy")

@@ -210,7 +210,9 @@ def diagnose_cell(model, task, x, y):
     finally:
         _restore_grads(params, saved)
     first_layer = norms[0]
-    jac = step_jacobian_norms(rnn, x)
+    # Per-sample measures run on the CPU: they are small and read single sequences.
+    host_rnn, host_x = rnn.cpu_copy(), Tensor(x.numpy() if isinstance(x, Tensor) else x)
+    jac = step_jacobian_norms(host_rnn, host_x)
     result = {
         "verdict": verdict(first_layer),
         "grad_norm_per_step": norms.tolist(),
@@ -219,8 +221,8 @@ def diagnose_cell(model, task, x, y):
         "ratio_first_last": float(first_layer[0] / first_layer[-1]) if first_layer[-1] > 0 else None,
         "jacobian_spectral_norm": {"mean": float(jac.mean()), "max": float(jac.max()),
                                    "per_step": jac.tolist()},
-        "recurrent_spectral_radius": recurrent_spectral_radius(rnn),
-        "gate_saturation": gate_saturation(rnn, x),
+        "recurrent_spectral_radius": recurrent_spectral_radius(host_rnn),
+        "gate_saturation": gate_saturation(host_rnn, host_x),
         "param_grad_norms": pnorms,
     }
     if c_norms is not None:

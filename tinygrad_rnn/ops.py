@@ -19,6 +19,8 @@ from .tape import Node, _recording
 from .tensor import Tensor
 
 OPS = {}
+_backend_of = backend.of
+_ndarray = np.ndarray  # the CPU fast path: checked by class, before any function call
 
 
 class Op:
@@ -47,9 +49,9 @@ def defop(name, fwd, vjp, broadcast=False, residuals=False):
 def apply(op, *inputs, **attrs):
     """Run ``op`` forward on Tensors and record it when any input needs a gradient."""
     arrays = [t.data for t in inputs]
-    k = backend.of(arrays[0])
+    k = _backend_of(arrays[0])
     for a in arrays:
-        if backend.of(a) is not k:
+        if (a.__class__ is _ndarray) != (k is backend.cpu) and _backend_of(a) is not k:
             raise ValueError(f"{op.name}: inputs are on different devices: "
                              f"{[t.device for t in inputs]}; move them with .to(device)")
     try:
@@ -204,7 +206,7 @@ def tensor(x, like=None):
 
 
 def _pair(a, b):
-    if type(a) is Tensor and type(b) is Tensor and a.data.dtype == b.data.dtype:
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.data.dtype == b.data.dtype:
         return a, b
     a = tensor(a, like=b if isinstance(b, Tensor) else None)
     b = tensor(b, like=a)
@@ -217,15 +219,19 @@ def _pair(a, b):
     return a, b
 
 
-def add(a, b): return apply(OPS["add"], *_pair(a, b))
-def sub(a, b): return apply(OPS["sub"], *_pair(a, b))
-def mul(a, b): return apply(OPS["mul"], *_pair(a, b))
-def div(a, b): return apply(OPS["div"], *_pair(a, b))
-def neg(a): return apply(OPS["neg"], a)
-def exp(a): return apply(OPS["exp"], tensor(a))
-def log(a): return apply(OPS["log"], tensor(a))
-def tanh(a): return apply(OPS["tanh"], tensor(a))
-def sigmoid(a): return apply(OPS["sigmoid"], tensor(a))
+_ADD, _SUB, _MUL, _DIV, _NEG = OPS["add"], OPS["sub"], OPS["mul"], OPS["div"], OPS["neg"]
+_EXP, _LOG, _TANH, _SIGMOID = OPS["exp"], OPS["log"], OPS["tanh"], OPS["sigmoid"]
+
+
+def add(a, b): return apply(_ADD, *_pair(a, b))
+def sub(a, b): return apply(_SUB, *_pair(a, b))
+def mul(a, b): return apply(_MUL, *_pair(a, b))
+def div(a, b): return apply(_DIV, *_pair(a, b))
+def neg(a): return apply(_NEG, a)
+def exp(a): return apply(_EXP, tensor(a))
+def log(a): return apply(_LOG, tensor(a))
+def tanh(a): return apply(_TANH, tensor(a))
+def sigmoid(a): return apply(_SIGMOID, tensor(a))
 def relu(a): return apply(OPS["leaky_relu"], tensor(a), slope=0.0)
 def leaky_relu(a, negative_slope=0.01): return apply(OPS["leaky_relu"], tensor(a), slope=float(negative_slope))
 def astype(a, dtype): return a if a.dtype == dtype else apply(OPS["astype"], a, dtype=dtype)
@@ -239,11 +245,12 @@ def pow(a, exponent):
 
 def matmul(a, b):
     a, b = _pair(a, b)
-    if a.ndim == 0 or b.ndim == 0:
+    if not a.data.shape or not b.data.shape:
         raise ValueError(f"matmul: scalars cannot be matrix-multiplied (shapes {a.shape} and {b.shape})")
-    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are incompatible "
-                         f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
+    ashape, bshape = a.data.shape, b.data.shape
+    inner = bshape[-2] if len(bshape) > 1 else bshape[0]
+    if ashape[-1] != inner:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are incompatible ({ashape[-1]} != {inner})")
     return apply(OPS["matmul"], a, b)
 
 

@@ -66,6 +66,7 @@ class RNN(Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, int(num_layers)
         self.batch_first = batch_first
         self.fused = fused
+        self.cell_options = dict(cell_options)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -86,6 +87,14 @@ class RNN(Module):
         yield self
         for c in self.cells:
             yield from c.modules()
+
+    def cpu_copy(self):
+        """This RNN with its current parameters, on the CPU (self if it already is)."""
+        if all(p.device == "cpu" for p in self.parameters()):
+            return self
+        twin = RNN(self.cell_class, self.input_size, self.hidden_size, self.num_layers,
+                   self.batch_first, self.dtype, self.fused, **self.cell_options)
+        return twin.load_state_dict(self.state_dict())
 
     def reset_parameters(self, scheme):
         for c in self.cells:
@@ -120,7 +129,7 @@ class RNN(Module):
                 raise ValueError(f"cell {c.name!r} has no fused kernel; use fused=None or False")
             p = self.probes[l] if probe else None
             x, final = (c.forward_sequence(x, layer_state, mask, p) if use_fused
-                        else Cell_forward_sequence(c, x, layer_state, mask, p))
+                        else _reference_sequence(c, x, layer_state, mask, p))
             finals.append(final)
         out = x.transpose(1, 0, 2) if self.batch_first else x
         return out, tuple(ops.stack([f[i] for f in finals], 0) for i in range(self.num_states))
@@ -156,7 +165,8 @@ def _has_fused(cell):
     return type(cell).forward_sequence is not Cell.forward_sequence
 
 
-def Cell_forward_sequence(cell, x, state, mask, probe):
+def _reference_sequence(cell, x, state, mask, probe):
+    """The base class's loop over ``step``, even for a cell that has a fused override."""
     from .cell import Cell
     return Cell.forward_sequence(cell, x, state, mask, probe)
 

@@ -1,4 +1,6 @@
 """Backends: one module per device, all exposing the same array functions."""
+import functools
+
 import numpy as np
 
 from . import cpu
@@ -29,6 +31,7 @@ def of(array):
     raise TypeError(f"no backend holds data of type {type(array).__name__}")
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_available():
     """(True, "") when a CUDA GPU (or Numba's simulator) can run kernels, else (False, reason)."""
     import importlib.util
