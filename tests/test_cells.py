@@ -169,3 +169,14 @@ def test_matches_pytorch(cell, opts, layers, dtype, tol):
     for name, p in ours.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), tgrads[name].grad.numpy(), rtol=tol, atol=tol * 10,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_padded_steps_get_no_gradient(cell, fused):
+    rnn = tr.nn.RNN(cell, 2, 3, fused=fused, dtype="float64")
+    x = tr.Tensor(np.random.default_rng(0).standard_normal((5, 2, 2)), requires_grad=True)
+    out, state = rnn(x, lengths=[5, 2])
+    ((out * out).sum() + state[0].sum()).backward()
+    g = x.grad.numpy()
+    assert np.all(g[2:, 1] == 0) and np.all(g[:2, 1] != 0) and np.all(g[:, 0] != 0)

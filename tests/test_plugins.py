@@ -242,3 +242,10 @@ def test_check_cell_passes_for_every_registered_cell():
     for info in tr.list_cells():
         report = tr.testing.check_cell(info["name"])
         assert report.ok, str(report)
+
+
+def test_the_same_file_twice_is_one_plugin(tmp_path):
+    path = _write(tmp_path, "twin.py", GOOD.format(name="twin"))
+    tr.load_plugin(path)
+    tr.load_plugin(os.path.join(str(tmp_path), ".", "twin.py"))  # another spelling of the same file
+    assert tr.get_cell("twin").name == "twin"

@@ -195,3 +195,9 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         checkpoint.save(str(path), {"step": 2}, {"a": np.zeros(3)})
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["ck.npz"]
+
+
+def test_progress_goes_to_stderr_only(tmp_path, capsys):
+    _run(tmp_path, steps=3, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "step 3/3" in captured.err

@@ -134,13 +134,22 @@ def _load_spec(spec, source, explicit):
     _add(module, name, source, "", explicit)
 
 
+def _same_file_loaded(plugin):
+    path = getattr(plugin, "__file__", None)
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    return any(os.path.realpath(getattr(p, "__file__", "") or "") == real
+               for p in _state.pm.get_plugins() if p is not plugin)
+
+
 def _add(plugin, name, source, distribution, explicit):
     """Register one plugin with pluggy and run its hooks with a register callback."""
     info = PluginInfo(name, source, distribution)
     if name in _state.plugins and _state.plugins[name].status == "ok":
         return  # already loaded (an entry point also listed in the env, say)
-    if _state.pm.is_registered(plugin):
-        return
+    if _state.pm.is_registered(plugin) or _same_file_loaded(plugin):
+        return  # the same source file, installed and also named with --plugin: one plugin
     try:
         _state.pm.register(plugin, name=name)
     except Exception as e:

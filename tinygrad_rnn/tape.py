@@ -71,7 +71,8 @@ def _checked(node, grads):
                 raise RuntimeError(f"VJP of op '{op.name}' returned a gradient of shape "
                                    f"{tuple(g.shape)} for input {i} of shape {tuple(shape)}")
             fixed = fixed or list(grads)
-            fixed[i] = node.k.sum_to_shape(g, shape)
+            # A constant (a Python scalar, say) needs no reduction: its gradient is dropped.
+            fixed[i] = node.k.sum_to_shape(g, shape) if inputs[i].requires_grad else None
     return grads if fixed is None else fixed
 
 
