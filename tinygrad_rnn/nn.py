@@ -104,9 +104,6 @@ class Module:
             p.data = p.data.astype(dtype)
         return self
 
-    def num_parameters(self):
-        return int(sum(p.size for p in self.parameters()))
-
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 

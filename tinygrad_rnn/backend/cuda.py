@@ -561,11 +561,6 @@ def _view(shape, index):
 
 
 # ---- the backend functions ops.py calls -------------------------------------------------------
-def require():
-    if not cuda.is_available():
-        raise RuntimeError("device 'cuda' is not available: no NVIDIA driver or GPU found")
-
-
 def asarray(data, dtype=None):
     if isinstance(data, CudaArray):
         return data if dtype is None else data.astype(dtype)
@@ -593,10 +588,6 @@ def zeros(shape, dtype=np.float32):
     if out.size:
         _fill_kernel[_blocks(out.size), THREADS](out, 0)
     return CudaArray(out, shape)
-
-
-def zeros_like(a):
-    return zeros(a.shape, a.dtype)
 
 
 def ones_like(a):
@@ -658,7 +649,6 @@ def sign(a): return _unary(_sign_kernel, a)
 def tanh(a): return _unary(_tanh_kernel, a)
 def sigmoid(a): return _unary(_sigmoid_kernel, a)
 def leaky_relu(a, slope): return _unary(_leaky_relu_kernel, a, a.dtype.type(slope))
-def maximum(a, b): return where(a > b, a, b)
 
 
 def tanh_bwd(g, y):
