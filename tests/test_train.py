@@ -201,3 +201,13 @@ def test_progress_goes_to_stderr_only(tmp_path, capsys):
     _run(tmp_path, steps=3, progress=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "step 3/3" in captured.err
+
+
+def test_resume_from_an_incomplete_checkpoint_is_clear(tmp_path):
+    path = str(tmp_path / "half.npz")
+    checkpoint.save(path, {"step": 3}, {"param/x": np.ones(2)})
+    with pytest.raises(checkpoint.CheckpointError, match="incomplete: no config, rng, init_rng"):
+        _run(tmp_path, steps=5, resume=path)
+    checkpoint.save(path, {"step": 3, "config": {"cell": "gru"}, "rng": {}, "init_rng": {}}, {})
+    with pytest.raises(checkpoint.CheckpointError, match="unusable config: missing 'task'"):
+        _run(tmp_path, steps=5, resume=path)

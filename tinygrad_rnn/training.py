@@ -94,8 +94,16 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                   dtype=dtype, cell_options=cell_options or {}, device=device)
     meta, arrays = checkpoint.load(resume) if resume else (None, None)
     if meta:
+        missing = [k for k in ("config", "step", "rng", "init_rng") if k not in meta]
+        if missing or not isinstance(meta["config"], dict):
+            raise checkpoint.CheckpointError(f"{resume!r} is incomplete: no {', '.join(missing) or 'config'}")
         config = dict(meta["config"], device=device)  # the checkpoint's run, continued
-    task_obj, model = build(config)
+    try:
+        task_obj, model = build(config)
+    except KeyError as e:
+        if meta:
+            raise checkpoint.CheckpointError(f"{resume!r} has an unusable config: missing {e}") from None
+        raise
     if bptt and not task_obj.stream:
         raise ValueError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
     opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
@@ -115,7 +123,6 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         if start > steps:
             raise ValueError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
 
-    names = [n for n, _ in model.named_parameters()]
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
     t0 = time.perf_counter()
