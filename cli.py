@@ -203,7 +203,8 @@ def _print_diagnosis(report):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device)
 @click.option("--save", type=click.Path(dir_okay=False), help="Write a checkpoint here at the end.")
-@click.option("--resume", type=click.Path(dir_okay=False), help="Continue from this checkpoint.")
+@click.option("--resume", type=click.Path(dir_okay=False),
+              help="Continue this checkpoint's run (its model, task and settings) up to --steps.")
 @click.option("--log", type=click.Path(dir_okay=False), help="Append JSON Lines records here.")
 @click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--diagnose-every", type=click.IntRange(min=1), default=None,

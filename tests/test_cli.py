@@ -158,3 +158,9 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     result = run("diagnose", "--cell", "rnn", "--seq-len", "5", "--hidden", "3", "--plot", str(tmp_path / "x.png"))
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: --plot needs matplotlib: pip install 'tinygrad-rnn[plot]'"
+
+
+def test_data_for_a_task_that_makes_its_own_is_an_error(tmp_path):
+    (tmp_path / "d.txt").write_text("hello")
+    result = run("train", "--task", "adding", "--data", str(tmp_path / "d.txt"), "--steps", "1")
+    assert result.exit_code == 1 and "makes its own data" in result.stderr

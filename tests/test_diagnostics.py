@@ -147,3 +147,10 @@ def test_diagnose_report_schema():
         assert {"horizon", "decay_rate", "jacobian_spectral_norm", "recurrent_spectral_radius",
                 "gate_saturation", "param_grad_norms"} <= set(entry)
     assert "c_grad_norm_per_step" in report["cells"][1]
+
+
+def test_nan_input_is_an_error_naming_the_position():
+    x = np.zeros((4, 2, 2))
+    x[2, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite value \(nan\) at position \(2, 1, 0\)"):
+        D.step_grad_norms(tr.nn.RNN("rnn", 2, 3), x, lambda out: out.sum())

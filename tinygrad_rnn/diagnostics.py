@@ -29,6 +29,14 @@ def _restore_grads(params, grads):
         p.grad = g
 
 
+def _check_finite(x):
+    data = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(data))[0])
+        raise ValueError(f"the input holds a non-finite value ({data[pos]}) at position {pos}: "
+                         "gradient norms of NaN data mean nothing")
+
+
 def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
     """Array (num_layers, T): ||dL/dh_t|| over (batch, hidden) for each layer and step.
 
@@ -38,6 +46,7 @@ def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
     """
     if not 0 <= which < rnn.num_states:
         raise ValueError(f"which={which}: cell {rnn.cell_class.name!r} has {rnn.num_states} state(s)")
+    _check_finite(x)
     params = rnn.parameters()
     saved = _saved_grads(params)
     try:
@@ -198,6 +207,7 @@ def sparkline(values, width=50):
 def diagnose_cell(model, task, x, y):
     """Every measure for one model on one batch: a JSON-able dict."""
     rnn = model.rnn
+    _check_finite(x)
     loss_fn = lambda out: task.loss(model.head(out[-1] if model.last_step_only else out), y)  # noqa: E731
     params = model.parameters()
     saved = _saved_grads(params)

@@ -36,12 +36,15 @@ class Task:
     last_step_only = False
     classification = False
     stream = False
+    uses_data = False
 
     def __init__(self, seq_len=100, data=None, **options):
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
             raise TaskError(f"task {self.name!r}: seq_len must be an integer >= 2, got {seq_len!r}")
         if options:
             raise TaskError(f"task {self.name!r} takes no options {sorted(options)}")
+        if data is not None and not self.uses_data:
+            raise TaskError(f"task {self.name!r} makes its own data and takes no data file ({data!r})")
         self.seq_len = int(seq_len)
         self.data = data
 
@@ -173,6 +176,7 @@ class Text(_Stream):
 
     name = "text"
     classification = True
+    uses_data = True
 
     def __init__(self, seq_len=100, data=None, **options):
         super().__init__(seq_len, data, **options)
@@ -218,6 +222,7 @@ class Series(_Stream):
     """Next-step forecasting over a user .npy or .csv file of shape (N,) or (N, F)."""
 
     name = "series"
+    uses_data = True
 
     def __init__(self, seq_len=100, data=None, **options):
         super().__init__(seq_len, data, **options)
