@@ -211,3 +211,17 @@ def test_resume_from_an_incomplete_checkpoint_is_clear(tmp_path):
     checkpoint.save(path, {"step": 3, "config": {"cell": "gru"}, "rng": {}, "init_rng": {}}, {})
     with pytest.raises(checkpoint.CheckpointError, match="unusable config: missing 'task'"):
         _run(tmp_path, steps=5, resume=path)
+
+
+def test_init_schemes_follow_the_hh_naming():
+    rnn = tr.nn.RNN("rnn", 3, 4, nonlinearity="relu")
+    rnn.reset_parameters("identity")  # Le et al. 2015: IRNN
+    sd = rnn.state_dict()
+    np.testing.assert_array_equal(sd["weight_hh_l0"], np.eye(4))
+    assert not np.allclose(sd["weight_ih_l0"], 0) and np.all(sd["bias_hh_l0"] == 0)
+    lstm = tr.nn.RNN("lstm", 3, 4)
+    lstm.reset_parameters("orthogonal")
+    w = lstm.state_dict()["weight_hh_l0"].astype(np.float64)
+    for g in range(4):  # each gate block is orthogonal
+        block = w[4 * g:4 * g + 4]
+        np.testing.assert_allclose(block @ block.T, np.eye(4), atol=1e-5)

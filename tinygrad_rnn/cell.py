@@ -34,20 +34,21 @@ class Cell(Module):
     def reset_parameters(self, scheme):
         """Re-initialise every parameter by a named scheme (``tinygrad-rnn train --init``).
 
-        The default treats matrices whose second axis is the hidden size as recurrent
-        (``weight_hh``-like) and gives ``scheme`` to them; biases become zeros and the
-        rest are drawn with xavier_uniform, except for ``pytorch`` which keeps the defaults.
+        ``pytorch`` redraws PyTorch's defaults. Any other scheme goes to the recurrent
+        weights, recognised by PyTorch's naming: names containing ``hh``. Other matrices
+        get ``xavier_uniform`` (or the scheme itself where it is not recurrent-specific),
+        vectors get zeros. A cell whose names differ overrides this method.
         """
+        recurrent_only = scheme in ("identity", "orthogonal")
         for name, p in self._params.items():
             if scheme == "pytorch":
                 arr = _init.uniform(p.shape, self.hidden_size)
             elif p.ndim == 1:
                 arr = np.zeros(p.shape)
-            elif "hh" in name or p.shape[-1] == self.hidden_size and "ih" not in name:
+            elif "hh" in name or not recurrent_only:
                 arr = _init.make(scheme, p.shape, self.hidden_size)
             else:
-                arr = _init.make("xavier_uniform" if scheme in ("identity", "orthogonal") else scheme,
-                                 p.shape, self.hidden_size)
+                arr = _init.make("xavier_uniform", p.shape, self.hidden_size)
             p.data = arr.astype(p.dtype)
 
     def init_state(self, batch, dtype=np.float32, device="cpu"):
