@@ -14,6 +14,6 @@ from .training import train
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
-           "split", "defop", "manual_seed", "hookimpl", "nn", "testing", "Cell", "fused_sequence",
+           "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell", "fused_sequence",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
            "diagnostics", "init", "optim", "tasks", "training", "train", "__version__"]
