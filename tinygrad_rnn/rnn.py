@@ -124,15 +124,19 @@ class RNN(Module):
         finals = []
         for l, c in enumerate(self.cells):
             layer_state = tuple(s[l] for s in state)
-            use_fused = self.fused is not False and _has_fused(c)
-            if self.fused is True and not use_fused:
-                raise ValueError(f"cell {c.name!r} has no fused kernel; use fused=None or False")
-            p = self.probes[l] if probe else None
-            x, final = (c.forward_sequence(x, layer_state, mask, p) if use_fused
-                        else _reference_sequence(c, x, layer_state, mask, p))
+            x, final = self._run_layer(c, x, layer_state, mask, self.probes[l] if probe else None)
             finals.append(final)
         out = x.transpose(1, 0, 2) if self.batch_first else x
         return out, tuple(ops.stack([f[i] for f in finals], 0) for i in range(self.num_states))
+
+    def _run_layer(self, cell, x, state, mask, probe):
+        """One layer over the whole sequence (T, B, I) -> (out (T, B, H), final state tuple)."""
+        use_fused = self.fused is not False and _has_fused(cell)
+        if self.fused is True and not use_fused:
+            raise ValueError(f"cell {cell.name!r} has no fused kernel; use fused=None or False")
+        if use_fused:
+            return cell.forward_sequence(x, state, mask, probe)
+        return _reference_sequence(cell, x, state, mask, probe)
 
     def step_grad_norms(self, which=0):
         """After a ``probe=True`` forward and a backward: array (num_layers, T)."""
