@@ -72,14 +72,16 @@ class Cell(Module):
         for t in range(T):
             new = self.step(x[t], state)
             new = _checked_state(self, new, state, t)
+            computed = None
             if mask is not None and not mask[t].all():
                 m = mask[t][:, None] > 0
+                computed = new
                 new = tuple(ops.where(m, n, s) for n, s in zip(new, state))
                 outs.append(new[0] * ops.Tensor(mask[t][:, None].astype(new[0].dtype), device=x.device))
             else:
                 outs.append(new[0])
             if probe is not None:
-                probe.track(new)
+                probe.track(new, computed, None if computed is None else mask[t])
             state = new
         return ops.stack(outs, 0), state
 

@@ -19,6 +19,7 @@ from .tape import Node, _recording
 from .tensor import Tensor
 
 OPS = {}
+_tracer = [None]  # the cell compiler's recorder while it traces a step (compiler/trace.py)
 _backend_of = backend.of
 _ndarray = np.ndarray  # the CPU fast path: checked by class, before any function call
 
@@ -63,6 +64,8 @@ def apply(op, *inputs, **attrs):
         out, residuals = out
         attrs["residuals"] = residuals
     t = Tensor._make(out)
+    if _tracer[0] is not None:
+        _tracer[0].record(op.name, inputs, attrs, t)
     if _recording[0]:
         for i in inputs:
             if i.requires_grad:
@@ -345,7 +348,10 @@ def stack(tensors, axis=0):
 def where(cond, a, b):
     """``a`` where ``cond`` is true, else ``b`` (cond is data, not differentiated)."""
     a, b = _pair(a, b)
-    cond = backend.of(a.data).asarray(tensor(cond).numpy().astype(bool))
+    cond_t = tensor(cond)
+    cond = backend.of(a.data).asarray(cond_t.numpy().astype(bool))
+    if _tracer[0] is not None:
+        _tracer[0].alias(cond, cond_t)
     return apply(OPS["where"], a, b, cond=cond)
 
 
@@ -413,4 +419,7 @@ def compare(a, b, how):
     """Elementwise comparison: a boolean Tensor, never differentiated."""
     a, b = _pair(a, b)
     fn = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal}[how]
-    return Tensor._make(fn(a.data, b.data))
+    out = Tensor._make(fn(a.data, b.data))
+    if _tracer[0] is not None:
+        _tracer[0].record("compare", (a, b), {"how": how}, out)
+    return out

@@ -17,13 +17,16 @@ class GradProbe:
         self.norms = None
         self._states = []
 
-    def track(self, states):
+    def track(self, states, computed=None, mask=None):
+        """Keep one step's states. On a partly padded step ``states`` are the masked
+        results and ``computed`` what ``step`` returned: a real row's total gradient
+        (through the rest of the step too, such as c_t -> h_t) is on ``computed``, a
+        padded row's on ``states``."""
         kept = []
-        for s in states:
+        for s in (*states, *(computed or ())):
             if s.requires_grad:
                 s.retain_grad()
-            kept.append(s)
-        self._states.append(kept)
+        self._states.append((list(states), computed, mask))
 
     def result(self, num_states):
         """Array (num_states, T): ||dL/d state_t|| over batch and hidden."""
@@ -32,11 +35,18 @@ class GradProbe:
         if not self._states:
             raise RuntimeError("no gradient norms recorded: run backward() after the forward pass")
         out = np.zeros((num_states, len(self._states)))
-        for t, states in enumerate(self._states):
+        for t, (states, computed, mask) in enumerate(self._states):
             for i, s in enumerate(states):
-                if s.grad is not None:
-                    out[i, t] = np.sqrt((s.grad.numpy().astype(np.float64) ** 2).sum())
+                g = _grad64(s)
+                if computed is not None:
+                    real = mask[:, None] > 0
+                    g = np.where(real, _grad64(computed[i]), g)
+                out[i, t] = np.sqrt((g ** 2).sum())
         return out
+
+
+def _grad64(t):
+    return np.zeros(t.shape) if t.grad is None else t.grad.numpy().astype(np.float64)
 
 
 class RNN(Module):

@@ -1,0 +1,694 @@
+"""Render a Plan as plain Python source for Numba: stage kernels and time-loop drivers.
+
+Elementwise maths is not written here: the forward and the VJP of each primitive are
+the op table's own lambdas (``ops.OPS[name].fwd`` / ``.vjp``), evaluated on symbols
+(``Sym``) through a symbolic backend (``_SymBackend``) that prints expressions for
+one element. Structural ops (last-axis slices, cat, row reductions) are index maps,
+written out here with the same meaning as their table entries.
+
+Layout of the generated module (all arrays C-contiguous):
+- ``X<n>`` (T, B, w): hoisted inputs; ``S0_<i>`` (B, H): initial states; ``A<n>``: weights
+  and other batch-free values; ``M`` (T, B): the mask; ``Y`` (T, S, B, H): every state.
+- ``R_<v>`` (T, B, w): forward values kept for the backward or for a later stage;
+  ``G<n>`` (T, B, w): recurrent products.
+- Backward: ``DX<n>`` and ``DA<n>`` gradients, ``GD<n>`` product gradients (for the weight
+  GEMMs at the end), ``GL<n>``/``CS_<i>_<k>``/``PASS_<i>`` the gradient carried to the
+  previous step, ``E_<v>_<k>`` contributions from stage k to a value owned by an earlier stage.
+- Kernels loop over rows; each op is one simple loop over the row, which is the form
+  that vectorises (FACTS.md: one transcendental per loop).
+"""
+import numpy as np
+
+from .. import ops
+from .plan import POINTWISE, REDUCTIONS
+
+
+# ---- symbolic evaluation of the op table ------------------------------------------
+class Sym:
+    """An expression for one element, printed as Python source."""
+
+    __slots__ = ("code", "boolean", "gen", "var")
+
+    def __init__(self, code, gen, boolean=False, var=None):
+        self.code, self.gen, self.boolean, self.var = code, gen, boolean, var
+
+    def __str__(self):
+        if self.var is not None and self.gen._reading is not None:
+            self.gen._reading.add(self.var)  # only values an expression really uses are kept
+        return self.code
+
+    def _lift(self, other):
+        return other if isinstance(other, Sym) else Sym(self.gen.const(other), self.gen)
+
+    def _bin(self, other, op, rev=False):
+        other = self._lift(other)
+        a, b = (other, self) if rev else (self, other)
+        if op == "*" and (a.boolean or b.boolean):
+            cond, val = (a, b) if a.boolean else (b, a)
+            return Sym(f"({val} if {cond} else {self.gen.const(0)})", self.gen)
+        return Sym(f"({a} {op} {b})", self.gen)
+
+    def __add__(self, o): return self._bin(o, "+")
+    def __radd__(self, o): return self._bin(o, "+", True)
+    def __sub__(self, o): return self._bin(o, "-")
+    def __rsub__(self, o): return self._bin(o, "-", True)
+    def __mul__(self, o): return self._bin(o, "*")
+    def __rmul__(self, o): return self._bin(o, "*", True)
+    def __truediv__(self, o): return self._bin(o, "/")
+    def __rtruediv__(self, o): return self._bin(o, "/", True)
+    def __neg__(self): return Sym(f"(-{self})", self.gen)
+
+    def __pow__(self, p):
+        p = float(p)
+        if p == 0:
+            return Sym(self.gen.const(1), self.gen)
+        if p == 1:
+            return self
+        if p == 2:
+            return Sym(f"({self} * {self})", self.gen)
+        if p == 0.5:
+            return Sym(f"math.sqrt({self})", self.gen)
+        if p == -1:
+            return Sym(f"({self.gen.const(1)} / {self})", self.gen)
+        return Sym(f"({self} ** {self.gen.const(p)})", self.gen)
+
+    def _cmp(self, o, op):
+        return Sym(f"({self} {op} {self._lift(o)})", self.gen, boolean=True)
+
+    def __gt__(self, o): return self._cmp(o, ">")
+    def __ge__(self, o): return self._cmp(o, ">=")
+    def __lt__(self, o): return self._cmp(o, "<")
+    def __le__(self, o): return self._cmp(o, "<=")
+    def __and__(self, o): return Sym(f"({self} and {o})", self.gen, boolean=True)
+
+
+class _SymBackend:
+    """The backend functions the op table's elementwise entries call, for one element."""
+
+    def __init__(self, gen):
+        self.gen = gen
+
+    def _s(self, v):
+        return v if isinstance(v, Sym) else Sym(self.gen.const(v), self.gen)
+
+    def tanh(self, a): return Sym(f"tanh_scalar({a})", self.gen)
+    def sigmoid(self, a): return Sym(f"sigmoid_scalar({a})", self.gen)
+    def exp(self, a): return Sym(f"math.exp({a})", self.gen)
+    def log(self, a): return Sym(f"math.log({a})", self.gen)
+    def tanh_bwd(self, g, y): return g * (1 - y * y)
+    def sigmoid_bwd(self, g, y): return g * y * (1 - y)
+
+    def leaky_relu(self, a, slope):
+        if slope == 0:
+            return Sym(f"max({a}, {self.gen.const(0)})", self.gen)
+        return Sym(f"({a} if {a} > {self.gen.const(0)} else {a} * {self.gen.const(slope)})", self.gen)
+
+    def leaky_relu_bwd(self, g, a, slope):
+        return Sym(f"({g} if {a} > {self.gen.const(0)} else {self._s(g * slope) if slope else self.gen.const(0)})",
+                   self.gen)
+
+    def where(self, cond, a, b):
+        return Sym(f"({self._s(a)} if {cond} else {self._s(b)})", self.gen)
+
+    def clip(self, a, lo, hi):
+        return Sym(f"min(max({a}, {self.gen.const(lo)}), {self.gen.const(hi)})", self.gen)
+
+
+def _op_attrs(e):
+    """The attributes the table's lambdas take (``cond`` becomes an operand symbol)."""
+    return {k: v for k, v in e.attrs.items() if k not in ("cond", "residuals")}
+
+
+# ---- the generator ---------------------------------------------------------------
+class Generator:
+    def __init__(self, plan, dtype):
+        self.plan, self.dtype = plan, np.dtype(dtype)
+        self.consts = {}
+        self._reading = None
+        self.k = _SymBackend(self)
+        g = plan.graph
+        self.states = list(g.states)
+        self.hoisted = list(plan.hoisted)
+        self.aux = list(plan.aux)
+        self.outputs = list(g.outputs)
+        self.producer = {e.out: e for e in plan.step_eqns}
+        self.level = plan.level
+        self.top = plan.num_levels - 1
+        self.gemms = list(plan.gemms)
+        self.kernel_eqns = {k: [e for e in plan.step_eqns if e.op not in ("matmul", "compare")
+                                and self.level[e.out] == k] for k in range(self.top + 1)}
+        self.users = {}  # var -> set of kernels reading it (compare operands count for their readers)
+        for k, eqns in self.kernel_eqns.items():
+            for e in eqns:
+                for v in self._reads(e):
+                    self.users.setdefault(v, set()).add(k)
+        for v in self.outputs:
+            self.users.setdefault(v, set()).add(self.top)
+        self.gemm_lhs = {}
+        for n, e in enumerate(self.gemms):
+            self.gemm_lhs.setdefault(e.ins[0], []).append(n)
+
+    # -- names ---------------------------------------------------------------------
+    def const(self, value):
+        value = float(value)
+        if value not in self.consts:
+            self.consts[value] = f"K{len(self.consts)}"
+        return self.consts[value]
+
+    def _reads(self, e):
+        """Vars an equation's loop reads, looking through compare (an inline expression)."""
+        out = []
+        for v in e.ins:
+            p = self.producer.get(v)
+            if p is not None and p.op == "compare":
+                out.extend(self._reads(p))
+            else:
+                out.append(v)
+        return out
+
+    def is_view(self, v):
+        p = self.producer.get(v)
+        return p is not None and p.op == "getitem"
+
+    def owner(self, v):
+        """The stage whose backward finalises v's gradient."""
+        if v in self.producer and self.producer[v].op != "matmul":
+            return self.level[v]
+        return min(self.users.get(v, {self.top}))
+
+    # -- storage ---------------------------------------------------------------------
+    def plan_storage(self):
+        """Decide where each forward value lives; run the backward renderer once to see
+        which values it reads."""
+        self.kept = set()
+        for v, ks in self.users.items():
+            if v in self.producer and self.producer[v].op not in ("matmul",) and any(k != self.level[v] for k in ks):
+                self.kept.add(v)
+        for v in self.gemm_lhs:
+            if v in self.producer:
+                self.kept.add(v)
+        self.bwd_reads = set()
+        self.render_backward(dry=True)
+        self.kept |= {v for v in self.bwd_reads if v in self.producer and self.producer[v].op != "matmul"}
+        changed = True
+        while changed:  # a kept view keeps its source
+            changed = False
+            for v in list(self.kept):
+                if self.is_view(v) and self.producer[v].ins[0] not in self.kept:
+                    src = self.producer[v].ins[0]
+                    if src in self.producer and self.producer[src].op != "matmul":
+                        self.kept.add(src)
+                        changed = True
+        self.out_index = {}
+        for i, v in enumerate(self.outputs):
+            if (v in self.producer and not self.is_view(v) and self.producer[v].op not in ("matmul",)
+                    and v not in self.out_index and self.outputs.index(v) == i):
+                self.out_index[v] = i
+        self.residuals = [e.out for e in self.plan.step_eqns if e.out in self.kept and e.out not in self.out_index
+                          and e.op not in ("matmul", "compare", "getitem")]
+
+    def row(self, v):
+        """The expression for v's row ``b`` at step ``t`` inside a kernel."""
+        if v in self.states:
+            return f"sp{self.states.index(v)}[b]"
+        if v in self.hoisted:
+            return f"X{self.hoisted.index(v)}[t, b]"
+        p = self.producer[v]
+        if p.op == "matmul":
+            return f"G{self.gemms.index(p)}[t, b]"
+        if p.op == "getitem":
+            sl = p.attrs["index"][1]
+            return f"{self.row(p.ins[0])}[{sl.start}:{sl.stop}]"
+        if v in self.out_index:
+            return f"Y[t, {self.out_index[v]}, b]"
+        if v in self.kept:
+            return f"R{v.id}[t, b]"
+        return f"L{v.id}"
+
+    def sym(self, v, width):
+        """One element of v inside a loop of ``width`` over j."""
+        p = self.producer.get(v)
+        if p is not None and p.op == "compare":
+            a, b = (self.sym(u, width) for u in p.ins)
+            return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[p.attrs["how"]]
+        if v.role == "const" and v.value.ndim == 0:
+            return Sym(self.const(v.value), self)
+        idx = "j" if v.width == width and width > 1 else "0"
+        if v in self.aux:
+            return Sym(f"A{self.aux.index(v)}[{idx}]", self, var=v)
+        return Sym(f"r{v.id}[{idx}]", self, var=v)
+
+    # -- forward -------------------------------------------------------------------
+    def render_forward_kernel(self, k):
+        eqns = self.kernel_eqns[k]
+        lines, body = [], []
+        self._reading = set()
+        for e in eqns:
+            body.extend(self._fwd_eqn(e))
+        reads = set(self._reading)
+        self._reading = None
+        if k == self.top:
+            for i, v in enumerate(self.outputs):
+                reads.add(v)
+        local = [e.out for e in eqns if self.row(e.out).startswith("L")]
+        args = self._kernel_args(reads | {e.out for e in eqns})
+        lines.append(f"@kernel\ndef _forward_stage{k}(t, M, {', '.join(args)}):")
+        lines.append("    B = M.shape[1]")
+        lines.extend(self._state_views())
+        for v in local:
+            lines.append(f"    L{v.id} = np.empty({v.width}, DT)")
+        lines.append("    for b in range(B):")
+        bound = self._bind_rows(reads | {e.out for e in eqns})
+        lines.extend("        " + s for s in bound)
+        lines.extend("        " + s for s in body)
+        if k == self.top:
+            for i, v in enumerate(self.outputs):
+                if self.out_index.get(v) != i:
+                    lines.append(f"        Y[t, {i}, b, :] = {self.row(v)}")
+            lines.append("        if M[t, b] == 0:  # past this sequence's length: carry the state")
+            for i in range(len(self.states)):
+                lines.append(f"            Y[t, {i}, b, :] = sp{i}[b]")
+        return "\n".join(lines)
+
+    def _fwd_eqn(self, e):
+        o, w = e.out, e.out.width
+        if e.op == "getitem":
+            return []
+        if e.op == "cat":
+            out, start = [], 0
+            for v in e.ins:
+                out.append(f"r{o.id}[{start}:{start + v.width}] = r{v.id}")
+                self._reading.add(v)
+                start += v.width
+            return out
+        if e.op in REDUCTIONS:
+            a = e.ins[0]
+            self._reading.add(a)
+            if e.op == "max":
+                init, upd = f"r{a.id}[0]", f"acc = max(acc, r{a.id}[j])"
+            else:
+                init, upd = self.const(0), f"acc += r{a.id}[j]"
+            fin = f"acc / {self.const(a.width)}" if e.op == "mean" else "acc"
+            return [f"acc = {init}", f"for j in range({a.width}):", f"    {upd}", f"r{o.id}[0] = {fin}"]
+        syms = [self.sym(v, w) for v in e.ins]
+        attrs = _op_attrs(e)
+        if e.op == "where":
+            attrs["cond"] = syms.pop()
+        expr = ops.OPS[e.op].fwd(self.k, *syms, **attrs)
+        return [f"for j in range({w}):", f"    r{o.id}[j] = {expr}"]
+
+    # -- backward ------------------------------------------------------------------
+    def grad_target(self, v, k):
+        """Where stage k adds v's gradient (None: not differentiable)."""
+        if v.role == "const" or (v in self.producer and self.producer[v].op == "compare"):
+            return None
+        if v in self.aux:
+            return f"DA{self.aux.index(v)}"
+        if v in self.states:
+            return f"CS{self.states.index(v)}_{k}[b]"
+        if self.owner(v) == k:
+            return f"d{v.id}"
+        return f"E{v.id}_{k}[b]"
+
+    def render_backward(self, dry=False):
+        self._reading = set() if dry else None
+        out = [self.render_backward_kernel(k, dry) for k in range(self.top, -1, -1)
+               if self.kernel_eqns[k] or k == self.top]
+        if dry:
+            self.bwd_reads = set(self._reading)
+        self._reading = None
+        return out
+
+    def render_backward_kernel(self, k, dry=False):
+        eqns = self.kernel_eqns[k]
+        reading_outer = self._reading
+        self._reading = set()
+        body = []
+        owned = [e.out for e in eqns] + [v for v in (*self.hoisted, *self._gemm_outs())
+                                          if self.owner(v) == k and k in self.users.get(v, ())]
+        for e in reversed(eqns):
+            for i, v in enumerate(self.outputs):
+                if v is e.out:  # its gradient is complete here: every in-step use is behind us
+                    body += [f"acc = {self.const(0)}", f"for j in range({v.width}):",
+                             f"    acc += d{v.id}[j] * d{v.id}[j]", f"SQ[{i}, t] += acc"]
+            body.extend(self._bwd_eqn(e, k))
+        fwd_reads = set(self._reading)
+        if reading_outer is not None:
+            reading_outer |= fwd_reads
+        self._reading = reading_outer
+        if dry:
+            return ""
+        targets = set()   # outgoing per-row buffers of this stage (zeroed for padded rows)
+        for e in eqns:
+            for v in e.ins:
+                t = self.grad_target(v, k)
+                if t is not None and not t.startswith(("d", "DA")):
+                    targets.add(t)
+        if k == self.top:
+            for v in self.outputs:
+                t = self.grad_target(v, k)
+                if not t.startswith(("d", "DA")):
+                    targets.add(t)
+        for i, s in enumerate(self.states):
+            if k in self.users.get(s, ()):
+                targets.add(f"CS{i}_{k}[b]")
+        lines = []
+        names = set()
+        for t in targets:
+            names.add(t.split("[")[0])
+        for v in owned:
+            if v in self.hoisted:
+                names.add(f"DX{self.hoisted.index(v)}")
+            elif v in self._gemm_outs():
+                names.add(f"GD{self._gemm_index(v)}")
+            for j in sorted(self.users.get(v, ())):
+                if j != k:
+                    names.add(f"E{v.id}_{j}")
+            for n in self.gemm_lhs.get(v, ()):
+                names.add(f"GL{n}")
+        if k == self.top:
+            names |= {f"dY", "SQ"} | {f"PASS{i}" for i in range(len(self.states))}
+            names |= set(self._carry_names())
+        for e in eqns:
+            for v in e.ins:
+                if v in self.aux:
+                    names.add(f"DA{self.aux.index(v)}")
+            if e.out in self.outputs:
+                names.add("SQ")
+        args = sorted(names) + self._kernel_args(fwd_reads | set(owned))
+        args = list(dict.fromkeys(args))
+        lines.append(f"@kernel\ndef _backward_stage{k}(t, M, {', '.join(args)}):")
+        lines.append("    B = M.shape[1]")
+        lines.extend(self._state_views())
+        for v in owned:
+            lines.append(f"    d{v.id} = np.empty({v.width}, DT)")
+        if k == self.top:
+            lines.append(f"    sq = np.zeros({len(self.states)})")
+            for i in range(len(self.states)):
+                lines.append(f"    g{i} = np.empty({self.states[i].width}, DT)")
+        lines.append("    for b in range(B):")
+        ind = "        "
+        if k == self.top:
+            for i, s in enumerate(self.states):
+                carry = " + ".join(self._carry_names(i, "[b, j]")) or self.const(0)
+                lines.append(f"{ind}for j in range({s.width}):  # total dL/dstate{i}: upstream + carried")
+                lines.append(f"{ind}    v = dY[t, {i}, b, j] + {carry}")
+                lines.append(f"{ind}    g{i}[j] = v")
+        if k == self.top:
+            for i, v in enumerate(self.outputs):
+                if v not in self.producer:  # a state passed through: nothing in the step uses the new one
+                    lines += [f"{ind}for j in range({v.width}):", f"{ind}    sq[{i}] += g{i}[j] * g{i}[j]"]
+        lines.append(f"{ind}if M[t, b] == 0:  # a padded step: the gradient passes to the previous step")
+        for t in sorted(targets):
+            lines.append(f"{ind}    {t}[:] = 0")
+        for v in owned:
+            for dest in self._finals(v, k):
+                lines.append(f"{ind}    {dest}[:] = 0")
+        if k == self.top:
+            for i, v in enumerate(self.outputs):
+                lines.append(f"{ind}    PASS{i}[b, :] = g{i}")
+                if v in self.producer:
+                    lines += [f"{ind}    for j in range({v.width}):", f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]"]
+        lines.append(f"{ind}    continue")
+        if k == self.top:
+            for i in range(len(self.states)):
+                lines.append(f"{ind}PASS{i}[b, :] = 0")
+        bound = self._bind_rows(fwd_reads)
+        lines.extend(ind + s for s in bound)
+        for t in sorted(targets):
+            lines.append(f"{ind}{t}[:] = 0")
+        for v in owned:
+            lines.append(f"{ind}d{v.id}[:] = 0")
+        if k == self.top:
+            for i, v in enumerate(self.outputs):
+                lines.append(f"{ind}{self.grad_target(v, k)}[:] += g{i}")
+        for v in owned:
+            for j in sorted(self.users.get(v, ())):
+                if j != k:
+                    lines.append(f"{ind}d{v.id}[:] += E{v.id}_{j}[b]")
+            for n in self.gemm_lhs.get(v, ()):
+                lines.append(f"{ind}d{v.id}[:] += GL{n}[b]")
+        lines.extend(ind + s for s in body)
+        for v in owned:
+            for dest in self._finals(v, k):
+                lines.append(f"{ind}{dest}[:] = d{v.id}")
+        if k == self.top:
+            for i in range(len(self.states)):
+                lines.append(f"    SQ[{i}, t] += sq[{i}]")
+        return "\n".join(lines)
+
+    def _finals(self, v, k):
+        if v in self.hoisted:
+            return [f"DX{self.hoisted.index(v)}[t, b]"]
+        if v in self._gemm_outs():
+            return [f"GD{self._gemm_index(v)}[t, b]"]
+        return []
+
+    def _gemm_outs(self):
+        return [e.out for e in self.gemms]
+
+    def _gemm_index(self, v):
+        return self._gemm_outs().index(v)
+
+    def _carry_names(self, i=None, suffix=""):
+        """Buffers that carry dL/dstate_i to the previous step."""
+        names = []
+        for n, s in enumerate(self.states):
+            if i is not None and n != i:
+                continue
+            for k in sorted(self.users.get(s, ())):
+                names.append(f"CS{n}_{k}{suffix}")
+            for g in self.gemm_lhs.get(s, ()):
+                names.append(f"GL{g}{suffix}")
+            names.append(f"PASS{n}{suffix}")
+        return names
+
+    def _bwd_eqn(self, e, k):
+        o, w = e.out, e.out.width
+        dy = f"d{o.id}"
+        if e.op == "getitem":
+            sl = e.attrs["index"][1]
+            t = self.grad_target(e.ins[0], k)
+            return [f"for j in range({w}):", f"    {t}[{sl.start} + j] += {dy}[j]"]
+        if e.op == "cat":
+            out, start = [], 0
+            for v in e.ins:
+                t = self.grad_target(v, k)
+                if t is not None:
+                    out += [f"for j in range({v.width}):", f"    {t}[j] += {dy}[{start} + j]"]
+                start += v.width
+            return out
+        if e.op in REDUCTIONS:
+            a = e.ins[0]
+            t = self.grad_target(a, k)
+            if t is None:
+                return []
+            if e.op == "max":
+                self._reading |= {a, o}
+                return [f"cnt = {self.const(0)}", f"for j in range({a.width}):",
+                        f"    cnt += {self.const(1)} if r{a.id}[j] == r{o.id}[0] else {self.const(0)}",
+                        f"for j in range({a.width}):",
+                        f"    {t}[j] += {dy}[0] / cnt if r{a.id}[j] == r{o.id}[0] else {self.const(0)}"]
+            scale = f" / {self.const(a.width)}" if e.op == "mean" else ""
+            return [f"for j in range({a.width}):", f"    {t}[j] += {dy}[0]{scale}"]
+        syms = [self.sym(v, w) for v in e.ins]
+        attrs = _op_attrs(e)
+        if e.op == "where":
+            attrs["cond"] = syms.pop()
+        g = Sym(f"{dy}[j]", self)
+        y = self.sym(o, w)
+        grads = ops.OPS[e.op].vjp(self.k, g, y, *syms, **attrs)
+        out = []
+        for v, gv in zip(e.ins, grads):
+            t = self.grad_target(v, k)
+            if t is None or gv is None:
+                continue
+            gv = gv if isinstance(gv, Sym) else Sym(self.const(gv), self)
+            if v.width == w:
+                out += [f"for j in range({w}):", f"    {t}[j] += {gv}"]
+            else:  # broadcast along the row: sum the contributions
+                out += [f"acc = {self.const(0)}", f"for j in range({w}):", f"    acc += {gv}",
+                        f"{t}[0] += acc"]
+        return out
+
+    # -- shared pieces ---------------------------------------------------------------
+    def _state_views(self):
+        return [f"    sp{i} = S0_{i} if t == 0 else Y[t - 1, {i}]" for i in range(len(self.states))]
+
+    def _bind_rows(self, vs):
+        lines = []
+        for v in sorted(vs, key=lambda v: v.id):
+            if v in self.aux or v.role == "const":
+                continue
+            p = self.producer.get(v)
+            if p is not None and p.op == "compare":
+                continue
+            lines.append(f"r{v.id} = {self.row(v)}")
+        return lines
+
+    def _kernel_args(self, vs):
+        names = ["Y"] + [f"S0_{i}" for i in range(len(self.states))]
+        for v in sorted(vs, key=lambda v: v.id):
+            for src in self._arrays_of(v):
+                if src not in names:
+                    names.append(src)
+        return names
+
+    def _arrays_of(self, v):
+        if v in self.aux:
+            return [f"A{self.aux.index(v)}"]
+        if v.role == "const" or v in self.states:
+            return []
+        if v in self.hoisted:
+            return [f"X{self.hoisted.index(v)}"]
+        p = self.producer[v]
+        if p.op == "compare":
+            return [a for u in p.ins for a in self._arrays_of(u)]
+        if p.op == "matmul":
+            return [f"G{self.gemms.index(p)}"]
+        if p.op == "getitem":
+            return self._arrays_of(p.ins[0])
+        if v in self.out_index:
+            return []
+        if v in self.kept:
+            return [f"R{v.id}"]
+        return []
+
+    # -- drivers and the module ---------------------------------------------------------
+    def _lhs_at_t(self, v):
+        """The (B, n) left operand of a recurrent product at step t, as an array expression."""
+        if v in self.states:
+            i = self.states.index(v)
+            return f"(S0_{i} if t == 0 else Y[t - 1, {i}])"
+        p = self.producer[v]
+        if p.op == "getitem":
+            sl = p.attrs["index"][1]
+            return f"{self._lhs_at_t(p.ins[0])}[:, {sl.start}:{sl.stop}]"
+        if v in self.out_index:
+            return f"Y[t, {self.out_index[v]}]"
+        return f"R{v.id}[t]"
+
+    def _lhs_all(self, v):
+        """The left operand of a recurrent product for all steps, (T, B, n)."""
+        if v in self.states:
+            i = self.states.index(v)
+            return f"np.concatenate((S0_{i}[None], Y[:-1, {i}]))"
+        p = self.producer[v]
+        if p.op == "getitem":
+            sl = p.attrs["index"][1]
+            return f"{self._lhs_all(p.ins[0])}[:, :, {sl.start}:{sl.stop}]"
+        if v in self.out_index:
+            return f"Y[:, {self.out_index[v]}]"
+        return f"R{v.id}"
+
+    def _stage_call(self, src, name):
+        """``name(t, M, args...)`` for a kernel whose def line is in ``src``."""
+        head = src.split("\n")[1]
+        args = head[head.index("(") + 1:head.rindex(")")]
+        return f"{name}({args})"
+
+    def render_module(self, header):
+        self.plan_storage()
+        fwd = {k: self.render_forward_kernel(k) for k in range(self.top + 1)
+               if self.kernel_eqns[k] or k == self.top}
+        bwd_src = self.render_backward()
+        bwd = dict(zip([k for k in range(self.top, -1, -1) if self.kernel_eqns[k] or k == self.top], bwd_src))
+        S, H = len(self.states), self.states[0].width
+        weights = sorted({self.aux.index(e.ins[1]) for e in self.gemms})
+        x_args = [f"X{n}" for n in range(len(self.hoisted))]
+        a_args = [f"A{n}" for n in range(len(self.aux))]
+        at_args = [f"AT{n}" for n in weights]
+        s0_args = [f"S0_{i}" for i in range(S)]
+        r_args = [f"R{v.id}" for v in self.residuals]
+        g_args = [f"G{n}" for n in range(len(self.gemms))]
+        fwd_loop_args = ["T", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
+        carry = self._carry_names()
+        ext = sorted({f"E{v.id}_{k}" for v in self.users for k in self.users[v]
+                      if k != self.owner(v) and v not in self.states and v not in self.aux
+                      and v.role != "const"})
+        dx_args = [f"DX{n}" for n in range(len(self.hoisted))]
+        da_args = [f"DA{n}" for n in range(len(self.aux))]
+        gd_args = [f"GD{n}" for n in range(len(self.gemms))]
+        gl_args = [f"GL{n}" for n in range(len(self.gemms))]
+        carry = [c for c in carry if not c.startswith("GL")]
+        bwd_loop_args = ["T", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
+                         *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
+        out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
+               "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
+               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
+               f"DT = np.{self.dtype.name}"]
+        out += [f"{name} = DT({value!r})" for value, name in self.consts.items()]
+        out += ["", ""]
+        for k in sorted(fwd):
+            out += [fwd[k], "", ""]
+        for k in sorted(bwd, reverse=True):
+            out += [bwd[k], "", ""]
+        for variant, deco, mm_fn in (("py", "", "matmul_into"), ("jit", "@kernel\n", "mm")):
+            body = [f"{deco}def _forward_loop_{variant}({', '.join(fwd_loop_args)}):", "    for t in range(T):"]
+            for k in sorted(fwd):
+                for n, e in enumerate(self.gemms):
+                    if self.level[e.out] == k:
+                        body.append(f"        {mm_fn}({self._lhs_at_t(e.ins[0])}, "
+                                    f"A{self.aux.index(e.ins[1])}, G{n}[t])")
+                body.append(f"        {self._stage_call(fwd[k], f'_forward_stage{k}')}")
+            out += body + ["", ""]
+            body = [f"{deco}def _backward_loop_{variant}({', '.join(bwd_loop_args)}):",
+                    "    for t in range(T - 1, -1, -1):"]
+            for k in range(self.top, -1, -1):
+                if k in bwd:
+                    body.append(f"        {self._stage_call(bwd[k], f'_backward_stage{k}')}")
+                for n, e in enumerate(self.gemms):
+                    if self.level[e.out] == k:
+                        body.append(f"        {mm_fn}(GD{n}[t], AT{self.aux.index(e.ins[1])}, GL{n})")
+            out += body + ["", ""]
+        # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
+        allocs = [f"    {a} = np.empty((T, B, {v.width}), DT)" for a, v in zip(r_args, self.residuals)]
+        allocs += [f"    G{n} = np.empty((T, B, {e.out.width}), DT)" for n, e in enumerate(self.gemms)]
+        flat = [f"    A{n} = A{n}.reshape(-1)" for n in range(len(self.aux)) if n not in weights]
+        out += [f"def forward(jit_loop, M, {', '.join([*s0_args, *x_args, *a_args])}):",
+                "    T, B = M.shape", *flat,
+                f"    Y = np.empty((T, {S}, B, {H}), DT)", *allocs,
+                "    loop = _forward_loop_jit if jit_loop else _forward_loop_py",
+                f"    loop({', '.join(fwd_loop_args)})",
+                f"    return Y, ({', '.join(r_args + g_args)}{',' if len(r_args + g_args) == 1 else ''})", "", ""]
+        unpack = ", ".join(r_args + g_args)
+        balloc = [f"    DX{n} = np.empty((T, B, {v.width}), DT)" for n, v in enumerate(self.hoisted)]
+        balloc += [f"    DA{n} = np.zeros_like(A{n})" for n in range(len(self.aux))]
+        balloc += [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in weights]
+        balloc += [f"    GD{n} = np.empty((T, B, {e.out.width}), DT)" for n, e in enumerate(self.gemms)]
+        balloc += [f"    {c} = np.zeros((B, {self._carry_width(c)}), DT)" for c in [*gl_args, *carry]]
+        balloc += [f"    {e} = np.empty((B, {self._ext_width(e)}), DT)" for e in ext]
+        finish = []
+        for n, e in enumerate(self.gemms):
+            k_in, w_out = e.ins[0].width, e.out.width
+            finish.append(f"    DA{self.aux.index(e.ins[1])} += ({self._lhs_all(e.ins[0])}.reshape(T * B, {k_in}).T "
+                          f"@ GD{n}.reshape(T * B, {w_out})).reshape(DA{self.aux.index(e.ins[1])}.shape)")
+        dstates = [" + ".join(self._carry_names(i)) for i in range(S)]
+        out += [f"def backward(jit_loop, dY, Y, residuals, M, {', '.join([*s0_args, *x_args, *a_args])}):",
+                "    T, B = M.shape", *flat,
+                f"    {unpack}{',' if len(r_args + g_args) == 1 else ''} = residuals" if unpack else "",
+                *balloc,
+                f"    SQ = np.zeros(({S}, T))",
+                "    loop = _backward_loop_jit if jit_loop else _backward_loop_py",
+                f"    loop({', '.join(bwd_loop_args)})", *finish,
+                f"    return [{', '.join(dx_args)}], [{', '.join(dstates)}], [{', '.join(da_args)}], np.sqrt(SQ)", ""]
+        return "\n".join(out)
+
+    def _carry_width(self, name):
+        if name.startswith("GL"):
+            return self.gemms[int(name[2:])].ins[0].width
+        if name.startswith("PASS"):
+            return self.states[int(name[4:])].width
+        return self.states[int(name[2:].split("_")[0])].width
+
+    def _ext_width(self, name):
+        vid = int(name[1:].split("_")[0])
+        for v in self.users:
+            if v.id == vid:
+                return v.width
+        raise KeyError(name)
+
+
+def render(plan, dtype, header):
+    """The generated module's source for ``plan`` in ``dtype``."""
+    return Generator(plan, dtype).render_module(header)

@@ -1,0 +1,195 @@
+"""Plan: passes over a traced Graph that give it the whole-sequence shape.
+
+1. ``split_cat_matmul``: ``cat([a, b], -1) @ W`` becomes ``a @ W[:n] + b @ W[n:]``, so
+   the part that only sees the input can leave the time loop.
+2. ``prune``: drop what the outputs do not need.
+3. ``classify``: every equation is one of
+   - *param*: depends on parameters and constants only; replayed once per sequence on the tape;
+   - *hoisted*: depends on the input but not the state; replayed once on all T*B rows
+     (one GEMM for all time steps), on the tape;
+   - *step*: depends on the state; compiled into the fused per-step kernels.
+4. ``levels``: step equations are cut into stages at recurrent products (``h @ W``):
+   stage 0 is pointwise work on the inputs, stage k+1 starts with the products of values
+   from stage k. Each stage becomes one generated pointwise kernel.
+"""
+import numpy as np
+
+from .trace import CompileError, Var
+
+POINTWISE = ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid",
+             "leaky_relu", "where", "clip", "compare")
+REDUCTIONS = ("sum", "mean", "max")
+ROW_OPS = POINTWISE + REDUCTIONS + ("getitem", "cat", "matmul")
+
+
+class Plan:
+    """What the code generator and the runtime need, derived from one Graph."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.param_eqns, self.hoist_eqns, self.step_eqns = [], [], []
+        self.level = {}      # Var -> stage index (step values and their inputs)
+        self.hoisted = []    # batched, state-free Vars read by the step (x itself or hoisted results)
+        self.aux = []        # state-free, unbatched Vars read by the step (params, param results, constants)
+        self.gemms = []      # step matmul Eqns (recurrent products)
+        self.num_levels = 1
+
+
+def _fail(graph, e, why):
+    raise CompileError(f"cell {graph.cell_name!r}: cannot compile {e.op} at {e.where}: {why}")
+
+
+def split_cat_matmul(graph):
+    """Rewrite ``cat(parts, axis=-1) @ W`` (W free of the batch) into a sum of products."""
+    next_id = max([v.id for v in _all_vars(graph)] + [0]) + 1
+    producer = {e.out: e for e in graph.eqns}
+    out = []
+    for e in graph.eqns:
+        a = e.ins[0] if e.op == "matmul" else None
+        cat = producer.get(a) if a is not None else None
+        w = e.ins[1] if a is not None else None
+        if (cat is None or cat.op != "cat" or len(a.shape) != 2 or cat.attrs["axis"] != 1
+                or w.batched or len(w.shape) != 2):
+            out.append(e)
+            continue
+        parts = sorted(enumerate(cat.ins), key=lambda p: p[1].dep_s)  # input-only parts first
+        offsets = np.cumsum([0] + [p.shape[1] for p in cat.ins])
+        prods = []
+        for i, part in parts:
+            rows = Var(next_id, "op", (part.shape[1], w.shape[1]), w.dtype)
+            prod = Var(next_id + 1, "op", (part.shape[0], w.shape[1]), w.dtype)
+            next_id += 2
+            rows.dep_x = rows.dep_s = rows.batched = False
+            prod.dep_x, prod.dep_s, prod.batched = part.dep_x, part.dep_s, True
+            out.append(_eqn("getitem", [w], {"index": (slice(int(offsets[i]), int(offsets[i + 1])),)},
+                            rows, e.where))
+            out.append(_eqn("matmul", [part, rows], {}, prod, e.where))
+            prods.append(prod)
+        if len(prods) == 1:
+            out.append(_eqn("add", [prods[0], _zero(graph, w.dtype)], {}, e.out, e.where))
+        total = prods[0]
+        for k, prod in enumerate(prods[1:]):
+            s = e.out if k == len(prods) - 2 else Var(next_id, "op", e.out.shape, w.dtype)
+            next_id += 1
+            s.dep_x, s.dep_s, s.batched = total.dep_x or prod.dep_x, total.dep_s or prod.dep_s, True
+            out.append(_eqn("add", [total, prod], {}, s, e.where))
+            total = s
+    graph.eqns = out
+    return graph
+
+
+def _zero(graph, dtype):
+    v = Var(-1 - len(graph.consts), "const", (), dtype, value=np.zeros((), dtype))
+    graph.consts.append(v)
+    return v
+
+
+def _eqn(op, ins, attrs, out, where):
+    from .trace import Eqn
+    return Eqn(op, ins, attrs, out, where)
+
+
+def _all_vars(graph):
+    seen = [graph.x, *graph.states, *graph.params, *graph.consts]
+    for e in graph.eqns:
+        seen.append(e.out)
+    return seen
+
+
+def prune(graph):
+    live = set(graph.outputs)
+    kept = []
+    for e in reversed(graph.eqns):
+        if e.out in live:
+            kept.append(e)
+            live.update(e.ins)
+    graph.eqns = kept[::-1]
+    return graph
+
+
+def _check_row_op(graph, e):
+    """A batched equation must act row by row on (B, width) values."""
+    if e.op not in ROW_OPS:
+        _fail(graph, e, f"{e.op} on a batched value is not supported in a compiled cell "
+                        f"(supported: {', '.join(ROW_OPS)})")
+    for v in e.ins:
+        if v.batched and len(v.shape) != 2:
+            _fail(graph, e, f"batched values must be (batch, features), got shape {v.shape}")
+    if e.op == "matmul":
+        a, w = e.ins
+        if not a.batched or w.batched or len(w.shape) != 2:
+            _fail(graph, e, "only (batch, n) @ (n, m) products with a weight on the right are supported")
+    elif e.op == "getitem":
+        e.attrs["index"] = _last_axis_slice(graph, e)
+    elif e.op == "cat":
+        if e.attrs["axis"] != 1 or not all(v.batched for v in e.ins):
+            _fail(graph, e, "cat must join batched values along the last axis")
+    elif e.op in REDUCTIONS:
+        if e.attrs["axis"] != 1 or not e.attrs["keepdims"]:
+            _fail(graph, e, f"{e.op} must reduce the last axis with keepdims=True")
+    else:
+        w = e.out.shape[1]
+        for v in e.ins:
+            if v.batched:
+                ok = v.shape[1] in (w, 1)
+            else:
+                ok = v.shape in ((), (1,), (w,), (1, w), (1, 1))
+            if not ok:
+                _fail(graph, e, f"operand {v!r} does not broadcast row by row against width {w}")
+
+
+def _last_axis_slice(graph, e):
+    index, width = e.attrs["index"], e.ins[0].shape[1]
+    if not isinstance(index, tuple):
+        index = (index,)
+    if len(index) == 2 and index[0] is Ellipsis:
+        index = (slice(None), index[1])
+    if (len(index) == 2 and index[0] == slice(None) and isinstance(index[1], slice)
+            and index[1].step in (None, 1)):
+        lo, hi, _ = index[1].indices(width)
+        if hi > lo:
+            return (slice(None), slice(lo, hi))
+    _fail(graph, e, f"only slices of the last axis (x[:, a:b], split) are supported, got index {index!r}")
+
+
+def classify(graph):
+    plan = Plan(graph)
+    for e in graph.eqns:
+        if not e.out.batched:
+            plan.param_eqns.append(e)
+            continue
+        _check_row_op(graph, e)
+        (plan.step_eqns if e.out.dep_s else plan.hoist_eqns).append(e)
+    for i, v in enumerate(graph.outputs):
+        if not v.dep_s:
+            raise CompileError(f"cell {graph.cell_name!r}: state {i} returned by step() does not depend "
+                               "on the previous state")
+        if v.shape != graph.states[i].shape:
+            raise CompileError(f"cell {graph.cell_name!r}: state {i} has shape {v.shape}")
+    hoisted, aux = [], []
+    for e in plan.step_eqns:
+        for v in e.ins:
+            if v.batched and not v.dep_s and v not in hoisted:
+                hoisted.append(v)
+            elif not v.batched and v not in aux and not (v.role == "const" and v.value.ndim == 0):
+                aux.append(v)
+    plan.hoisted, plan.aux = hoisted, aux
+    _levels(plan)
+    return plan
+
+
+def _levels(plan):
+    level = {v: 0 for v in [*plan.graph.states, *plan.hoisted, *plan.aux]}
+    for e in plan.step_eqns:
+        ins = [level.get(v, 0) for v in e.ins if v.batched]
+        if e.op == "matmul":
+            level[e.out] = level[e.ins[0]] + 1
+            plan.gemms.append(e)
+        else:
+            level[e.out] = max(ins) if ins else 0
+    plan.level = level
+    plan.num_levels = 1 + max([level[e.out] for e in plan.step_eqns] + [0])
+
+
+def make_plan(graph):
+    return classify(prune(split_cat_matmul(prune(graph))))

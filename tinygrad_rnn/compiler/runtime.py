@@ -1,0 +1,141 @@
+"""Run a compiled cell: helpers the generated source imports, the on-disk cache, and
+the ``compiled_sequence`` op that puts a whole layer on the tape as one node.
+
+A compiled layer runs in three parts:
+1. the plan's *param* equations, replayed once on the tape (``W.T``, weight slices);
+2. its *hoisted* equations, replayed once on all T*B rows (the input GEMM);
+3. the generated time loop, one op on the tape whose VJP is the generated backward.
+Parts 1 and 2 are ordinary recorded ops, so their gradients come from the op table.
+"""
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from .. import ops
+from ..backend._jit import kernel  # noqa: F401  (the generated source imports it from here)
+from ..tensor import Tensor
+
+# Below this hidden size the whole time loop runs inside one Numba function with an
+# in-kernel product; above it, a Python loop calls BLAS per step. Measured on the
+# 2-core VM (benchmarks/bench_cells.py --loop): see README "Performance".
+JIT_LOOP_MAX_HIDDEN = int(os.environ.get("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", "64"))
+
+
+@kernel
+def mm(a, w, out):
+    """``out = a @ w`` for small operands: rows of ``w`` streamed into each output row,
+    an inner loop that vectorises. Used inside the jitted time loop, where a BLAS call
+    per step would cost more than the product (FACTS.md)."""
+    B, K = a.shape
+    N = w.shape[1]
+    for b in range(B):
+        o = out[b]
+        o[:] = 0
+        for k in range(K):
+            s = a[b, k]
+            wk = w[k]
+            for j in range(N):
+                o[j] += s * wk[j]
+
+
+def matmul_into(a, w, out):
+    np.matmul(a, w, out=out)
+
+
+def cache_dir():
+    """Where generated modules live (Numba caches its machine code beside them)."""
+    root = os.environ.get("TINYGRAD_RNN_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "tinygrad_rnn")
+    return os.path.join(root, "compiled")
+
+
+_modules = {}
+
+
+def load_source(source):
+    """Import generated ``source`` from the cache directory (written once, atomically)."""
+    from .. import __version__
+    digest = hashlib.sha256((__version__ + _RUNTIME_KEY + source).encode()).hexdigest()[:20]
+    mod = _modules.get(digest)
+    if mod is not None:
+        return mod
+    folder = cache_dir()
+    path = os.path.join(folder, f"cell_{digest}.py")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.path.exists(path):
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(source)
+                os.replace(tmp, path)  # concurrent writers (sweep workers) each write the same text
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+    except OSError:  # an unwritable cache: compile in memory, without Numba's disk cache
+        folder = tempfile.mkdtemp(prefix="tinygrad_rnn_")
+        path = os.path.join(folder, f"cell_{digest}.py")
+        with open(path, "w") as f:
+            f.write(source)
+    name = f"tinygrad_rnn_compiled.cell_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    _modules[digest] = mod
+    return mod
+
+
+def _runtime_key():
+    # Numba's cache keys on the generated file only; helpers it calls live here and in
+    # backend/cpu.py, so their source is part of the generated file's name.
+    from ..backend import cpu
+    import inspect
+    return hashlib.sha256((inspect.getsource(sys.modules[__name__]) +
+                           inspect.getsource(cpu)).encode()).hexdigest()[:12]
+
+
+_RUNTIME_KEY = _runtime_key()
+
+
+# ---- replay of the tape-side parts ---------------------------------------------------
+def replay(eqns, env):
+    """Apply recorded equations to the Tensors in ``env`` (Var -> Tensor), on the tape."""
+    for e in eqns:
+        args = [env[v] for v in e.ins]
+        if e.op == "compare":
+            env[e.out] = ops.compare(args[0], args[1], e.attrs["how"])
+        elif e.op == "where":
+            a, b, cond = args
+            env[e.out] = ops.apply(ops.OPS["where"], a, b, cond=cond.data.astype(bool))
+        else:
+            attrs = {k: v for k, v in e.attrs.items() if k != "residuals"}
+            env[e.out] = ops.apply(ops.OPS[e.op], *args, **attrs)
+    return env
+
+
+def _fwd(k, *arrays, module, jit_loop, mask, probe, n_states, n_hoisted):
+    states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
+    rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
+    return module.forward(jit_loop, mask, *states, *rest)
+
+
+def _vjp(k, g, Y, *arrays, module, jit_loop, mask, probe, n_states, n_hoisted, residuals):
+    states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
+    rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
+    dx, dstates, daux, norms = module.backward(jit_loop, np.ascontiguousarray(g, dtype=Y.dtype), Y,
+                                               residuals, mask, *states, *rest)
+    if probe is not None:
+        probe.norms = norms
+    daux = [d.reshape(a.shape) for d, a in zip(daux, arrays[n_states + n_hoisted:])]
+    return (*dstates, *dx, *daux)
+
+
+ops.defop("compiled_sequence", _fwd, _vjp, residuals=True)

@@ -1,0 +1,180 @@
+"""Trace: run a cell's ``step`` once on real tensors and record its primitives.
+
+The result is a ``Graph``: a small, typed, printable IR in the spirit of a jaxpr.
+Every op that ``step`` applies goes through ``ops.apply``, which hands it to the
+active tracer, so the graph holds exactly the primitives of the op table (plus
+``compare``, the untaped comparison that feeds ``where``). Tensors the tracer
+has not seen (Python scalars turned into 0-d arrays, constants made inside
+``step``) become constants holding their value.
+"""
+import inspect
+import os
+
+import numpy as np
+
+from .. import ops
+from ..tensor import Tensor
+
+TRACE_BATCH = 3  # a batch size no parameter is likely to share, so batch-shaped constants stand out
+
+
+class CompileError(Exception):
+    """A cell's ``step`` cannot be compiled; the message names the op and the line."""
+
+
+class Var:
+    """One value of the graph. ``role``: x, state, param, const or op."""
+
+    __slots__ = ("id", "role", "shape", "dtype", "name", "value", "batched", "dep_x", "dep_s")
+
+    def __init__(self, id, role, shape, dtype, name=None, value=None):
+        self.id, self.role, self.shape, self.dtype = id, role, tuple(shape), np.dtype(dtype)
+        self.name, self.value = name or f"v{id}", value
+        self.batched = role in ("x", "state")
+        self.dep_x, self.dep_s = role == "x", role == "state"
+
+    @property
+    def width(self):
+        return self.shape[-1] if self.shape else 1
+
+    def __repr__(self):
+        dims = ",".join("B" if (self.batched and i == 0) else str(d) for i, d in enumerate(self.shape))
+        return f"{self.name}:{'f32' if self.dtype == np.float32 else self.dtype.name}[{dims}]"
+
+
+class Eqn:
+    """``out = op[attrs](*ins)``, with the line of ``step`` that made it."""
+
+    __slots__ = ("op", "ins", "attrs", "out", "where")
+
+    def __init__(self, op, ins, attrs, out, where):
+        self.op, self.ins, self.attrs, self.out, self.where = op, list(ins), dict(attrs), out, where
+
+    def __repr__(self):
+        shown = {k: v for k, v in self.attrs.items() if k not in ("cond", "residuals")}
+        attrs = "[" + ", ".join(f"{k}={_short(v)}" for k, v in shown.items()) + "]" if shown else ""
+        return f"{self.out!r} = {self.op}{attrs} {' '.join(v.name for v in self.ins)}"
+
+
+def _short(v):
+    if isinstance(v, tuple):
+        return "(" + ",".join(_short(i) for i in v) + ")"
+    if isinstance(v, slice):
+        return f"{'' if v.start is None else v.start}:{'' if v.stop is None else v.stop}"
+    if v is Ellipsis:
+        return "..."
+    return repr(v)
+
+
+class Graph:
+    """A traced step: inputs (x, states, params), equations in order, outputs."""
+
+    def __init__(self, cell_name, x, states, params, eqns, outputs, consts):
+        self.cell_name = cell_name
+        self.x, self.states, self.params = x, states, params
+        self.eqns, self.outputs, self.consts = eqns, outputs, consts
+
+    def __str__(self):
+        head = " ".join(repr(v) for v in [self.x, *self.states])
+        params = " ".join(repr(v) for v in self.params)
+        lines = [f"{{ lambda {head} ; {params} ."]
+        for e in self.eqns:
+            lines.append(f"    {e!r}")
+        lines.append(f"  in ({', '.join(v.name for v in self.outputs)}) }}")
+        return "\n".join(lines)
+
+
+class _Tracer:
+    def __init__(self, step_file):
+        self.vars = {}      # id(tensor) -> Var
+        self.keep = []      # the traced tensors, so their ids stay unique
+        self.eqns, self.consts = [], []
+        self.conds = {}     # id(bool array handed to where) -> the compare Tensor it came from
+        self.step_file = step_file
+        self.count = 0
+
+    def new_var(self, t, role, name=None, value=None):
+        self.count += 1
+        v = Var(self.count, role, t.shape, t.dtype, name, value)
+        self.vars[id(t)] = v
+        self.keep.append(t)
+        return v
+
+    def var_of(self, t):
+        v = self.vars.get(id(t))
+        if v is None:  # a tensor made outside the traced ops: a constant
+            v = self.new_var(t, "const", value=np.array(t.numpy()))
+            self.consts.append(v)
+        return v
+
+    def alias(self, cond_array, cond_tensor):
+        self.conds[id(cond_array)] = cond_tensor
+        self.keep.append(cond_array)
+
+    def record(self, name, inputs, attrs, out):
+        ins = [self.var_of(t) for t in inputs]
+        attrs = dict(attrs)
+        if name == "where":
+            src = self.conds.get(id(attrs["cond"]))
+            ins.append(self.var_of(src) if src is not None else self.const_array(attrs["cond"]))
+        o = self.new_var(out, "op")
+        o.dep_x = any(v.dep_x for v in ins)
+        o.dep_s = any(v.dep_s for v in ins)
+        o.batched = o.dep_x or o.dep_s
+        self.eqns.append(Eqn(name, ins, attrs, o, self.line()))
+
+    def const_array(self, arr):
+        t = Tensor._make(np.asarray(arr))
+        return self.var_of(t)
+
+    def line(self):
+        """``file:line`` of the innermost frame in the cell's source file."""
+        frame = inspect.currentframe()
+        while frame is not None:
+            if os.path.abspath(frame.f_code.co_filename) == self.step_file:
+                return f"{os.path.basename(self.step_file)}:{frame.f_lineno}"
+            frame = frame.f_back
+        return "step"
+
+
+def trace(cell, dtype):
+    """Run ``cell.step`` once on a batch of ``TRACE_BATCH`` and return its Graph."""
+    from ..cell import _checked_state
+    dtype = np.dtype(dtype)
+    try:
+        step_file = os.path.abspath(inspect.getsourcefile(type(cell).step))
+    except TypeError:
+        step_file = "<step>"
+    rng = np.random.default_rng(0)
+    B = TRACE_BATCH
+    tracer = _Tracer(step_file)
+    x = Tensor((rng.standard_normal((B, cell.input_size)) * 0.5).astype(dtype))
+    states = tuple(Tensor((rng.standard_normal((B, cell.hidden_size)) * 0.5).astype(dtype))
+                   for _ in range(cell.num_states))
+    vx = tracer.new_var(x, "x", "x")
+    vs = [tracer.new_var(s, "state", f"s{i}") for i, s in enumerate(states)]
+    vp = []
+    for name, p in cell.named_parameters():
+        if p.dtype != dtype:
+            raise CompileError(f"cell {cell.name!r}: parameter {name} is {p.dtype}, the layer runs in {dtype}")
+        vp.append(tracer.new_var(p, "param", name))
+    previous = ops._tracer[0]
+    ops._tracer[0] = tracer
+    try:
+        from ..tape import no_grad
+        with no_grad():
+            new = cell.step(x, states)
+    finally:
+        ops._tracer[0] = previous
+    new = _checked_state(cell, new, states, 0)
+    outs = []
+    for i, t in enumerate(new):
+        if id(t) not in tracer.vars:
+            raise CompileError(f"cell {cell.name!r}: state {i} returned by step() was not computed "
+                               "by tinygrad_rnn ops")
+        outs.append(tracer.vars[id(t)])
+    for c in tracer.consts:
+        if c.value.ndim >= 1 and c.value.shape[0] == B and c.value.ndim == 2:
+            raise CompileError(f"cell {cell.name!r}: step() uses a batch-shaped constant {c!r}: a value "
+                               "left the tape (.numpy(), .detach() or a new Tensor inside step)")
+    return Graph(cell.name, vx, vs, vp, tracer.eqns, outs, tracer.consts)
