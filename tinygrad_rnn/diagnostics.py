@@ -114,7 +114,7 @@ def _layer_inputs(rnn, x, state):
         for l, cell in enumerate(rnn.cells):
             layer_state = tuple(s[l] for s in init)
             result.append((x, layer_state))
-            x, _ = cell.forward_sequence(x, layer_state)
+            x, _ = rnn._run_layer(cell, x, layer_state, None, None)
     return result
 
 
@@ -162,32 +162,26 @@ def recurrent_spectral_radius(rnn):
     return out
 
 
-_SIGMOID_BLOCKS = {"lstm": (0, 1, 3), "gru": (0, 1)}
-_TANH_BLOCKS = {"lstm": (2,), "gru": (2,)}
-
-
 def gate_saturation(rnn, x, state=None):
-    """For built-in gated cells: share of sigmoid gates < 0.05 or > 0.95, and of tanh
-    candidates beyond +-0.95, over all layers, steps and units. None for other cells."""
-    from .backend import cpu_cells
-    kind = getattr(rnn.cell_class, "fused_kind", None)
-    if kind not in _SIGMOID_BLOCKS:
-        return None
+    """For gated cells: share of gates (sigmoid outputs, found in the compiled graph)
+    below 0.05 or above 0.95, and of tanh outputs beyond +-0.95, over all layers, steps
+    and units. None for cells without sigmoid gates or that do not compile."""
+    from .compiler import CompileError, step_values
     sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
     for (xs, s0), cell in zip(_layer_inputs(rnn, x, state), rnn.cells):
-        T, B = xs.shape[:2]
-        _, (gates, _) = cpu_cells.cell_forward(
-            kind, xs.numpy(), tuple(s.numpy() for s in s0), cell.weight_ih.numpy(),
-            cell.weight_hh.numpy(), cell.bias_ih.numpy(), cell.bias_hh.numpy(),
-            np.ones((T, B), rnn.dtype))
-        blocks = gates.reshape(T, B, -1, cell.hidden_size)
-        s = blocks[:, :, list(_SIGMOID_BLOCKS[kind])]
-        th = blocks[:, :, list(_TANH_BLOCKS[kind])]
-        sig += int(((s < 0.05) | (s > 0.95)).sum())
-        n_sig += s.size
-        tanh += int((np.abs(th) > 0.95).sum())
-        n_tanh += th.size
-    return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / n_tanh}
+        try:
+            found = step_values(cell, xs, s0)
+        except CompileError:
+            return None
+        for s in found["sigmoid"]:
+            sig += int(((s < 0.05) | (s > 0.95)).sum())
+            n_sig += s.size
+        for th in found["tanh"]:
+            tanh += int((np.abs(th) > 0.95).sum())
+            n_tanh += th.size
+    if not n_sig:
+        return None
+    return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / max(n_tanh, 1)}
 
 
 def sparkline(values, width=50):

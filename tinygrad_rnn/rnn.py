@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import ops
+from .compiler import CompileError, compile_cell, run_layer
 from .nn import Module
 from .tensor import Tensor
 
@@ -49,6 +50,11 @@ def _grad64(t):
     return np.zeros(t.shape) if t.grad is None else t.grad.numpy().astype(np.float64)
 
 
+def fused_sequence(cell, kind, x, state, mask, probe, relu=False):
+    from .cell import fused_sequence as run
+    return run(cell, kind, x, state, mask, probe, relu=relu)
+
+
 class RNN(Module):
     """A stack of ``num_layers`` cells run over a sequence.
 
@@ -83,6 +89,7 @@ class RNN(Module):
         self.cells = [cls(input_size if l == 0 else hidden_size, hidden_size, **cell_options)
                       for l in range(self.num_layers)]
         for l, c in enumerate(self.cells):
+            c.__dict__["_init_options"] = dict(cell_options)  # the compiler re-makes cells at probe sizes
             object.__setattr__(self, f"_cell{l}", c)
             for p in c.parameters():
                 p.data = p.data.astype(self.dtype)
@@ -140,13 +147,32 @@ class RNN(Module):
         return out, tuple(ops.stack([f[i] for f in finals], 0) for i in range(self.num_states))
 
     def _run_layer(self, cell, x, state, mask, probe):
-        """One layer over the whole sequence (T, B, I) -> (out (T, B, H), final state tuple)."""
-        use_fused = self.fused is not False and _has_fused(cell)
-        if self.fused is True and not use_fused:
-            raise ValueError(f"cell {cell.name!r} has no fused kernel; use fused=None or False")
-        if use_fused:
+        """One layer over the whole sequence (T, B, I) -> (out (T, B, H), final state tuple).
+
+        ``fused=None`` compiles the cell's ``step`` when it can and falls back to the
+        step loop when it cannot; ``fused=True`` insists (a CompileError names the op
+        and the line); ``fused=False`` runs the step loop, the reference.
+        """
+        if self.fused is False:
+            return _reference_sequence(cell, x, state, mask, probe)
+        if _has_fused(cell):  # a hand-written whole-sequence override
             return cell.forward_sequence(x, state, mask, probe)
-        return _reference_sequence(cell, x, state, mask, probe)
+        if x.device != "cpu":
+            kind = getattr(cell, "fused_kind", None)
+            if kind is not None:
+                return fused_sequence(cell, kind, x, state, mask, probe,
+                                      relu=getattr(cell, "nonlinearity", "tanh") == "relu")
+            if self.fused:
+                raise CompileError(f"cell {cell.name!r}: compiled kernels run on the CPU only; "
+                                   "use fused=None or False on cuda")
+            return _reference_sequence(cell, x, state, mask, probe)
+        try:
+            compiled = compile_cell(cell, x.dtype)
+        except CompileError:
+            if self.fused:
+                raise
+            return _reference_sequence(cell, x, state, mask, probe)
+        return run_layer(cell, x, state, mask, probe, compiled)
 
     def step_grad_norms(self, which=0):
         """After a ``probe=True`` forward and a backward: array (num_layers, T)."""
@@ -175,6 +201,7 @@ class RNN(Module):
 
 
 def _has_fused(cell):
+    """Whether the cell overrides ``forward_sequence`` by hand."""
     from .cell import Cell
     return type(cell).forward_sequence is not Cell.forward_sequence
 

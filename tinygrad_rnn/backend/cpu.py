@@ -235,4 +235,3 @@ def copy_as(g, dtype):
 # NumPy already is the array API the ops are written against.
 from numpy import (broadcast_to, clip, concatenate, exp, expand_dims, log, matmul,  # noqa: E402,F401
                    ones_like, stack, swapaxes, where)
-from .cpu_cells import cell_backward, cell_forward  # noqa: E402,F401  (needs the scalars above)

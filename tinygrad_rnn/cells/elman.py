@@ -6,7 +6,7 @@ class Elman(tr.Cell):
     """Elman RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh), or relu."""
 
     name = "rnn"
-    fused_kind = "rnn"  # which fused kernel forward_sequence uses (diagnostics read it)
+    fused_kind = "rnn"  # the CUDA backend's hand-written kernels (the CPU compiles step)
     num_states = 1
 
     def __init__(self, input_size, hidden_size, nonlinearity="tanh"):
@@ -23,10 +23,6 @@ class Elman(tr.Cell):
         (h,) = state
         pre = x @ self.weight_ih.T + self.bias_ih + h @ self.weight_hh.T + self.bias_hh
         return (pre.tanh() if self.nonlinearity == "tanh" else pre.relu(),)
-
-    def forward_sequence(self, x, state, mask=None, probe=None):
-        # Optional: a whole-sequence fused kernel. Without it, step() is looped.
-        return tr.fused_sequence(self, self.fused_kind, x, state, mask, probe, relu=self.nonlinearity == "relu")
 
 
 @tr.hookimpl

@@ -6,7 +6,7 @@ class GRU(tr.Cell):
     """GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h."""
 
     name = "gru"
-    fused_kind = "gru"  # which fused kernel forward_sequence uses (diagnostics read it)
+    fused_kind = "gru"  # the CUDA backend's hand-written kernels (the CPU compiles step)
     num_states = 1
 
     def __init__(self, input_size, hidden_size):
@@ -24,9 +24,6 @@ class GRU(tr.Cell):
         z = (x_z + h_z).sigmoid()
         n = (x_n + r * h_n).tanh()
         return ((1 - z) * n + z * h,)
-
-    def forward_sequence(self, x, state, mask=None, probe=None):
-        return tr.fused_sequence(self, self.fused_kind, x, state, mask, probe)
 
 
 @tr.hookimpl

@@ -6,7 +6,7 @@ class LSTM(tr.Cell):
     """LSTM: c' = f*c + i*g, h' = o*tanh(c'); gates i, f, o sigmoid, g tanh."""
 
     name = "lstm"
-    fused_kind = "lstm"  # which fused kernel forward_sequence uses (diagnostics read it)
+    fused_kind = "lstm"  # the CUDA backend's hand-written kernels (the CPU compiles step)
     num_states = 2  # (h, c)
 
     def __init__(self, input_size, hidden_size):
@@ -22,9 +22,6 @@ class LSTM(tr.Cell):
         i, f, g, o = gates.split(self.hidden_size, axis=-1)
         c = f.sigmoid() * c + i.sigmoid() * g.tanh()
         return o.sigmoid() * c.tanh(), c
-
-    def forward_sequence(self, x, state, mask=None, probe=None):
-        return tr.fused_sequence(self, self.fused_kind, x, state, mask, probe)
 
 
 @tr.hookimpl

@@ -121,8 +121,9 @@ def _op_attrs(e):
 
 # ---- the generator ---------------------------------------------------------------
 class Generator:
-    def __init__(self, plan, dtype):
+    def __init__(self, plan, dtype, sizes=None):
         self.plan, self.dtype = plan, np.dtype(dtype)
+        self.widths, self.slices = sizes or ({}, {})
         self.consts = {}
         self._reading = None
         self.k = _SymBackend(self)
@@ -147,6 +148,21 @@ class Generator:
         self.gemm_lhs = {}
         for n, e in enumerate(self.gemms):
             self.gemm_lhs.setdefault(e.ins[0], []).append(n)
+
+    # -- sizes: linear in the input size I and hidden size H where that was verified ------
+    def wf(self, v):
+        """v's width as (a, b, c): a*I + b*H + c."""
+        return self.widths.get(v.id) or (0, 0, v.width)
+
+    def W(self, v):
+        return _fmt(self.wf(v))
+
+    def bounds(self, e):
+        """(lo, hi) of a last-axis slice equation, as source."""
+        if e.out.id in self.slices:
+            return tuple(_fmt(f) for f in self.slices[e.out.id])
+        sl = e.attrs["index"][1]
+        return str(sl.start), str(sl.stop)
 
     # -- names ---------------------------------------------------------------------
     def const(self, value):
@@ -217,23 +233,23 @@ class Generator:
         if p.op == "matmul":
             return f"G{self.gemms.index(p)}[t, b]"
         if p.op == "getitem":
-            sl = p.attrs["index"][1]
-            return f"{self.row(p.ins[0])}[{sl.start}:{sl.stop}]"
+            lo, hi = self.bounds(p)
+            return f"{self.row(p.ins[0])}[{lo}:{hi}]"
         if v in self.out_index:
             return f"Y[t, {self.out_index[v]}, b]"
         if v in self.kept:
             return f"R{v.id}[t, b]"
         return f"L{v.id}"
 
-    def sym(self, v, width):
-        """One element of v inside a loop of ``width`` over j."""
+    def sym(self, v, o):
+        """One element of v inside the loop over j of the equation making ``o``."""
         p = self.producer.get(v)
         if p is not None and p.op == "compare":
-            a, b = (self.sym(u, width) for u in p.ins)
+            a, b = (self.sym(u, o) for u in p.ins)
             return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[p.attrs["how"]]
         if v.role == "const" and v.value.ndim == 0:
             return Sym(self.const(v.value), self)
-        idx = "j" if v.width == width and width > 1 else "0"
+        idx = "j" if self.wf(v) == self.wf(o) and self.wf(o) != (0, 0, 1) else "0"
         if v in self.aux:
             return Sym(f"A{self.aux.index(v)}[{idx}]", self, var=v)
         return Sym(f"r{v.id}[{idx}]", self, var=v)
@@ -252,15 +268,15 @@ class Generator:
                 reads.add(v)
         local = [e.out for e in eqns if self.row(e.out).startswith("L")]
         args = self._kernel_args(reads | {e.out for e in eqns})
-        lines.append(f"@kernel\ndef _forward_stage{k}(t, M, {', '.join(args)}):")
+        lines.append(f"@kernel\ndef _forward_stage{k}(t, I, H, M, {', '.join(args)}):")
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
         for v in local:
-            lines.append(f"    L{v.id} = np.empty({v.width}, DT)")
+            lines.append(f"    L{v.id} = np.empty({self.W(v)}, DT)")
         lines.append("    for b in range(B):")
         bound = self._bind_rows(reads | {e.out for e in eqns})
         lines.extend("        " + s for s in bound)
-        lines.extend("        " + s for s in body)
+        lines.extend("        " + s for s in fuse_loops(body))
         if k == self.top:
             for i, v in enumerate(self.outputs):
                 if self.out_index.get(v) != i:
@@ -271,15 +287,16 @@ class Generator:
         return "\n".join(lines)
 
     def _fwd_eqn(self, e):
-        o, w = e.out, e.out.width
+        o, w = e.out, self.W(e.out)
         if e.op == "getitem":
             return []
         if e.op == "cat":
-            out, start = [], 0
+            out, start = [], (0, 0, 0)
             for v in e.ins:
-                out.append(f"r{o.id}[{start}:{start + v.width}] = r{v.id}")
+                end = _plus(start, self.wf(v))
+                out.append(f"r{o.id}[{_fmt(start)}:{_fmt(end)}] = r{v.id}")
                 self._reading.add(v)
-                start += v.width
+                start = end
             return out
         if e.op in REDUCTIONS:
             a = e.ins[0]
@@ -288,9 +305,9 @@ class Generator:
                 init, upd = f"r{a.id}[0]", f"acc = max(acc, r{a.id}[j])"
             else:
                 init, upd = self.const(0), f"acc += r{a.id}[j]"
-            fin = f"acc / {self.const(a.width)}" if e.op == "mean" else "acc"
-            return [f"acc = {init}", f"for j in range({a.width}):", f"    {upd}", f"r{o.id}[0] = {fin}"]
-        syms = [self.sym(v, w) for v in e.ins]
+            fin = f"acc / DT({self.W(a)})" if e.op == "mean" else "acc"
+            return [f"acc = {init}", f"for j in range({self.W(a)}):", f"    {upd}", f"r{o.id}[0] = {fin}"]
+        syms = [self.sym(v, o) for v in e.ins]
         attrs = _op_attrs(e)
         if e.op == "where":
             attrs["cond"] = syms.pop()
@@ -329,7 +346,7 @@ class Generator:
         for e in reversed(eqns):
             for i, v in enumerate(self.outputs):
                 if v is e.out:  # its gradient is complete here: every in-step use is behind us
-                    body += [f"acc = {self.const(0)}", f"for j in range({v.width}):",
+                    body += [f"acc = {self.const(0)}", f"for j in range({self.W(v)}):",
                              f"    acc += d{v.id}[j] * d{v.id}[j]", f"SQ[{i}, t] += acc"]
             body.extend(self._bwd_eqn(e, k))
         fwd_reads = set(self._reading)
@@ -377,27 +394,27 @@ class Generator:
                 names.add("SQ")
         args = sorted(names) + self._kernel_args(fwd_reads | set(owned))
         args = list(dict.fromkeys(args))
-        lines.append(f"@kernel\ndef _backward_stage{k}(t, M, {', '.join(args)}):")
+        lines.append(f"@kernel\ndef _backward_stage{k}(t, I, H, M, {', '.join(args)}):")
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
         for v in owned:
-            lines.append(f"    d{v.id} = np.empty({v.width}, DT)")
+            lines.append(f"    d{v.id} = np.empty({self.W(v)}, DT)")
         if k == self.top:
             lines.append(f"    sq = np.zeros({len(self.states)})")
             for i in range(len(self.states)):
-                lines.append(f"    g{i} = np.empty({self.states[i].width}, DT)")
+                lines.append(f"    g{i} = np.empty({self.W(self.states[i])}, DT)")
         lines.append("    for b in range(B):")
         ind = "        "
         if k == self.top:
             for i, s in enumerate(self.states):
                 carry = " + ".join(self._carry_names(i, "[b, j]")) or self.const(0)
-                lines.append(f"{ind}for j in range({s.width}):  # total dL/dstate{i}: upstream + carried")
+                lines.append(f"{ind}for j in range({self.W(s)}):  # total dL/dstate{i}: upstream + carried")
                 lines.append(f"{ind}    v = dY[t, {i}, b, j] + {carry}")
                 lines.append(f"{ind}    g{i}[j] = v")
         if k == self.top:
             for i, v in enumerate(self.outputs):
                 if v not in self.producer:  # a state passed through: nothing in the step uses the new one
-                    lines += [f"{ind}for j in range({v.width}):", f"{ind}    sq[{i}] += g{i}[j] * g{i}[j]"]
+                    lines += [f"{ind}for j in range({self.W(v)}):", f"{ind}    sq[{i}] += g{i}[j] * g{i}[j]"]
         lines.append(f"{ind}if M[t, b] == 0:  # a padded step: the gradient passes to the previous step")
         for t in sorted(targets):
             lines.append(f"{ind}    {t}[:] = 0")
@@ -408,7 +425,7 @@ class Generator:
             for i, v in enumerate(self.outputs):
                 lines.append(f"{ind}    PASS{i}[b, :] = g{i}")
                 if v in self.producer:
-                    lines += [f"{ind}    for j in range({v.width}):", f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]"]
+                    lines += [f"{ind}    for j in range({self.W(v)}):", f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]"]
         lines.append(f"{ind}    continue")
         if k == self.top:
             for i in range(len(self.states)):
@@ -428,7 +445,7 @@ class Generator:
                     lines.append(f"{ind}d{v.id}[:] += E{v.id}_{j}[b]")
             for n in self.gemm_lhs.get(v, ()):
                 lines.append(f"{ind}d{v.id}[:] += GL{n}[b]")
-        lines.extend(ind + s for s in body)
+        lines.extend(ind + s for s in fuse_loops(body))
         for v in owned:
             for dest in self._finals(v, k):
                 lines.append(f"{ind}{dest}[:] = d{v.id}")
@@ -464,19 +481,19 @@ class Generator:
         return names
 
     def _bwd_eqn(self, e, k):
-        o, w = e.out, e.out.width
+        o, w = e.out, self.W(e.out)
         dy = f"d{o.id}"
         if e.op == "getitem":
-            sl = e.attrs["index"][1]
+            lo, _ = self.bounds(e)
             t = self.grad_target(e.ins[0], k)
-            return [f"for j in range({w}):", f"    {t}[{sl.start} + j] += {dy}[j]"]
+            return [f"for j in range({w}):", f"    {t}[{lo} + j] += {dy}[j]"]
         if e.op == "cat":
-            out, start = [], 0
+            out, start = [], (0, 0, 0)
             for v in e.ins:
                 t = self.grad_target(v, k)
                 if t is not None:
-                    out += [f"for j in range({v.width}):", f"    {t}[j] += {dy}[{start} + j]"]
-                start += v.width
+                    out += [f"for j in range({self.W(v)}):", f"    {t}[j] += {dy}[{_fmt(start)} + j]"]
+                start = _plus(start, self.wf(v))
             return out
         if e.op in REDUCTIONS:
             a = e.ins[0]
@@ -485,18 +502,18 @@ class Generator:
                 return []
             if e.op == "max":
                 self._reading |= {a, o}
-                return [f"cnt = {self.const(0)}", f"for j in range({a.width}):",
+                return [f"cnt = {self.const(0)}", f"for j in range({self.W(a)}):",
                         f"    cnt += {self.const(1)} if r{a.id}[j] == r{o.id}[0] else {self.const(0)}",
-                        f"for j in range({a.width}):",
+                        f"for j in range({self.W(a)}):",
                         f"    {t}[j] += {dy}[0] / cnt if r{a.id}[j] == r{o.id}[0] else {self.const(0)}"]
-            scale = f" / {self.const(a.width)}" if e.op == "mean" else ""
-            return [f"for j in range({a.width}):", f"    {t}[j] += {dy}[0]{scale}"]
-        syms = [self.sym(v, w) for v in e.ins]
+            scale = f" / DT({self.W(a)})" if e.op == "mean" else ""
+            return [f"for j in range({self.W(a)}):", f"    {t}[j] += {dy}[0]{scale}"]
+        syms = [self.sym(v, o) for v in e.ins]
         attrs = _op_attrs(e)
         if e.op == "where":
             attrs["cond"] = syms.pop()
         g = Sym(f"{dy}[j]", self)
-        y = self.sym(o, w)
+        y = self.sym(o, o)
         grads = ops.OPS[e.op].vjp(self.k, g, y, *syms, **attrs)
         out = []
         for v, gv in zip(e.ins, grads):
@@ -504,7 +521,7 @@ class Generator:
             if t is None or gv is None:
                 continue
             gv = gv if isinstance(gv, Sym) else Sym(self.const(gv), self)
-            if v.width == w:
+            if self.wf(v) == self.wf(o):
                 out += [f"for j in range({w}):", f"    {t}[j] += {gv}"]
             else:  # broadcast along the row: sum the contributions
                 out += [f"acc = {self.const(0)}", f"for j in range({w}):", f"    acc += {gv}",
@@ -562,8 +579,8 @@ class Generator:
             return f"(S0_{i} if t == 0 else Y[t - 1, {i}])"
         p = self.producer[v]
         if p.op == "getitem":
-            sl = p.attrs["index"][1]
-            return f"{self._lhs_at_t(p.ins[0])}[:, {sl.start}:{sl.stop}]"
+            lo, hi = self.bounds(p)
+            return f"{self._lhs_at_t(p.ins[0])}[:, {lo}:{hi}]"
         if v in self.out_index:
             return f"Y[t, {self.out_index[v]}]"
         return f"R{v.id}[t]"
@@ -575,8 +592,8 @@ class Generator:
             return f"np.concatenate((S0_{i}[None], Y[:-1, {i}]))"
         p = self.producer[v]
         if p.op == "getitem":
-            sl = p.attrs["index"][1]
-            return f"{self._lhs_all(p.ins[0])}[:, :, {sl.start}:{sl.stop}]"
+            lo, hi = self.bounds(p)
+            return f"{self._lhs_all(p.ins[0])}[:, :, {lo}:{hi}]"
         if v in self.out_index:
             return f"Y[:, {self.out_index[v]}]"
         return f"R{v.id}"
@@ -593,7 +610,7 @@ class Generator:
                if self.kernel_eqns[k] or k == self.top}
         bwd_src = self.render_backward()
         bwd = dict(zip([k for k in range(self.top, -1, -1) if self.kernel_eqns[k] or k == self.top], bwd_src))
-        S, H = len(self.states), self.states[0].width
+        S, H = len(self.states), "H"
         weights = sorted({self.aux.index(e.ins[1]) for e in self.gemms})
         x_args = [f"X{n}" for n in range(len(self.hoisted))]
         a_args = [f"A{n}" for n in range(len(self.aux))]
@@ -601,7 +618,7 @@ class Generator:
         s0_args = [f"S0_{i}" for i in range(S)]
         r_args = [f"R{v.id}" for v in self.residuals]
         g_args = [f"G{n}" for n in range(len(self.gemms))]
-        fwd_loop_args = ["T", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
+        fwd_loop_args = ["T", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
         carry = self._carry_names()
         ext = sorted({f"E{v.id}_{k}" for v in self.users for k in self.users[v]
                       if k != self.owner(v) and v not in self.states and v not in self.aux
@@ -611,13 +628,16 @@ class Generator:
         gd_args = [f"GD{n}" for n in range(len(self.gemms))]
         gl_args = [f"GL{n}" for n in range(len(self.gemms))]
         carry = [c for c in carry if not c.startswith("GL")]
-        bwd_loop_args = ["T", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
+        bwd_loop_args = ["T", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
                "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
                f"DT = np.{self.dtype.name}"]
         out += [f"{name} = DT({value!r})" for value, name in self.consts.items()]
+        out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
+                f"RESIDUAL_IDS = ({''.join(f'{v.id}, ' for v in self.residuals)})",
+                f"OUTPUT_IDS = ({''.join(f'{v.id}, ' for v in self.outputs)})"]
         out += ["", ""]
         for k in sorted(fwd):
             out += [fwd[k], "", ""]
@@ -642,29 +662,29 @@ class Generator:
                         body.append(f"        {mm_fn}(GD{n}[t], AT{self.aux.index(e.ins[1])}, GL{n})")
             out += body + ["", ""]
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
-        allocs = [f"    {a} = np.empty((T, B, {v.width}), DT)" for a, v in zip(r_args, self.residuals)]
-        allocs += [f"    G{n} = np.empty((T, B, {e.out.width}), DT)" for n, e in enumerate(self.gemms)]
+        allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
+        allocs += [f"    G{n} = np.empty((T, B, {self.W(e.out)}), DT)" for n, e in enumerate(self.gemms)]
         flat = [f"    A{n} = A{n}.reshape(-1)" for n in range(len(self.aux)) if n not in weights]
-        out += [f"def forward(jit_loop, M, {', '.join([*s0_args, *x_args, *a_args])}):",
+        out += [f"def forward(jit_loop, I, H, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    Y = np.empty((T, {S}, B, {H}), DT)", *allocs,
                 "    loop = _forward_loop_jit if jit_loop else _forward_loop_py",
                 f"    loop({', '.join(fwd_loop_args)})",
                 f"    return Y, ({', '.join(r_args + g_args)}{',' if len(r_args + g_args) == 1 else ''})", "", ""]
         unpack = ", ".join(r_args + g_args)
-        balloc = [f"    DX{n} = np.empty((T, B, {v.width}), DT)" for n, v in enumerate(self.hoisted)]
+        balloc = [f"    DX{n} = np.empty((T, B, {self.W(v)}), DT)" for n, v in enumerate(self.hoisted)]
         balloc += [f"    DA{n} = np.zeros_like(A{n})" for n in range(len(self.aux))]
         balloc += [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in weights]
-        balloc += [f"    GD{n} = np.empty((T, B, {e.out.width}), DT)" for n, e in enumerate(self.gemms)]
+        balloc += [f"    GD{n} = np.empty((T, B, {self.W(e.out)}), DT)" for n, e in enumerate(self.gemms)]
         balloc += [f"    {c} = np.zeros((B, {self._carry_width(c)}), DT)" for c in [*gl_args, *carry]]
         balloc += [f"    {e} = np.empty((B, {self._ext_width(e)}), DT)" for e in ext]
         finish = []
         for n, e in enumerate(self.gemms):
-            k_in, w_out = e.ins[0].width, e.out.width
+            k_in, w_out = self.W(e.ins[0]), self.W(e.out)
             finish.append(f"    DA{self.aux.index(e.ins[1])} += ({self._lhs_all(e.ins[0])}.reshape(T * B, {k_in}).T "
                           f"@ GD{n}.reshape(T * B, {w_out})).reshape(DA{self.aux.index(e.ins[1])}.shape)")
         dstates = [" + ".join(self._carry_names(i)) for i in range(S)]
-        out += [f"def backward(jit_loop, dY, Y, residuals, M, {', '.join([*s0_args, *x_args, *a_args])}):",
+        out += [f"def backward(jit_loop, I, H, dY, Y, residuals, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    {unpack}{',' if len(r_args + g_args) == 1 else ''} = residuals" if unpack else "",
                 *balloc,
@@ -676,19 +696,70 @@ class Generator:
 
     def _carry_width(self, name):
         if name.startswith("GL"):
-            return self.gemms[int(name[2:])].ins[0].width
+            return self.W(self.gemms[int(name[2:])].ins[0])
         if name.startswith("PASS"):
-            return self.states[int(name[4:])].width
-        return self.states[int(name[2:].split("_")[0])].width
+            return self.W(self.states[int(name[4:])])
+        return self.W(self.states[int(name[2:].split("_")[0])])
 
     def _ext_width(self, name):
         vid = int(name[1:].split("_")[0])
         for v in self.users:
             if v.id == vid:
-                return v.width
+                return self.W(v)
         raise KeyError(name)
 
 
-def render(plan, dtype, header):
-    """The generated module's source for ``plan`` in ``dtype``."""
-    return Generator(plan, dtype).render_module(header)
+_TRANSCENDENTAL = ("tanh_scalar(", "sigmoid_scalar(", "math.exp(", "math.log(", "math.sqrt(", "**")
+
+
+def _transcendentals(line):
+    return sum(line.count(f) for f in _TRANSCENDENTAL)
+
+
+def fuse_loops(lines):
+    """Merge back-to-back one-statement loops over the same range into one loop.
+
+    Each generated loop handles one op; merging neighbours saves passes over the row.
+    A merged loop keeps at most one transcendental call: loops with one vectorise,
+    loops with several do not (FACTS.md: 3.5x slower). Statements keep their order and
+    only ever touch element j of arrays of the loop's width, so merging is safe.
+    """
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("for j in range(") and i + 1 < len(lines) and lines[i + 1].startswith("    ") \
+                and not (i + 2 < len(lines) and lines[i + 2].startswith("    ")):
+            head, body = line, [lines[i + 1]]
+            i += 2
+            while (i + 1 < len(lines) and lines[i] == head and lines[i + 1].startswith("    ")
+                   and not (i + 2 < len(lines) and lines[i + 2].startswith("    "))
+                   and _transcendentals("".join(body)) + _transcendentals(lines[i + 1]) <= 1):
+                body.append(lines[i + 1])
+                i += 2
+            out.append(head)
+            out.extend(body)
+        else:
+            out.append(line)
+            i += 1
+    return out
+
+
+def _plus(a, b):
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def _fmt(f):
+    """(a, b, c) as source for a*I + b*H + c."""
+    terms = []
+    for coef, name in zip(f[:2], ("I", "H")):
+        if coef:
+            terms.append(name if coef == 1 else f"{coef} * {name}")
+    if f[2] or not terms:
+        terms.append(str(f[2]))
+    return " + ".join(terms).replace("+ -", "- ")
+
+
+def render(plan, dtype, header, sizes=None):
+    """The generated module's source for ``plan`` in ``dtype``; ``sizes`` = (widths, slices)
+    formulas by var id make it one module for every input and hidden size."""
+    return Generator(plan, dtype, sizes).render_module(header)

@@ -74,6 +74,7 @@ def load_source(source):
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(source)
+                os.chmod(tmp, 0o644)
                 os.replace(tmp, path)  # concurrent writers (sweep workers) each write the same text
             except BaseException:
                 if os.path.exists(tmp):
@@ -121,16 +122,16 @@ def replay(eqns, env):
     return env
 
 
-def _fwd(k, *arrays, module, jit_loop, mask, probe, n_states, n_hoisted):
+def _fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
     states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
     rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-    return module.forward(jit_loop, mask, *states, *rest)
+    return module.forward(jit_loop, *sizes, mask, *states, *rest)
 
 
-def _vjp(k, g, Y, *arrays, module, jit_loop, mask, probe, n_states, n_hoisted, residuals):
+def _vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
     states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
     rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-    dx, dstates, daux, norms = module.backward(jit_loop, np.ascontiguousarray(g, dtype=Y.dtype), Y,
+    dx, dstates, daux, norms = module.backward(jit_loop, *sizes, np.ascontiguousarray(g, dtype=Y.dtype), Y,
                                                residuals, mask, *states, *rest)
     if probe is not None:
         probe.norms = norms
