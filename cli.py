@@ -12,6 +12,7 @@ import click
 import tinygrad_rnn as tr
 from tinygrad_rnn import checkpoint, diagnostics, plugins, tasks
 from tinygrad_rnn import training
+from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
 
 FAIL_ON_EXIT = 3
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
@@ -87,8 +88,14 @@ def cells(as_json):
     def human(rows):
         for r in rows:
             alias = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
-            click.echo(f"{r['name']:16} {r['plugin']:28} {r['doc']}{alias}")
-    _emit(tr.list_cells(), as_json, human)
+            compiled = "compiled" if r["compiles"] else "step"
+            click.echo(f"{r['name']:16} {r['plugin']:28} {compiled:9} {r['doc']}{alias}")
+            if not r["compiles"]:
+                click.echo(f"{'':16} not compiled: {r['compile_error']}")
+    rows = tr.list_cells()
+    for r in rows:
+        r["compiles"], r["compile_error"] = compile_status(tr.get_cell(r["name"]))
+    _emit(rows, as_json, human)
 
 
 @main.command("plugins")
@@ -100,6 +107,28 @@ def plugins_cmd(as_json):
             provided = ", ".join(r["cells"] + r["tasks"]) or "-"
             click.echo(f"{r['name']:28} {r['source']:12} {r['distribution'] or '-':24} {r['status']:8} {provided}")
     _emit(plugins.list_plugins(), as_json, human)
+
+
+@main.command("compile")
+@click.option("--cell", required=True, callback=_known("cell"), help="Registered cell name.")
+@click.option("--input-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--source-only", is_flag=True, help="Print only the generated Python source.")
+def compile_cmd(cell, input_size, hidden, dtype, source_only):
+    """Show what the cell compiler makes of a cell: its traced step, the plan, and the
+    generated Numba source (also cached on disk, path printed)."""
+    model = tr.nn.RNN(cell, input_size, hidden, dtype=dtype)
+    try:
+        graph, summary, source, path = inspect_cell(model.cells[0], dtype)
+    except CompileError as e:
+        raise click.ClickException(f"{e} (the cell still runs, on the step path)")
+    if source_only:
+        click.echo(source)
+        return
+    click.echo(f"# traced step of {cell!r} (input {input_size}, hidden {hidden}, {dtype})\n{graph}\n")
+    click.echo(f"# plan\n{summary}\n")
+    click.echo(f"# generated source ({path})\n{source}")
 
 
 @main.command()

@@ -58,10 +58,19 @@ def cache_dir():
 _modules = {}
 
 
+def _digest(source):
+    from .. import __version__
+    return hashlib.sha256((__version__ + _RUNTIME_KEY + source).encode()).hexdigest()[:20]
+
+
+def source_path(source):
+    """Where the generated ``source`` is cached."""
+    return os.path.join(cache_dir(), f"cell_{_digest(source)}.py")
+
+
 def load_source(source):
     """Import generated ``source`` from the cache directory (written once, atomically)."""
-    from .. import __version__
-    digest = hashlib.sha256((__version__ + _RUNTIME_KEY + source).encode()).hexdigest()[:20]
+    digest = _digest(source)
     mod = _modules.get(digest)
     if mod is not None:
         return mod

@@ -1,0 +1,213 @@
+"""The cell compiler: compiled kernels against the step path, errors, caching, the CLI."""
+import os
+
+import numpy as np
+import pytest
+
+import tinygrad_rnn as tr
+from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, runtime
+from tinygrad_rnn.plugins import load_plugin
+
+HERE = os.path.dirname(__file__)
+PLUGINS = os.path.join(HERE, "..", "plugins")
+
+CELLS = [("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}),
+         ("mgu", {}), ("peephole_lstm", {}), ("indrnn", {}), ("ln_lstm", {})]
+
+
+@pytest.fixture(autouse=True)
+def example_plugins():
+    """The example cells: the packages are pip-installed (README), the single files loaded here."""
+    have = {r["name"] for r in tr.list_cells()}
+    for name, f in (("indrnn", "indrnn.py"), ("ln_lstm", "layernorm_lstm.py"),
+                    ("mgu", os.path.join("mgu", "tinygrad_rnn_mgu.py")),
+                    ("peephole_lstm", os.path.join("peephole", "tinygrad_rnn_peephole.py"))):
+        if name not in have:
+            load_plugin(os.path.join(PLUGINS, f))
+
+
+def run(rnn, x, states, lengths, fused):
+    rnn.fused = fused
+    rnn.zero_grad()
+    xt = tr.Tensor(x, requires_grad=True)
+    st = tuple(tr.Tensor(s, requires_grad=True) for s in states)
+    out, final = rnn(xt, st, lengths=lengths, probe=True)
+    loss = (out * out).sum() + sum((f * f * 0.5).sum() for f in final)
+    loss.backward()
+    norms = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
+    return [out.numpy(), *[f.numpy() for f in final], xt.grad.numpy(), *[s.grad.numpy() for s in st],
+            *[p.grad.numpy() for p in rnn.parameters()], *norms]
+
+
+def assert_close(got, want, rtol):
+    for i, (a, b) in enumerate(zip(got, want)):
+        err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+        assert err < rtol, f"item {i}: relative difference {err:.2e}"
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
+@pytest.mark.parametrize("cell,options", CELLS, ids=[c + "".join(o.values()) for c, o in CELLS])
+def test_compiled_equals_step_path_float64(cell, options, layers, lengths):
+    tr.manual_seed(3)
+    rnn = tr.nn.RNN(cell, 3, 4, num_layers=layers, dtype="float64", **options)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 3))
+    states = [rng.standard_normal((layers, 3, 4)) * 0.5 for _ in range(rnn.num_states)]
+    lengths = None if lengths is None else np.array(lengths)
+    compiled = run(rnn, x, states, lengths, fused=True)
+    step = run(rnn, x, states, lengths, fused=False)
+    assert_close(compiled, step, 1e-10)
+
+
+def test_python_time_loop_with_blas_equals_jitted_loop(monkeypatch):
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN("lstm", 3, 4, dtype="float64")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 2, 3))
+    states = [rng.standard_normal((1, 2, 4)) for _ in range(2)]
+    jitted = run(rnn, x, states, np.array([4, 3]), fused=True)
+    monkeypatch.setattr(runtime, "JIT_LOOP_MAX_HIDDEN", 0)
+    python_loop = run(rnn, x, states, np.array([4, 3]), fused=True)
+    assert_close(python_loop, jitted, 1e-12)
+
+
+def test_float32_compiled_close_to_float64():
+    tr.manual_seed(0)
+    r64 = tr.nn.RNN("gru", 3, 4, dtype="float64")
+    r32 = tr.nn.RNN("gru", 3, 4, dtype="float32").load_state_dict(r64.state_dict())
+    x = np.random.default_rng(2).standard_normal((6, 2, 3))
+    states = [np.zeros((1, 2, 4))]
+    assert_close(run(r32, x.astype(np.float32), [s.astype(np.float32) for s in states], None, True),
+                 run(r64, x, states, None, True), 1e-4)
+
+
+def test_one_generated_module_serves_every_size():
+    small = compile_cell(tr.nn.RNN("lstm", 3, 5).cells[0])
+    large = compile_cell(tr.nn.RNN("lstm", 7, 33).cells[0])
+    assert small.module is large.module
+    assert "4 * H" in small.source and "any input and hidden size" in small.source
+
+
+def test_generated_source_is_cached_on_disk_and_readable(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_CACHE_DIR", str(tmp_path))
+    cell = tr.nn.RNN("mgu", 2, 3).cells[0]
+    compiled = compile_cell(cell)
+    path = runtime.source_path(compiled.source)
+    assert path.startswith(str(tmp_path))
+    with open(path) as f:
+        text = f.read()
+    assert text == compiled.source
+    assert "def _forward_stage1" in text and "def _backward_stage2" in text  # MGU: two stages of products
+
+
+class Tangled(tr.Cell):
+    """A cell whose step mixes samples of the batch: not a row-wise recurrence."""
+
+    name = "tangled"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w = self.param((input_size, hidden_size))
+
+    def step(self, x, state):
+        (h,) = state
+        return ((x @ self.w + h.transpose() @ h).tanh(),)   # (B, H) + (H, H): only when B == H
+
+
+class Reshaper(tr.Cell):
+    name = "reshaper"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w = self.param((input_size, hidden_size))
+
+    def step(self, x, state):
+        (h,) = state
+        return ((x @ self.w).reshape(-1, self.hidden_size) * h,)
+
+
+def test_compile_error_names_the_op_and_the_line():
+    rnn = tr.nn.RNN(Reshaper, 2, 3, fused=True)
+    with pytest.raises(CompileError, match=r"cannot compile reshape at test_compiler.py:\d+"):
+        rnn(np.zeros((2, 3, 2), np.float32))
+
+
+def test_uncompilable_cell_falls_back_to_the_step_path():
+    ok, why = compile_status(Reshaper)
+    assert not ok and "reshape" in why
+    rnn = tr.nn.RNN(Reshaper, 2, 3)                        # fused=None: runs, on the step path
+    x = np.random.default_rng(0).standard_normal((4, 3, 2)).astype(np.float32)
+    out_auto, _ = rnn(x)
+    rnn.fused = False
+    out_step, _ = rnn(x)
+    np.testing.assert_array_equal(out_auto.numpy(), out_step.numpy())
+
+
+def test_batch_mixing_step_is_refused_not_miscompiled():
+    ok, why = compile_status(Tangled)
+    assert not ok and "matmul" in why
+
+
+def test_fused_false_never_compiles():
+    rnn = tr.nn.RNN("gru", 2, 3, fused=False)
+    rnn(np.zeros((2, 1, 2), np.float32))
+    assert "_compiled" not in rnn.cells[0].__dict__
+
+
+def test_a_hand_written_forward_sequence_still_wins():
+    calls = []
+
+    class Own(tr.get_cell("rnn")):
+        name = "own_rnn"
+
+        def forward_sequence(self, x, state, mask=None, probe=None):
+            calls.append(x.shape)
+            return tr.Cell.forward_sequence(self, x, state, mask, probe)
+    tr.nn.RNN(Own, 2, 3)(np.zeros((4, 1, 2), np.float32))
+    assert calls == [(4, 1, 2)]
+
+
+def test_probe_cells_do_not_move_the_users_init_stream():
+    tr.manual_seed(7)
+    a = tr.nn.RNN("peephole_lstm", 3, 5)
+    compile_cell(a.cells[0])                  # builds probe-size cells internally
+    b = tr.nn.RNN("peephole_lstm", 3, 5)
+    tr.manual_seed(7)
+    tr.nn.RNN("peephole_lstm", 3, 5)
+    c = tr.nn.RNN("peephole_lstm", 3, 5)
+    for (name, p), (_, q) in zip(b.named_parameters(), c.named_parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+
+
+def test_gates_are_found_from_the_graph_for_plugin_cells():
+    rnn = tr.nn.RNN("peephole_lstm", 2, 4, dtype="float64")
+    sat = tr.diagnostics.gate_saturation(rnn, np.zeros((3, 2, 2)))
+    assert sat is not None and 0 <= sat["sigmoid_saturated"] <= 1
+    assert tr.diagnostics.gate_saturation(tr.nn.RNN("indrnn", 2, 3), np.zeros((3, 2, 2), np.float32)) is None
+
+
+def test_check_cell_compares_compiled_with_step():
+    report = tr.testing.check_cell("mgu")
+    assert report.ok
+    assert any("compiled kernels equal the step path" in line for line in str(report).splitlines())
+
+
+def test_cli_compile_prints_graph_plan_and_source():
+    from click.testing import CliRunner
+    from cli import main
+    result = CliRunner().invoke(main, ["compile", "--cell", "gru", "--hidden", "4"])
+    assert result.exit_code == 0, result.output
+    assert "= sigmoid" in result.output and "recurrent products: 1" in result.output
+    assert "def _backward_stage1" in result.output
+    result = CliRunner().invoke(main, ["compile", "--cell", "nope"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_cli_cells_says_which_cells_compile():
+    from click.testing import CliRunner
+    from cli import main
+    result = CliRunner().invoke(main, ["cells"])
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if line.startswith("lstm "))
+    assert "compiled" in line
