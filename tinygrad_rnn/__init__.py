@@ -8,7 +8,8 @@ from .hookspecs import hookimpl
 from . import nn, ops, testing
 from .cell import Cell, fused_sequence
 from .plugins import get_cell, list_cells, load_plugin, get_task, list_tasks
-from . import checkpoint, diagnostics, init, optim, tasks, training
+from . import checkpoint, compiler, diagnostics, init, optim, tasks, training
+from .compiler import CompileError
 from .training import train
 
 __version__ = "0.1.0"
@@ -16,4 +17,5 @@ __version__ = "0.1.0"
 __all__ = ["Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
            "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell", "fused_sequence",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
-           "diagnostics", "init", "optim", "tasks", "training", "train", "__version__"]
+           "diagnostics", "init", "optim", "tasks", "training", "train", "compiler", "CompileError",
+           "__version__"]

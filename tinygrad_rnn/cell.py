@@ -63,8 +63,9 @@ class Cell(Module):
     def forward_sequence(self, x, state, mask=None, probe=None):
         """Run over a whole sequence ``x`` (T, B, I); return (out (T, B, H), final state).
 
-        This reference path loops over ``step``. Cells with a fused kernel override
-        it; ``mask`` (T, B) marks real (1) and padded (0) steps; ``probe`` collects
+        This reference path loops over ``step``; ``tr.nn.RNN`` normally runs the kernels
+        the compiler generates from ``step`` instead. A cell may still override this by
+        hand. ``mask`` (T, B) marks real (1) and padded (0) steps; ``probe`` collects
         the per-step states so their gradient norms can be read after backward.
         """
         outs = []
@@ -106,8 +107,9 @@ def _checked_state(cell, new, old, t):
 
 
 def fused_sequence(cell, kind, x, state, mask=None, probe=None, relu=False):
-    """Run a PyTorch-layout cell (weight_ih, weight_hh, bias_ih, bias_hh) through
-    the fused kernels of ``kind`` ("rnn", "lstm" or "gru"): one op on the tape."""
+    """Run a PyTorch-layout built-in cell (weight_ih, weight_hh, bias_ih, bias_hh) through
+    the CUDA backend's hand-written kernels of ``kind`` ("rnn", "lstm" or "gru"): one op
+    on the tape. On the CPU every cell is compiled from its ``step`` instead (compiler/)."""
     T, B = x.shape[0], x.shape[1]
     m = np.ones((T, B), x.dtype) if mask is None else mask
     states = ops.cell_sequence(kind, x, state, cell.weight_ih, cell.weight_hh, cell.bias_ih,

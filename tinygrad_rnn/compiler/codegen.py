@@ -17,6 +17,8 @@ Layout of the generated module (all arrays C-contiguous):
 - Kernels loop over rows; each op is one simple loop over the row, which is the form
   that vectorises (FACTS.md: one transcendental per loop).
 """
+import re
+
 import numpy as np
 
 from .. import ops
@@ -432,20 +434,24 @@ class Generator:
                 lines.append(f"{ind}PASS{i}[b, :] = 0")
         bound = self._bind_rows(fwd_reads)
         lines.extend(ind + s for s in bound)
-        for t in sorted(targets):
-            lines.append(f"{ind}{t}[:] = 0")
-        for v in owned:
-            lines.append(f"{ind}d{v.id}[:] = 0")
+        contribs = []
         if k == self.top:
             for i, v in enumerate(self.outputs):
-                lines.append(f"{ind}{self.grad_target(v, k)}[:] += g{i}")
+                contribs.append(f"{self.grad_target(v, k)}[:] += g{i}")
         for v in owned:
             for j in sorted(self.users.get(v, ())):
                 if j != k:
-                    lines.append(f"{ind}d{v.id}[:] += E{v.id}_{j}[b]")
+                    contribs.append(f"d{v.id}[:] += E{v.id}_{j}[b]")
             for n in self.gemm_lhs.get(v, ()):
-                lines.append(f"{ind}d{v.id}[:] += GL{n}[b]")
-        lines.extend(ind + s for s in fuse_loops(body))
+                contribs.append(f"d{v.id}[:] += GL{n}[b]")
+        contribs, assigned = _first_writes_assign(contribs + body, self._covered_by_slices(eqns, k))
+        for t in sorted(targets):
+            if t not in assigned:
+                lines.append(f"{ind}{t}[:] = 0")
+        for v in owned:
+            if f"d{v.id}" not in assigned:
+                lines.append(f"{ind}d{v.id}[:] = 0")
+        lines.extend(ind + s for s in fuse_loops(contribs))
         for v in owned:
             for dest in self._finals(v, k):
                 lines.append(f"{ind}{dest}[:] = d{v.id}")
@@ -453,6 +459,21 @@ class Generator:
             for i in range(len(self.states)):
                 lines.append(f"    SQ[{i}, t] += sq[{i}]")
         return "\n".join(lines)
+
+    def _covered_by_slices(self, eqns, k):
+        """Gradient arrays of this stage written only by disjoint slices that tile them
+        (the gate blocks of a split): each slice can assign, and nothing needs zeroing."""
+        covered = set()
+        for e in eqns:
+            v = e.out
+            readers = [u for u in eqns if v in u.ins]
+            if (self.users.get(v, set()) - {k} or v in self.gemm_lhs or v in self.outputs
+                    or not readers or any(u.op != "getitem" for u in readers)):
+                continue
+            spans = sorted((u.attrs["index"][1].start, u.attrs["index"][1].stop) for u in readers)
+            if spans[0][0] == 0 and spans[-1][1] == v.width and all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
+                covered.add(f"d{v.id}")
+        return covered
 
     def _finals(self, v, k):
         if v in self.hoisted:
@@ -707,6 +728,28 @@ class Generator:
             if v.id == vid:
                 return self.W(v)
         raise KeyError(name)
+
+
+_CONTRIB = re.compile(r"^(\s*)(.+?)\[([^\[\]]*)\] \+= (.*)$")
+
+
+def _first_writes_assign(lines, covered):
+    """Turn ``+=`` into ``=`` where a gradient row gets exactly one full write, or is tiled
+    by slices (``covered``); return the lines and the targets that need no zeroing."""
+    seen = {}
+    for n, line in enumerate(lines):
+        m = _CONTRIB.match(line)
+        if m and not m.group(2).startswith("DA"):
+            seen.setdefault(m.group(2), []).append((n, m.group(3)))
+    assigned = set()
+    out = list(lines)
+    for target, writes in seen.items():
+        full = len(writes) == 1 and writes[0][1] in ("j", ":", "0")
+        if full or target in covered:
+            assigned.add(target)
+            for n, _ in writes:
+                out[n] = out[n].replace(" += ", " = ", 1)
+    return out, assigned
 
 
 _TRANSCENDENTAL = ("tanh_scalar(", "sigmoid_scalar(", "math.exp(", "math.log(", "math.sqrt(", "**")
