@@ -166,16 +166,36 @@ def classify(graph):
                                "on the previous state")
         if v.shape != graph.states[i].shape:
             raise CompileError(f"cell {graph.cell_name!r}: state {i} has shape {v.shape}")
+    _slice_in_kernel(plan)
     hoisted, aux = [], []
+    produced = {e.out for e in plan.step_eqns}
     for e in plan.step_eqns:
         for v in e.ins:
-            if v.batched and not v.dep_s and v not in hoisted:
+            if v.batched and not v.dep_s and v not in hoisted and v not in produced:
                 hoisted.append(v)
             elif not v.batched and v not in aux and not (v.role == "const" and v.value.ndim == 0):
                 aux.append(v)
     plan.hoisted, plan.aux = hoisted, aux
     _levels(plan)
     return plan
+
+
+def _slice_in_kernel(plan):
+    """A step that reads slices of a hoisted value (GRU's gate blocks of W_ih x) reads
+    the whole value and slices it in the kernel: one (T, B, 3H) array instead of three
+    copies, and one gradient array instead of three scatters on the tape."""
+    producer = {e.out: e for e in plan.hoist_eqns}
+    moved = []
+    for e in plan.step_eqns:
+        for v in e.ins:
+            p = producer.get(v)
+            if p is not None and p.op == "getitem" and p not in moved:
+                moved.append(p)
+    if not moved:
+        return
+    still_used = {v for e in plan.hoist_eqns if e not in moved for v in e.ins}
+    plan.hoist_eqns = [e for e in plan.hoist_eqns if e not in moved or e.out in still_used]
+    plan.step_eqns = moved + plan.step_eqns
 
 
 def _levels(plan):
@@ -187,6 +207,14 @@ def _levels(plan):
             plan.gemms.append(e)
         else:
             level[e.out] = max(ins) if ins else 0
+    # Slices are views and cost nothing: move each to the latest stage its readers allow,
+    # so a slice of a hoisted value does not open a stage of its own.
+    for e in reversed(plan.step_eqns):
+        if e.op != "getitem":
+            continue
+        readers = [level[u.out] - (u.op == "matmul") for u in plan.step_eqns if e.out in u.ins]
+        if readers and e.out not in plan.graph.outputs:
+            level[e.out] = max(level[e.out], min(readers))
     plan.level = level
     plan.num_levels = 1 + max([level[e.out] for e in plan.step_eqns] + [0])
 
