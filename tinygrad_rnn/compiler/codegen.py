@@ -399,8 +399,7 @@ class Generator:
         lines.append(f"@kernel\ndef _backward_stage{k}(t, I, H, M, {', '.join(args)}):")
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
-        for v in owned:
-            lines.append(f"    d{v.id} = np.empty({self.W(v)}, DT)")
+        alloc_at = len(lines)
         if k == self.top:
             lines.append(f"    sq = np.zeros({len(self.states)})")
             for i in range(len(self.states)):
@@ -444,12 +443,25 @@ class Generator:
                     contribs.append(f"d{v.id}[:] += E{v.id}_{j}[b]")
             for n in self.gemm_lhs.get(v, ()):
                 contribs.append(f"d{v.id}[:] += GL{n}[b]")
-        contribs, assigned = _first_writes_assign(contribs + body, self._covered_by_slices(eqns, k))
+        covered = self._covered_by_slices(eqns, k)
+        contribs, assigned = _first_writes_assign(contribs + body, covered)
+        contribs, aliases = _alias_copies(contribs)
+        # A gate block's gradient is a view into the gradient of the value it was split
+        # from, so the split's backward copies nothing.
+        views = {}
+        for e in eqns:
+            src = f"d{e.ins[0].id}"
+            if e.op == "getitem" and src in covered and src not in aliases and f"d{e.out.id}" not in aliases:
+                lo, hi = self.bounds(e)
+                views[f"d{e.out.id}"] = f"{src}[{lo}:{hi}]"
+                contribs = [c for c in contribs if not re.match(rf"^\s*{src}\[{re.escape(lo)} \+ j\] = d{e.out.id}\[j\]$", c)]
+        contribs = [c for n, c in enumerate(contribs)
+                    if not (c.startswith("for j in range(") and not (n + 1 < len(contribs) and contribs[n + 1].startswith("    ")))]
         for t in sorted(targets):
             if t not in assigned:
                 lines.append(f"{ind}{t}[:] = 0")
         for v in owned:
-            if f"d{v.id}" not in assigned:
+            if f"d{v.id}" not in assigned and f"d{v.id}" not in aliases:
                 lines.append(f"{ind}d{v.id}[:] = 0")
         lines.extend(ind + s for s in fuse_loops(contribs))
         for v in owned:
@@ -458,7 +470,13 @@ class Generator:
         if k == self.top:
             for i in range(len(self.states)):
                 lines.append(f"    SQ[{i}, t] += sq[{i}]")
-        return "\n".join(lines)
+        lines[alloc_at:alloc_at] = ([f"    d{v.id} = np.empty({self.W(v)}, DT)" for v in owned
+                                     if f"d{v.id}" not in aliases and f"d{v.id}" not in views]
+                                    + [f"    {name} = {view}" for name, view in views.items()])
+        text = "\n".join(lines)
+        for name in _alias_order(aliases):
+            text = re.sub(rf"\b{name}\b", aliases[name].replace("\\", "\\\\"), text)
+        return text
 
     def _covered_by_slices(self, eqns, k):
         """Gradient arrays of this stage written only by disjoint slices that tile them
@@ -750,6 +768,40 @@ def _first_writes_assign(lines, covered):
             for n, _ in writes:
                 out[n] = out[n].replace(" += ", " = ", 1)
     return out, assigned
+
+
+_COPY = re.compile(r"^(\s*)(d\d+)\[(j|:)\] = ((?:d|g)\d+|E\d+_\d+\[b\]|GL\d+\[b\])(\[j\])?$")
+
+
+def _alias_copies(lines):
+    """A gradient row whose one write is a plain copy of another (the identity VJP of add
+    and sub, a seed) becomes a second name for it: no array, no copy loop. Safe because a
+    source is complete before it is copied and nothing writes either name afterwards."""
+    aliases, out = {}, []
+    for line in lines:
+        m = _COPY.match(line)
+        if m and (m.group(3) == ":") == (m.group(5) is None):
+            aliases[m.group(2)] = m.group(4)
+            continue
+        out.append(line)
+    # a loop whose only statement was a removed copy leaves its header behind
+    cleaned = []
+    for n, line in enumerate(out):
+        if line.startswith("for j in range(") and not (n + 1 < len(out) and out[n + 1].startswith("    ")):
+            continue
+        cleaned.append(line)
+    return cleaned, aliases
+
+
+def _alias_order(aliases):
+    """Names to replace, each before any name its replacement mentions (chains resolve)."""
+    def root(name, seen=()):
+        target = aliases[name]
+        base = target.split("[")[0]
+        return root(base, seen + (name,)) if base in aliases and base not in seen else target
+    for name in list(aliases):
+        aliases[name] = root(name)
+    return sorted(aliases, key=len, reverse=True)
 
 
 _TRANSCENDENTAL = ("tanh_scalar(", "sigmoid_scalar(", "math.exp(", "math.log(", "math.sqrt(", "**")
