@@ -211,3 +211,18 @@ def test_cli_cells_says_which_cells_compile():
     assert result.exit_code == 0
     line = next(line for line in result.output.splitlines() if line.startswith("lstm "))
     assert "compiled" in line
+
+
+def test_a_damaged_cached_module_is_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_CACHE_DIR", str(tmp_path))
+    cell = tr.nn.RNN("indrnn", 2, 3).cells[0]
+    source = compile_cell(cell).source
+    path = runtime.source_path(source)
+    with open(path, "w") as f:
+        f.write("def broken(:\n")                 # a truncated or edited file in the cache
+    runtime._modules.clear()
+    fresh = tr.nn.RNN("indrnn", 2, 3)
+    out, _ = fresh(np.ones((2, 1, 2), np.float32))
+    assert np.isfinite(out.numpy()).all()
+    with open(path) as f:
+        assert f.read() == source

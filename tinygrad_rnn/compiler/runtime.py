@@ -78,7 +78,7 @@ def load_source(source):
     path = os.path.join(folder, f"cell_{digest}.py")
     try:
         os.makedirs(folder, exist_ok=True)
-        if not os.path.exists(path):
+        if not _holds(path, source):  # missing, or truncated or edited since: write it anew
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
             try:
                 with os.fdopen(fd, "w") as f:
@@ -101,6 +101,14 @@ def load_source(source):
     spec.loader.exec_module(mod)
     _modules[digest] = mod
     return mod
+
+
+def _holds(path, source):
+    try:
+        with open(path) as f:
+            return f.read() == source
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _runtime_key():
