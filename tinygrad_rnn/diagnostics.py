@@ -105,17 +105,13 @@ def verdict(norms):
 
 
 def _layer_inputs(rnn, x, state):
-    """The input sequence and initial state seen by each layer (no tape)."""
+    """(input sequence, initial state, cell) seen by each layer and direction, in the
+    order of the final states (no tape; a reverse direction's input is reversed in time)."""
+    seen = []
     with no_grad():
         x = ops.tensor(x).astype(rnn.dtype)
-        B = x.shape[1]
-        init = rnn._initial_state(state, B, x.device)
-        result = []
-        for l, cell in enumerate(rnn.cells):
-            layer_state = tuple(s[l] for s in init)
-            result.append((x, layer_state))
-            x, _ = cell.forward_sequence(x, layer_state)
-    return result
+        rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
+    return seen
 
 
 def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
@@ -123,10 +119,11 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
 
     ``s`` is the full state (h, or (h, c) concatenated). Each Jacobian is built exactly
     with one vector-Jacobian product on a batch of D = num_states * hidden copies,
-    each with a one-hot cotangent; its largest singular value is returned. Array (T,).
+    each with a one-hot cotangent; its largest singular value is returned. Array (T,),
+    in the cell's processing order. ``layer`` counts in the order of the final states
+    (for a bidirectional RNN: 0 is layer 0 forward, 1 layer 0 reverse, ...).
     """
-    cell = rnn.cells[layer]
-    xs, s0 = _layer_inputs(rnn, x, state)[layer]
+    xs, s0, cell = _layer_inputs(rnn, x, state)[layer]
     S, H = cell.num_states, cell.hidden_size
     D = S * H
     states = tuple(Tensor(s.numpy()[sample:sample + 1]) for s in s0)
@@ -174,7 +171,7 @@ def gate_saturation(rnn, x, state=None):
     if kind not in _SIGMOID_BLOCKS:
         return None
     sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
-    for (xs, s0), cell in zip(_layer_inputs(rnn, x, state), rnn.cells):
+    for xs, s0, cell in _layer_inputs(rnn, x, state):
         T, B = xs.shape[:2]
         _, (gates, _) = cpu_cells.cell_forward(
             kind, xs.numpy(), tuple(s.numpy() for s in s0), cell.weight_ih.numpy(),
