@@ -205,7 +205,7 @@ def diagnose_cell(model, task, x, y):
     """Every measure for one model on one batch: a JSON-able dict."""
     rnn = model.rnn
     _check_finite(x)
-    loss_fn = lambda out: task.loss(model.head(out[-1] if model.last_step_only else out), y)  # noqa: E731
+    loss_fn = lambda out: task.loss(model.readout(out), y)  # noqa: E731
     params = model.parameters()
     saved = _saved_grads(params)
     try:
@@ -216,16 +216,14 @@ def diagnose_cell(model, task, x, y):
         pnorms = param_grad_norms(model)
     finally:
         _restore_grads(params, saved)
+    D = rnn.num_directions
     first_layer = norms[0]
     # Per-sample measures run on the CPU: they are small and read single sequences.
     host_rnn, host_x = rnn.cpu_copy(), Tensor(x.numpy() if isinstance(x, Tensor) else x)
     jac = step_jacobian_norms(host_rnn, host_x)
     result = {
-        "verdict": verdict(first_layer),
-        "grad_norm_per_step": norms.tolist(),
-        "decay_rate": decay_rate(first_layer),
-        "horizon": horizon(first_layer),
-        "ratio_first_last": float(first_layer[0] / first_layer[-1]) if first_layer[-1] > 0 else None,
+        **_flow_measures(first_layer),
+        "grad_norm_per_step": norms[::D].tolist(),
         "jacobian_spectral_norm": {"mean": float(jac.mean()), "max": float(jac.max()),
                                    "per_step": jac.tolist()},
         "recurrent_spectral_radius": recurrent_spectral_radius(host_rnn),
@@ -233,24 +231,42 @@ def diagnose_cell(model, task, x, y):
         "param_grad_norms": pnorms,
     }
     if c_norms is not None:
-        result["c_grad_norm_per_step"] = c_norms.tolist()
+        result["c_grad_norm_per_step"] = c_norms[::D].tolist()
+    if D == 2:  # the reverse direction, per step in time order; its measures read it backwards
+        result["grad_norm_per_step_reverse"] = norms[1::2].tolist()
+        if c_norms is not None:
+            result["c_grad_norm_per_step_reverse"] = c_norms[1::2].tolist()
+        result["reverse"] = _flow_measures(norms[1][::-1])
     return result
 
 
+def _flow_measures(norms):
+    """Verdict, decay rate, horizon and first/last ratio of norms in processing order."""
+    return {"verdict": verdict(norms), "decay_rate": decay_rate(norms), "horizon": horizon(norms),
+            "ratio_first_last": float(norms[0] / norms[-1]) if norms[-1] > 0 else None}
+
+
 def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
-             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu"):
+             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu",
+             bidirectional=False, cell_options=None):
     """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
 
     Measured in float64, so that norms far below float32's range are still exact.
     Returns ``{"task", "seq_len", ..., "cells": [{"cell", "verdict", "grad_norm_per_step", ...}]}``.
+    With ``bidirectional``, each cell also has ``grad_norm_per_step_reverse`` (time order)
+    and ``reverse`` (the reverse direction's verdict and measures, read from t = T-1 down
+    to 0, its processing order). ``cell_options`` go to every cell's constructor.
     """
     from .training import build, train
 
+    cell_options = cell_options or {}
     report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,
-              "steps": steps, "seed": seed, "batch": batch, "thresholds": THRESHOLDS, "cells": []}
+              "steps": steps, "seed": seed, "batch": batch, "bidirectional": bool(bidirectional),
+              "cell_options": cell_options, "thresholds": THRESHOLDS, "cells": []}
     for cell in cells:
         config = dict(cell=cell, task=task, seq_len=seq_len, data=None, hidden=hidden, layers=layers,
-                      init=init_scheme, seed=seed, dtype="float64", device=device)
+                      init=init_scheme, seed=seed, dtype="float64", device=device, bidirectional=bidirectional,
+                      cell_options=cell_options)
         task_obj, model = build(config)
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnose_cell(model, task_obj, Tensor(x, device=device), y)}
@@ -258,13 +274,16 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
             summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, hidden=hidden, layers=layers,
                                       batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
                                       init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
-                                      return_model=True)
+                                      return_model=True, bidirectional=bidirectional, cell_options=cell_options)
             after = diagnose_cell(model, task_obj, Tensor(x, device=device), y)
             after.update(train_loss=summary["train_loss"], eval_loss=summary["eval_loss"])
             entry["after_training"] = after
-            entry["final_verdict"] = after["verdict"]
+            final = after
         else:
-            entry["final_verdict"] = entry["verdict"]
+            final = entry
+        entry["final_verdict"] = final["verdict"]
+        if bidirectional:
+            entry["final_reverse_verdict"] = final["reverse"]["verdict"]
         report["cells"].append(entry)
     return report
 
