@@ -264,10 +264,12 @@ def _print_diagnosis(report):
               help="Measure the eval loss every N steps (log and progress).")
 @click.option("--patience", type=click.IntRange(min=1), default=None, metavar="K",
               help="Stop when the eval loss has not improved for K evaluations; keep the best model.")
+@click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also write the --save checkpoint every N steps.")
 def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
           init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every, diagnose_every,
           on_nonfinite, as_json, cell_option_pairs, bidirectional, dropout, embed, lr_schedule, warmup,
-          lr_step_size, lr_gamma, lr_patience, eval_every, patience):
+          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every):
     """Train a cell on a sequence task."""
     summary = training.train(
         cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers, batch=batch,
@@ -277,7 +279,7 @@ def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr
         progress=not as_json and sys.stderr.isatty(), diagnose_every=diagnose_every,
         cell_options=_cell_options(cell, cell_option_pairs), bidirectional=bidirectional, dropout=dropout,
         embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
-        lr_patience=lr_patience, eval_every=eval_every, patience=patience)
+        lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
 
     def human(s):
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
