@@ -199,17 +199,17 @@ def _print_diagnosis(report):
                        f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
             if "reverse" in d:
                 r = d["reverse"]
-                click.echo(f"{'':14} {label + ' rev':10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
+                click.echo(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
                            f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
     click.echo("\n||dL/dh_t|| on a log scale, t = 0 (left) .. T (right):")
     for c in report["cells"]:
         for label, get in stages:
             click.echo(f"{c['cell']:>8} {label:>9} {diagnostics.sparkline(get(c)['grad_norm_per_step'][0])}")
             if "grad_norm_per_step_reverse" in get(c):
-                click.echo(f"{'':>8} {label + ' rev':>9} "
+                click.echo(f"{'reverse':>8} {label:>9} "
                            f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0])}")
     if report.get("bidirectional"):
-        click.echo("rev: the reverse direction; its verdict, rate and horizon follow its own order, "
+        click.echo("reverse: the reverse direction; its verdict, rate and horizon follow its own order, "
                    "from t = T (its first step) down to 0")
     th = report["thresholds"]
     click.echo(f"\nverdict: vanishing if |g_0|/|g_T| < {th['vanishing_ratio']:g}, exploding if > "

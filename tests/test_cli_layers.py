@@ -4,34 +4,18 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
-import cli
 import tinygrad_rnn as tr
-from tinygrad_rnn import plugins
+from test_cli import ROOT, fresh_registry, run  # noqa: F401  (the autouse fixture and helper)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--seq-len", "8", "--hidden", "8", "--batch", "4"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    plugins.reset()
-    yield
-    plugins.reset()
-
-
-def run(*args):
-    result = CliRunner().invoke(cli.main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def test_train_with_every_new_option(tmp_path):
     log = tmp_path / "log.jsonl"
     r = run("train", "--cell", "gru", "--task", "copy", *SMALL, "--steps", "12", "--layers", "2",
             "--bidirectional", "--dropout", "0.2", "--lr-schedule", "cosine", "--warmup", "3",
-            "--eval-every", "4", "--patience", "5", "--log", log, "--save", tmp_path / "ck.npz", "--json")
+            "--eval-every", "4", "--patience", "5", "--log", str(log), "--save", str(tmp_path / "ck.npz"), "--json")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert s["best_step"] in (4, 8, 12) and s["stopped_early"] is False
@@ -40,7 +24,7 @@ def test_train_with_every_new_option(tmp_path):
 
 
 def test_embed_for_text_and_generate(tmp_path):
-    ck = tmp_path / "t.npz"
+    ck = str(tmp_path / "t.npz")
     r = run("train", "--task", "text", *SMALL, "--steps", "3", "--embed", "6", "--save", ck)
     assert r.exit_code == 0, r.output
     assert "bits/symbol" in r.stdout
@@ -66,7 +50,7 @@ def test_cell_option_makes_a_relu_rnn_everywhere():
 def test_diagnose_bidirectional_table_and_json():
     r = run("diagnose", "--cell", "lstm", "--seq-len", "10", "--hidden", "8", "--layers", "2", "--bidirectional")
     assert r.exit_code == 0, r.output
-    assert "init rev" in r.stdout and "reverse direction" in r.stdout
+    assert "  reverse      init" in r.stdout and "reverse: the reverse direction" in r.stdout
     r = run("diagnose", "--cell", "gru", "--seq-len", "10", "--hidden", "8", "--bidirectional", "--json")
     c = json.loads(r.stdout)["cells"][0]
     assert len(c["grad_norm_per_step"][0]) == len(c["grad_norm_per_step_reverse"][0]) == 10
@@ -107,7 +91,7 @@ def test_incompatible_options_are_one_line_errors(args, message):
 
 
 def test_resume_with_conflicting_options(tmp_path):
-    ck = tmp_path / "ck.npz"
+    ck = str(tmp_path / "ck.npz")
     assert run("train", "--task", "sum", *SMALL, "--steps", "2", "--save", ck).exit_code == 0
     r = run("train", "--steps", "4", "--resume", ck, "--bidirectional")
     assert r.exit_code == 1 and "was trained with bidirectional=False, not True" in r.output

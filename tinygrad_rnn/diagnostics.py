@@ -300,6 +300,9 @@ def plot(report, path):
     for entry in report["cells"]:
         norms = np.asarray(entry["grad_norm_per_step"][0])
         line, = ax.semilogy(norms, label=f"{entry['cell']} (init, {entry['verdict']})")
+        if "grad_norm_per_step_reverse" in entry:
+            ax.semilogy(entry["grad_norm_per_step_reverse"][0], ":", color=line.get_color(),
+                        label=f"{entry['cell']} reverse (init, {entry['reverse']['verdict']})")
         if "after_training" in entry:
             ax.semilogy(entry["after_training"]["grad_norm_per_step"][0], "--", color=line.get_color(),
                         label=f"{entry['cell']} (after {report['steps']} steps)")

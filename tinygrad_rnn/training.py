@@ -157,6 +157,9 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         config = dict(meta["config"], device=device)  # the checkpoint's run, continued
     else:
         check_cell_options(cell, config["cell_options"])
+    if config.get("dropout") and config["layers"] == 1 and not meta:
+        print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
+              file=sys.stderr)
     try:
         task_obj, model = build(config)
     except KeyError as e:
