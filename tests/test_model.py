@@ -35,3 +35,12 @@ def test_bidirectional_last_step_reads_each_directions_last_step():
     pred, (h, c) = model(x)
     expected = np.concatenate([h.numpy()[0], h.numpy()[1]], axis=-1) @ model.head.weight.numpy().T
     np.testing.assert_allclose(pred.numpy(), expected + model.head.bias.numpy(), atol=1e-12)
+
+
+def test_dropout_module_scales_in_training_and_passes_through_in_eval():
+    drop = tr.nn.Dropout(0.25)
+    x = np.ones((400, 50))
+    tr.manual_seed(0)
+    y = drop(tr.Tensor(x)).numpy()
+    assert set(np.unique(y)) == {0.0, 1 / 0.75} and abs((y == 0).mean() - 0.25) < 0.01
+    np.testing.assert_array_equal(drop.eval()(tr.Tensor(x)).numpy(), x)
