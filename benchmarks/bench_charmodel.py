@@ -1,6 +1,7 @@
 """Character LSTM on a text file: one-hot input against a learned embedding, ours next to PyTorch.
 
-    python benchmarks/bench_charmodel.py [--data /usr/share/common-licenses/GPL-3] [--steps 750] [--no-torch]
+    python benchmarks/bench_charmodel.py [--data /usr/share/common-licenses/GPL-3] [--steps 750]
+        [--seed 0] [--inputs one-hot,embed] [--no-torch]
 
 Settings from issue 11: LSTM 128, T=50, batch 32, Adam lr 3e-3, clip-norm 5, seed 0, 750 steps;
 the score is bits per character on the held-out tail (the text task's last 10%, read in
@@ -28,7 +29,7 @@ def ours(data, steps, embed):
 def theirs(data, steps, embed):
     import torch
     torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch.manual_seed(SETTINGS["seed"])
     task = tr.get_task("text")(seq_len=SETTINGS["seq_len"], data=data)
     task.token_input = bool(embed)
     V, H = task.input_size, SETTINGS["hidden"]
@@ -62,10 +63,15 @@ def main():
     ap.add_argument("--data", default="/usr/share/common-licenses/GPL-3")
     ap.add_argument("--steps", type=int, default=750)
     ap.add_argument("--embed", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--inputs", default="one-hot,embed")
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
+    SETTINGS["seed"] = args.seed
     rows = []
     for label, embed in (("one-hot", None), (f"embed {args.embed}", args.embed)):
+        if label.split()[0] not in args.inputs.split(","):
+            continue
         bits, sec = ours(args.data, args.steps, embed)
         rows.append(("tinygrad_rnn", label, bits, sec))
         print(f"tinygrad_rnn  {label:10} {bits:.3f} bits/char  ({sec:.0f} s)", flush=True)
