@@ -288,7 +288,7 @@ def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))
         if s.get("stopped_early"):
-            click.echo(f"stopped early at step {s['stopped_at']}: no better eval loss for {patience} evaluations")
+            click.echo(f"stopped early at step {s['stopped_at']}: no better eval loss since step {s['best_step']}")
         if s.get("best_step") is not None:
             click.echo(f"best eval loss {s['best_eval_loss']:.4f} at step {s['best_step']}")
         if save:

@@ -186,3 +186,17 @@ def test_bidirectional_and_embedding_train_and_resume(tmp_path):
     assert resumed["eval_loss"] == straight["eval_loss"]
     text = tr.training.generate(str(tmp_path / "e.npz"), prime="Shall ", length=10, seed=1)
     assert text.startswith("Shall ") and len(text) == 16
+
+
+def test_checkpoints_from_before_these_options_still_resume(tmp_path):
+    ck = str(tmp_path / "old.npz")
+    straight = _run(steps=8)
+    _run(steps=4, save=ck)
+    meta, arrays = checkpoint.load(ck)
+    for key in ("scheduler", "early_stop"):
+        del meta[key]
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in
+                      ("bidirectional", "dropout", "embed", "lr_schedule", "warmup", "lr_step_size", "lr_gamma",
+                       "lr_patience", "eval_every", "patience")}
+    checkpoint.save(ck, meta, arrays)
+    assert _run(steps=8, resume=ck)["eval_loss"] == straight["eval_loss"]
