@@ -16,7 +16,8 @@ def _torch_run(torch, tm, x, states, w, lengths, batch_first):
                                                       enforce_sorted=False)
     out, final = tm(inp, tuple(ts) if len(ts) == 2 else ts[0])
     if lengths is not None:
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=x.shape[1 if batch_first else 0])
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first,
+                                                        total_length=x.shape[1 if batch_first else 0])
     final = final if len(ts) == 2 else (final,)
     (out * torch.tensor(w)).sum().add(sum((f * (i + 2.0)).sum() for i, f in enumerate(final))).backward()
     grads = {n: p.grad.numpy() for n, p in tm.named_parameters()}
