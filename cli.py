@@ -12,6 +12,7 @@ import click
 import tinygrad_rnn as tr
 from tinygrad_rnn import checkpoint, diagnostics, plugins, tasks
 from tinygrad_rnn import training
+from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
 
 FAIL_ON_EXIT = 3
@@ -55,6 +56,23 @@ def _known(kind):
                 raise click.BadParameter(e.args[0]) from None
         return value
     return check
+
+
+# Reusable by every command that builds a cell; parse with _cell_options once the cell is known.
+cell_option = click.option(
+    "--cell-option", "cell_option_pairs", multiple=True, metavar="KEY=VALUE",
+    help="Cell constructor option, e.g. nonlinearity=relu (repeatable); typed and checked against the cell.")
+
+
+def _cell_options(cells, pairs):
+    """The --cell-option pairs as a dict, checked against each of ``cells`` (a usage error if not)."""
+    options = {}
+    for cell in (cells if isinstance(cells, (tuple, list)) else (cells,)):
+        try:
+            options = parse_cell_options(cell, pairs)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--cell-option") from None
+    return options
 
 
 def _device(ctx, param, value):
@@ -135,9 +153,11 @@ def compile_cmd(cell, input_size, hidden, dtype, source_only):
 @click.option("--cell", required=True, callback=_known("cell"), help="Registered cell name.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=4, show_default=True)
-def gradcheck(cell, seq_len, hidden):
+@cell_option
+def gradcheck(cell, seq_len, hidden, cell_option_pairs):
     """Check a cell against the plugin contract with float64 finite differences."""
-    report = tr.testing.check_cell(cell, hidden_size=hidden, seq_len=seq_len)
+    report = tr.testing.check_cell(cell, hidden_size=hidden, seq_len=seq_len,
+                                   **_cell_options(cell, cell_option_pairs))
     click.echo(str(report))
     sys.exit(0 if report.ok else 1)
 
@@ -160,8 +180,10 @@ def gradcheck(cell, seq_len, hidden):
               help="Write a PNG of ||dL/dh_t|| against t (needs matplotlib).")
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
+@click.option("--bidirectional", is_flag=True, help="Bidirectional layers: norms for each direction.")
+@cell_option
 def diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed, device,
-             as_json, plot_path, fail_on):
+             as_json, plot_path, fail_on, bidirectional, cell_option_pairs):
     """Gradient norm per time step for each cell, with a verdict."""
     fail_set = {v.strip() for v in fail_on.split(",") if v.strip()}
     bad = fail_set - {"vanishing", "exploding", "healthy"}
@@ -172,14 +194,16 @@ def diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batc
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
-    report = diagnostics.diagnose(cell_names or ("rnn", "lstm", "gru"), task, seq_len, init_scheme, steps,
-                                  hidden, layers, batch, seed, device=device)
+    cell_names = cell_names or ("rnn", "lstm", "gru")
+    report = diagnostics.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
+                                  device=device, bidirectional=bidirectional,
+                                  cell_options=_cell_options(cell_names, cell_option_pairs))
     if plot_path:
         diagnostics.plot(report, plot_path)
     _emit(report, as_json, _print_diagnosis)
     if plot_path and not as_json:
         click.echo(f"plot written to {plot_path}")
-    if fail_set & {c["final_verdict"] for c in report["cells"]}:
+    if fail_set & {c[k] for c in report["cells"] for k in ("final_verdict", "final_reverse_verdict") if k in c}:
         sys.exit(FAIL_ON_EXIT)
 
 
@@ -202,10 +226,20 @@ def _print_diagnosis(report):
                        f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
                        f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
                        f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
+            if "reverse" in d:
+                r = d["reverse"]
+                click.echo(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
+                           f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
     click.echo("\n||dL/dh_t|| on a log scale, t = 0 (left) .. T (right):")
     for c in report["cells"]:
         for label, get in stages:
             click.echo(f"{c['cell']:>8} {label:>9} {diagnostics.sparkline(get(c)['grad_norm_per_step'][0])}")
+            if "grad_norm_per_step_reverse" in get(c):
+                click.echo(f"{'reverse':>8} {label:>9} "
+                           f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0])}")
+    if report.get("bidirectional"):
+        click.echo("reverse: the reverse direction; its verdict, rate and horizon follow its own order, "
+                   "from t = T (its first step) down to 0")
     th = report["thresholds"]
     click.echo(f"\nverdict: vanishing if |g_0|/|g_T| < {th['vanishing_ratio']:g}, exploding if > "
                f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")
@@ -240,16 +274,41 @@ def _print_diagnosis(report):
               help="Also log per-step and per-parameter gradient norms every N steps.")
 @click.option("--on-nonfinite", type=click.Choice(["error", "skip"]), default="error", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@cell_option
+@click.option("--bidirectional", is_flag=True, help="Bidirectional layers (not for next-step tasks).")
+@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              help="Dropout on the input of every layer but the first (training only).")
+@click.option("--embed", type=click.IntRange(min=1), default=None, metavar="DIM",
+              help="Learn a DIM-wide embedding of the input tokens instead of one-hot (text).")
+@click.option("--lr-schedule", type=click.Choice(list(tr.optim.SCHEDULES)), default="constant", show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Ramp the learning rate up linearly over the first N steps.")
+@click.option("--lr-step-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="step schedule: every N steps (default: a third of the steps after warmup).")
+@click.option("--lr-gamma", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
+              help="step and plateau schedules: the factor the rate is multiplied by.")
+@click.option("--lr-patience", type=click.IntRange(min=0), default=10, show_default=True,
+              help="plateau schedule: evaluations without improvement before lowering the rate.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Measure the eval loss every N steps (log and progress).")
+@click.option("--patience", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Stop when the eval loss has not improved for K evaluations; keep the best model.")
+@click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also write the --save checkpoint every N steps.")
 def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
           init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every, diagnose_every,
-          on_nonfinite, as_json):
+          on_nonfinite, as_json, cell_option_pairs, bidirectional, dropout, embed, lr_schedule, warmup,
+          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every):
     """Train a cell on a sequence task."""
     summary = training.train(
         cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers, batch=batch,
         steps=steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
         init_scheme=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed, device=device,
         save=save, resume=resume, log=log, log_every=log_every, on_nonfinite=on_nonfinite,
-        progress=not as_json and sys.stderr.isatty(), diagnose_every=diagnose_every)
+        progress=not as_json and sys.stderr.isatty(), diagnose_every=diagnose_every,
+        cell_options=_cell_options(cell, cell_option_pairs), bidirectional=bidirectional, dropout=dropout,
+        embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
+        lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
 
     def human(s):
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
@@ -257,6 +316,10 @@ def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr
         click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {s['eval_loss']:.4f}  "
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))
+        if s.get("stopped_early"):
+            click.echo(f"stopped early at step {s['stopped_at']}: no better eval loss since step {s['best_step']}")
+        if s.get("best_step") is not None:
+            click.echo(f"best eval loss {s['best_eval_loss']:.4f} at step {s['best_step']}")
         if save:
             click.echo(f"checkpoint written to {save}")
     _emit(summary, as_json, human)

@@ -91,6 +91,7 @@ def test_one_generated_module_serves_every_size():
 
 def test_generated_source_is_cached_on_disk_and_readable(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime, "_modules", {})
     cell = tr.nn.RNN("mgu", 2, 3).cells[0]
     compiled = compile_cell(cell)
     path = runtime.source_path(compiled.source)
@@ -215,6 +216,7 @@ def test_cli_cells_says_which_cells_compile():
 
 def test_a_damaged_cached_module_is_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime, "_modules", {})          # nothing loaded yet in this process
     cell = tr.nn.RNN("indrnn", 2, 3).cells[0]
     source = compile_cell(cell).source
     path = runtime.source_path(source)

@@ -76,6 +76,19 @@ def test_fused_cells_match_cpu_with_norms(cell, layers):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_bidirectional_with_lengths_and_dropout_matches_cpu():
+    results = []
+    for device in ("cpu", "cuda"):
+        tr.manual_seed(0)
+        rnn = tr.nn.RNN("gru", 2, 3, num_layers=2, bidirectional=True, dropout=0.5, dtype="float64").to(device)
+        x = tr.Tensor(np.random.default_rng(1).standard_normal((3, 2, 2)), device=device, requires_grad=True)
+        out, state = rnn(x, lengths=[3, 2])
+        ((out * out).sum() + state[-1].sum()).backward()
+        results.append([out.numpy(), state[0].numpy(), x.grad.numpy()] + [p.grad.numpy() for p in rnn.parameters()])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_float32_training_step_matches_cpu():
     params = {}
     for device in ("cpu", "cuda"):

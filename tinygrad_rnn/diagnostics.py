@@ -105,17 +105,13 @@ def verdict(norms):
 
 
 def _layer_inputs(rnn, x, state):
-    """The input sequence and initial state seen by each layer (no tape)."""
+    """(input sequence, initial state, cell) seen by each layer and direction, in the
+    order of the final states (no tape; a reverse direction's input is reversed in time)."""
+    seen = []
     with no_grad():
         x = ops.tensor(x).astype(rnn.dtype)
-        B = x.shape[1]
-        init = rnn._initial_state(state, B, x.device)
-        result = []
-        for l, cell in enumerate(rnn.cells):
-            layer_state = tuple(s[l] for s in init)
-            result.append((x, layer_state))
-            x, _ = rnn._run_layer(cell, x, layer_state, None, None)
-    return result
+        rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
+    return seen
 
 
 def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
@@ -123,10 +119,11 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
 
     ``s`` is the full state (h, or (h, c) concatenated). Each Jacobian is built exactly
     with one vector-Jacobian product on a batch of D = num_states * hidden copies,
-    each with a one-hot cotangent; its largest singular value is returned. Array (T,).
+    each with a one-hot cotangent; its largest singular value is returned. Array (T,),
+    in the cell's processing order. ``layer`` counts in the order of the final states
+    (for a bidirectional RNN: 0 is layer 0 forward, 1 layer 0 reverse, ...).
     """
-    cell = rnn.cells[layer]
-    xs, s0 = _layer_inputs(rnn, x, state)[layer]
+    xs, s0, cell = _layer_inputs(rnn, x, state)[layer]
     S, H = cell.num_states, cell.hidden_size
     D = S * H
     states = tuple(Tensor(s.numpy()[sample:sample + 1]) for s in s0)
@@ -168,7 +165,7 @@ def gate_saturation(rnn, x, state=None):
     and units. None for cells without sigmoid gates or that do not compile."""
     from .compiler import CompileError, step_values
     sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
-    for (xs, s0), cell in zip(_layer_inputs(rnn, x, state), rnn.cells):
+    for xs, s0, cell in _layer_inputs(rnn, x, state):
         try:
             found = step_values(cell, xs, s0)
         except CompileError:
@@ -202,7 +199,7 @@ def diagnose_cell(model, task, x, y):
     """Every measure for one model on one batch: a JSON-able dict."""
     rnn = model.rnn
     _check_finite(x)
-    loss_fn = lambda out: task.loss(model.head(out[-1] if model.last_step_only else out), y)  # noqa: E731
+    loss_fn = lambda out: task.loss(model.readout(out), y)  # noqa: E731
     params = model.parameters()
     saved = _saved_grads(params)
     try:
@@ -213,16 +210,14 @@ def diagnose_cell(model, task, x, y):
         pnorms = param_grad_norms(model)
     finally:
         _restore_grads(params, saved)
+    D = rnn.num_directions
     first_layer = norms[0]
     # Per-sample measures run on the CPU: they are small and read single sequences.
     host_rnn, host_x = rnn.cpu_copy(), Tensor(x.numpy() if isinstance(x, Tensor) else x)
     jac = step_jacobian_norms(host_rnn, host_x)
     result = {
-        "verdict": verdict(first_layer),
-        "grad_norm_per_step": norms.tolist(),
-        "decay_rate": decay_rate(first_layer),
-        "horizon": horizon(first_layer),
-        "ratio_first_last": float(first_layer[0] / first_layer[-1]) if first_layer[-1] > 0 else None,
+        **_flow_measures(first_layer),
+        "grad_norm_per_step": norms[::D].tolist(),
         "jacobian_spectral_norm": {"mean": float(jac.mean()), "max": float(jac.max()),
                                    "per_step": jac.tolist()},
         "recurrent_spectral_radius": recurrent_spectral_radius(host_rnn),
@@ -230,24 +225,42 @@ def diagnose_cell(model, task, x, y):
         "param_grad_norms": pnorms,
     }
     if c_norms is not None:
-        result["c_grad_norm_per_step"] = c_norms.tolist()
+        result["c_grad_norm_per_step"] = c_norms[::D].tolist()
+    if D == 2:  # the reverse direction, per step in time order; its measures read it backwards
+        result["grad_norm_per_step_reverse"] = norms[1::2].tolist()
+        if c_norms is not None:
+            result["c_grad_norm_per_step_reverse"] = c_norms[1::2].tolist()
+        result["reverse"] = _flow_measures(norms[1][::-1])
     return result
 
 
+def _flow_measures(norms):
+    """Verdict, decay rate, horizon and first/last ratio of norms in processing order."""
+    return {"verdict": verdict(norms), "decay_rate": decay_rate(norms), "horizon": horizon(norms),
+            "ratio_first_last": float(norms[0] / norms[-1]) if norms[-1] > 0 else None}
+
+
 def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
-             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu"):
+             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu",
+             bidirectional=False, cell_options=None):
     """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
 
     Measured in float64, so that norms far below float32's range are still exact.
     Returns ``{"task", "seq_len", ..., "cells": [{"cell", "verdict", "grad_norm_per_step", ...}]}``.
+    With ``bidirectional``, each cell also has ``grad_norm_per_step_reverse`` (time order)
+    and ``reverse`` (the reverse direction's verdict and measures, read from t = T-1 down
+    to 0, its processing order). ``cell_options`` go to every cell's constructor.
     """
     from .training import build, train
 
+    cell_options = cell_options or {}
     report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,
-              "steps": steps, "seed": seed, "batch": batch, "thresholds": THRESHOLDS, "cells": []}
+              "steps": steps, "seed": seed, "batch": batch, "bidirectional": bool(bidirectional),
+              "cell_options": cell_options, "thresholds": THRESHOLDS, "cells": []}
     for cell in cells:
         config = dict(cell=cell, task=task, seq_len=seq_len, data=None, hidden=hidden, layers=layers,
-                      init=init_scheme, seed=seed, dtype="float64", device=device)
+                      init=init_scheme, seed=seed, dtype="float64", device=device, bidirectional=bidirectional,
+                      cell_options=cell_options)
         task_obj, model = build(config)
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnose_cell(model, task_obj, Tensor(x, device=device), y)}
@@ -255,13 +268,16 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
             summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, hidden=hidden, layers=layers,
                                       batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
                                       init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
-                                      return_model=True)
+                                      return_model=True, bidirectional=bidirectional, cell_options=cell_options)
             after = diagnose_cell(model, task_obj, Tensor(x, device=device), y)
             after.update(train_loss=summary["train_loss"], eval_loss=summary["eval_loss"])
             entry["after_training"] = after
-            entry["final_verdict"] = after["verdict"]
+            final = after
         else:
-            entry["final_verdict"] = entry["verdict"]
+            final = entry
+        entry["final_verdict"] = final["verdict"]
+        if bidirectional:
+            entry["final_reverse_verdict"] = final["reverse"]["verdict"]
         report["cells"].append(entry)
     return report
 
@@ -278,6 +294,9 @@ def plot(report, path):
     for entry in report["cells"]:
         norms = np.asarray(entry["grad_norm_per_step"][0])
         line, = ax.semilogy(norms, label=f"{entry['cell']} (init, {entry['verdict']})")
+        if "grad_norm_per_step_reverse" in entry:
+            ax.semilogy(entry["grad_norm_per_step_reverse"][0], ":", color=line.get_color(),
+                        label=f"{entry['cell']} reverse (init, {entry['reverse']['verdict']})")
         if "after_training" in entry:
             ax.semilogy(entry["after_training"]["grad_norm_per_step"][0], "--", color=line.get_color(),
                         label=f"{entry['cell']} (after {report['steps']} steps)")

@@ -1,26 +1,56 @@
 """A recurrent network with a linear readout, shaped for a task."""
-from .nn import Linear, Module
+from . import ops
+from .nn import Embedding, Linear, Module
 from .rnn import RNN
 
 
 class SequenceModel(Module):
-    """``RNN`` + ``Linear`` readout: ``pred, state = model(x, state)``.
+    """[``Embedding``] + ``RNN`` + ``Linear`` readout: ``pred, state = model(x, state)``.
 
     The readout sees the last step only (``task.last_step_only``) or every step.
+    ``embed=D`` puts an ``Embedding(input_size, D)`` in front of the RNN: ``x`` is then
+    integer token indices (T, B), as for PyTorch's ``nn.Embedding``, and the model
+    learns its input representation instead of reading one-hot vectors.
+    ``bidirectional`` and ``dropout`` go to the ``RNN``; a bidirectional model that
+    reads the last step only reads each direction's last step: the forward direction
+    at t = T-1 and the reverse direction at t = 0 (PyTorch's ``h_n[-2:]``).
     """
 
     def __init__(self, cell, input_size, output_size, hidden_size=64, num_layers=1,
-                 last_step_only=False, dtype="float32", **cell_options):
+                 last_step_only=False, dtype="float32", bidirectional=False, dropout=0.0, embed=None,
+                 **cell_options):
         super().__init__()
-        self.rnn = RNN(cell, input_size, hidden_size, num_layers, dtype=dtype, **cell_options)
-        self.head = Linear(hidden_size, output_size, dtype=dtype)
+        self.embedding = Embedding(input_size, embed, dtype=dtype) if embed else None
+        self.rnn = RNN(cell, embed or input_size, hidden_size, num_layers, dtype=dtype,
+                       bidirectional=bidirectional, dropout=dropout, **cell_options)
+        self.head = Linear(hidden_size * self.rnn.num_directions, output_size, dtype=dtype)
         self.last_step_only = last_step_only
 
     @classmethod
-    def for_task(cls, cell, task, hidden_size=64, num_layers=1, dtype="float32", **cell_options):
+    def for_task(cls, cell, task, hidden_size=64, num_layers=1, dtype="float32", bidirectional=False,
+                 dropout=0.0, embed=None, **cell_options):
         return cls(cell, task.input_size, task.output_size, hidden_size, num_layers,
-                   task.last_step_only, dtype, **cell_options)
+                   task.last_step_only, dtype, bidirectional, dropout, embed, **cell_options)
+
+    def rnn_input(self, x):
+        """What the RNN reads: ``x`` itself, or its tokens' embeddings."""
+        if self.embedding is None:
+            return x
+        x = ops.tensor(x)
+        if x.dtype.kind not in "iu" or x.ndim != 2:
+            raise TypeError(f"a model with an embedding reads integer token indices (T, B), "
+                            f"got {x.dtype} of shape {x.shape}")
+        return self.embedding(x)
+
+    def readout(self, out):
+        """Predictions from the RNN's output (T, B, D*H)."""
+        if not self.last_step_only:
+            return self.head(out)
+        if self.rnn.bidirectional:
+            H = self.rnn.hidden_size
+            return self.head(ops.cat([out[-1, :, :H], out[0, :, H:]], axis=-1))
+        return self.head(out[-1])
 
     def forward(self, x, state=None, probe=False):
-        out, state = self.rnn(x, state, probe=probe)
-        return self.head(out[-1] if self.last_step_only else out), state
+        out, state = self.rnn(self.rnn_input(x), state, probe=probe)
+        return self.readout(out), state

@@ -142,10 +142,17 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = (_init.rng().random(x.shape) >= self.p) / (1 - self.p)
-        return x * Tensor(keep.astype(x.dtype), device=x.device)
+        return dropout(x, self.p, self.training)
+
+
+def dropout(x, p, training=True):
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by
+    1 / (1 - p); the identity when not ``training``. Masks come from the generator
+    ``tr.manual_seed`` seeds (saved in checkpoints, so resumed runs draw the same)."""
+    if not training or p == 0:
+        return x
+    keep = (_init.rng().random(x.shape) >= p) / (1 - p)
+    return x * Tensor(keep.astype(x.dtype), device=x.device)
 
 
 def _positive(**sizes):

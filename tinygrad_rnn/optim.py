@@ -149,3 +149,138 @@ def clip_grad_value(params, clip_value):
     for p in params:
         if p.grad is not None:
             p.grad.data = backend.of(p.grad.data).clip(p.grad.data, -clip_value, clip_value)
+
+
+# ---- learning-rate schedules ---------------------------------------------------------------
+class LRScheduler:
+    """Base class, in PyTorch's style: build it after the optimizer, call ``step()`` after
+    each ``optimizer.step()``. It sets ``optimizer.lr`` from the rate the optimizer had
+    when the scheduler was built (``base_lr``) and the number of steps taken (``last_epoch``).
+
+    ``warmup=N`` (an addition to PyTorch's classes) ramps the rate linearly over the
+    first N steps, ``base_lr / N``, ``2 base_lr / N``, ..., ``base_lr``; the schedule
+    proper counts its steps from the end of the warmup (in PyTorch: ``SequentialLR`` of
+    ``LinearLR(opt, 1 / N, total_iters=N - 1)`` and the schedule, milestone N). ``state_dict()`` holds every
+    number the schedule depends on, so a resumed run follows it exactly.
+    """
+
+    def __init__(self, optimizer, warmup=0):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__} needs an optimizer, got {type(optimizer).__name__}")
+        _check_count("warmup", warmup)
+        self.optimizer, self.warmup = optimizer, int(warmup)
+        self.base_lr = self.lr = optimizer.lr
+        self.last_epoch = 0
+        self._apply()
+
+    def get_lr(self):
+        """The schedule's rate after ``last_epoch - warmup`` steps past the warmup."""
+        return self.base_lr
+
+    def step(self):
+        self.last_epoch += 1
+        self.lr = self.get_lr()
+        self._apply()
+
+    def _apply(self):
+        ramp = (self.last_epoch + 1) / self.warmup if self.last_epoch < self.warmup else 1.0
+        self.optimizer.lr = self.lr * ramp
+
+    def _since_warmup(self):
+        return max(0, self.last_epoch - self.warmup)
+
+    def state_dict(self):
+        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+
+    def load_state_dict(self, state):
+        unknown = sorted(set(state) - set(self.state_dict()))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown scheduler state {unknown}")
+        self.__dict__.update(state)
+        self._apply()
+
+
+class ConstantLR(LRScheduler):
+    """The optimizer's rate throughout (after the warmup, if any)."""
+
+
+class StepLR(LRScheduler):
+    """Multiply the rate by ``gamma`` every ``step_size`` steps (PyTorch's StepLR)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1, warmup=0):
+        _check_count("step_size", step_size, positive=True)
+        _check_factor("gamma", gamma)
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        super().__init__(optimizer, warmup)
+
+    def get_lr(self):
+        return self.base_lr * self.gamma ** (self._since_warmup() // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """From the rate down to ``eta_min`` along half a cosine over ``T_max`` steps
+    (PyTorch's CosineAnnealingLR, in its closed form)."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, warmup=0):
+        _check_count("T_max", T_max, positive=True)
+        if not isinstance(eta_min, (int, float)) or not math.isfinite(eta_min) or eta_min < 0:
+            raise ValueError(f"eta_min must be a finite number >= 0, got {eta_min!r}")
+        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        super().__init__(optimizer, warmup)
+
+    def get_lr(self):
+        t = self._since_warmup()
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Multiply the rate by ``factor`` when the monitored metric (lower is better) has
+    not improved by more than a relative ``threshold`` for ``patience`` evaluations
+    (PyTorch's ReduceLROnPlateau, mode "min", threshold_mode "rel").
+
+    ``step(metric)`` after an evaluation, as in PyTorch; ``step()`` without a metric
+    counts a step (for the warmup) and leaves the rate alone.
+    """
+
+    def __init__(self, optimizer, factor=0.1, patience=10, threshold=1e-4, cooldown=0, min_lr=0.0,
+                 eps=1e-8, warmup=0):
+        _check_factor("factor", factor)
+        _check_count("patience", patience)
+        _check_count("cooldown", cooldown)
+        self.factor, self.patience, self.threshold = float(factor), int(patience), float(threshold)
+        self.cooldown, self.min_lr, self.eps = int(cooldown), float(min_lr), float(eps)
+        self.best, self.num_bad_epochs, self.cooldown_counter = math.inf, 0, 0
+        super().__init__(optimizer, warmup)
+
+    def step(self, metric=None):
+        self.last_epoch += 1
+        if metric is not None:
+            self._judge(float(metric))
+        self._apply()
+
+    def _judge(self, metric):
+        if metric < self.best * (1 - self.threshold):
+            self.best, self.num_bad_epochs = metric, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            new = max(self.lr * self.factor, self.min_lr)
+            if self.lr - new > self.eps:
+                self.lr = new
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+
+
+SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineAnnealingLR, "plateau": ReduceLROnPlateau}
+
+
+def _check_count(name, v, positive=False):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if positive else 0):
+        raise ValueError(f"{name} must be {'a positive' if positive else 'a non-negative'} integer, got {v!r}")
+
+
+def _check_factor(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {v!r}")

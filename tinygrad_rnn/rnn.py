@@ -3,7 +3,7 @@ import numpy as np
 
 from . import ops
 from .compiler import CompileError, compile_cell, run_layer
-from .nn import Module
+from .nn import Module, dropout
 from .tensor import Tensor
 
 
@@ -14,9 +14,10 @@ class GradProbe:
     keeps each step's state tensors with ``retain_grad`` and reads their grads.
     """
 
-    def __init__(self):
+    def __init__(self, order=None):
         self.norms = None
         self._states = []
+        self.order = order  # a reverse direction's probe: result column t is processing step order[t]
 
     def track(self, states, computed=None, mask=None):
         """Keep one step's states. On a partly padded step ``states`` are the masked
@@ -30,7 +31,11 @@ class GradProbe:
         self._states.append((list(states), computed, mask))
 
     def result(self, num_states):
-        """Array (num_states, T): ||dL/d state_t|| over batch and hidden."""
+        """Array (num_states, T): ||dL/d state_t|| over batch and hidden, in time order."""
+        out = self._result(num_states)
+        return out if self.order is None else out[:, self.order]
+
+    def _result(self, num_states):
         if self.norms is not None:
             return np.asarray(self.norms)
         if not self._states:
@@ -59,18 +64,25 @@ class RNN(Module):
     """A stack of ``num_layers`` cells run over a sequence.
 
     ``RNN(cell, input_size, hidden_size, num_layers=1, batch_first=False,
-    dtype="float32", fused=None, **cell_options)``. ``cell`` is a registered
-    name or a ``tr.Cell`` subclass. ``fused=None`` uses a cell's fused kernel
-    when it has one; ``fused=False`` forces the reference ``step`` path.
+    dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options)``.
+    ``cell`` is a registered name or a ``tr.Cell`` subclass. ``fused=None`` uses a
+    cell's fused kernel when it has one; ``fused=False`` forces the reference ``step`` path.
 
     ``out, state = rnn(x, state=None, lengths=None)``: ``x`` is (T, B, I)
     (or (B, T, I) with ``batch_first``); ``out`` is the last layer's output
-    (T, B, H); ``state`` is a tuple of ``num_states`` tensors (num_layers, B, H).
-    Parameters are named like PyTorch's: ``weight_ih_l0``, ``weight_hh_l1``, ...
+    (T, B, D*H); ``state`` is a tuple of ``num_states`` tensors (D*num_layers, B, H),
+    where D is 2 with ``bidirectional`` and 1 otherwise. As in PyTorch: the
+    directions' outputs are concatenated on the feature axis, states are ordered
+    layer 0 forward, layer 0 reverse, layer 1 forward, ...; with ``lengths`` the
+    reverse direction starts each sequence at its own last valid step (packed
+    sequences). ``dropout=p`` drops the input of every layer but the first while
+    ``rnn.training`` (``rnn.train()`` / ``rnn.eval()``), drawn from ``tr.manual_seed``'s
+    generator. Parameters are named like PyTorch's: ``weight_ih_l0``,
+    ``weight_hh_l1``, ``bias_ih_l0_reverse``, ...
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, batch_first=False,
-                 dtype="float32", fused=None, **cell_options):
+                 dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options):
         super().__init__()
         from .plugins import get_cell
 
@@ -86,23 +98,38 @@ class RNN(Module):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        self.cells = [cls(input_size if l == 0 else hidden_size, hidden_size, **cell_options)
-                      for l in range(self.num_layers)]
-        for l, c in enumerate(self.cells):
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
+        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating))
+                or not 0 <= dropout < 1):
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.bidirectional, self.dropout = bool(bidirectional), float(dropout)
+        self.num_directions = 2 if self.bidirectional else 1
+        layer_input = [input_size] + [hidden_size * self.num_directions] * (self.num_layers - 1)
+        self.cells = [cls(i, hidden_size, **cell_options) for i in layer_input]
+        self.reverse_cells = [cls(i, hidden_size, **cell_options) for i in layer_input] if self.bidirectional else []
+        for l, suffix, c in self._directions():
             c.__dict__["_init_options"] = dict(cell_options)  # the compiler re-makes cells at probe sizes
-            object.__setattr__(self, f"_cell{l}", c)
+            object.__setattr__(self, f"_cell{l}{suffix}", c)
             for p in c.parameters():
                 p.data = p.data.astype(self.dtype)
         self.probes = None
 
-    def named_parameters(self, prefix=""):
+    def _directions(self):
+        """(layer, name suffix, cell) in PyTorch's order: l0, l0_reverse, l1, l1_reverse, ..."""
         for l, c in enumerate(self.cells):
+            yield l, "", c
+            if self.bidirectional:
+                yield l, "_reverse", self.reverse_cells[l]
+
+    def named_parameters(self, prefix=""):
+        for l, suffix, c in self._directions():
             for name, p in c.named_parameters():
-                yield f"{prefix}{name}_l{l}", p
+                yield f"{prefix}{name}_l{l}{suffix}", p
 
     def modules(self):
         yield self
-        for c in self.cells:
+        for _, _, c in self._directions():
             yield from c.modules()
 
     def cpu_copy(self):
@@ -110,11 +137,12 @@ class RNN(Module):
         if all(p.device == "cpu" for p in self.parameters()):
             return self
         twin = RNN(self.cell_class, self.input_size, self.hidden_size, self.num_layers,
-                   self.batch_first, self.dtype, self.fused, **self.cell_options)
-        return twin.load_state_dict(self.state_dict())
+                   self.batch_first, self.dtype, self.fused, self.bidirectional, self.dropout,
+                   **self.cell_options)
+        return twin.train(self.training).load_state_dict(self.state_dict())
 
     def reset_parameters(self, scheme):
-        for c in self.cells:
+        for _, _, c in self._directions():
             c.reset_parameters(scheme)
 
     def forward(self, x, state=None, lengths=None, probe=False):
@@ -137,14 +165,32 @@ class RNN(Module):
             raise ValueError(f"RNN: empty input of shape {x.shape}")
         mask = _mask(lengths, T, B, self.dtype)
         state = self._initial_state(state, B, x.device)
-        self.probes = [GradProbe() for _ in self.cells] if probe else None
-        finals = []
-        for l, c in enumerate(self.cells):
-            layer_state = tuple(s[l] for s in state)
-            x, final = self._run_layer(c, x, layer_state, mask, self.probes[l] if probe else None)
-            finals.append(final)
+        self.probes = [] if probe else None
+        x, finals = self._layers(x, state, mask, probe)
         out = x.transpose(1, 0, 2) if self.batch_first else x
         return out, tuple(ops.stack([f[i] for f in finals], 0) for i in range(self.num_states))
+
+    def _layers(self, x, state, mask, probe=False, seen=None):
+        """Every layer and direction over ``x`` (T, B, I) -> (top output, final states in
+        PyTorch's order). ``seen``, a list, collects each direction's (input, initial state, cell)."""
+        T, B = x.shape[:2]
+        order = _reverse_order(mask, T, B) if self.bidirectional else None
+        finals, outs = [], []
+        for i, (l, suffix, c) in enumerate(self._directions()):
+            if not suffix and l:  # a new layer reads the previous layer's outputs
+                x = outs[0] if len(outs) == 1 else ops.cat(outs, axis=-1)
+                x, outs = dropout(x, self.dropout, self.training), []
+            layer_state = tuple(s[i] for s in state)
+            p = GradProbe(_probe_order(order, suffix)) if probe else None
+            if probe:
+                self.probes.append(p)
+            x_in = _time_gather(x, order) if suffix else x  # reverse: each sequence from its own end
+            if seen is not None:
+                seen.append((x_in, layer_state, c))
+            y, final = self._run_layer(c, x_in, layer_state, mask, p)
+            outs.append(_time_gather(y, order) if suffix else y)  # the permutation is its own inverse
+            finals.append(final)
+        return (outs[0] if len(outs) == 1 else ops.cat(outs, axis=-1)), finals
 
     def _run_layer(self, cell, x, state, mask, probe):
         """One layer over the whole sequence (T, B, I) -> (out (T, B, H), final state tuple).
@@ -175,13 +221,15 @@ class RNN(Module):
         return run_layer(cell, x, state, mask, probe, compiled)
 
     def step_grad_norms(self, which=0):
-        """After a ``probe=True`` forward and a backward: array (num_layers, T)."""
+        """After a ``probe=True`` forward and a backward: array (num_directions * num_layers, T),
+        rows in the order of the final states (layer 0, layer 0 reverse, layer 1, ...),
+        columns in time order for both directions."""
         if self.probes is None:
             raise RuntimeError("call rnn(x, probe=True) and backward() before step_grad_norms()")
         return np.stack([p.result(self.num_states)[which] for p in self.probes])
 
     def _initial_state(self, state, B, device):
-        shape = (self.num_layers, B, self.hidden_size)
+        shape = (self.num_directions * self.num_layers, B, self.hidden_size)
         if state is None:
             zeros = np.zeros(shape, self.dtype)
             return tuple(Tensor(zeros, device=device) for _ in range(self.num_states))
@@ -195,7 +243,7 @@ class RNN(Module):
             s = ops.tensor(s)
             if s.shape != shape:
                 raise ValueError(f"RNN: state {i} has shape {s.shape}, expected {shape} "
-                                 "(num_layers, batch, hidden)")
+                                 f"({'2 * ' if self.bidirectional else ''}num_layers, batch, hidden)")
             out.append(s.astype(self.dtype))
         return tuple(out)
 
@@ -222,3 +270,30 @@ def _mask(lengths, T, B, dtype):
     if lengths.min() < 1 or lengths.max() > T:
         raise ValueError(f"RNN: lengths must lie in [1, {T}], got [{lengths.min()}, {lengths.max()}]")
     return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)
+
+
+def _reverse_order(mask, T, B):
+    """(T, B) time indices that read each sequence backwards within its length;
+    padded steps stay where they are. Applying it twice gives the identity."""
+    lengths = np.full(B, T) if mask is None else mask.sum(axis=0).astype(np.int64)
+    t = np.arange(T)[:, None]
+    return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
+def _time_gather(x, order):
+    """``x`` (T, B, F) with ``out[t, b] = x[order[t, b], b]``: one gather on the tape."""
+    T, B = order.shape
+    rows = (order * B + np.arange(B)[None, :]).reshape(-1)
+    # A row gather is what the embedding op does; its backward is a scatter-add kernel
+    # (getitem's np.add.at costs 10x more here).
+    return ops.embedding(x.reshape(T * B, x.shape[2]), rows).reshape(T, B, x.shape[2])
+
+
+def _probe_order(order, suffix):
+    """Processing steps of the reverse direction, put back in time order (None: forward)."""
+    if not suffix:
+        return None
+    if not (order == order[:, :1]).all():
+        raise ValueError("RNN: per-step gradient norms of a bidirectional RNN need equal lengths: "
+                         "with unequal lengths the reverse direction's steps are not one time step")
+    return order[:, 0]

@@ -28,6 +28,10 @@ class Task:
     else every step's (pred (T, B, O)). ``classification``: targets are class indices
     and the loss is cross-entropy (nats); otherwise mean squared error.
     ``stream``: the task is one long sequence, so truncated BPTT (``--bptt``) applies.
+    ``forecast``: the target at step t is the input at t + 1, so a model may read only
+    the past (no ``--bidirectional``). ``tokens``: inputs are symbols that the task
+    gives as integer indices (T, B) instead of one-hot vectors once ``token_input``
+    is set (``--embed``).
     """
 
     name = None
@@ -36,6 +40,9 @@ class Task:
     last_step_only = False
     classification = False
     stream = False
+    forecast = False
+    tokens = False
+    token_input = False
     uses_data = False
 
     def __init__(self, seq_len=100, data=None, **options):
@@ -130,6 +137,7 @@ class Sine(Task):
     """Next-value forecasting of noisy sums of three sines with random frequencies."""
 
     name = "sine"
+    forecast = True
 
     def batch(self, rng, batch_size):
         t = np.arange(self.seq_len + 1)[:, None]
@@ -150,6 +158,7 @@ class _Stream(Task):
     """One long sequence split into train (first 90%) and eval (last 10%) parts."""
 
     stream = True
+    forecast = True
 
     def _split(self, series):
         cut = int(len(series) * 0.9)
@@ -176,6 +185,7 @@ class Text(_Stream):
 
     name = "text"
     classification = True
+    tokens = True
     uses_data = True
 
     def __init__(self, seq_len=100, data=None, **options):
@@ -198,7 +208,13 @@ class Text(_Stream):
         self._split(np.array([self.index[c] for c in text], np.int64))
 
     def _make(self, tokens):
-        return np.eye(self.input_size, dtype=np.float32)[tokens[:-1]], tokens[1:]
+        return self.inputs(tokens[:-1]), tokens[1:]
+
+    def inputs(self, tokens):
+        """What the model reads for ``tokens``: their indices with ``token_input``, else one-hot."""
+        if self.token_input:
+            return np.asarray(tokens, np.int64)
+        return np.eye(self.input_size, dtype=np.float32)[tokens]
 
     def batch(self, rng, batch_size):
         return self._make(self._windows(rng, self.train, batch_size))

@@ -86,7 +86,7 @@ class CellReport:
         return self.ok
 
 
-def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, seed=0):
+def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, seed=0, **cell_options):
     """Check a cell against the plugin contract, for plugin authors.
 
     Checks: construction and parameters, ``init_state`` and ``step`` shapes and
@@ -94,6 +94,7 @@ def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, s
     with respect to the input, the initial state and every parameter, determinism,
     and (for cells with a fused kernel) fused == reference path. Returns a
     ``CellReport``; ``report.ok`` is the verdict, ``print(report)`` the details.
+    ``cell_options`` go to the cell's constructor (``nonlinearity="relu"``, say).
     """
     from . import init, nn
     from .plugins import get_cell
@@ -102,7 +103,7 @@ def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, s
     report = CellReport(getattr(cls, "name", repr(cls)))
     try:
         init.manual_seed(seed)
-        rnn = nn.RNN(cls, input_size, hidden_size, dtype="float64", fused=False)
+        rnn = nn.RNN(cls, input_size, hidden_size, dtype="float64", fused=False, **cell_options)
     except Exception as e:
         report.add(False, f"construct {cls.__name__}({input_size}, {hidden_size}): {type(e).__name__}: {e}")
         return report

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from . import checkpoint, diagnostics, init, optim
+from .cell_options import check_cell_options
 from .model import SequenceModel
 from .plugins import get_cell, get_task
 from .tape import no_grad
@@ -31,13 +32,27 @@ def _nonneg(name, v):
         raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
+# Options added after the first checkpoints: their defaults are what older runs did.
+MODEL_DEFAULTS = dict(bidirectional=False, dropout=0.0, embed=None, cell_options={})
+SCHEDULE_DEFAULTS = dict(lr_schedule="constant", warmup=0, lr_step_size=None, lr_gamma=0.1, lr_patience=10,
+                         eval_every=None, patience=None)
+
+
 def build(config):
     """Task and model from a config dict (what checkpoints store)."""
     task = get_task(config["task"])(seq_len=config["seq_len"], data=config.get("data"))
     get_cell(config["cell"])
+    opts = {k: config.get(k, v) for k, v in MODEL_DEFAULTS.items()}
+    if opts["embed"] and not task.tokens:
+        raise ValueError(f"--embed needs a task whose inputs are tokens (text), not {task.name!r}")
+    if opts["bidirectional"] and task.forecast:
+        raise ValueError(f"--bidirectional cannot train on task {task.name!r}: its target at step t is "
+                         "the input at t+1, which the reverse direction would read")
+    task.token_input = bool(opts["embed"])
     init.manual_seed(config["seed"])
     model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
-                                   dtype=config.get("dtype", "float32"), **config.get("cell_options", {}))
+                                   dtype=config.get("dtype", "float32"), bidirectional=opts["bidirectional"],
+                                   dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
     if config.get("init", "pytorch") != "pytorch":
         model.rnn.reset_parameters(config["init"])
     if config.get("device", "cpu") != "cpu":
@@ -46,10 +61,16 @@ def build(config):
 
 
 def evaluate(model, task, device="cpu"):
+    """Loss on the task's fixed eval set, in eval mode (no dropout)."""
     x, y = task.eval_set()
-    with no_grad():
-        pred, _ = model(Tensor(x, device=device))
-        return float(task.loss(pred, y).item())
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            pred, _ = model(Tensor(x, device=device))
+            return float(task.loss(pred, y).item())
+    finally:
+        model.train(was_training)
 
 
 def train(*args, **kwargs):
@@ -58,9 +79,20 @@ def train(*args, **kwargs):
     Keyword arguments as in ``tinygrad-rnn train``: cell, task, seq_len, data, hidden,
     layers, batch, steps, optimizer, lr, clip_norm, clip_value, init_scheme,
     weight_decay, l1, bptt, seed, device, save, resume, log, log_every, on_nonfinite,
-    diagnose_every, dtype. ``steps`` is the total: a resumed run continues from its
-    checkpoint up to it. ``bptt=K`` (stream tasks: text, series) trains on consecutive
-    K-step chunks, carrying each sequence's state across chunks (detached).
+    diagnose_every, dtype, cell_options, bidirectional, dropout, embed, lr_schedule, warmup,
+    lr_step_size, lr_gamma, lr_patience, eval_every, patience. ``steps`` is the total: a
+    resumed run continues from its checkpoint up to it. ``bptt=K`` (stream tasks: text,
+    series) trains on consecutive K-step chunks, carrying each sequence's state across
+    chunks (detached).
+
+    ``lr_schedule``: ``constant``, ``step`` (times ``lr_gamma`` every ``lr_step_size``
+    steps, default a third of the steps after the warmup), ``cosine`` (to 0 at ``steps``)
+    or ``plateau`` (times ``lr_gamma`` when the eval loss has not improved for
+    ``lr_patience`` evaluations), after ``warmup`` steps of linear ramp. ``eval_every=N``
+    measures the eval loss every N steps (logged); ``patience=K`` stops when it has not
+    improved for K evaluations, and keeps the best model (written to ``save`` when it
+    improves, so the checkpoint there is the best one). ``save_every=N`` also writes the
+    checkpoint every N steps.
     """
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
         return _train(*args, **kwargs)
@@ -70,7 +102,9 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
           optimizer="adam", lr=1e-3, clip_norm=None, clip_value=None, init_scheme="pytorch",
           weight_decay=0.0, l1=0.0, bptt=None, seed=0, device="cpu", save=None, resume=None,
           log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
-          dtype="float32", cell_options=None, return_model=False):
+          dtype="float32", cell_options=None, return_model=False, bidirectional=False, dropout=0.0,
+          embed=None, lr_schedule="constant", warmup=0, lr_step_size=None, lr_gamma=0.1, lr_patience=10,
+          eval_every=None, patience=None, save_every=None):
     for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
                     ("seq_len", seq_len), ("log_every", log_every)):
         _positive(name, v, allow_zero=name == "steps")
@@ -79,8 +113,27 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         _nonneg(name, v)
     if bptt is not None:
         _positive("bptt", bptt)
-    if diagnose_every is not None:
-        _positive("diagnose_every", diagnose_every)
+    for name, v in (("diagnose_every", diagnose_every), ("embed", embed), ("lr_step_size", lr_step_size),
+                    ("eval_every", eval_every), ("patience", patience), ("save_every", save_every)):
+        if v is not None:
+            _positive(name, v)
+    _positive("warmup", warmup, allow_zero=True)
+    _positive("lr_patience", lr_patience, allow_zero=True)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
+        raise ValueError(f"lr_gamma must be a number in (0, 1], got {lr_gamma!r}")
+    if lr_schedule not in optim.SCHEDULES:
+        raise ValueError(f"unknown lr schedule {lr_schedule!r}; choose from {', '.join(optim.SCHEDULES)}")
+    if lr_schedule == "plateau" and not eval_every:
+        raise ValueError("--lr-schedule plateau lowers the rate when the eval loss stalls: give --eval-every N")
+    if patience and not eval_every:
+        raise ValueError("--patience counts evaluations: give --eval-every N")
+    if save_every and (not save or patience):
+        raise ValueError("--save-every needs --save PATH" if not save else
+                         "--save-every and --patience both write --save (which then holds the best model); use one")
+    if warmup and steps and warmup >= steps:
+        raise ValueError(f"--warmup ({warmup}) must be below --steps ({steps})")
     if optimizer not in optim.OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
     if init_scheme not in INIT_SCHEMES:
@@ -91,13 +144,22 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                   batch=batch, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
                   init=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed,
-                  dtype=dtype, cell_options=cell_options or {}, device=device)
+                  dtype=dtype, cell_options=cell_options or {}, device=device, bidirectional=bool(bidirectional),
+                  dropout=float(dropout), embed=embed, lr_schedule=lr_schedule, warmup=warmup,
+                  lr_step_size=lr_step_size or max(1, (steps - warmup) // 3), lr_gamma=float(lr_gamma),
+                  lr_patience=lr_patience, eval_every=eval_every, patience=patience)
     meta, arrays = checkpoint.load(resume) if resume else (None, None)
     if meta:
         missing = [k for k in ("config", "step", "rng", "init_rng") if k not in meta]
         if missing or not isinstance(meta["config"], dict):
             raise checkpoint.CheckpointError(f"{resume!r} is incomplete: no {', '.join(missing) or 'config'}")
+        _check_resume_conflicts(resume, meta["config"], config, lr_step_size)
         config = dict(meta["config"], device=device)  # the checkpoint's run, continued
+    else:
+        check_cell_options(cell, config["cell_options"])
+    if config.get("dropout") and config["layers"] == 1 and not meta:
+        print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
+              file=sys.stderr)
     try:
         task_obj, model = build(config)
     except KeyError as e:
@@ -108,11 +170,19 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         raise ValueError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
     opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
                                                 weight_decay=config["weight_decay"], l1=config["l1"])
+    run = {k: config.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
+    sched = _scheduler(opt, run, steps)
+    early = {"best": math.inf, "best_step": None, "bad": 0}  # eval-loss bookkeeping (--patience)
     rng = np.random.default_rng(config["seed"])
-    start, carried, cursors = 0, None, None
+    start, carried, cursors, best = 0, None, None, None
     if meta:
         model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
         opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+        if "scheduler" in meta:
+            sched.load_state_dict(meta["scheduler"])
+        early = meta.get("early_stop", early)
+        if run["patience"] and early["best_step"] is not None:
+            best = meta, arrays  # with --patience, checkpoints are written at the best step
         rng.bit_generator.state = meta["rng"]
         init._rng[0].bit_generator.state = meta["init_rng"]
         start = int(meta["step"])
@@ -125,6 +195,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
 
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
+    eval_note, stopped_at = "", None
     t0 = time.perf_counter()
     try:
         for step in range(start + 1, steps + 1):
@@ -155,6 +226,9 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                 optim.clip_grad_value(model.parameters(), config["clip_value"])
                 after = optim.grad_norm(model.parameters())
             opt.step()
+            evaluated = run["eval_every"] and step % run["eval_every"] == 0
+            eval_loss = evaluate(model, task_obj, device) if evaluated else None
+            sched.step(eval_loss) if isinstance(sched, optim.ReduceLROnPlateau) else sched.step()
             if config["bptt"]:
                 carried = tuple(s.detach() for s in state)
             losses.append(loss_value)
@@ -166,8 +240,28 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                 window = []
             if log_file and diagnose_every and step % diagnose_every == 0:
                 _write(log_file, _diagnose_record(model, task_obj, x, y, step, clipped, device))
+            if evaluated:
+                if eval_loss < early["best"]:
+                    early = {"best": eval_loss, "best_step": step, "bad": 0}
+                    if run["patience"]:
+                        best = _snapshot(model, opt, step, config, rng, carried, cursors, sched, early)
+                        if save:  # now, so that an interrupted run keeps its best model too
+                            checkpoint.save(save, *best)
+                else:
+                    early = dict(early, bad=early["bad"] + 1)
+                if log_file:
+                    _write(log_file, {"step": step, "eval_loss": eval_loss, "best_eval_loss": early["best"],
+                                      "lr": opt.lr})
+                eval_note = f"  eval {eval_loss:.4f} (best {early['best']:.4f} at {early['best_step']})"
+                if run["patience"] and early["bad"] >= run["patience"]:
+                    stopped_at = step
+            if save_every and step % save_every == 0 and step != steps:
+                checkpoint.save(save, *_snapshot(model, opt, step, config, rng, carried, cursors, sched, early))
             if progress:
-                print(f"\rstep {step}/{steps}  loss {loss_value:.4f}  |g| {norm:.3g}", end="", file=sys.stderr)
+                print(f"\rstep {step}/{steps}  loss {loss_value:.4f}  |g| {norm:.3g}{eval_note}", end="",
+                      file=sys.stderr)
+            if stopped_at:
+                break
         if progress:
             print(file=sys.stderr)
     finally:
@@ -175,8 +269,11 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             log_file.close()
     seconds = time.perf_counter() - t0
     done = len(losses)
+    if best is not None:  # --patience keeps the best model, in memory and on disk
+        model.load_state_dict({k[6:]: v for k, v in best[1].items() if k.startswith("param/")})
     if save:
-        _save(save, model, opt, steps if done or start == steps else start, config, rng, carried, cursors)
+        checkpoint.save(save, *(best or _snapshot(model, opt, steps if done or start == steps else start, config,
+                                                  rng, carried, cursors, sched, early)))
     eval_loss = evaluate(model, task_obj, device)
     summary = {
         "cell": config["cell"], "task": config["task"], "seq_len": config["seq_len"],
@@ -185,7 +282,12 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         "eval_loss": eval_loss, "baseline_loss": float(task_obj.baseline()),
         "seconds": seconds, "steps_per_second": done / seconds if seconds > 0 and done else 0.0,
         "clip_fraction": clipped / done if done else 0.0, "skipped_steps": skipped,
+        "lr": opt.lr,
     }
+    if run["eval_every"]:
+        summary.update(best_eval_loss=early["best"] if early["best_step"] is not None else None,
+                       best_step=early["best_step"], stopped_early=stopped_at is not None,
+                       stopped_at=stopped_at)
     if task_obj.classification:
         summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
     return (summary, model, task_obj) if return_model else summary
@@ -212,8 +314,7 @@ def _tbptt_batch(task, rng, batch, k, cursors):
 
 def _diagnose_record(model, task, x, y, step, clipped, device):
     norms = diagnostics.step_grad_norms(
-        model.rnn, Tensor(x, device=device),
-        lambda out: task.loss(model.head(out[-1] if model.last_step_only else out), y))
+        model.rnn, model.rnn_input(Tensor(x, device=device)), lambda out: task.loss(model.readout(out), y))
     return {"step": step, "grad_norm_per_step": norms.tolist(),
             "param_grad_norms": diagnostics.param_grad_norms(model), "clip_events": int(clipped)}
 
@@ -223,15 +324,40 @@ def _write(f, record):
     f.flush()
 
 
-def _save(path, model, opt, step, config, rng, carried, cursors):
+def _scheduler(opt, run, steps):
+    kind, warmup = run["lr_schedule"], run["warmup"]
+    if kind == "step":
+        return optim.StepLR(opt, run["lr_step_size"], run["lr_gamma"], warmup=warmup)
+    if kind == "cosine":
+        return optim.CosineAnnealingLR(opt, max(1, steps - warmup), warmup=warmup)
+    if kind == "plateau":
+        return optim.ReduceLROnPlateau(opt, run["lr_gamma"], run["lr_patience"], warmup=warmup)
+    return optim.ConstantLR(opt, warmup=warmup)
+
+
+def _check_resume_conflicts(path, saved, requested, lr_step_size):
+    """A resumed run continues the checkpoint's settings; an option given now that says
+    otherwise is an error, not something silently ignored."""
+    defaults = dict(MODEL_DEFAULTS, **SCHEDULE_DEFAULTS)
+    for key, default in defaults.items():
+        want = lr_step_size if key == "lr_step_size" else requested[key]
+        have = saved.get(key, default)
+        if want not in (default, have):
+            raise ValueError(f"--resume: {path!r} was trained with {key}={have!r}, not {want!r}; "
+                             "drop that option to continue it, or start a new run")
+
+
+def _snapshot(model, opt, step, config, rng, carried, cursors, sched, early):
+    """The checkpoint of the run as it stands: (meta, arrays) for ``checkpoint.save``."""
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
-    arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+    arrays.update({f"optim/{k}": np.array(v) for k, v in opt.state_dict().items()})
     if cursors is not None and carried is not None:
         arrays["extra/cursors"] = cursors
         arrays.update({f"extra/state{i}": s.numpy() for i, s in enumerate(carried)})
     meta = {"step": step, "config": {k: v for k, v in config.items() if k != "device"},
-            "rng": rng.bit_generator.state, "init_rng": init._rng[0].bit_generator.state}
-    checkpoint.save(path, meta, arrays)
+            "rng": rng.bit_generator.state, "init_rng": init._rng[0].bit_generator.state,
+            "scheduler": sched.state_dict(), "early_stop": early}
+    return meta, arrays
 
 
 def generate(path, prime="", length=200, temperature=1.0, seed=0):
@@ -245,15 +371,15 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
     task, model = build(dict(config, device="cpu"))
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     rng = np.random.default_rng(seed)
-    eye = np.eye(task.input_size, dtype=np.dtype(config.get("dtype", "float32")))
     tokens = list(task.encode(prime)) if prime else [int(rng.integers(task.input_size))]
     state, out = None, []
+    model.eval()
     with no_grad():
-        logits, state = model(Tensor(eye[tokens][:, None]), state)
+        logits, state = model(Tensor(task.inputs(np.asarray(tokens))[:, None]), state)
         for _ in range(length):
             z = logits.numpy()[-1, 0].astype(np.float64) / temperature
             p = np.exp(z - z.max())
             token = int(rng.choice(len(p), p=p / p.sum()))
             out.append(token)
-            logits, state = model(Tensor(eye[[token]][:, None]), state)
+            logits, state = model(Tensor(task.inputs(np.asarray([token]))[:, None]), state)
     return prime + task.decode(out)
