@@ -271,6 +271,7 @@ class Generator:
         local = [e.out for e in eqns if self.row(e.out).startswith("L")]
         args = self._kernel_args(reads | {e.out for e in eqns})
         lines.append(f"@kernel\ndef _forward_stage{k}(t, I, H, M, {', '.join(args)}):")
+        lines.append(f'    """Stage {k} of step t, row by row: {self._eqn_summary(eqns)}."""')
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
         for v in local:
@@ -397,6 +398,7 @@ class Generator:
         args = sorted(names) + self._kernel_args(fwd_reads | set(owned))
         args = list(dict.fromkeys(args))
         lines.append(f"@kernel\ndef _backward_stage{k}(t, I, H, M, {', '.join(args)}):")
+        lines.append(f'    """Gradients through stage {k} of step t, in reverse: {self._eqn_summary(eqns[::-1])}."""')
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
         alloc_at = len(lines)
@@ -492,6 +494,10 @@ class Generator:
             if spans[0][0] == 0 and spans[-1][1] == v.width and all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
                 covered.add(f"d{v.id}")
         return covered
+
+    def _eqn_summary(self, eqns):
+        shown = [f"v{e.out.id} = {e.op}({', '.join(v.name for v in e.ins)})" for e in eqns]
+        return "; ".join(shown) if shown else "no pointwise work"
 
     def _finals(self, v, k):
         if v in self.hoisted:
