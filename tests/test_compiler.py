@@ -228,3 +228,41 @@ def test_a_damaged_cached_module_is_rewritten(tmp_path, monkeypatch):
     assert np.isfinite(out.numpy()).all()
     with open(path) as f:
         assert f.read() == source
+
+
+class KitchenSink(tr.Cell):
+    """Every pointwise feature at once: a value read by an add and by other ops, width-1
+    row statistics broadcast back, where on a comparison, clip, exp, log, max, a (1, H)
+    parameter, a slice of a product, and a third state passed through unchanged."""
+
+    name = "kitchen_sink"
+    num_states = 3
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w = self.param((input_size + hidden_size, 2 * hidden_size), init="xavier_uniform")
+        self.u = self.param((hidden_size,), init="uniform")
+        self.scale = self.param((1, hidden_size), init="ones")
+
+    def step(self, x, state):
+        h, c, k = state
+        a, b = (tr.cat([x, h], axis=-1) @ self.w).split(self.hidden_size, axis=-1)
+        s = a + c * self.u
+        y = (s + s.tanh()) * 0.5 + s.sigmoid() * s
+        m = y.mean(axis=-1, keepdims=True)
+        peak = y.max(axis=-1, keepdims=True)
+        gated = tr.where(y > m, y, b.exp().clip(0, 3))
+        new_h = (gated - m) * self.scale + (peak * 0.1).tanh() + (b * b + 1).log() * 0.1 - k * 0.01
+        return new_h, y.clip(-2, 2), k
+
+
+@pytest.mark.parametrize("layers,lengths", [(1, None), (2, [5, 2, 4])])
+def test_kitchen_sink_cell_compiles_exactly(layers, lengths):
+    assert compile_status(KitchenSink)[0], compile_status(KitchenSink)[1]
+    tr.manual_seed(1)
+    rnn = tr.nn.RNN(KitchenSink, 3, 4, num_layers=layers, dtype="float64")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 3, 3))
+    states = [rng.standard_normal((layers, 3, 4)) * 0.5 for _ in range(3)]
+    lengths = None if lengths is None else np.array(lengths)
+    assert_close(run(rnn, x, states, lengths, fused=True), run(rnn, x, states, lengths, fused=False), 1e-10)

@@ -73,6 +73,8 @@ class Cell(Module):
         for t in range(T):
             new = self.step(x[t], state)
             new = _checked_state(self, new, state, t)
+            if probe is not None:  # a state passed through unchanged is still a new state at t
+                new = tuple(n + 0 if any(n is s for s in state) else n for n in new)
             computed = None
             if mask is not None and not mask[t].all():
                 m = mask[t][:, None] > 0

@@ -414,6 +414,7 @@ class Generator:
                 lines.append(f"{ind}for j in range({self.W(s)}):  # total dL/dstate{i}: upstream + carried")
                 lines.append(f"{ind}    v = dY[t, {i}, b, j] + {carry}")
                 lines.append(f"{ind}    g{i}[j] = v")
+                lines.append(f"{ind}    PASS{i}[b, j] = {self.const(0)}  # read: a padded row sets it again below")
         if k == self.top:
             for i, v in enumerate(self.outputs):
                 if v not in self.producer:  # a state passed through: nothing in the step uses the new one
@@ -430,9 +431,6 @@ class Generator:
                 if v in self.producer:
                     lines += [f"{ind}    for j in range({self.W(v)}):", f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]"]
         lines.append(f"{ind}    continue")
-        if k == self.top:
-            for i in range(len(self.states)):
-                lines.append(f"{ind}PASS{i}[b, :] = 0")
         bound = self._bind_rows(fwd_reads)
         lines.extend(ind + s for s in bound)
         contribs = []
@@ -446,8 +444,8 @@ class Generator:
             for n in self.gemm_lhs.get(v, ()):
                 contribs.append(f"d{v.id}[:] += GL{n}[b]")
         covered = self._covered_by_slices(eqns, k)
-        contribs, assigned = _first_writes_assign(contribs + body, covered)
-        contribs, aliases = _alias_copies(contribs)
+        contribs, assigned, single = _first_writes_assign(contribs + body, covered)
+        contribs, aliases = _alias_copies(contribs, single)
         # A gate block's gradient is a view into the gradient of the value it was split
         # from, so the split's backward copies nothing.
         views = {}
@@ -770,25 +768,28 @@ def _first_writes_assign(lines, covered):
     assigned = set()
     out = list(lines)
     for target, writes in seen.items():
-        full = len(writes) == 1 and writes[0][1] in ("j", ":", "0")
-        if full or target in covered:
+        if target in covered:
             assigned.add(target)
             for n, _ in writes:
                 out[n] = out[n].replace(" += ", " = ", 1)
-    return out, assigned
+        elif writes[0][1] in ("j", ":", "0"):  # the first write covers the row: it assigns
+            assigned.add(target)
+            out[writes[0][0]] = out[writes[0][0]].replace(" += ", " = ", 1)
+    single = {t for t, writes in seen.items() if len(writes) == 1}
+    return out, assigned, single
 
 
 _COPY = re.compile(r"^(\s*)(d\d+)\[(j|:)\] = ((?:d|g)\d+|E\d+_\d+\[b\]|GL\d+\[b\])(\[j\])?$")
 
 
-def _alias_copies(lines):
-    """A gradient row whose one write is a plain copy of another (the identity VJP of add
-    and sub, a seed) becomes a second name for it: no array, no copy loop. Safe because a
-    source is complete before it is copied and nothing writes either name afterwards."""
+def _alias_copies(lines, single):
+    """A gradient row whose one write (``single``) is a plain copy of another (the identity
+    VJP of add and sub, a seed) becomes a second name for it: no array, no copy loop. Safe
+    because a source is complete before it is copied and nothing writes either name after."""
     aliases, out = {}, []
     for line in lines:
         m = _COPY.match(line)
-        if m and (m.group(3) == ":") == (m.group(5) is None):
+        if m and m.group(2) in single and (m.group(3) == ":") == (m.group(5) is None):
             aliases[m.group(2)] = m.group(4)
             continue
         out.append(line)
