@@ -2,10 +2,14 @@
 
 Thin on purpose: parse options, call the library, print. User mistakes end in one
 line on stderr: exit 2 for usage errors, 1 for everything else, never a traceback.
+Any exception that is not a ``tr.Error`` is a bug: its traceback is shown with a
+request to report it. ``--traceback`` (or ``TINYGRAD_RNN_DEBUG=1``) shows every traceback.
 """
 import json
 import math
+import os
 import sys
+import traceback
 
 import click
 
@@ -14,19 +18,37 @@ from tinygrad_rnn import checkpoint, diagnostics, plugins, tasks
 from tinygrad_rnn import training
 
 FAIL_ON_EXIT = 3
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
-               RuntimeError, plugins.PluginError, checkpoint.CheckpointError, tasks.TaskError)
+BUG_NOTE = ("This is a bug in tinygrad-rnn (or in a plugin it loaded), not a mistake of yours: "
+            "please report it with the command line and the traceback above.")
 
 
 class App(click.Group):
+    """Turns ``tr.Error`` into a one-line message; anything else is a bug, shown in full."""
+
     def invoke(self, ctx):
+        debug = ctx.params.get("show_traceback") or os.environ.get("TINYGRAD_RNN_DEBUG") == "1"
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except USER_ERRORS as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(str(msg).splitlines()[0] if msg else type(e).__name__) from None
+        except tr.Error as e:
+            if debug:
+                traceback.print_exc()
+                ctx.exit(1)
+            raise click.ClickException(_one_line(e)) from None
+        except MemoryError:
+            if debug:
+                traceback.print_exc()
+            raise click.ClickException("out of memory: use smaller sizes (--hidden, --batch, --seq-len)") from None
+        except Exception:
+            traceback.print_exc()
+            click.echo(BUG_NOTE, err=True)
+            ctx.exit(1)
+
+
+def _one_line(e):
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _emit(data, as_json, human):
@@ -69,7 +91,9 @@ def _device(ctx, param, value):
 @click.version_option(tr.__version__, prog_name="tinygrad-rnn")
 @click.option("--plugin", "plugin_specs", multiple=True, metavar="PATH_OR_MODULE",
               help="Load a cell/task plugin (a module name or a .py file). Repeatable.")
-def main(plugin_specs):
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Show the full traceback of any error (also: TINYGRAD_RNN_DEBUG=1).")
+def main(plugin_specs, show_traceback):
     """A small lab for recurrent networks: cells, training and gradient diagnostics.
 
     Start with `tinygrad-rnn diagnose`: rnn, lstm and gru on the adding task.

@@ -11,11 +11,13 @@ import zipfile
 
 import numpy as np
 
+from .errors import Error
+
 FORMAT = "tinygrad-rnn-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """The file is missing, corrupt, pickle-bearing or not a tinygrad_rnn checkpoint."""
 
 

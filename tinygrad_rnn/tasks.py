@@ -10,13 +10,14 @@ import os
 import numpy as np
 
 from . import ops
+from .errors import Error
 from .hookspecs import hookimpl
 
 EVAL_SEED = 20131  # eval sets are fixed: the same for every run and every cell
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
 
-class TaskError(ValueError):
+class TaskError(Error, ValueError):
     """The task cannot be built from the given options or data."""
 
 

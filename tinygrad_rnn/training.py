@@ -7,8 +7,9 @@ import time
 import numpy as np
 
 from . import checkpoint, diagnostics, init, optim
+from .errors import ConfigError, Error, wrap_user_code
 from .model import SequenceModel
-from .plugins import get_cell, get_task
+from .plugins import get_cell, get_task, provider_of
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -16,24 +17,29 @@ INIT_SCHEMES = ("pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform",
                 "orthogonal", "identity")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(Error, RuntimeError):
     """Training cannot go on (a non-finite loss or gradient, say); the message says where."""
 
 
 def _positive(name, v, allow_zero=False):
     ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
     if not ok:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
 
 
 def _nonneg(name, v):
     if v is not None and (not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
 def build(config):
     """Task and model from a config dict (what checkpoints store)."""
-    task = get_task(config["task"])(seq_len=config["seq_len"], data=config.get("data"))
+    task_cls = get_task(config["task"])
+    try:
+        task = task_cls(seq_len=config["seq_len"], data=config.get("data"))
+    except Exception as e:
+        _raise_from_task_code(e, task_cls, "while building the task")
+        raise
     get_cell(config["cell"])
     init.manual_seed(config["seed"])
     model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
@@ -63,7 +69,30 @@ def train(*args, **kwargs):
     K-step chunks, carrying each sequence's state across chunks (detached).
     """
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
-        return _train(*args, **kwargs)
+        try:
+            return _train(*args, **kwargs)
+        except Exception as e:
+            run = _frame_locals(e, _train)
+            if run.get("task_obj") is not None:
+                _raise_from_task_code(e, type(run["task_obj"]), f"at training step {run.get('step', 0)}")
+            raise
+
+
+def _frame_locals(exc, function):
+    """The local variables of ``function``'s frame in ``exc``'s traceback ({} if absent)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is function.__code__:
+            return tb.tb_frame.f_locals
+        tb = tb.tb_next
+    return {}
+
+
+def _raise_from_task_code(exc, task_cls, where):
+    """If ``exc`` came out of a plugin task's own code, raise it as a one-line UserCodeError."""
+    wrapped = wrap_user_code(exc, "task", task_cls, provider_of(task_cls), where, require_frame=True)
+    if wrapped is not None:
+        raise wrapped from exc
 
 
 def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=1, batch=32, steps=1000,
@@ -82,11 +111,11 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     if diagnose_every is not None:
         _positive("diagnose_every", diagnose_every)
     if optimizer not in optim.OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
     if init_scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init {init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
+        raise ConfigError(f"unknown init {init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
     if on_nonfinite not in ("error", "skip"):
-        raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+        raise ConfigError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
 
     config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                   batch=batch, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
@@ -105,7 +134,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             raise checkpoint.CheckpointError(f"{resume!r} has an unusable config: missing {e}") from None
         raise
     if bptt and not task_obj.stream:
-        raise ValueError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
+        raise ConfigError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
     opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
                                                 weight_decay=config["weight_decay"], l1=config["l1"])
     rng = np.random.default_rng(config["seed"])
@@ -121,7 +150,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             carried = tuple(Tensor(arrays[f"extra/state{i}"], device=device)
                             for i in range(model.rnn.num_states))
         if start > steps:
-            raise ValueError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
+            raise ConfigError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
 
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
@@ -239,9 +268,9 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
     meta, arrays = checkpoint.load(path)
     config = meta["config"]
     if config.get("task") != "text":
-        raise ValueError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
+        raise ConfigError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     task, model = build(dict(config, device="cpu"))
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     rng = np.random.default_rng(seed)
