@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from . import ops
+from .errors import NonFiniteError
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -118,6 +119,16 @@ def _layer_inputs(rnn, x, state):
     return result
 
 
+def _check_output(rnn, out):
+    """Gradient norms of a NaN output mean nothing: say where the cell first went non-finite."""
+    data = out.numpy()
+    if not np.isfinite(data).all():
+        t = int(np.argwhere(~np.isfinite(data))[0][0])
+        raise NonFiniteError(f"cell {rnn.cell_class.name!r} produces a non-finite output "
+                             f"({data[t][~np.isfinite(data[t])][0]}) at time step {t}: its gradients cannot "
+                             "be measured (check its step, --init and --hidden)")
+
+
 def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
     """Spectral norm of the step Jacobian d s_t / d s_{t-1} along one sequence's trajectory.
 
@@ -143,6 +154,9 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
         total.backward()
         _restore_grads(params, saved)
         J = np.concatenate([s.grad.numpy() for s in inputs], axis=1)  # row k: d out_k / d state
+        if not np.isfinite(J).all():
+            raise NonFiniteError(f"cell {rnn.cell_class.name!r}: the step Jacobian at time step {t} (layer {layer}) "
+                                 "is not finite (the cell produces NaN or Inf there)")
         norms[t] = np.linalg.norm(J.astype(np.float64), 2)
         states = tuple(Tensor(o.numpy()[:1]) for o in out)
     return norms
@@ -213,6 +227,7 @@ def diagnose_cell(model, task, x, y):
     saved = _saved_grads(params)
     try:
         out, _ = rnn(x, probe=True)
+        _check_output(rnn, out)
         loss_fn(out).backward()
         norms = rnn.step_grad_norms(0)
         c_norms = rnn.step_grad_norms(1) if rnn.num_states > 1 else None
@@ -241,7 +256,7 @@ def diagnose_cell(model, task, x, y):
 
 
 def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
-             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu"):
+             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None):
     """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
 
     Measured in float64, so that norms far below float32's range are still exact.
@@ -252,13 +267,13 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
     report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,
               "steps": steps, "seed": seed, "batch": batch, "thresholds": THRESHOLDS, "cells": []}
     for cell in cells:
-        config = dict(cell=cell, task=task, seq_len=seq_len, data=None, hidden=hidden, layers=layers,
-                      init=init_scheme, seed=seed, dtype="float64", device=device)
+        config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
+                      batch=batch, init=init_scheme, seed=seed, dtype="float64", device=device)
         task_obj, model = build(config)
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnose_cell(model, task_obj, Tensor(x, device=device), y)}
         if steps:
-            summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, hidden=hidden, layers=layers,
+            summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                                       batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
                                       init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
                                       return_model=True)

@@ -107,7 +107,7 @@ class Copy(Task):
         seq[T + n - 1] = 9
         target = np.zeros((length, batch_size), np.int64)
         target[-n:] = seq[:n]
-        return np.eye(10, dtype=np.float32)[seq], target
+        return one_hot(seq, 10), target
 
     def baseline(self):
         return self.symbols * np.log(8) / (self.seq_len + 2 * self.symbols)
@@ -172,14 +172,43 @@ class _Stream(Task):
         return self._make(self.eval[idx])
 
 
+def one_hot(tokens, n, dtype=np.float32):
+    """One-hot rows for integer ``tokens`` (any shape) by indexing: memory is tokens x n,
+    never n x n (a 22,000-character alphabet would need 2 GB for np.eye)."""
+    tokens = np.asarray(tokens)
+    out = np.zeros(tokens.shape + (n,), dtype)
+    np.put_along_axis(out, tokens[..., None], 1, axis=-1)
+    return out
+
+
 class Text(_Stream):
-    """Character-level language model over a UTF-8 file (default: a shipped corpus)."""
+    """Character-level language model over a UTF-8 file (default: a shipped corpus).
+
+    ``vocab`` (a string of distinct characters; checkpoints store it) fixes the character
+    mapping: a file holding characters outside it is refused, never silently remapped.
+    """
 
     name = "text"
     classification = True
     uses_data = True
 
-    def __init__(self, seq_len=100, data=None, **options):
+    @classmethod
+    def from_vocab(cls, vocab, seq_len=100):
+        """A text task with this vocabulary and no data (enough to sample from a model)."""
+        task = cls.__new__(cls)
+        Task.__init__(task, seq_len)
+        task._set_vocab(list(vocab))
+        return task
+
+    def _set_vocab(self, vocab):
+        self.vocab = vocab
+        self.index = {c: i for i, c in enumerate(vocab)}
+        self.input_size = self.output_size = len(vocab)
+
+    def one_hot(self, tokens):
+        return one_hot(tokens, self.input_size)
+
+    def __init__(self, seq_len=100, data=None, vocab=None, **options):
         super().__init__(seq_len, data, **options)
         path = data or os.path.join(DATA_DIR, "tiny_corpus.txt")
         try:
@@ -193,13 +222,16 @@ class Text(_Stream):
             raise TaskError(f"task 'text': cannot read {path!r}: {e.strerror}") from None
         if len(set(text)) < 2:
             raise TaskError(f"task 'text': {path!r} needs at least two distinct characters")
-        self.vocab = sorted(set(text))
-        self.index = {c: i for i, c in enumerate(self.vocab)}
-        self.input_size = self.output_size = len(self.vocab)
+        if vocab is not None:
+            new = sorted(set(text) - set(vocab))
+            if new:
+                raise TaskError(f"task 'text': {path!r} has {len(new)} character(s) the model's vocabulary lacks "
+                                f"({''.join(new[:10])!r}): the file changed since the checkpoint was made")
+        self._set_vocab(list(vocab) if vocab is not None else sorted(set(text)))
         self._split(np.array([self.index[c] for c in text], np.int64))
 
     def _make(self, tokens):
-        return np.eye(self.input_size, dtype=np.float32)[tokens[:-1]], tokens[1:]
+        return self.one_hot(tokens[:-1]), tokens[1:]
 
     def batch(self, rng, batch_size):
         return self._make(self._windows(rng, self.train, batch_size))

@@ -1,12 +1,14 @@
 """The training loop behind ``tinygrad-rnn train``, usable from Python as ``tr.train``."""
 import json
 import math
+import numbers
+import os
 import sys
 import time
 
 import numpy as np
 
-from . import checkpoint, diagnostics, init, optim
+from . import checkpoint, diagnostics, init, limits, optim, safeio
 from .errors import ConfigError, Error, wrap_user_code
 from .model import SequenceModel
 from .plugins import get_cell, get_task, provider_of
@@ -27,20 +29,62 @@ def _positive(name, v, allow_zero=False):
         raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
 
 
-def _nonneg(name, v):
-    if v is not None and (not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v)):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+def _nonneg(name, v, positive=False):
+    if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not v >= 0 or math.isinf(v)
+                          or (positive and v == 0)):
+        raise ConfigError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {v!r}")
+
+
+# train() argument -> the run-config key it sets: what --resume refuses to change silently
+RUN_ARGS = {"cell": "cell", "task": "task", "seq_len": "seq_len", "data": "data", "hidden": "hidden",
+            "layers": "layers", "batch": "batch", "optimizer": "optimizer", "lr": "lr",
+            "clip_norm": "clip_norm", "clip_value": "clip_value", "init_scheme": "init",
+            "weight_decay": "weight_decay", "l1": "l1", "bptt": "bptt", "seed": "seed", "dtype": "dtype",
+            "cell_options": "cell_options"}
+
+
+def _check_resume_conflicts(config, given, explicit, path):
+    """An explicit option that differs from the resumed run's setting is an error naming it."""
+    for arg in explicit:
+        key = RUN_ARGS.get(arg)
+        if key is None or given.get(key) == config.get(key):
+            continue
+        mine, theirs = given.get(key), config.get(key)
+        if key == "data" and mine and theirs and (safeio.same_file(mine, theirs) or not os.path.exists(theirs)):
+            continue  # the same file, or the run's file has moved: its vocabulary still guards the mapping
+        if key == "cell_options" and not mine and not theirs:
+            continue
+        option = "--" + arg.replace("init_scheme", "init").replace("_", "-")
+        raise ConfigError(f"{option} {mine!r} conflicts with the resumed run's {key} {theirs!r} in {path!r}; "
+                          f"drop {option} to continue that run, or start a new one without --resume")
+
+
+def _check_model_size(config, task):
+    """Refuse, before allocating, a model or batch that cannot fit in memory."""
+    itemsize = np.dtype(config.get("dtype", "float32")).itemsize
+    gates = getattr(get_cell(config["cell"]), "gates", 4)
+    need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
+                              config.get("batch", 1), task.output_size, gates, itemsize)
+    limits.check_fits(need, f"--hidden {config['hidden']} --layers {config['layers']} "
+                            f"--seq-len {config['seq_len']} --batch {config.get('batch', 1)}")
 
 
 def build(config):
     """Task and model from a config dict (what checkpoints store)."""
     task_cls = get_task(config["task"])
+    options = {"vocab": config["vocab"]} if config.get("vocab") else {}
     try:
-        task = task_cls(seq_len=config["seq_len"], data=config.get("data"))
+        task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **options)
     except Exception as e:
         _raise_from_task_code(e, task_cls, "while building the task")
         raise
+    return task, build_model(config, task)
+
+
+def build_model(config, task):
+    """The model of a config dict for ``task`` (sizes checked before anything is allocated)."""
     get_cell(config["cell"])
+    _check_model_size(config, task)
     init.manual_seed(config["seed"])
     model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
                                    dtype=config.get("dtype", "float32"), **config.get("cell_options", {}))
@@ -48,7 +92,7 @@ def build(config):
         model.rnn.reset_parameters(config["init"])
     if config.get("device", "cpu") != "cpu":
         model.to(config["device"])
-    return task, model
+    return model
 
 
 def evaluate(model, task, device="cpu"):
@@ -68,6 +112,8 @@ def train(*args, **kwargs):
     checkpoint up to it. ``bptt=K`` (stream tasks: text, series) trains on consecutive
     K-step chunks, carrying each sequence's state across chunks (detached).
     """
+    if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
+        kwargs["explicit"] = set(kwargs)
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
         try:
             return _train(*args, **kwargs)
@@ -99,13 +145,14 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
           optimizer="adam", lr=1e-3, clip_norm=None, clip_value=None, init_scheme="pytorch",
           weight_decay=0.0, l1=0.0, bptt=None, seed=0, device="cpu", save=None, resume=None,
           log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
-          dtype="float32", cell_options=None, return_model=False):
+          dtype="float32", cell_options=None, return_model=False, explicit=()):
     for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
                     ("seq_len", seq_len), ("log_every", log_every)):
         _positive(name, v, allow_zero=name == "steps")
     for name, v in (("lr", lr), ("clip_norm", clip_norm), ("clip_value", clip_value),
                     ("weight_decay", weight_decay), ("l1", l1)):
-        _nonneg(name, v)
+        _nonneg(name, v, positive=name == "lr")
+    _positive("seed", seed, allow_zero=True)
     if bptt is not None:
         _positive("bptt", bptt)
     if diagnose_every is not None:
@@ -123,35 +170,30 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                   dtype=dtype, cell_options=cell_options or {}, device=device)
     meta, arrays = checkpoint.load(resume) if resume else (None, None)
     if meta:
-        missing = [k for k in ("config", "step", "rng", "init_rng") if k not in meta]
-        if missing or not isinstance(meta["config"], dict):
-            raise checkpoint.CheckpointError(f"{resume!r} is incomplete: no {', '.join(missing) or 'config'}")
-        config = dict(meta["config"], device=device)  # the checkpoint's run, continued
-    try:
-        task_obj, model = build(config)
-    except KeyError as e:
-        if meta:
-            raise checkpoint.CheckpointError(f"{resume!r} has an unusable config: missing {e}") from None
-        raise
-    if bptt and not task_obj.stream:
+        resumed = checkpoint.validate_run(meta, arrays, resume)
+        _check_resume_conflicts(resumed, config, explicit, resume)
+        config = dict(resumed, device=device)  # the checkpoint's run, continued
+    safeio.check_outputs([("--save", save), ("--log", log)],
+                         [("--data", config.get("data")), ("--resume", None)])
+    task_obj, model = build(config)
+    if getattr(task_obj, "vocab", None) is not None:
+        config["vocab"] = "".join(task_obj.vocab)  # checkpoints carry the character mapping
+    if config["bptt"] and not task_obj.stream:
         raise ConfigError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
+    if config["bptt"] and len(task_obj.train) // config["batch"] < config["bptt"] + 2:
+        raise ConfigError(f"--bptt {config['bptt']} is longer than each sequence's share of the training data "
+                          f"({len(task_obj.train)} steps over --batch {config['batch']}: "
+                          f"{len(task_obj.train) // config['batch']} each); lower --bptt or --batch")
     opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
                                                 weight_decay=config["weight_decay"], l1=config["l1"])
     rng = np.random.default_rng(config["seed"])
     start, carried, cursors = 0, None, None
     if meta:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-        opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
-        rng.bit_generator.state = meta["rng"]
-        init._rng[0].bit_generator.state = meta["init_rng"]
-        start = int(meta["step"])
-        if "extra/cursors" in arrays:
-            cursors = arrays["extra/cursors"]
-            carried = tuple(Tensor(arrays[f"extra/state{i}"], device=device)
-                            for i in range(model.rnn.num_states))
+        start, cursors, carried = _restore(resume, meta, arrays, model, opt, rng, task_obj, config, device)
         if start > steps:
             raise ConfigError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
 
+    progress = _print_progress if progress is True else progress or None
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
     t0 = time.perf_counter()
@@ -196,9 +238,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             if log_file and diagnose_every and step % diagnose_every == 0:
                 _write(log_file, _diagnose_record(model, task_obj, x, y, step, clipped, device))
             if progress:
-                print(f"\rstep {step}/{steps}  loss {loss_value:.4f}  |g| {norm:.3g}", end="", file=sys.stderr)
-        if progress:
-            print(file=sys.stderr)
+                progress(step, steps, loss_value, norm)
     finally:
         if log_file:
             log_file.close()
@@ -218,6 +258,38 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     if task_obj.classification:
         summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
     return (summary, model, task_obj) if return_model else summary
+
+
+def _print_progress(step, steps, loss, norm):
+    """The default ``progress=True`` display: one rewritten line on stderr."""
+    print(f"\rstep {step}/{steps}  loss {loss:.4f}  |g| {norm:.3g}", end="\n" if step == steps else "",
+          file=sys.stderr)
+
+
+def _restore(path, meta, arrays, model, opt, rng, task, config, device):
+    """Load a checkpoint's parameters, optimiser and RNG states into this run, checking
+    every entry against the model; returns (start step, stream cursors, carried state)."""
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+        opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+        rng.bit_generator.state = meta["rng"]
+        init._rng[0].bit_generator.state = meta["init_rng"]
+    except (KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise checkpoint.CheckpointError(f"{path!r} does not fit this model: {msg}") from None
+    cursors, carried = None, None
+    if "extra/cursors" in arrays:
+        cursors = arrays["extra/cursors"]
+        shape = (config["layers"], config["batch"], config["hidden"])
+        states = [arrays.get(f"extra/state{i}") for i in range(model.rnn.num_states)]
+        if (cursors.shape != (config["batch"],) or cursors.dtype.kind not in "iu" or
+                not getattr(task, "stream", False) or cursors.min() < 0 or
+                cursors.max() + config["bptt"] + 1 > len(task.train) or
+                any(s is None or s.shape != shape or not np.isfinite(s).all() for s in states)):
+            raise checkpoint.CheckpointError(f"{path!r}: its truncated-BPTT position does not fit this run "
+                                             f"(cursors {cursors.shape}, states of shape {shape} expected)")
+        carried = tuple(Tensor(s.astype(model.rnn.dtype), device=device) for s in states)
+    return int(meta["step"]), cursors, carried
 
 
 def _nonfinite_message(step, loss_value, model):
@@ -248,7 +320,7 @@ def _diagnose_record(model, task, x, y, step, clipped, device):
 
 
 def _write(f, record):
-    f.write(json.dumps(record) + "\n")
+    f.write(safeio.dumps(record) + "\n")
     f.flush()
 
 
@@ -266,23 +338,35 @@ def _save(path, model, opt, step, config, rng, carried, cursors):
 def generate(path, prime="", length=200, temperature=1.0, seed=0):
     """Sample ``length`` characters from a text checkpoint, after feeding ``prime``."""
     meta, arrays = checkpoint.load(path)
-    config = meta["config"]
+    config = checkpoint.validate_run(meta, arrays, path)
     if config.get("task") != "text":
         raise ConfigError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    task, model = build(dict(config, device="cpu"))
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    if not isinstance(temperature, numbers.Real) or not temperature > 0 or math.isinf(temperature):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
+    _positive("seed", seed, allow_zero=True)
+    _positive("length", length, allow_zero=True)
+    config = dict(config, device="cpu")
+    if config.get("vocab"):  # the model's own character mapping: no training file needed
+        task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
+        model = build_model(config, task)
+    else:  # checkpoints from before vocabularies were stored: rebuild it from the file
+        task, model = build(config)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise checkpoint.CheckpointError(f"{path!r} does not fit its own model: {msg}") from None
     rng = np.random.default_rng(seed)
-    eye = np.eye(task.input_size, dtype=np.dtype(config.get("dtype", "float32")))
+    dtype = np.dtype(config.get("dtype", "float32"))
     tokens = list(task.encode(prime)) if prime else [int(rng.integers(task.input_size))]
     state, out = None, []
     with no_grad():
-        logits, state = model(Tensor(eye[tokens][:, None]), state)
+        logits, state = model(Tensor(task.one_hot(np.array(tokens))[:, None].astype(dtype)), state)
         for _ in range(length):
-            z = logits.numpy()[-1, 0].astype(np.float64) / temperature
-            p = np.exp(z - z.max())
+            z = logits.numpy()[-1, 0].astype(np.float64)
+            z = (z - z.max()) / temperature  # shifted first: a tiny temperature gives -inf, never NaN
+            p = np.exp(z)
             token = int(rng.choice(len(p), p=p / p.sum()))
             out.append(token)
-            logits, state = model(Tensor(eye[[token]][:, None]), state)
+            logits, state = model(Tensor(task.one_hot(np.array([token]))[:, None].astype(dtype)), state)
     return prime + task.decode(out)
