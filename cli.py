@@ -230,9 +230,17 @@ def _fmt(v, spec=".3g"):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _init_label(scheme):
+    """What --init did, in the words of its help: the default keeps each cell's own init."""
+    if scheme == "pytorch":
+        return "pytorch (each cell's own: PyTorch's for the built-ins)"
+    matrices = "xavier_uniform" if scheme in ("identity", "orthogonal") else scheme
+    return f"{scheme} (on *hh* weights; other matrices {matrices}, vectors 0)"
+
+
 def _print_diagnosis(report):
     click.echo(f"task {report['task']}, T={report['seq_len']}, hidden {report['hidden']}, "
-               f"init {report['init']}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
+               f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
     stages = [("init", lambda c: c)] + ([(f"step {report['steps']}", lambda c: c["after_training"])]
                                         if report["steps"] else [])
     click.echo(f"{'cell':14} {'when':10} {'verdict':10} {'rate/step':>9} {'horizon':>8} "
@@ -245,10 +253,14 @@ def _print_diagnosis(report):
                        f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
                        f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
                        f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
-    click.echo("\n||dL/dh_t|| on a log scale, t = 0 (left) .. T (right):")
+    rows = [get(c)["grad_norm_per_step"][0] for c in report["cells"] for _, get in stages]
+    scale = diagnostics.sparkline_scale(rows)
+    legend = f": ▁ = {10 ** scale[0]:.1e} .. █ = {10 ** scale[1]:.1e}" if scale else ""
+    click.echo(f"\n||dL/dh_t|| on one log scale for all rows{legend}, t = 0 (left) .. T (right):")
     for c in report["cells"]:
         for label, get in stages:
-            click.echo(f"{c['cell']:>8} {label:>9} {diagnostics.sparkline(get(c)['grad_norm_per_step'][0])}")
+            click.echo(f"{c['cell']:>8} {label:>9} "
+                       f"{diagnostics.sparkline(get(c)['grad_norm_per_step'][0], scale=scale)}")
     th = report["thresholds"]
     click.echo(f"\nverdict: vanishing if |g_0|/|g_T| < {th['vanishing_ratio']:g}, exploding if > "
                f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")

@@ -204,16 +204,30 @@ def gate_saturation(rnn, x, state=None):
     return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / n_tanh}
 
 
-def sparkline(values, width=50):
-    """A log-scale terminal sparkline (one character per bucket of steps)."""
+def sparkline_scale(rows):
+    """(lo, hi) of log10 over the positive finite values of all ``rows``: one shared scale,
+    so that a row falling by 1e-2 and one falling by 1e-20 look different. None if empty."""
+    values = np.concatenate([np.asarray(r, np.float64).ravel() for r in rows]) if rows else np.zeros(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    if not len(values):
+        return None
+    return float(np.log10(values.min())), float(np.log10(values.max()))
+
+
+def sparkline(values, width=50, scale=None):
+    """A log-scale terminal sparkline (one character per bucket of steps).
+
+    ``scale=(lo, hi)`` in log10 units (``sparkline_scale``) shares one scale across
+    rows; without it the row is scaled alone, from its own minimum to its maximum.
+    """
     bars = "▁▂▃▄▅▆▇█"
     v = np.asarray(values, np.float64)
     if len(v) > width:
         v = np.array([chunk.mean() for chunk in np.array_split(v, width)])
-    logs = np.log10(np.where(v > 0, v, np.nan))
+    logs = np.log10(np.where((v > 0) & np.isfinite(v), v, np.nan))
     if np.all(np.isnan(logs)):
         return " " * len(v)
-    lo, hi = np.nanmin(logs), np.nanmax(logs)
+    lo, hi = scale if scale is not None else (np.nanmin(logs), np.nanmax(logs))
     span = hi - lo if hi > lo else 1.0
     return "".join(" " if np.isnan(l) else bars[int(round((l - lo) / span * 7))] for l in logs)
 

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from . import ops
+from . import limits, ops
 from .errors import Error
 from .hookspecs import hookimpl
 
@@ -285,6 +285,8 @@ def load_series(path):
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
+            with open(path, "rb") as f:  # a header claiming 10^11 elements is refused before allocating
+                limits.check_npy(f, os.path.getsize(path), f"series file {path!r}")
             values = np.load(path, allow_pickle=False)
         elif ext == ".csv":
             with open(path, newline="", encoding="utf-8") as f:
@@ -297,7 +299,7 @@ def load_series(path):
     except FileNotFoundError:
         raise TaskError(f"no such file {path!r}") from None
     except ValueError as e:
-        if isinstance(e, TaskError):
+        if isinstance(e, Error):  # TaskError, or ResourceError from the header check
             raise
         raise TaskError(f"cannot read {path!r} as numbers: {e}") from None
     except OSError as e:
