@@ -134,3 +134,16 @@ def test_json_safe_replaces_non_finite_numbers_and_says_where():
     out = safeio.json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2), "d": "x"}, found=found)
     assert out == {"a": None, "b": [1.0, None], "c": 2.0, "d": "x"} and found == ["a", "b[1]"]
     assert safeio.dumps({"x": float("-inf")}) == '{"x": null}'
+
+
+def test_a_device_or_a_symlink_loop_is_refused_before_training(tmp_path):
+    with pytest.raises(safeio.OutputError, match=r"--save '/dev/null' is not a regular file"):
+        train(**TINY, save="/dev/null")
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+        checkpoint.save("/dev/null", {"step": 1}, {"a": np.ones(2)})
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(safeio.OutputError, match="--save '.*a': Too many levels of symbolic links"):
+        train(**TINY, save=str(tmp_path / "a"))
+    train(**TINY, log="/dev/null")  # appending to a device is fine

@@ -29,11 +29,15 @@ def same_file(a, b):
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+APPENDED = ("--log",)  # outputs opened for appending: a device or pipe is fine there
+
+
 def check_outputs(outputs, inputs=()):
     """Refuse, before any work, outputs that cannot be written or that would destroy an input.
 
     ``outputs`` and ``inputs`` are (option, path) pairs such as ("--save", "run.npz");
-    pairs whose path is None are ignored.
+    pairs whose path is None are ignored. Options in APPENDED are appended to, the others
+    replaced (atomically, so they must be regular files).
     """
     outputs = [(o, p) for o, p in outputs if p]
     for option, path in outputs:
@@ -45,14 +49,29 @@ def check_outputs(outputs, inputs=()):
         for other, other_path in outputs[i + 1:]:
             if same_file(path, other_path):
                 raise OutputError(f"{option} and {other} both name {path!r}; give them different paths")
-        check_writable(path, option)
+        check_writable(path, option, replace=option not in APPENDED)
 
 
-def check_writable(path, option):
-    """One-line error naming ``option`` and ``path`` unless a file can be written at ``path``."""
+def check_writable(path, option, replace=True):
+    """One-line error naming ``option`` and ``path`` unless a file can be written at ``path``.
+
+    ``replace``: the file will be replaced by a rename, so an existing one must be a
+    regular file (never a device: renaming over /dev/null would replace the device).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None  # a new file, or a symlink to a file still to be made
+    except OSError as e:
+        raise OutputError(f"{option} {path!r}: {e.strerror}") from None
     real = os.path.realpath(path)
-    if os.path.isdir(real):
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{option} {path!r} is a folder; give a file name")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if replace:
+            raise OutputError(f"{option} {path!r} is not a regular file (a device, pipe or socket); "
+                              "give a file name")
+        return
     folder = os.path.dirname(real) or "."
     if not os.path.isdir(folder):
         raise OutputError(f"{option} {path!r}: the folder {os.path.dirname(path) or '.'!r} does not exist")
@@ -104,11 +123,14 @@ def atomic_write(path, write, error=OutputError):
     """
     real = os.path.realpath(path)  # through a symlink: the link stays, its target is replaced
     try:
-        mode = stat.S_IMODE(os.stat(real).st_mode)
+        st = os.stat(real)
+        mode = stat.S_IMODE(st.st_mode)
     except FileNotFoundError:
-        mode = _default_mode()
+        st, mode = None, _default_mode()
     except OSError as e:
         raise error(f"cannot write {path!r}: {e.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise error(f"cannot write {path!r}: not a regular file (a device, pipe or socket)")
     _remove_stale_temporaries(real)
     tmp = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.{os.getpid()}.tmp")
     try:
