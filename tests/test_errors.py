@@ -139,3 +139,23 @@ def test_error_classes_keep_their_builtin_meaning():
     with pytest.raises(KeyError, match="unknown cell 'nope'"):
         tr.get_cell("nope")
     assert str(tr.errors.UnknownNameError("unknown cell 'x'")) == "unknown cell 'x'"
+
+
+def test_a_cell_whose_constructor_raises_names_the_cell(tmp_path):
+    path = tmp_path / "badinit.py"
+    path.write_text(CELL.format(num_states=1, body="        return state\n").replace(
+        "        super().__init__(i, h)\n", "        super().__init__(i, h)\n        1 / 0\n"))
+    result = run("--plugin", str(path), "train", "--cell", "faulty", "--task", "sum", "--steps", "1")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cell 'faulty' (plugin 'badinit', {path}:9, in __init__) raised ZeroDivisionError: "
+        "division by zero while building the model"]
+
+
+def test_a_task_that_raises_in_diagnose_names_the_task(tmp_path):
+    path = tmp_path / "flaky.py"
+    path.write_text(TASK.replace("if self.calls == 3", "if self.calls == 1"))
+    result = run("--plugin", str(path), "diagnose", "--cell", "rnn", "--task", "flaky", "--seq-len", "3")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: task 'flaky' (plugin 'flaky', {path}:10, in batch) raised KeyError: 'missing' while diagnosing"]

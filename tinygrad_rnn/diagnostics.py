@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import ops
-from .errors import NonFiniteError
+from .errors import Error, NonFiniteError
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -146,8 +146,7 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
     for t in range(xs.shape[0]):
         x_t = Tensor(np.repeat(xs.numpy()[t, sample:sample + 1], D, axis=0))
         inputs = tuple(Tensor(np.repeat(s.numpy(), D, axis=0), requires_grad=True) for s in states)
-        out = cell.step(x_t, inputs)
-        out = (out,) if isinstance(out, Tensor) else tuple(out)
+        out = cell.checked_step(x_t, inputs, t)
         total = sum((o * Tensor(eye[:, i * H:(i + 1) * H])).sum() for i, o in enumerate(out))
         params = cell.parameters()
         saved = _saved_grads(params)
@@ -269,13 +268,25 @@ def diagnose_cell(model, task, x, y):
     return result
 
 
-def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
-             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None):
+def diagnose(*args, **kwargs):
     """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
 
     Measured in float64, so that norms far below float32's range are still exact.
     Returns ``{"task", "seq_len", ..., "cells": [{"cell", "verdict", "grad_norm_per_step", ...}]}``.
     """
+    try:
+        return _diagnose(*args, **kwargs)
+    except Exception as e:
+        if not isinstance(e, Error):
+            from .plugins import get_task, raise_if_user_code
+            raise_if_user_code(e, "task", get_task(kwargs.get("task", args[1] if len(args) > 1 else "adding")),
+                               "while diagnosing")
+        raise
+
+
+def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
+             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None):
+    """``diagnose`` itself; the wrapper names plugin code that raises."""
     from .training import build, train
 
     report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
-from .errors import Error, UnknownNameError
+from .errors import Error, UnknownNameError, wrap_user_code
 
 BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
             "tinygrad_rnn.tasks")
@@ -315,6 +315,14 @@ def list_tasks():
 def list_plugins():
     _manager()
     return [vars(p).copy() for p in _state.plugins.values()]
+
+
+def raise_if_user_code(exc, kind, cls, where, require_frame=True):
+    """Raise ``exc`` as a one-line ``UserCodeError`` if it came out of plugin class ``cls``'s
+    own code (its file is in the traceback); return otherwise (the caller re-raises)."""
+    wrapped = wrap_user_code(exc, kind, cls, provider_of(cls), where, require_frame=require_frame)
+    if wrapped is not None:
+        raise wrapped from exc
 
 
 def provider_of(cls):

@@ -9,9 +9,9 @@ import time
 import numpy as np
 
 from . import checkpoint, diagnostics, init, limits, optim, safeio
-from .errors import ConfigError, Error, wrap_user_code
+from .errors import ConfigError, Error
 from .model import SequenceModel
-from .plugins import get_cell, get_task, provider_of
+from .plugins import get_cell, get_task, raise_if_user_code
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -83,13 +83,17 @@ def build(config):
 
 def build_model(config, task):
     """The model of a config dict for ``task`` (sizes checked before anything is allocated)."""
-    get_cell(config["cell"])
+    cell_cls = get_cell(config["cell"])
     _check_model_size(config, task)
     init.manual_seed(config["seed"])
-    model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
-                                   dtype=config.get("dtype", "float32"), **config.get("cell_options", {}))
-    if config.get("init", "pytorch") != "pytorch":
-        model.rnn.reset_parameters(config["init"])
+    try:
+        model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
+                                       dtype=config.get("dtype", "float32"), **config.get("cell_options", {}))
+        if config.get("init", "pytorch") != "pytorch":
+            model.rnn.reset_parameters(config["init"])
+    except Exception as e:
+        raise_if_user_code(e, "cell", cell_cls, "while building the model")
+        raise
     if config.get("device", "cpu") != "cpu":
         model.to(config["device"])
     return model
@@ -136,9 +140,7 @@ def _frame_locals(exc, function):
 
 def _raise_from_task_code(exc, task_cls, where):
     """If ``exc`` came out of a plugin task's own code, raise it as a one-line UserCodeError."""
-    wrapped = wrap_user_code(exc, "task", task_cls, provider_of(task_cls), where, require_frame=True)
-    if wrapped is not None:
-        raise wrapped from exc
+    raise_if_user_code(exc, "task", task_cls, where)
 
 
 def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=1, batch=32, steps=1000,
