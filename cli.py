@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, plugins, safeio, tasks
+from tinygrad_rnn import diagnostics, plugins, safeio
 from tinygrad_rnn import training
 from tinygrad_rnn.notices import compile_notice
 

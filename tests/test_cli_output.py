@@ -8,18 +8,14 @@ from click.testing import CliRunner
 
 import cli
 import tinygrad_rnn as tr
-from tinygrad_rnn import notices, optim, plugins, training
+from tinygrad_rnn import notices, optim, training
 from tinygrad_rnn.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--seq-len", "5", "--hidden", "3", "--batch", "2"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("clean_plugins")
 
 
 def run(*args, **kw):

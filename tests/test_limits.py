@@ -3,16 +3,12 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tinygrad_rnn import limits, plugins
+from tinygrad_rnn import limits
 from tinygrad_rnn.errors import ConfigError, ResourceError
 from tinygrad_rnn.training import train
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("clean_plugins")
 
 
 @pytest.mark.parametrize("option,value,estimate", [("--hidden", "1000000", "TB"), ("--layers", "1000000", "TB"),
@@ -22,7 +18,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_estimate(monkeypatch, option
     result = CliRunner().invoke(cli.main, ["train", option, value, "--steps", "1"])
     assert result.exit_code == 1
     line, = result.stderr.strip().splitlines()
-    assert line.startswith(f"Error: --hidden") and f"{option} {value}" in line
+    assert line.startswith("Error: --hidden") and f"{option} {value}" in line
     assert "needs about" in line and estimate in line and "available" in line
 
 

@@ -10,17 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tinygrad_rnn import checkpoint, plugins, safeio
+from tinygrad_rnn import checkpoint, safeio
 from tinygrad_rnn.training import train
 
 TINY = dict(cell="rnn", task="sum", seq_len=4, hidden=3, batch=2, steps=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("clean_plugins")
 
 
 def _corpus(tmp_path, name="c.txt"):

@@ -1,5 +1,4 @@
 """The training loop behind ``tinygrad-rnn train``, usable from Python as ``tr.train``."""
-import json
 import math
 import numbers
 import os
