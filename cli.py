@@ -374,7 +374,9 @@ def _progress_bar(show, total):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def generate(path, prime, length, temperature, seed):
     """Sample text from a character-model checkpoint."""
-    click.echo(training.generate(path, prime, length, temperature, seed))
+    with compile_notice():
+        text = training.generate(path, prime, length, temperature, seed)
+    click.echo(text)
 
 
 if __name__ == "__main__":

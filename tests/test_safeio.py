@@ -143,3 +143,13 @@ def test_a_device_or_a_symlink_loop_is_refused_before_training(tmp_path):
     with pytest.raises(safeio.OutputError, match="--save '.*a': Too many levels of symbolic links"):
         train(**TINY, save=str(tmp_path / "a"))
     train(**TINY, log="/dev/null")  # appending to a device is fine
+
+
+def test_log_may_not_append_to_the_resumed_checkpoint_but_save_may_replace_it(tmp_path):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    with pytest.raises(safeio.OutputError, match="--log .* is the --resume file"):
+        train(**dict(TINY, steps=3), resume=path, log=path)
+    checkpoint.load(path)  # still a checkpoint
+    train(**dict(TINY, steps=3), resume=path, save=path)
+    assert checkpoint.load(path)[0]["step"] == 3

@@ -174,8 +174,8 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         resumed = checkpoint.validate_run(meta, arrays, resume)
         _check_resume_conflicts(resumed, config, explicit, resume)
         config = dict(resumed, device=device)  # the checkpoint's run, continued
-    safeio.check_outputs([("--save", save), ("--log", log)],
-                         [("--data", config.get("data")), ("--resume", None)])
+    safeio.check_outputs([("--save", save), ("--log", log)], [("--data", config.get("data"))])
+    safeio.check_outputs([("--log", log)], [("--resume", resume)])  # --save may replace --resume's file
     task_obj, model = build(config)
     if getattr(task_obj, "vocab", None) is not None:
         config["vocab"] = "".join(task_obj.vocab)  # checkpoints carry the character mapping
