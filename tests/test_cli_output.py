@@ -169,3 +169,38 @@ def test_a_note_is_printed_while_kernels_compile():
     with notices.compile_notice(threshold=3600, say=said.append):
         njit(lambda a: a * 2)(np.float64(1))
     assert said == []  # below the threshold: silence
+
+
+def test_sparklines_share_one_scale_across_rows():
+    from tinygrad_rnn import diagnostics
+    steep = 10.0 ** -np.linspace(20, 0, 40)   # falls by 1e-20
+    gentle = 10.0 ** -np.linspace(2, 0, 40)   # falls by 1e-2
+    scale = diagnostics.sparkline_scale([steep, gentle])
+    assert scale == pytest.approx((-20, 0))
+    assert diagnostics.sparkline(gentle, scale=scale).startswith("▇")  # near the top of the shared scale
+    assert diagnostics.sparkline(steep, scale=scale).startswith("▁")
+    assert diagnostics.sparkline(gentle).startswith("▁")  # scaled alone, it would look the same as steep
+    result = run("diagnose", "--seq-len", "6", "--hidden", "4", "--batch", "2", "--cell", "rnn", "--cell", "gru")
+    assert "on one log scale for all rows: ▁ = " in result.stdout
+
+
+@pytest.mark.parametrize("scheme,label", [("pytorch", "init pytorch (each cell's own: PyTorch's for the built-ins)"),
+                                          ("orthogonal", "init orthogonal (on *hh* weights; other matrices "
+                                                         "xavier_uniform, vectors 0)")])
+def test_the_diagnose_header_says_what_init_did(scheme, label):
+    result = run("diagnose", "--seq-len", "4", "--hidden", "3", "--batch", "2", "--cell", "rnn", "--init", scheme)
+    assert label in result.stdout.splitlines()[0]
+
+
+def test_training_shows_a_click_progress_bar_when_stderr_is_a_terminal(monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    with cli._progress_bar(True, 4) as update:
+        for step in range(1, 5):
+            update(step, 4, 0.5, 1.0)
+    assert "training" in term.getvalue() and "4/4" in term.getvalue() and "loss 0.5000" in term.getvalue()
