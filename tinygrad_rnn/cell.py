@@ -3,7 +3,7 @@ import numpy as np
 
 from . import init as _init
 from . import ops
-from .errors import ConfigError, UserCodeError, wrap_user_code
+from .errors import ConfigError, UserCodeError, source_file, wrap_user_code
 from .nn import Module, Parameter
 
 
@@ -100,25 +100,26 @@ class Cell(Module):
 
 
 def _checked_state(cell, new, old, t):
-    """Enforce the contract on what ``step`` returned; errors name the cell and the step."""
-    from .errors import source_file
-    from .plugins import provider_of
+    """Enforce the contract on what ``step`` returned; errors name the cell, its plugin file
+    and the line of its ``step``, and the time step."""
+    def fail(problem):
+        from .plugins import provider_of
 
-    cls = type(cell)
-    line = getattr(getattr(cls.step, "__code__", None), "co_firstlineno", "?")
-    where = (f"cell {cell.name!r} (plugin {provider_of(cls)!r}, {source_file(cls) or cls.__module__}:{line}, "
-             f"in step) at time step {t}")
+        cls = type(cell)
+        line = getattr(getattr(cls.step, "__code__", None), "co_firstlineno", "?")
+        raise UserCodeError(f"cell {cell.name!r} (plugin {provider_of(cls)!r}, "
+                            f"{source_file(cls) or cls.__module__}:{line}, in step) at time step {t}: {problem}")
+
     if isinstance(new, ops.Tensor):
         new = (new,)
     if not isinstance(new, (tuple, list)) or len(new) != cell.num_states:
         got = len(new) if isinstance(new, (tuple, list)) else type(new).__name__
-        raise UserCodeError(f"{where}: step() must return a tuple of num_states={cell.num_states} "
-                            f"tensors, got {got}")
+        fail(f"step() must return a tuple of num_states={cell.num_states} tensors, got {got}")
     for i, (n, o) in enumerate(zip(new, old)):
         if not isinstance(n, ops.Tensor):
-            raise UserCodeError(f"{where}: state {i} is a {type(n).__name__}, not a Tensor")
+            fail(f"state {i} is a {type(n).__name__}, not a Tensor")
         if n.shape != o.shape:
-            raise UserCodeError(f"{where}: state {i} has shape {n.shape}, expected {o.shape}")
+            fail(f"state {i} has shape {n.shape}, expected {o.shape}")
     return tuple(new)
 
 
