@@ -184,22 +184,22 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
                 _state.pm.unregister(name=name)
                 _fail(info, str(e) if isinstance(e, PluginError) else f"{hook} raised {_brief(e)}", explicit)
                 return
-    if not any(staged.values()) and _registers_nothing(plugin, name):
+    useless = "" if any(staged.values()) else _registers_nothing(plugin)
+    if useless:
         _state.pm.unregister(name=name)
-        _fail(info, _registers_nothing(plugin, name), explicit)
+        _fail(info, useless, explicit)
         return
     for _, kind in HOOKS:
         getattr(_state, kind).update(staged[kind])
         getattr(info, kind).extend(sorted({e.cls.name for e in staged[kind].values()}))
 
 
-def _registers_nothing(plugin, name):
+def _registers_nothing(plugin):
     """Why a plugin that registered no cell or task is useless, or "" if it has other hooks."""
-    others = [i for i in _state.pm.get_hookcallers(plugin) or () if i.name not in dict(HOOKS)]
-    if others:
+    callers = _state.pm.get_hookcallers(plugin) or []
+    if any(c.name not in dict(HOOKS) for c in callers):
         return ""  # it implements some other hook: fine
-    undecorated = [h for h, _ in HOOKS if callable(getattr(plugin, h, None))
-                   and not _state.pm.get_hookcallers(plugin)]
+    undecorated = [h for h, _ in HOOKS if callable(getattr(plugin, h, None))] if not callers else []
     if undecorated:
         return f"registers nothing: {undecorated[0]} is not decorated with @tr.hookimpl"
     return "registers nothing (no register_cells or register_tasks hook, or they never call register)"
