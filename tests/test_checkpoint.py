@@ -145,3 +145,16 @@ def test_a_npy_series_header_claiming_1e11_elements_is_refused(tmp_path):
         tasks.load_series(str(path))
     result = CliRunner().invoke(cli.main, ["train", "--task", "series", "--data", str(path), "--steps", "1"])
     assert result.exit_code == 1 and "claims shape (100000000000,)" in result.stderr
+
+
+def test_resume_finds_a_moved_training_file_given_with_data(tmp_path):
+    data, path = _text_run(tmp_path, "abcabcabc ab " * 40)
+    moved = tmp_path / "moved.txt"
+    data.rename(moved)
+    summary = train(cell="gru", task="text", data=str(moved), seq_len=8, hidden=6, batch=4, steps=5, resume=path)
+    assert summary["start_step"] == 3 and summary["steps"] == 5
+    other = tmp_path / "other.txt"
+    other.write_text("abc " * 100)
+    moved.rename(data)  # back in place: a different --data is now a conflict
+    with pytest.raises(Exception, match="--data .*other.txt' conflicts with the resumed run's data"):
+        train(cell="gru", task="text", data=str(other), seq_len=8, hidden=6, batch=4, steps=5, resume=path)

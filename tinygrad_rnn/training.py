@@ -61,7 +61,8 @@ def _check_resume_conflicts(config, given, explicit, path):
 def _check_model_size(config, task):
     """Refuse, before allocating, a model or batch that cannot fit in memory."""
     itemsize = np.dtype(config.get("dtype", "float32")).itemsize
-    gates = getattr(get_cell(config["cell"]), "gates", 4)
+    cls = get_cell(config["cell"])
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cls.name, 4)  # a plugin cell: assume LSTM-sized
     need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
                               config.get("batch", 1), task.output_size, gates, itemsize)
     limits.check_fits(need, f"--hidden {config['hidden']} --layers {config['layers']} "
@@ -174,6 +175,8 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         resumed = checkpoint.validate_run(meta, arrays, resume)
         _check_resume_conflicts(resumed, config, explicit, resume)
         config = dict(resumed, device=device)  # the checkpoint's run, continued
+        if "data" in explicit and data:
+            config["data"] = data  # the same file, or where the run's file has moved to
     safeio.check_outputs([("--save", save), ("--log", log)], [("--data", config.get("data"))])
     safeio.check_outputs([("--log", log)], [("--resume", resume)])  # --save may replace --resume's file
     task_obj, model = build(config)
