@@ -153,3 +153,11 @@ def test_log_may_not_append_to_the_resumed_checkpoint_but_save_may_replace_it(tm
     checkpoint.load(path)  # still a checkpoint
     train(**dict(TINY, steps=3), resume=path, save=path)
     assert checkpoint.load(path)[0]["step"] == 3
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_the_log_is_one_line():
+    result = run("train", "--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "2", "--steps", "2",
+                 "--log", "/dev/full")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["Error: --log '/dev/full': cannot write (No space left on device)"]

@@ -245,7 +245,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                 progress(step, steps, loss_value, norm)
     finally:
         if log_file:
-            log_file.close()
+            _close_log(log_file)
     seconds = time.perf_counter() - t0
     done = len(losses)
     if save:
@@ -324,8 +324,18 @@ def _diagnose_record(model, task, x, y, step, clipped, device):
 
 
 def _write(f, record):
-    f.write(safeio.dumps(record) + "\n")
-    f.flush()
+    try:
+        f.write(safeio.dumps(record) + "\n")
+        f.flush()
+    except OSError as e:  # a full disk, say: the run's own error, not a bug
+        raise safeio.OutputError(f"--log {f.name!r}: cannot write ({e.strerror or e})") from None
+
+
+def _close_log(f):
+    try:
+        f.close()
+    except OSError as e:  # close() flushes what a failed write left in the buffer
+        raise safeio.OutputError(f"--log {f.name!r}: cannot write ({e.strerror or e})") from None
 
 
 def _save(path, model, opt, step, config, rng, carried, cursors):
