@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import ops
-from .errors import Error, NonFiniteError
+from .errors import DependencyError, Error, NonFiniteError
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -319,7 +319,7 @@ def plot(report, path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
+        raise DependencyError("plotting needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
     fig, ax = plt.subplots(figsize=(7, 4))
     for entry in report["cells"]:
         norms = np.asarray(entry["grad_norm_per_step"][0])

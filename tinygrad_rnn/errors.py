@@ -38,6 +38,10 @@ class DeviceError(Error, RuntimeError):
     """The requested device is not available."""
 
 
+class DependencyError(Error, RuntimeError):
+    """An optional dependency (matplotlib for plots, say) is not installed."""
+
+
 class UserCodeError(Error):
     """A plugin's code (a cell's ``step``, a task's methods) raised an exception.
 
