@@ -27,3 +27,36 @@ def test_readme_snippet_runs_as_printed(i, capsys):
         exec(compile(code, f"README.md python snippet {i}", "exec"), namespace)
     finally:
         plugins.reset()
+
+
+def _cli_commands():
+    """Every `tinygrad-rnn ...` command in the README's bash blocks (continuations joined)."""
+    import shlex
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part)
+                if words and words[0] == "tinygrad-rnn":
+                    commands.append(words[1:])
+    return commands
+
+
+def test_readme_cli_commands_parse(monkeypatch, clean_plugins):
+    from click.testing import CliRunner
+
+    import cli
+    from tinygrad_rnn import training
+    seen = []
+    stub = {"cell": "lstm", "task": "adding", "seq_len": 2, "hidden": 2, "steps": 1, "seconds": 1.0,
+            "steps_per_second": 1.0, "train_loss": 0.0, "eval_loss": 0.0, "baseline_loss": 0.0}
+    monkeypatch.setattr(training, "train", lambda **kw: seen.append(kw) or stub)
+    monkeypatch.setattr(training, "generate", lambda *a: seen.append(a) or "text")
+    commands = _cli_commands()
+    assert len(commands) >= 3
+    for args in commands:
+        if args[0] == "diagnose":
+            continue  # the main job: run for real by .ci/run
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 0, (args, result.output)
+    assert len(seen) == len([a for a in commands if a[0] != "diagnose"])
