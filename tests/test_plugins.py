@@ -337,3 +337,15 @@ def test_registrations_are_all_or_nothing_across_hooks(tmp_path, monkeypatch):
     assert warnings == ["plugin 'half': register_tasks raised RuntimeError: task setup failed (skipped)"]
     status = {p["name"]: p for p in plugins.list_plugins()}["half"]
     assert status["cells"] == [] and "task setup failed" in status["status"]
+
+
+def test_what_a_plugin_prints_while_loading_does_not_corrupt_json(tmp_path):
+    import json
+    chatty = _write(tmp_path, "chatty.py", 'print("hello from chatty")\n' + textwrap.dedent(GOOD.format(name="chatty")))
+    for env in ({"TINYGRAD_RNN_PLUGINS": chatty}, {}):
+        plugins.reset()
+        args = ["cells", "--json"] if env else ["--plugin", chatty, "cells", "--json"]
+        result = _cli(*args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "chatty" in {c["name"] for c in json.loads(result.stdout)}
+        assert "hello from chatty" in result.stderr

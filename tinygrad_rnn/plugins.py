@@ -4,6 +4,7 @@ Nothing is loaded when ``tinygrad_rnn`` is imported; the registry is built the
 first time a cell or task is looked up. A plugin that fails is reported by name
 and never takes the others down (an explicitly requested one raises).
 """
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -65,8 +66,14 @@ _state = _State()
 
 def _manager():
     if _state.pm is None:
-        _build()
+        with _plugin_output():
+            _build()
     return _state.pm
+
+
+def _plugin_output():
+    """What plugins print while they load goes to stderr: stdout may be carrying --json."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _new_pm():
@@ -243,7 +250,8 @@ def load_plugin(spec):
     if spec not in _state.explicit:
         _state.explicit.append(spec)
     if _state.pm is not None:
-        _load_spec(spec, "explicit", explicit=True)
+        with _plugin_output():
+            _load_spec(spec, "explicit", explicit=True)
 
 
 def register_plugin(plugin, name=None):
