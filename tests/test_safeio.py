@@ -161,3 +161,12 @@ def test_a_full_disk_under_the_log_is_one_line():
                  "--log", "/dev/full")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == ["Error: --log '/dev/full': cannot write (No space left on device)"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_saving_over_another_users_file_keeps_its_owner(tmp_path):
+    path = tmp_path / "run.npz"
+    train(**TINY, save=str(path))
+    os.chown(path, 12345, 23456)
+    train(**dict(TINY, steps=3), save=str(path))
+    assert (path.stat().st_uid, path.stat().st_gid) == (12345, 23456)

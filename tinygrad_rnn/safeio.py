@@ -140,6 +140,11 @@ def atomic_write(path, write, error=OutputError):
             f.flush()
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), mode)
+            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                try:  # keep the owner too, where we may (root saving over a user's file)
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                except PermissionError:
+                    pass
         os.replace(tmp, real)
     except BaseException as e:
         try:
