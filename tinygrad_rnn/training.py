@@ -115,6 +115,12 @@ def train(*args, **kwargs):
     diagnose_every, dtype. ``steps`` is the total: a resumed run continues from its
     checkpoint up to it. ``bptt=K`` (stream tasks: text, series) trains on consecutive
     K-step chunks, carrying each sequence's state across chunks (detached).
+
+    With ``resume``, a run setting passed explicitly (``hidden=32``) that differs from the
+    checkpoint's is a ``ConfigError``; ``explicit`` names the arguments to treat as chosen
+    (the CLI passes the options given on its command line; by default, those passed here).
+    ``progress`` is True (a line on stderr) or a callable ``progress(step, steps, loss,
+    grad_norm)``. Output paths are checked before any work (``tr.safeio.check_outputs``).
     """
     if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
         kwargs["explicit"] = set(kwargs)
