@@ -120,7 +120,7 @@ def train(*args, **kwargs):
     checkpoint's is a ``ConfigError``; ``explicit`` names the arguments to treat as chosen
     (the CLI passes the options given on its command line; by default, those passed here).
     ``progress`` is True (a line on stderr) or a callable ``progress(step, steps, loss,
-    grad_norm)``. Output paths are checked before any work (``tr.safeio.check_outputs``).
+    grad_norm)``. Output paths are checked before any work (``tinygrad_rnn.safeio.check_outputs``).
     """
     if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
         kwargs["explicit"] = set(kwargs)
