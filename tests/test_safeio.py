@@ -170,3 +170,12 @@ def test_saving_over_another_users_file_keeps_its_owner(tmp_path):
     os.chown(path, 12345, 23456)
     train(**dict(TINY, steps=3), save=str(path))
     assert (path.stat().st_uid, path.stat().st_gid) == (12345, 23456)
+
+
+def test_a_save_folder_without_room_for_the_checkpoint_is_refused_before_training(tmp_path, monkeypatch):
+    import collections
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(safeio.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    with pytest.raises(safeio.OutputError, match=r"--save '.*run.npz': the checkpoint needs about .* MB, "
+                                                 r"the folder has 0.0 MB free"):
+        train(**dict(TINY, steps=10 ** 9), save=str(tmp_path / "run.npz"))  # would take forever if it started

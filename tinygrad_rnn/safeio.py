@@ -12,6 +12,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import stat
 
 from .errors import ConfigError
@@ -85,6 +86,20 @@ def check_writable(path, option, replace=True):
                           f"({e.strerror})") from None
     os.close(probe)
     os.unlink(os.path.join(folder, f".{os.path.basename(real)}.{os.getpid()}.probe"))
+
+
+def check_space(path, nbytes, option):
+    """Refuse, before any work, a save whose folder has less free space than ``nbytes``."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.realpath(path)) or "."
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < nbytes:
+        raise OutputError(f"{option} {path!r}: the checkpoint needs about {nbytes / 2 ** 20:.1f} MB, "
+                          f"the folder has {free / 2 ** 20:.1f} MB free")
 
 
 def _default_mode():

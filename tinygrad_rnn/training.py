@@ -197,6 +197,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
                                                 weight_decay=config["weight_decay"], l1=config["l1"])
     rng = np.random.default_rng(config["seed"])
+    safeio.check_space(save, 3 * sum(p.numpy().nbytes for p in model.parameters()) + 2 ** 16, "--save")
     start, carried, cursors = 0, None, None
     if meta:
         start, cursors, carried = _restore(resume, meta, arrays, model, opt, rng, task_obj, config, device)
