@@ -159,3 +159,11 @@ def test_a_task_that_raises_in_diagnose_names_the_task(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         f"Error: task 'flaky' (plugin 'flaky', {path}:10, in batch) raised KeyError: 'missing' while diagnosing"]
+
+
+def test_sys_exit_in_a_cell_step_is_an_error_not_a_silent_exit(tmp_path):
+    path = _cell(tmp_path, "import sys\nsys.exit(0)\n")
+    result = run("--plugin", path, "train", "--cell", "faulty", "--task", "sum", "--seq-len", "3", "--steps", "1")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cell 'faulty' (plugin 'faulty', {path}:12, in step) raised SystemExit: 0 at time step 0"]

@@ -67,7 +67,7 @@ class Cell(Module):
         cell, its plugin file and line, and the time step ``t``."""
         try:
             new = self.step(x, state)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in a step must not end the run silently
             from .plugins import provider_of
 
             wrapped = wrap_user_code(e, "cell", self, provider_of(type(self)), f"at time step {t}")
