@@ -349,3 +349,18 @@ def test_what_a_plugin_prints_while_loading_does_not_corrupt_json(tmp_path):
         assert result.exit_code == 0, result.output
         assert "chatty" in {c["name"] for c in json.loads(result.stdout)}
         assert "hello from chatty" in result.stderr
+
+
+def test_a_plugin_file_named_like_an_installed_entry_point_is_loaded(tmp_path):
+    import importlib.metadata as md
+    if "mgu" not in {ep.name for ep in md.entry_points(group="tinygrad_rnn")}:
+        pytest.skip("example plugins not pip-installed")
+    mine = _write(tmp_path, "mgu.py", GOOD.format(name="mymgu"))  # plugin name "mgu", like the entry point
+    tr.load_plugin(mine)
+    cells = {c["name"]: c["plugin"] for c in tr.list_cells()}
+    assert cells["mgu"] == "mgu" and cells["mymgu"] == mine
+    plugins.reset()
+    clash = _write(tmp_path / ".." , "mgu_copy.py", GOOD.format(name="mgu"))
+    with pytest.raises(plugins.PluginError, match="cell name 'mgu' is registered by both 'mgu' and"):
+        tr.load_plugin(clash)
+        tr.list_cells()
