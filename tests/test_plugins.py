@@ -360,7 +360,7 @@ def test_a_plugin_file_named_like_an_installed_entry_point_is_loaded(tmp_path):
     cells = {c["name"]: c["plugin"] for c in tr.list_cells()}
     assert cells["mgu"] == "mgu" and cells["mymgu"] == mine
     plugins.reset()
-    clash = _write(tmp_path / ".." , "mgu_copy.py", GOOD.format(name="mgu"))
+    clash = _write(tmp_path, "mgu_copy.py", GOOD.format(name="mgu"))
     with pytest.raises(plugins.PluginError, match="cell name 'mgu' is registered by both 'mgu' and"):
         tr.load_plugin(clash)
         tr.list_cells()
