@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import ops
-from .errors import DependencyError, Error, NonFiniteError
+from .errors import DataError, DependencyError, Error, NonFiniteError
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -34,7 +34,7 @@ def _check_finite(x):
     data = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         pos = tuple(int(i) for i in np.argwhere(~np.isfinite(data))[0])
-        raise ValueError(f"the input holds a non-finite value ({data[pos]}) at position {pos}: "
+        raise DataError(f"the input holds a non-finite value ({data[pos]}) at position {pos}: "
                          "gradient norms of NaN data mean nothing")
 
 

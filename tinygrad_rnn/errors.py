@@ -30,6 +30,10 @@ class ResourceError(Error, ValueError):
     """The requested sizes cannot fit in memory (or in the file that claims them)."""
 
 
+class DataError(Error, ValueError):
+    """Input data cannot be used (it holds NaN, say); the message says where."""
+
+
 class NonFiniteError(Error, FloatingPointError):
     """A computation produced NaN or Inf where a number is needed; the message says where."""
 
