@@ -158,3 +158,13 @@ def test_resume_finds_a_moved_training_file_given_with_data(tmp_path):
     moved.rename(data)  # back in place: a different --data is now a conflict
     with pytest.raises(Exception, match="--data .*other.txt' conflicts with the resumed run's data"):
         train(cell="gru", task="text", data=str(other), seq_len=8, hidden=6, batch=4, steps=5, resume=path)
+
+
+@pytest.mark.parametrize("change", [lambda a: a.update({"extra/cursors": np.full(4, 10 ** 9)}),
+                                    lambda a: a.update({"extra/state0": np.zeros((3, 3), np.float32)}),
+                                    lambda a: a.pop("extra/state0")])
+def test_a_truncated_bptt_position_that_does_not_fit_is_refused(tmp_path, change):
+    data, path = _text_run(tmp_path, "abcdefgh " * 80, bptt=5)
+    _tamper(path, arrays_change=change)
+    with pytest.raises(checkpoint.CheckpointError, match="truncated-BPTT position does not fit this run"):
+        train(cell="gru", task="text", data=str(data), seq_len=8, hidden=6, batch=4, steps=5, bptt=5, resume=path)
