@@ -2,46 +2,96 @@
 
 Thin on purpose: parse options, call the library, print. User mistakes end in one
 line on stderr: exit 2 for usage errors, 1 for everything else, never a traceback.
+Any exception that is not a ``tr.Error`` is a bug: its traceback is shown with a
+request to report it. ``--traceback`` (or ``TINYGRAD_RNN_DEBUG=1``) shows every traceback.
 """
+import contextlib
 import json
 import math
+import os
 import sys
+import traceback
 
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, plugins, tasks
+from tinygrad_rnn import diagnostics, plugins, safeio
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
+from tinygrad_rnn.notices import compile_notice
 
 FAIL_ON_EXIT = 3
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
-               RuntimeError, plugins.PluginError, checkpoint.CheckpointError, tasks.TaskError)
+BUG_NOTE = ("This is a bug in tinygrad-rnn (or in a plugin it loaded), not a mistake of yours: "
+            "please report it with the command line and the traceback above.")
 
 
 class App(click.Group):
+    """Turns ``tr.Error`` into a one-line message; anything else is a bug, shown in full."""
+
     def invoke(self, ctx):
+        debug = ctx.params.get("show_traceback") or os.environ.get("TINYGRAD_RNN_DEBUG") == "1"
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except USER_ERRORS as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(str(msg).splitlines()[0] if msg else type(e).__name__) from None
+        except tr.Error as e:
+            if debug:
+                traceback.print_exc()
+                ctx.exit(1)
+            raise click.ClickException(_one_line(e)) from None
+        except MemoryError:
+            if debug:
+                traceback.print_exc()
+            raise click.ClickException("out of memory: use smaller sizes (--hidden, --batch, --seq-len)") from None
+        except Exception:
+            traceback.print_exc()
+            click.echo(BUG_NOTE, err=True)
+            ctx.exit(1)
+
+
+def _one_line(e):
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _emit(data, as_json, human):
+    """Print ``data`` as one valid JSON document (NaN and Infinity become null, and the
+    ``nonfinite`` key lists where), or through ``human``."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=_jsonable))
+        found = []
+        safe = safeio.json_safe(data, found=found)
+        if found and isinstance(safe, dict):
+            safe["nonfinite"] = found
+        click.echo(json.dumps(safe, indent=2, allow_nan=False))
     else:
         human(data)
 
 
-def _jsonable(v):
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    raise TypeError(f"cannot serialise {type(v).__name__}")
+def _complete(kind):
+    """Shell completion of registered cell or task names."""
+    def complete(ctx, param, incomplete):
+        try:
+            rows = tr.list_cells() if kind == "cell" else tr.list_tasks()
+        except Exception:  # completion must never print a traceback into the shell
+            return []
+        names = sorted({n for r in rows for n in [r["name"], *r["aliases"]]})
+        return [n for n in names if n.startswith(incomplete.lower())]
+    return complete
+
+
+class _ListsRegistry(click.Command):
+    """A command whose --help ends with the registered cells and tasks (plugins included)."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        try:
+            cells, task_rows = tr.list_cells(), tr.list_tasks()
+        except tr.Error:
+            return
+        for title, rows in (("Registered cells", cells), ("Registered tasks", task_rows)):
+            with formatter.section(title):
+                formatter.write_dl([(r["name"], r["doc"]) for r in rows])
 
 
 def _known(kind):
@@ -88,7 +138,9 @@ def _device(ctx, param, value):
 @click.version_option(tr.__version__, prog_name="tinygrad-rnn")
 @click.option("--plugin", "plugin_specs", multiple=True, metavar="PATH_OR_MODULE",
               help="Load a cell/task plugin (a module name or a .py file). Repeatable.")
-def main(plugin_specs):
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Show the full traceback of any error (also: TINYGRAD_RNN_DEBUG=1).")
+def main(plugin_specs, show_traceback):
     """A small lab for recurrent networks: cells, training and gradient diagnostics.
 
     Start with `tinygrad-rnn diagnose`: rnn, lstm and gru on the adding task.
@@ -104,6 +156,7 @@ def main(plugin_specs):
 def cells(as_json):
     """List the registered cells and the plugin that provided each."""
     def human(rows):
+        click.echo(f"{'CELL':16} {'PLUGIN':28} DESCRIPTION")
         for r in rows:
             alias = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
             compiled = "compiled" if r["compiles"] else "step"
@@ -121,6 +174,7 @@ def cells(as_json):
 def plugins_cmd(as_json):
     """List the loaded plugins, their distribution and status."""
     def human(rows):
+        click.echo(f"{'PLUGIN':28} {'SOURCE':12} {'DISTRIBUTION':24} {'STATUS':8} PROVIDES")
         for r in rows:
             provided = ", ".join(r["cells"] + r["tasks"]) or "-"
             click.echo(f"{r['name']:28} {r['source']:12} {r['distribution'] or '-':24} {r['status']:8} {provided}")
@@ -150,39 +204,55 @@ def compile_cmd(cell, input_size, hidden, dtype, source_only):
 
 
 @main.command()
-@click.option("--cell", required=True, callback=_known("cell"), help="Registered cell name.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--hidden", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--cell", required=True, callback=_known("cell"), shell_complete=_complete("cell"),
+              help="Registered cell name.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Time steps the gradients are checked through.")
+@click.option("--hidden", type=click.IntRange(min=1), default=4, show_default=True, help="Hidden size.")
 @cell_option
 def gradcheck(cell, seq_len, hidden, cell_option_pairs):
     """Check a cell against the plugin contract with float64 finite differences."""
-    report = tr.testing.check_cell(cell, hidden_size=hidden, seq_len=seq_len,
-                                   **_cell_options(cell, cell_option_pairs))
+    with compile_notice():
+        report = tr.testing.check_cell(cell, hidden_size=hidden, seq_len=seq_len,
+                                       **_cell_options(cell, cell_option_pairs))
     click.echo(str(report))
     sys.exit(0 if report.ok else 1)
 
 
-@main.command()
-@click.option("--cell", "cell_names", multiple=True, callback=_known("cell"),
+INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each cell's own init "
+             "(PyTorch's for the built-ins; a plugin cell's self.param(init=...)); any other scheme "
+             "goes to the recurrent (*hh*) weights, other matrices get xavier_uniform (or the scheme), "
+             "vectors zeros.")
+
+
+@main.command(cls=_ListsRegistry)
+@click.option("--cell", "cell_names", multiple=True, callback=_known("cell"), shell_complete=_complete("cell"),
               help="Cell to diagnose (repeatable). Default: rnn, lstm and gru.")
-@click.option("--task", default="adding", show_default=True, callback=_known("task"))
-@click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True)
-@click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch", show_default=True)
+@click.option("--task", default="adding", show_default=True, callback=_known("task"),
+              shell_complete=_complete("task"), help="Task whose loss the gradients are taken of.")
+@click.option("--data", type=click.Path(dir_okay=False), help="Data file for the text and series tasks.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Sequence length T.")
+@click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
+              show_default=True, help=INIT_HELP)
 @click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also diagnose after this many Adam steps (lr 1e-3, clip-norm 1).")
-@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device)
+@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size.")
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Stacked layers.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Sequences in the measured batch.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed for initialisation and data (an integer >= 0).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
+              help="Where the model runs (per-sample measures always run on the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a PNG of ||dL/dh_t|| against t (needs matplotlib).")
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
 @click.option("--bidirectional", is_flag=True, help="Bidirectional layers: norms for each direction.")
 @cell_option
-def diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed, device,
+def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers, batch, seed, device,
              as_json, plot_path, fail_on, bidirectional, cell_option_pairs):
     """Gradient norm per time step for each cell, with a verdict."""
     fail_set = {v.strip() for v in fail_on.split(",") if v.strip()}
@@ -194,10 +264,12 @@ def diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batc
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
+        safeio.check_outputs([("--plot", plot_path)], [("--data", data)])
     cell_names = cell_names or ("rnn", "lstm", "gru")
-    report = diagnostics.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
-                                  device=device, bidirectional=bidirectional,
-                                  cell_options=_cell_options(cell_names, cell_option_pairs))
+    with compile_notice():
+        report = diagnostics.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
+                                      device=device, data=data, bidirectional=bidirectional,
+                                      cell_options=_cell_options(cell_names, cell_option_pairs))
     if plot_path:
         diagnostics.plot(report, plot_path)
     _emit(report, as_json, _print_diagnosis)
@@ -211,9 +283,17 @@ def _fmt(v, spec=".3g"):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _init_label(scheme):
+    """What --init did, in the words of its help: the default keeps each cell's own init."""
+    if scheme == "pytorch":
+        return "pytorch (each cell's own: PyTorch's for the built-ins)"
+    matrices = "xavier_uniform" if scheme in ("identity", "orthogonal") else scheme
+    return f"{scheme} (on *hh* weights; other matrices {matrices}, vectors 0)"
+
+
 def _print_diagnosis(report):
     click.echo(f"task {report['task']}, T={report['seq_len']}, hidden {report['hidden']}, "
-               f"init {report['init']}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
+               f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
     stages = [("init", lambda c: c)] + ([(f"step {report['steps']}", lambda c: c["after_training"])]
                                         if report["steps"] else [])
     click.echo(f"{'cell':14} {'when':10} {'verdict':10} {'rate/step':>9} {'horizon':>8} "
@@ -230,13 +310,18 @@ def _print_diagnosis(report):
                 r = d["reverse"]
                 click.echo(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
                            f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
-    click.echo("\n||dL/dh_t|| on a log scale, t = 0 (left) .. T (right):")
+    rows = [get(c)[key][0] for c in report["cells"] for _, get in stages
+            for key in ("grad_norm_per_step", "grad_norm_per_step_reverse") if key in get(c)]
+    scale = diagnostics.sparkline_scale(rows)
+    legend = f": ▁ = {10 ** scale[0]:.1e} .. █ = {10 ** scale[1]:.1e}" if scale else ""
+    click.echo(f"\n||dL/dh_t|| on one log scale for all rows{legend}, t = 0 (left) .. T (right):")
     for c in report["cells"]:
         for label, get in stages:
-            click.echo(f"{c['cell']:>8} {label:>9} {diagnostics.sparkline(get(c)['grad_norm_per_step'][0])}")
+            click.echo(f"{c['cell']:>8} {label:>9} "
+                       f"{diagnostics.sparkline(get(c)['grad_norm_per_step'][0], scale=scale)}")
             if "grad_norm_per_step_reverse" in get(c):
                 click.echo(f"{'reverse':>8} {label:>9} "
-                           f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0])}")
+                           f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0], scale=scale)}")
     if report.get("bidirectional"):
         click.echo("reverse: the reverse direction; its verdict, rate and horizon follow its own order, "
                    "from t = T (its first step) down to 0")
@@ -245,34 +330,46 @@ def _print_diagnosis(report):
                f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")
 
 
-@main.command()
-@click.option("--cell", default="lstm", show_default=True, callback=_known("cell"))
-@click.option("--task", default="adding", show_default=True, callback=_known("task"))
+@main.command(cls=_ListsRegistry)
+@click.option("--cell", default="lstm", show_default=True, callback=_known("cell"), shell_complete=_complete("cell"),
+              help="Registered cell name (see below).")
+@click.option("--task", default="adding", show_default=True, callback=_known("task"),
+              shell_complete=_complete("task"), help="Registered task name (see below).")
 @click.option("--data", type=click.Path(), help="Data file for the text and series tasks.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True)
-@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Sequence length T of each training example.")
+@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size.")
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Stacked layers.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Sequences per step.")
 @click.option("--steps", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Total steps; a resumed run continues up to it.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "rmsprop"]), default="adam", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, max=1e6), default=1e-3, show_default=True)
-@click.option("--clip-norm", type=click.FloatRange(min=0, max=1e12), default=None)
-@click.option("--clip-value", type=click.FloatRange(min=0, max=1e12), default=None)
-@click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch", show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0, max=1e6), default=0.0)
-@click.option("--l1", type=click.FloatRange(min=0, max=1e6), default=0.0)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "rmsprop"]), default="adam", show_default=True,
+              help="Optimiser.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1e-3, show_default=True,
+              help="Learning rate (> 0).")
+@click.option("--clip-norm", type=click.FloatRange(min=0, max=1e12), default=None,
+              help="Scale gradients down to this global L2 norm.")
+@click.option("--clip-value", type=click.FloatRange(min=0, max=1e12), default=None,
+              help="Clamp every gradient element into [-X, X].")
+@click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
+              show_default=True, help=INIT_HELP)
+@click.option("--weight-decay", type=click.FloatRange(min=0, max=1e6), default=0.0, help="L2 penalty.")
+@click.option("--l1", type=click.FloatRange(min=0, max=1e6), default=0.0, help="L1 penalty.")
 @click.option("--bptt", type=click.IntRange(min=1), default=None, help="Truncated BPTT chunk length (text, series).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed for initialisation and batches (an integer >= 0).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
+              help="Where the model trains.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Write a checkpoint here at the end.")
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="Continue this checkpoint's run (its model, task and settings) up to --steps.")
 @click.option("--log", type=click.Path(dir_okay=False), help="Append JSON Lines records here.")
-@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Steps between --log records.")
 @click.option("--diagnose-every", type=click.IntRange(min=1), default=None,
               help="Also log per-step and per-parameter gradient norms every N steps.")
-@click.option("--on-nonfinite", type=click.Choice(["error", "skip"]), default="error", show_default=True)
+@click.option("--on-nonfinite", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="On a NaN/Inf loss or gradient: stop naming the step, or skip the update.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @cell_option
 @click.option("--bidirectional", is_flag=True, help="Bidirectional layers (not for next-step tasks).")
@@ -280,7 +377,8 @@ def _print_diagnosis(report):
               help="Dropout on the input of every layer but the first (training only).")
 @click.option("--embed", type=click.IntRange(min=1), default=None, metavar="DIM",
               help="Learn a DIM-wide embedding of the input tokens instead of one-hot (text).")
-@click.option("--lr-schedule", type=click.Choice(list(tr.optim.SCHEDULES)), default="constant", show_default=True)
+@click.option("--lr-schedule", type=click.Choice(list(tr.optim.SCHEDULES)), default="constant", show_default=True,
+              help="Learning-rate schedule (PyTorch's StepLR, CosineAnnealingLR, ReduceLROnPlateau).")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, metavar="N",
               help="Ramp the learning rate up linearly over the first N steps.")
 @click.option("--lr-step-size", type=click.IntRange(min=1), default=None, metavar="N",
@@ -295,34 +393,71 @@ def _print_diagnosis(report):
               help="Stop when the eval loss has not improved for K evaluations; keep the best model.")
 @click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="Also write the --save checkpoint every N steps.")
-def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar on stderr. Default: when stderr is a terminal.")
+@click.pass_context
+def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
           init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every, diagnose_every,
           on_nonfinite, as_json, cell_option_pairs, bidirectional, dropout, embed, lr_schedule, warmup,
-          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every):
+          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, progress):
     """Train a cell on a sequence task."""
-    summary = training.train(
-        cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers, batch=batch,
-        steps=steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
-        init_scheme=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed, device=device,
-        save=save, resume=resume, log=log, log_every=log_every, on_nonfinite=on_nonfinite,
-        progress=not as_json and sys.stderr.isatty(), diagnose_every=diagnose_every,
-        cell_options=_cell_options(cell, cell_option_pairs), bidirectional=bidirectional, dropout=dropout,
-        embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
-        lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
+    show = sys.stderr.isatty() if progress is None else progress
+    with _progress_bar(show, steps) as on_step, compile_notice():
+        summary = training.train(
+            cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers, batch=batch,
+            steps=steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
+            init_scheme=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed, device=device,
+            save=save, resume=resume, log=log, log_every=log_every, on_nonfinite=on_nonfinite,
+            progress=on_step, diagnose_every=diagnose_every, explicit=_explicit(ctx),
+            cell_options=_cell_options(cell, cell_option_pairs), bidirectional=bidirectional, dropout=dropout,
+            embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
+            lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
 
     def human(s):
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
                    f"{s['steps']} steps in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
-        click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {s['eval_loss']:.4f}  "
+        click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {_fmt(s['eval_loss'], '.4f')}  "
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))
         if s.get("stopped_early"):
             click.echo(f"stopped early at step {s['stopped_at']}: no better eval loss since step {s['best_step']}")
         if s.get("best_step") is not None:
             click.echo(f"best eval loss {s['best_eval_loss']:.4f} at step {s['best_step']}")
+        if s.get("skipped_steps"):
+            click.echo(f"skipped {s['skipped_steps']} step(s) with a non-finite loss or gradient (--on-nonfinite skip)")
         if save:
             click.echo(f"checkpoint written to {save}")
     _emit(summary, as_json, human)
+
+
+def _explicit(ctx):
+    """The options given on the command line or in the environment (not defaults)."""
+    from click.core import ParameterSource
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+@contextlib.contextmanager
+def _progress_bar(show, total):
+    """A ``progress(step, steps, loss, grad_norm)`` callback for training, or None.
+
+    On a terminal: click's progress bar. Asked for (--progress) on something else: a
+    plain line about every 5 % of the run, which reads well in a log file."""
+    if not show or total == 0:
+        yield None
+    elif sys.stderr.isatty():
+        with click.progressbar(length=total, label="training", file=sys.stderr, show_pos=True,
+                               item_show_func=lambda s: s) as bar:
+            def update(step, steps, loss, norm, note=""):
+                bar.update(step - bar.pos, f"loss {loss:.4f}  |g| {norm:.3g}{note}")
+            yield update
+    else:
+        every = max(1, total // 20)
+
+        def update(step, steps, loss, norm, note=""):
+            if step % every == 0 or step == steps:
+                click.echo(f"step {step}/{steps}  loss {loss:.4f}  |g| {norm:.3g}{note}", err=True)
+        yield update
 
 
 @main.command()
@@ -330,10 +465,12 @@ def train(cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr
 @click.option("--prime", default="", help="Text to start from.")
 @click.option("--length", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def generate(path, prime, length, temperature, seed):
     """Sample text from a character-model checkpoint."""
-    click.echo(training.generate(path, prime, length, temperature, seed))
+    with compile_notice():
+        text = training.generate(path, prime, length, temperature, seed)
+    click.echo(text)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def test_step_returning_wrong_states_names_cell_plugin_and_step(tmp_path, ret, m
         register(Wrong)
     """
     tr.load_plugin(_write(tmp_path, "wrongcell.py", src))
-    with pytest.raises((TypeError, ValueError), match=f"cell 'wrong' \\(plugin 'wrongcell'\\) at time step 0.*{match}"):
+    with pytest.raises(tr.errors.UserCodeError, match=f"cell 'wrong' \\(plugin 'wrongcell', .*wrongcell.py:8, in step\\) at time step 0.*{match}"):
         tr.nn.RNN("wrong", 2, 3)(np.ones((3, 2, 2), np.float32))
 
 
@@ -249,3 +249,118 @@ def test_the_same_file_twice_is_one_plugin(tmp_path):
     tr.load_plugin(path)
     tr.load_plugin(os.path.join(str(tmp_path), ".", "twin.py"))  # another spelling of the same file
     assert tr.get_cell("twin").name == "twin"
+
+
+# ---- hardening (issue 9, item 4) ------------------------------------------------
+def _cli(*args, env=None):
+    from click.testing import CliRunner
+
+    import cli
+    return CliRunner().invoke(cli.main, list(args), env=env)
+
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit(0)\n", "raise SystemExit(3)\n",
+                                  "raise RuntimeError('boom')\n"])
+def test_an_auto_loaded_plugin_that_raises_anything_at_import_is_skipped(tmp_path, monkeypatch, body):
+    path = _write(tmp_path, "quitter.py", body)
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", path)
+    warnings = []
+    monkeypatch.setattr(plugins._state, "warn", warnings.append)
+    assert "lstm" in {c["name"] for c in tr.list_cells()}  # the CLI still works
+    assert len(warnings) == 1 and "plugin 'quitter': failed to import" in warnings[0]
+    plugins.reset()
+    result = _cli("cells", env={"TINYGRAD_RNN_PLUGINS": path})
+    assert result.exit_code == 0 and "lstm" in result.stdout and len(warnings) == 2
+
+
+def test_an_explicit_plugin_that_calls_sys_exit_is_an_error(tmp_path):
+    path = _write(tmp_path, "quitter.py", "import sys\nsys.exit(0)\n")
+    result = _cli("--plugin", path, "cells")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: plugin 'quitter': failed to import {path!r}: SystemExit: 0"]
+
+
+def test_a_plugin_that_registers_nothing_is_reported(tmp_path, monkeypatch):
+    forgot = _write(tmp_path, "forgot.py", GOOD.format(name="forgot").replace("    @tr.hookimpl\n", ""))
+    with pytest.raises(plugins.PluginError, match="forgot.*register_cells is not decorated with @tr.hookimpl"):
+        tr.load_plugin(forgot)
+        tr.list_cells()
+    plugins.reset()
+    empty = _write(tmp_path, "empty.py", "X = 1\n")
+    warnings = []
+    monkeypatch.setattr(plugins._state, "warn", warnings.append)
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", empty)
+    tr.list_cells()
+    assert warnings == ["plugin 'empty': registers nothing (no register_cells or register_tasks hook, "
+                        "or they never call register) (skipped)"]
+
+
+def test_an_explicit_file_is_not_shadowed_by_an_installed_plugin_of_the_same_name(tmp_path, monkeypatch):
+    # An "installed" plugin named "shadow" (here: from TINYGRAD_RNN_PLUGINS) and a different
+    # file shadow.py given explicitly: both load, and their clash is an error naming both.
+    installed = tmp_path / "site"
+    installed.mkdir()
+    first = _write(installed, "shadow.py", GOOD.format(name="shadowcell"))
+    second = _write(tmp_path, "shadow.py", GOOD.format(name="othercell"))
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", first)
+    tr.load_plugin(second)
+    names = {c["name"]: c["plugin"] for c in tr.list_cells()}
+    assert names["shadowcell"] == "shadow" and names["othercell"] == second
+    plugins.reset()
+    clash = _write(tmp_path / "site", "clash.py", GOOD.format(name="othercell"))
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", clash)
+    with pytest.raises(plugins.PluginError, match="'othercell' is registered by both 'clash' and"):
+        tr.load_plugin(second)
+        tr.list_cells()
+
+
+def test_no_plugins_keeps_explicit_plugins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_RNN_NO_PLUGINS", "1")
+    tr.load_plugin(_write(tmp_path, "kept.py", GOOD.format(name="kept")))
+    names = {c["name"] for c in tr.list_cells()}
+    assert "kept" in names and "mgu" not in names
+    result = _cli("--plugin", str(tmp_path / "kept.py"), "cells", "--json", env={"TINYGRAD_RNN_NO_PLUGINS": "1"})
+    assert result.exit_code == 0 and "kept" in result.stdout
+
+
+def test_registrations_are_all_or_nothing_across_hooks(tmp_path, monkeypatch):
+    src = GOOD.format(name="halfcell") + """
+    @tr.hookimpl
+    def register_tasks(register):
+        raise RuntimeError("task setup failed")
+"""
+    warnings = []
+    monkeypatch.setattr(plugins._state, "warn", warnings.append)
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", _write(tmp_path, "half.py", src))
+    assert "halfcell" not in {c["name"] for c in tr.list_cells()}
+    assert warnings == ["plugin 'half': register_tasks raised RuntimeError: task setup failed (skipped)"]
+    status = {p["name"]: p for p in plugins.list_plugins()}["half"]
+    assert status["cells"] == [] and "task setup failed" in status["status"]
+
+
+def test_what_a_plugin_prints_while_loading_does_not_corrupt_json(tmp_path):
+    import json
+    chatty = _write(tmp_path, "chatty.py", 'print("hello from chatty")\n' + textwrap.dedent(GOOD.format(name="chatty")))
+    for env in ({"TINYGRAD_RNN_PLUGINS": chatty}, {}):
+        plugins.reset()
+        args = ["cells", "--json"] if env else ["--plugin", chatty, "cells", "--json"]
+        result = _cli(*args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "chatty" in {c["name"] for c in json.loads(result.stdout)}
+        assert "hello from chatty" in result.stderr
+
+
+def test_a_plugin_file_named_like_an_installed_entry_point_is_loaded(tmp_path):
+    import importlib.metadata as md
+    if "mgu" not in {ep.name for ep in md.entry_points(group="tinygrad_rnn")}:
+        pytest.skip("example plugins not pip-installed")
+    mine = _write(tmp_path, "mgu.py", GOOD.format(name="mymgu"))  # plugin name "mgu", like the entry point
+    tr.load_plugin(mine)
+    cells = {c["name"]: c["plugin"] for c in tr.list_cells()}
+    assert cells["mgu"] == "mgu" and cells["mymgu"] == mine
+    plugins.reset()
+    clash = _write(tmp_path, "mgu_copy.py", GOOD.format(name="mgu"))
+    with pytest.raises(plugins.PluginError, match="cell name 'mgu' is registered by both 'mgu' and"):
+        tr.load_plugin(clash)
+        tr.list_cells()

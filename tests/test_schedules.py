@@ -182,7 +182,7 @@ def test_bidirectional_and_embedding_train_and_resume(tmp_path):
     kw = dict(task="text", seq_len=16, hidden=16, embed=8, cell="lstm")
     straight = _run(steps=8, **kw)
     _run(steps=4, save=str(tmp_path / "e.npz"), **kw)
-    resumed = _run(steps=8, resume=str(tmp_path / "e.npz"))
+    resumed = _run(steps=8, resume=str(tmp_path / "e.npz"), **kw)
     assert resumed["eval_loss"] == straight["eval_loss"]
     text = tr.training.generate(str(tmp_path / "e.npz"), prime="Shall ", length=10, seed=1)
     assert text.startswith("Shall ") and len(text) == 16

@@ -1,5 +1,7 @@
 """tinygrad_rnn: a small, fast, hackable lab for recurrent neural networks."""
 from . import _blas  # noqa: F401  (first: it may choose NumPy's BLAS kernels, before NumPy loads)
+from . import errors
+from .errors import Error
 from .tape import no_grad
 from .tensor import Tensor
 from .ops import cat, stack, where, embedding, cross_entropy, mse, split, defop
@@ -14,7 +16,7 @@ from .training import train
 
 __version__ = "0.1.0"
 
-__all__ = ["Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
+__all__ = ["Error", "errors", "Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
            "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell", "fused_sequence",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
            "diagnostics", "init", "optim", "tasks", "training", "train", "compiler", "CompileError",

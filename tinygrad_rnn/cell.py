@@ -3,6 +3,7 @@ import numpy as np
 
 from . import init as _init
 from . import ops
+from .errors import ConfigError, UserCodeError, source_file, wrap_user_code
 from .nn import Module, Parameter
 
 
@@ -22,9 +23,9 @@ class Cell(Module):
         super().__init__()
         for label, v in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{type(self).__name__}: {label} must be a positive integer, got {v!r}")
+                raise ConfigError(f"{type(self).__name__}: {label} must be a positive integer, got {v!r}")
         if options:
-            raise TypeError(f"cell {self.name!r} takes no options {sorted(options)}")
+            raise ConfigError(f"cell {self.name!r} takes no options {sorted(options)}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
 
     def param(self, shape, init="uniform"):
@@ -60,6 +61,21 @@ class Cell(Module):
         """One time step: ``x`` (B, input), ``state`` a tuple -> the new state tuple."""
         raise NotImplementedError
 
+    def checked_step(self, x, state, t):
+        """``step`` with its result checked against the contract; an exception raised in a
+        plugin cell's ``step`` becomes a one-line ``tr.errors.UserCodeError`` naming the
+        cell, its plugin file and line, and the time step ``t``."""
+        try:
+            new = self.step(x, state)
+        except (Exception, SystemExit) as e:  # sys.exit() in a step must not end the run silently
+            from .plugins import provider_of
+
+            wrapped = wrap_user_code(e, "cell", self, provider_of(type(self)), f"at time step {t}")
+            if wrapped is None:
+                raise
+            raise wrapped from e
+        return _checked_state(self, new, state, t)
+
     def forward_sequence(self, x, state, mask=None, probe=None):
         """Run over a whole sequence ``x`` (T, B, I); return (out (T, B, H), final state).
 
@@ -71,8 +87,7 @@ class Cell(Module):
         outs = []
         T = x.shape[0]
         for t in range(T):
-            new = self.step(x[t], state)
-            new = _checked_state(self, new, state, t)
+            new = self.checked_step(x[t], state, t)
             if probe is not None:  # a state passed through unchanged is still a new state at t
                 new = tuple(n + 0 if any(n is s for s in state) else n for n in new)
             computed = None
@@ -90,21 +105,26 @@ class Cell(Module):
 
 
 def _checked_state(cell, new, old, t):
-    """Enforce the contract on what ``step`` returned; errors name the cell and the step."""
-    from .plugins import provider_of
+    """Enforce the contract on what ``step`` returned; errors name the cell, its plugin file
+    and the line of its ``step``, and the time step."""
+    def fail(problem):
+        from .plugins import provider_of
 
-    where = f"cell {cell.name!r} (plugin {provider_of(type(cell))!r}) at time step {t}"
+        cls = type(cell)
+        line = getattr(getattr(cls.step, "__code__", None), "co_firstlineno", "?")
+        raise UserCodeError(f"cell {cell.name!r} (plugin {provider_of(cls)!r}, "
+                            f"{source_file(cls) or cls.__module__}:{line}, in step) at time step {t}: {problem}")
+
     if isinstance(new, ops.Tensor):
         new = (new,)
     if not isinstance(new, (tuple, list)) or len(new) != cell.num_states:
         got = len(new) if isinstance(new, (tuple, list)) else type(new).__name__
-        raise TypeError(f"{where}: step() must return a tuple of num_states={cell.num_states} "
-                        f"tensors, got {got}")
+        fail(f"step() must return a tuple of num_states={cell.num_states} tensors, got {got}")
     for i, (n, o) in enumerate(zip(new, old)):
         if not isinstance(n, ops.Tensor):
-            raise TypeError(f"{where}: state {i} is a {type(n).__name__}, not a Tensor")
+            fail(f"state {i} is a {type(n).__name__}, not a Tensor")
         if n.shape != o.shape:
-            raise ValueError(f"{where}: state {i} has shape {n.shape}, expected {o.shape}")
+            fail(f"state {i} has shape {n.shape}, expected {o.shape}")
     return tuple(new)
 
 

@@ -3,6 +3,7 @@ against the cell's constructor, so every command that builds a cell reads them a
 import inspect
 import math
 
+from .errors import ConfigError
 from .plugins import get_cell
 
 _SIZES = ("self", "input_size", "hidden_size")
@@ -24,16 +25,16 @@ def parse_cell_options(cell, pairs):
         key, sep, raw = str(pair).partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--cell-option {pair!r}: expected KEY=VALUE, e.g. nonlinearity=relu")
+            raise ConfigError(f"--cell-option {pair!r}: expected KEY=VALUE, e.g. nonlinearity=relu")
         if key in options:
-            raise ValueError(f"--cell-option {key!r} is given twice")
+            raise ConfigError(f"--cell-option {key!r} is given twice")
         if key in accepted:
             options[key] = _typed(cls, key, raw, accepted[key])
         elif open_ended:
             options[key] = _typed(cls, key, raw, None)
         else:
             known = ", ".join(f"{k}={_show(p.default)}" for k, p in accepted.items()) or "none"
-            raise ValueError(f"cell {cls.name!r} has no option {key!r} (its options: {known})")
+            raise ConfigError(f"cell {cls.name!r} has no option {key!r} (its options: {known})")
     check_cell_options(cls, options)
     return options
 
@@ -47,7 +48,7 @@ def check_cell_options(cell, options):
     try:
         cls(1, 1, **options)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"cell {cls.name!r}: bad --cell-option: {e}") from None
+        raise ConfigError(f"cell {cls.name!r}: bad --cell-option: {e}") from None
     return options
 
 
@@ -76,7 +77,7 @@ def _typed(cls, key, raw, param):
     try:
         return _convert(kind, text if kind is not str else raw)
     except ValueError:
-        raise ValueError(f"--cell-option {key}={raw}: cell {cls.name!r} expects {_WHAT[kind]} "
+        raise ConfigError(f"--cell-option {key}={raw}: cell {cls.name!r} expects {_WHAT[kind]} "
                          f"for {key!r}") from None
 
 
@@ -84,11 +85,11 @@ def _convert(kind, text):
     if kind is bool:
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
-        raise ValueError(text)
+        raise ConfigError(text)
     if kind is float:
         value = float(text)
         if not math.isfinite(value):
-            raise ValueError(text)
+            raise ConfigError(text)
         return value
     return kind(text)
 

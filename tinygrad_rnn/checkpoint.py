@@ -3,19 +3,25 @@
 Saved atomically (a temporary file in the same folder, then ``os.replace``), so an
 interrupted save never destroys the previous checkpoint. Read with
 ``allow_pickle=False``: a file carrying pickled objects is refused, not executed.
+Every member's shape is checked against the bytes it holds before it is read, and
+``validate_run`` checks a training checkpoint's header and optimiser state field by field.
 """
 import json
+import math
+import numbers
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from . import limits, optim, safeio
+from .errors import Error, ResourceError
 
 FORMAT = "tinygrad-rnn-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """The file is missing, corrupt, pickle-bearing or not a tinygrad_rnn checkpoint."""
 
 
@@ -24,20 +30,11 @@ def save(path, meta, arrays):
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     header = json.dumps({"format": FORMAT, "version": VERSION, **meta})
     payload["__meta__"] = np.frombuffer(header.encode("utf-8"), np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"cannot save checkpoint: folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        safeio.check_writable(path, "checkpoint")
+    except safeio.OutputError as e:
+        raise CheckpointError(f"cannot save: {e}") from None
+    safeio.atomic_write(path, lambda f: np.savez(f, **payload), error=CheckpointError)
 
 
 def load(path):
@@ -46,6 +43,7 @@ def load(path):
         raise CheckpointError(f"no such checkpoint file {path!r}")
     if not zipfile.is_zipfile(path):  # else NumPy guesses "pickled data" for any junk
         raise CheckpointError(f"{path!r} is corrupt or not a checkpoint (not an .npz archive)")
+    _check_members(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
@@ -72,3 +70,93 @@ def load(path):
         raise CheckpointError(f"{path!r} has checkpoint version {meta.get('version')}, "
                               f"this tinygrad_rnn reads version {VERSION}")
     return meta, arrays
+
+
+def _check_members(path):
+    """Refuse members whose header claims more data than they hold (before allocating)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+            total = sum(i.file_size for i in infos)
+            limits.check_fits(total, f"checkpoint {path!r}")
+            for info in infos:
+                with zf.open(info) as member:
+                    limits.check_npy(member, info.file_size, f"checkpoint {path!r} member {info.filename[:-4]!r}")
+    except ResourceError as e:
+        raise CheckpointError(str(e)) from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"{path!r} is corrupt or not a checkpoint ({type(e).__name__}: {e})") from None
+
+
+# ---- training checkpoints: every field checked by type and range -----------------------
+def _int(v, lo=None):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+
+def _num(v, lo=None, open_lo=False):
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (lo is None or (v > lo if open_lo else v >= lo))
+
+
+RUN_FIELDS = {  # config key -> (check, what it must be)
+    "cell": (lambda v: isinstance(v, str) and v != "", "a cell name"),
+    "task": (lambda v: isinstance(v, str) and v != "", "a task name"),
+    "seq_len": (lambda v: _int(v, 2), "an integer >= 2"),
+    "hidden": (lambda v: _int(v, 1), "an integer >= 1"),
+    "layers": (lambda v: _int(v, 1), "an integer >= 1"),
+    "batch": (lambda v: _int(v, 1), "an integer >= 1"),
+    "optimizer": (lambda v: v in optim.OPTIMIZERS, f"one of {', '.join(optim.OPTIMIZERS)}"),
+    "lr": (lambda v: _num(v, 0, open_lo=True), "a finite number > 0"),
+    "clip_norm": (lambda v: v is None or _num(v, 0), "null or a finite number >= 0"),
+    "clip_value": (lambda v: v is None or _num(v, 0), "null or a finite number >= 0"),
+    "weight_decay": (lambda v: _num(v, 0), "a finite number >= 0"),
+    "l1": (lambda v: _num(v, 0), "a finite number >= 0"),
+    "bptt": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
+    "seed": (lambda v: _int(v, 0), "an integer >= 0"),
+    "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
+    "init": (lambda v: isinstance(v, str), "an init scheme name"),
+    "data": (lambda v: v is None or isinstance(v, str), "null or a file path"),
+    "cell_options": (lambda v: isinstance(v, dict), "an object"),
+    "vocab": (lambda v: v is None or (isinstance(v, str) and len(set(v)) == len(v) >= 2),
+              "null or a string of distinct characters"),
+    "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
+    "dropout": (lambda v: _num(v, 0) and v < 1, "a number in [0, 1)"),
+    "embed": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
+    "lr_schedule": (lambda v: v in optim.SCHEDULES, f"one of {', '.join(optim.SCHEDULES)}"),
+    "warmup": (lambda v: _int(v, 0), "an integer >= 0"),
+    "lr_step_size": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
+    "lr_gamma": (lambda v: _num(v, 0, open_lo=True) and v <= 1, "a number in (0, 1]"),
+    "lr_patience": (lambda v: _int(v, 0), "an integer >= 0"),
+    "eval_every": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
+    "patience": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
+}
+REQUIRED = ("cell", "task", "seq_len", "hidden", "layers", "batch", "optimizer", "lr", "seed")
+
+
+def validate_run(meta, arrays, path):
+    """Check a training checkpoint's header (step, RNG states, run config) and its
+    optimiser entries' names; raise CheckpointError naming the first bad field."""
+    missing = [k for k in ("config", "step", "rng", "init_rng") if k not in meta]
+    if missing or not isinstance(meta["config"], dict):
+        raise CheckpointError(f"{path!r} is incomplete: no {', '.join(missing) or 'config'}")
+    if not _int(meta["step"], 0):
+        raise CheckpointError(f"{path!r}: header field 'step' must be an integer >= 0, got {meta['step']!r}")
+    for key in ("rng", "init_rng"):
+        if not isinstance(meta[key], dict) or "bit_generator" not in meta[key]:
+            raise CheckpointError(f"{path!r}: header field {key!r} is not a random generator state")
+    config = meta["config"]
+    absent = [k for k in REQUIRED if k not in config]
+    if absent:
+        raise CheckpointError(f"{path!r} has an unusable config: missing {', '.join(map(repr, absent))}")
+    for key, (check, what) in RUN_FIELDS.items():
+        if key in config and not check(config[key]):
+            raise CheckpointError(f"{path!r}: config field {key!r} must be {what}, got {config[key]!r}")
+    for key in ("optim/steps", "optim/lr"):
+        if key not in arrays or arrays[key].shape != ():
+            raise CheckpointError(f"{path!r}: optimizer state has no scalar {key[6:]!r}")
+    steps, lr = arrays["optim/steps"].item(), arrays["optim/lr"].item()
+    if not _int(steps, 0):
+        raise CheckpointError(f"{path!r}: optimizer state 'steps' must be an integer >= 0, got {steps!r}")
+    if not _num(lr, 0, open_lo=True):
+        raise CheckpointError(f"{path!r}: optimizer state 'lr' must be a finite number > 0, got {lr!r}")
+    return config

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from . import ops
+from .errors import DataError, DependencyError, Error, NonFiniteError
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -33,7 +34,7 @@ def _check_finite(x):
     data = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         pos = tuple(int(i) for i in np.argwhere(~np.isfinite(data))[0])
-        raise ValueError(f"the input holds a non-finite value ({data[pos]}) at position {pos}: "
+        raise DataError(f"the input holds a non-finite value ({data[pos]}) at position {pos}: "
                          "gradient norms of NaN data mean nothing")
 
 
@@ -114,6 +115,16 @@ def _layer_inputs(rnn, x, state):
     return seen
 
 
+def _check_output(rnn, out):
+    """Gradient norms of a NaN output mean nothing: say where the cell first went non-finite."""
+    data = out.numpy()
+    if not np.isfinite(data).all():
+        t = int(np.argwhere(~np.isfinite(data))[0][0])
+        raise NonFiniteError(f"cell {rnn.cell_class.name!r} produces a non-finite output "
+                             f"({data[t][~np.isfinite(data[t])][0]}) at time step {t}: its gradients cannot "
+                             "be measured (check its step, --init and --hidden)")
+
+
 def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
     """Spectral norm of the step Jacobian d s_t / d s_{t-1} along one sequence's trajectory.
 
@@ -132,14 +143,16 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
     for t in range(xs.shape[0]):
         x_t = Tensor(np.repeat(xs.numpy()[t, sample:sample + 1], D, axis=0))
         inputs = tuple(Tensor(np.repeat(s.numpy(), D, axis=0), requires_grad=True) for s in states)
-        out = cell.step(x_t, inputs)
-        out = (out,) if isinstance(out, Tensor) else tuple(out)
+        out = cell.checked_step(x_t, inputs, t)
         total = sum((o * Tensor(eye[:, i * H:(i + 1) * H])).sum() for i, o in enumerate(out))
         params = cell.parameters()
         saved = _saved_grads(params)
         total.backward()
         _restore_grads(params, saved)
         J = np.concatenate([s.grad.numpy() for s in inputs], axis=1)  # row k: d out_k / d state
+        if not np.isfinite(J).all():
+            raise NonFiniteError(f"cell {rnn.cell_class.name!r}: the step Jacobian at time step {t} (layer {layer}) "
+                                 "is not finite (the cell produces NaN or Inf there)")
         norms[t] = np.linalg.norm(J.astype(np.float64), 2)
         states = tuple(Tensor(o.numpy()[:1]) for o in out)
     return norms
@@ -181,16 +194,30 @@ def gate_saturation(rnn, x, state=None):
     return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / max(n_tanh, 1)}
 
 
-def sparkline(values, width=50):
-    """A log-scale terminal sparkline (one character per bucket of steps)."""
+def sparkline_scale(rows):
+    """(lo, hi) of log10 over the positive finite values of all ``rows``: one shared scale,
+    so that a row falling by 1e-2 and one falling by 1e-20 look different. None if empty."""
+    values = np.concatenate([np.asarray(r, np.float64).ravel() for r in rows]) if rows else np.zeros(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    if not len(values):
+        return None
+    return float(np.log10(values.min())), float(np.log10(values.max()))
+
+
+def sparkline(values, width=50, scale=None):
+    """A log-scale terminal sparkline (one character per bucket of steps).
+
+    ``scale=(lo, hi)`` in log10 units (``sparkline_scale``) shares one scale across
+    rows; without it the row is scaled alone, from its own minimum to its maximum.
+    """
     bars = "▁▂▃▄▅▆▇█"
     v = np.asarray(values, np.float64)
     if len(v) > width:
         v = np.array([chunk.mean() for chunk in np.array_split(v, width)])
-    logs = np.log10(np.where(v > 0, v, np.nan))
+    logs = np.log10(np.where((v > 0) & np.isfinite(v), v, np.nan))
     if np.all(np.isnan(logs)):
         return " " * len(v)
-    lo, hi = np.nanmin(logs), np.nanmax(logs)
+    lo, hi = scale if scale is not None else (np.nanmin(logs), np.nanmax(logs))
     span = hi - lo if hi > lo else 1.0
     return "".join(" " if np.isnan(l) else bars[int(round((l - lo) / span * 7))] for l in logs)
 
@@ -204,6 +231,7 @@ def diagnose_cell(model, task, x, y):
     saved = _saved_grads(params)
     try:
         out, _ = rnn(x, probe=True)
+        _check_output(rnn, out)
         loss_fn(out).backward()
         norms = rnn.step_grad_norms(0)
         c_norms = rnn.step_grad_norms(1) if rnn.num_states > 1 else None
@@ -240,9 +268,7 @@ def _flow_measures(norms):
             "ratio_first_last": float(norms[0] / norms[-1]) if norms[-1] > 0 else None}
 
 
-def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
-             steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu",
-             bidirectional=False, cell_options=None):
+def diagnose(*args, **kwargs):
     """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
 
     Measured in float64, so that norms far below float32's range are still exact.
@@ -251,6 +277,20 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
     and ``reverse`` (the reverse direction's verdict and measures, read from t = T-1 down
     to 0, its processing order). ``cell_options`` go to every cell's constructor.
     """
+    try:
+        return _diagnose(*args, **kwargs)
+    except Exception as e:
+        if not isinstance(e, Error):
+            from .plugins import get_task, raise_if_user_code
+            raise_if_user_code(e, "task", get_task(kwargs.get("task", args[1] if len(args) > 1 else "adding")),
+                               "while diagnosing")
+        raise
+
+
+def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
+              steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None,
+              bidirectional=False, cell_options=None):
+    """``diagnose`` itself; the wrapper names plugin code that raises."""
     from .training import build, train
 
     cell_options = cell_options or {}
@@ -258,14 +298,14 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
               "steps": steps, "seed": seed, "batch": batch, "bidirectional": bool(bidirectional),
               "cell_options": cell_options, "thresholds": THRESHOLDS, "cells": []}
     for cell in cells:
-        config = dict(cell=cell, task=task, seq_len=seq_len, data=None, hidden=hidden, layers=layers,
-                      init=init_scheme, seed=seed, dtype="float64", device=device, bidirectional=bidirectional,
-                      cell_options=cell_options)
+        config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
+                      batch=batch, init=init_scheme, seed=seed, dtype="float64", device=device,
+                      bidirectional=bidirectional, cell_options=cell_options)
         task_obj, model = build(config)
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnose_cell(model, task_obj, Tensor(x, device=device), y)}
         if steps:
-            summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, hidden=hidden, layers=layers,
+            summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                                       batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
                                       init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
                                       return_model=True, bidirectional=bidirectional, cell_options=cell_options)
@@ -289,7 +329,7 @@ def plot(report, path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
+        raise DependencyError("plotting needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
     fig, ax = plt.subplots(figsize=(7, 4))
     for entry in report["cells"]:
         norms = np.asarray(entry["grad_norm_per_step"][0])

@@ -281,6 +281,8 @@ def reshape(a, *shape):
 def transpose(a, *axes):
     axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
     axes = axes or tuple(reversed(range(a.ndim)))
+    if any(not -a.ndim <= ax < a.ndim for ax in axes):  # as NumPy: -1 is the last axis, 2 on 2-D is an error
+        raise ValueError(f"transpose: axes {axes} out of range for shape {a.shape} ({a.ndim} axes)")
     if sorted(ax % a.ndim for ax in axes) != list(range(a.ndim)):
         raise ValueError(f"transpose: axes {axes} are not a permutation for shape {a.shape}")
     return apply(OPS["transpose"], a, axes=tuple(ax % a.ndim for ax in axes))

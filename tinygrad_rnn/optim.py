@@ -1,14 +1,21 @@
 """Optimisers and gradient clipping, updating parameters in place outside the tape."""
 import math
+import numbers
 
 import numpy as np
 
 from . import backend
+from .errors import ConfigError
+
+
+def _is_number(v):
+    """A real number, NumPy scalars included (``np.float32(1.0)``), but not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _check_lr(lr):
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"learning rate must be a finite number >= 0, got {lr!r}")
+    if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
+        raise ConfigError(f"learning rate must be a finite number >= 0, got {lr!r}")
 
 
 class Optimizer:
@@ -24,8 +31,8 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         _check_lr(lr)
         for name, v in (("weight_decay", weight_decay), ("l1", l1)):
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v!r}")
+            if not _is_number(v) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         self.lr, self.weight_decay, self.l1 = lr, weight_decay, l1
         self.state = [dict() for _ in self.params]
         self.steps = 0
@@ -56,19 +63,39 @@ class Optimizer:
                 out[f"{i}.{k}"] = v if isinstance(v, np.ndarray) else backend.of(v).to_numpy(v)
         return out
 
+    STATE_KEYS = ()  # per-parameter state entries this optimiser keeps
+
     def load_state_dict(self, state):
-        self.steps = int(state["steps"])
-        self.lr = float(state["lr"])
-        self.state = [dict() for _ in self.params]
+        """Restore ``state_dict()`` output; every entry is checked against the parameters
+        (name, index, shape, finiteness) before anything changes."""
+        name = type(self).__name__
+        for key in ("steps", "lr"):
+            if key not in state or np.shape(state[key]) != ():
+                raise ConfigError(f"{name} state has no scalar {key!r}")
+        steps, lr = np.asarray(state["steps"]).item(), np.asarray(state["lr"]).item()
+        if not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ConfigError(f"{name} state 'steps' must be an integer >= 0, got {steps!r}")
+        if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"{name} state 'lr' must be a finite number > 0, got {lr!r}")
+        staged = [dict() for _ in self.params]
         for key, v in state.items():
-            if "." in key:
-                i, k = key.split(".", 1)
-                if int(i) >= len(self.params):
-                    raise ValueError(f"optimizer state has entry {key!r} for a parameter that does not exist")
-                self.state[int(i)][k] = backend.of(self.params[int(i)].data).asarray(np.array(v))
+            if key in ("steps", "lr"):
+                continue
+            i, _, k = key.partition(".")
+            if not i.isdigit() or int(i) >= len(self.params) or k not in self.STATE_KEYS:
+                raise ConfigError(f"{name} state has an unexpected entry {key!r} (expected <index>."
+                                  f"{'|'.join(self.STATE_KEYS) or '(none)'} for {len(self.params)} parameters)")
+            p, v = self.params[int(i)], np.asarray(v)
+            if v.shape != p.shape or v.dtype.kind != "f" or not np.isfinite(v).all():
+                raise ConfigError(f"{name} state {key!r} must be a finite float array of shape {p.shape} "
+                                  f"(parameter {i}), got {v.dtype} {v.shape}")
+            staged[int(i)][k] = backend.of(p.data).asarray(v.astype(p.dtype))
+        self.steps, self.lr, self.state = int(steps), float(lr), staged
 
 
 class SGD(Optimizer):
+    STATE_KEYS = ("momentum",)
+
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, **kw):
         super().__init__(params, lr, **kw)
         if momentum < 0:
@@ -85,6 +112,8 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    STATE_KEYS = ("m", "v")
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, **kw):
         super().__init__(params, lr, **kw)
         self.betas, self.eps = betas, eps
@@ -99,6 +128,8 @@ class Adam(Optimizer):
 
 
 class RMSprop(Optimizer):
+    STATE_KEYS = ("square_avg",)
+
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, **kw):
         super().__init__(params, lr, **kw)
         self.alpha, self.eps = alpha, eps
@@ -127,8 +158,8 @@ def clip_grad_norm(params, max_norm, error_if_nonfinite=False):
     Unlike PyTorch, a negative or NaN ``max_norm`` is rejected: PyTorch silently
     reverses the gradients there.
     """
-    if not isinstance(max_norm, (int, float)) or not max_norm >= 0 or math.isinf(max_norm) and max_norm < 0:
-        raise ValueError(f"clip_grad_norm: max_norm must be a number >= 0, got {max_norm!r}")
+    if not _is_number(max_norm) or not max_norm >= 0:
+        raise ConfigError(f"clip_grad_norm: max_norm must be a number >= 0, got {max_norm!r}")
     params = [p for p in params if p.grad is not None]
     norm = grad_norm(params)
     if not math.isfinite(norm):
@@ -144,11 +175,12 @@ def clip_grad_norm(params, max_norm, error_if_nonfinite=False):
 
 def clip_grad_value(params, clip_value):
     """Clamp every gradient element into [-clip_value, clip_value]."""
-    if not isinstance(clip_value, (int, float)) or not clip_value >= 0:
-        raise ValueError(f"clip_grad_value: clip_value must be a number >= 0, got {clip_value!r}")
+    if not _is_number(clip_value) or not clip_value >= 0:
+        raise ConfigError(f"clip_grad_value: clip_value must be a number >= 0, got {clip_value!r}")
     for p in params:
         if p.grad is not None:
-            p.grad.data = backend.of(p.grad.data).clip(p.grad.data, -clip_value, clip_value)
+            p.grad.data = backend.of(p.grad.data).clip(p.grad.data, -float(clip_value), float(clip_value))
+
 
 
 # ---- learning-rate schedules ---------------------------------------------------------------

@@ -4,6 +4,7 @@ Nothing is loaded when ``tinygrad_rnn`` is imported; the registry is built the
 first time a cell or task is looked up. A plugin that fails is reported by name
 and never takes the others down (an explicitly requested one raises).
 """
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
+from .errors import Error, UnknownNameError, wrap_user_code
 
 BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
             "tinygrad_rnn.tasks")
@@ -23,8 +25,13 @@ ENTRY_POINT_GROUP = "tinygrad_rnn"
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
-class PluginError(Exception):
+class PluginError(Error):
     """A plugin could not be loaded or broke the contract; the message names it."""
+
+
+# What a plugin's import or hook may raise and still be skipped (or reported): anything
+# but KeyboardInterrupt. SystemExit too: a plugin calling sys.exit() must not end the CLI.
+PLUGIN_FAILURES = (Exception, SystemExit)
 
 
 @dataclass
@@ -59,8 +66,14 @@ _state = _State()
 
 def _manager():
     if _state.pm is None:
-        _build()
+        with _plugin_output():
+            _build()
     return _state.pm
+
+
+def _plugin_output():
+    """What plugins print while they load goes to stderr: stdout may be carrying --json."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _new_pm():
@@ -73,8 +86,14 @@ def _build():
     _state.pm, _state.plugins, _state.cells, _state.tasks = _new_pm(), {}, {}, {}
     for modname in BUILTINS:
         _add(importlib.import_module(modname), modname, "builtin", "tinygrad-rnn", explicit=True)
-    if os.environ.get("TINYGRAD_RNN_NO_PLUGINS") == "1":
-        return
+    if os.environ.get("TINYGRAD_RNN_NO_PLUGINS") != "1":
+        _load_installed()
+    for spec in _state.explicit:  # asked for by name: loaded even with TINYGRAD_RNN_NO_PLUGINS=1
+        _load_spec(spec, "explicit", explicit=True)
+
+
+def _load_installed():
+    """Entry points, then ``TINYGRAD_RNN_PLUGINS``: each skipped with a warning if it fails."""
     seen = set()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if (ep.name, ep.value) in seen:  # the same dist on sys.path twice lists it twice
@@ -83,14 +102,12 @@ def _build():
         dist = getattr(ep.dist, "name", "") if ep.dist else ""
         try:
             module = ep.load()
-        except Exception as e:  # a broken third-party plugin must not take the CLI down
+        except PLUGIN_FAILURES as e:  # a broken third-party plugin must not take the CLI down
             _fail(PluginInfo(ep.name, "entry point", dist), f"failed to import {ep.value!r}: {_brief(e)}", False)
             continue
-        _add(module, ep.name, "entry point", dist, explicit=False)
+        _add(module, ep.name, "entry point", dist, explicit=False, alt_name=f"{ep.name} ({dist or ep.value})")
     for spec in filter(None, os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)):
         _load_spec(spec, "env", explicit=False)
-    for spec in _state.explicit:
-        _load_spec(spec, "explicit", explicit=True)
 
 
 def _brief(e):
@@ -128,10 +145,10 @@ def _load_spec(spec, source, explicit):
     name = os.path.splitext(os.path.basename(spec))[0] if spec.endswith(".py") else spec
     try:
         module = _import_spec(spec)
-    except Exception as e:
+    except PLUGIN_FAILURES as e:
         _fail(PluginInfo(name, source), f"failed to import {spec!r}: {_brief(e)}", explicit)
         return
-    _add(module, name, source, "", explicit)
+    _add(module, name, source, "", explicit, alt_name=spec)
 
 
 def _same_file_loaded(plugin):
@@ -143,36 +160,56 @@ def _same_file_loaded(plugin):
                for p in _state.pm.get_plugins() if p is not plugin)
 
 
-def _add(plugin, name, source, distribution, explicit):
-    """Register one plugin with pluggy and run its hooks with a register callback."""
-    info = PluginInfo(name, source, distribution)
-    if name in _state.plugins and _state.plugins[name].status == "ok":
-        return  # already loaded (an entry point also listed in the env, say)
+HOOKS = (("register_cells", "cells"), ("register_tasks", "tasks"))
+
+
+def _add(plugin, name, source, distribution, explicit, alt_name=None):
+    """Register one plugin with pluggy and run its hooks with a register callback.
+
+    All of a plugin's registrations (cells and tasks) take effect, or none of them.
+    A plugin whose name is taken by a different plugin (a ``--plugin mgu.py`` next to an
+    installed ``mgu``) is loaded under ``alt_name``, never silently dropped.
+    """
     if _state.pm.is_registered(plugin) or _same_file_loaded(plugin):
-        return  # the same source file, installed and also named with --plugin: one plugin
+        return  # the same module or source file, installed and also named with --plugin: one plugin
+    if name in _state.plugins or _state.pm.has_plugin(name):
+        name = alt_name if alt_name and alt_name not in _state.plugins else f"{name}#{len(_state.plugins)}"
+    info = PluginInfo(name, source, distribution)
     try:
         _state.pm.register(plugin, name=name)
-    except Exception as e:
+    except PLUGIN_FAILURES as e:
         _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
         return
     _state.plugins[name] = info
-    for hook, table, kind in (("register_cells", _state.cells, "cells"),
-                              ("register_tasks", _state.tasks, "tasks")):
-        impls = [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]
-        for impl in impls:
-            staged = {}
+    staged = {kind: {} for _, kind in HOOKS}
+    for hook, kind in HOOKS:
+        table = getattr(_state, kind)
+        for impl in [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]:
             try:
-                impl.function(register=_registrar(staged, table, name, kind))
-            except PluginError as e:
+                impl.function(register=_registrar(staged[kind], table, name, kind))
+            except PLUGIN_FAILURES as e:
                 _state.pm.unregister(name=name)
-                _fail(info, str(e), explicit)
+                _fail(info, str(e) if isinstance(e, PluginError) else f"{hook} raised {_brief(e)}", explicit)
                 return
-            except Exception as e:
-                _state.pm.unregister(name=name)
-                _fail(info, f"{hook} raised {_brief(e)}", explicit)
-                return
-            table.update(staged)  # all of a plugin's registrations, or none
-            getattr(info, kind).extend(sorted({e.cls.name for e in staged.values()}))
+    useless = "" if any(staged.values()) else _registers_nothing(plugin)
+    if useless:
+        _state.pm.unregister(name=name)
+        _fail(info, useless, explicit)
+        return
+    for _, kind in HOOKS:
+        getattr(_state, kind).update(staged[kind])
+        getattr(info, kind).extend(sorted({e.cls.name for e in staged[kind].values()}))
+
+
+def _registers_nothing(plugin):
+    """Why a plugin that registered no cell or task is useless, or "" if it has other hooks."""
+    callers = _state.pm.get_hookcallers(plugin) or []
+    if any(c.name not in dict(HOOKS) for c in callers):
+        return ""  # it implements some other hook: fine
+    undecorated = [h for h, _ in HOOKS if callable(getattr(plugin, h, None))] if not callers else []
+    if undecorated:
+        return f"registers nothing: {undecorated[0]} is not decorated with @tr.hookimpl"
+    return "registers nothing (no register_cells or register_tasks hook, or they never call register)"
 
 
 def _registrar(staged, table, plugin, kind):
@@ -213,7 +250,8 @@ def load_plugin(spec):
     if spec not in _state.explicit:
         _state.explicit.append(spec)
     if _state.pm is not None:
-        _load_spec(spec, "explicit", explicit=True)
+        with _plugin_output():
+            _load_spec(spec, "explicit", explicit=True)
 
 
 def register_plugin(plugin, name=None):
@@ -247,7 +285,7 @@ def _lookup(table_name, name, kind):
     key = name.lower() if isinstance(name, str) else name
     if key not in table:
         known = ", ".join(sorted({e.cls.name for e in table.values()}))
-        raise KeyError(f"unknown {kind} {name!r}; registered: {known}")
+        raise UnknownNameError(f"unknown {kind} {name!r}; registered: {known}")
     return table[key].cls
 
 
@@ -285,6 +323,14 @@ def list_tasks():
 def list_plugins():
     _manager()
     return [vars(p).copy() for p in _state.plugins.values()]
+
+
+def raise_if_user_code(exc, kind, cls, where, require_frame=True):
+    """Raise ``exc`` as a one-line ``UserCodeError`` if it came out of plugin class ``cls``'s
+    own code (its file is in the traceback); return otherwise (the caller re-raises)."""
+    wrapped = wrap_user_code(exc, kind, cls, provider_of(cls), where, require_frame=require_frame)
+    if wrapped is not None:
+        raise wrapped from exc
 
 
 def provider_of(cls):

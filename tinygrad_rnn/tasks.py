@@ -9,14 +9,15 @@ import os
 
 import numpy as np
 
-from . import ops
+from . import limits, ops
+from .errors import Error
 from .hookspecs import hookimpl
 
 EVAL_SEED = 20131  # eval sets are fixed: the same for every run and every cell
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
 
-class TaskError(ValueError):
+class TaskError(Error, ValueError):
     """The task cannot be built from the given options or data."""
 
 
@@ -113,7 +114,7 @@ class Copy(Task):
         seq[T + n - 1] = 9
         target = np.zeros((length, batch_size), np.int64)
         target[-n:] = seq[:n]
-        return np.eye(10, dtype=np.float32)[seq], target
+        return one_hot(seq, 10), target
 
     def baseline(self):
         return self.symbols * np.log(8) / (self.seq_len + 2 * self.symbols)
@@ -180,15 +181,44 @@ class _Stream(Task):
         return self._make(self.eval[idx])
 
 
+def one_hot(tokens, n, dtype=np.float32):
+    """One-hot rows for integer ``tokens`` (any shape) by indexing: memory is tokens x n,
+    never n x n (a 22,000-character alphabet would need 2 GB for np.eye)."""
+    tokens = np.asarray(tokens)
+    out = np.zeros(tokens.shape + (n,), dtype)
+    np.put_along_axis(out, tokens[..., None], 1, axis=-1)
+    return out
+
+
 class Text(_Stream):
-    """Character-level language model over a UTF-8 file (default: a shipped corpus)."""
+    """Character-level language model over a UTF-8 file (default: a shipped corpus).
+
+    ``vocab`` (a string of distinct characters; checkpoints store it) fixes the character
+    mapping: a file holding characters outside it is refused, never silently remapped.
+    """
 
     name = "text"
     classification = True
     tokens = True
     uses_data = True
 
-    def __init__(self, seq_len=100, data=None, **options):
+    @classmethod
+    def from_vocab(cls, vocab, seq_len=100):
+        """A text task with this vocabulary and no data (enough to sample from a model)."""
+        task = cls.__new__(cls)
+        Task.__init__(task, seq_len)
+        task._set_vocab(list(vocab))
+        return task
+
+    def _set_vocab(self, vocab):
+        self.vocab = vocab
+        self.index = {c: i for i, c in enumerate(vocab)}
+        self.input_size = self.output_size = len(vocab)
+
+    def one_hot(self, tokens):
+        return one_hot(tokens, self.input_size)
+
+    def __init__(self, seq_len=100, data=None, vocab=None, **options):
         super().__init__(seq_len, data, **options)
         path = data or os.path.join(DATA_DIR, "tiny_corpus.txt")
         try:
@@ -202,9 +232,12 @@ class Text(_Stream):
             raise TaskError(f"task 'text': cannot read {path!r}: {e.strerror}") from None
         if len(set(text)) < 2:
             raise TaskError(f"task 'text': {path!r} needs at least two distinct characters")
-        self.vocab = sorted(set(text))
-        self.index = {c: i for i, c in enumerate(self.vocab)}
-        self.input_size = self.output_size = len(self.vocab)
+        if vocab is not None:
+            new = sorted(set(text) - set(vocab))
+            if new:
+                raise TaskError(f"task 'text': {path!r} has {len(new)} character(s) the model's vocabulary lacks "
+                                f"({''.join(new[:10])!r}): the file changed since the checkpoint was made")
+        self._set_vocab(list(vocab) if vocab is not None else sorted(set(text)))
         self._split(np.array([self.index[c] for c in text], np.int64))
 
     def _make(self, tokens):
@@ -214,7 +247,7 @@ class Text(_Stream):
         """What the model reads for ``tokens``: their indices with ``token_input``, else one-hot."""
         if self.token_input:
             return np.asarray(tokens, np.int64)
-        return np.eye(self.input_size, dtype=np.float32)[tokens]
+        return self.one_hot(tokens)
 
     def batch(self, rng, batch_size):
         return self._make(self._windows(rng, self.train, batch_size))
@@ -268,6 +301,8 @@ def load_series(path):
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
+            with open(path, "rb") as f:  # a header claiming 10^11 elements is refused before allocating
+                limits.check_npy(f, os.path.getsize(path), f"series file {path!r}")
             values = np.load(path, allow_pickle=False)
         elif ext == ".csv":
             with open(path, newline="", encoding="utf-8") as f:
@@ -280,7 +315,7 @@ def load_series(path):
     except FileNotFoundError:
         raise TaskError(f"no such file {path!r}") from None
     except ValueError as e:
-        if isinstance(e, TaskError):
+        if isinstance(e, Error):  # TaskError, or ResourceError from the header check
             raise
         raise TaskError(f"cannot read {path!r} as numbers: {e}") from None
     except OSError as e:

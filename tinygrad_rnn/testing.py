@@ -85,6 +85,8 @@ class CellReport:
     def __bool__(self):
         return self.ok
 
+    __repr__ = __str__  # a report typed at the Python prompt shows itself
+
 
 def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, seed=0, **cell_options):
     """Check a cell against the plugin contract, for plugin authors.

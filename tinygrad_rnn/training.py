@@ -1,15 +1,17 @@
 """The training loop behind ``tinygrad-rnn train``, usable from Python as ``tr.train``."""
-import json
 import math
+import numbers
+import os
 import sys
 import time
 
 import numpy as np
 
-from . import checkpoint, diagnostics, init, optim
+from . import checkpoint, diagnostics, init, limits, optim, safeio
 from .cell_options import check_cell_options
+from .errors import ConfigError, Error
 from .model import SequenceModel
-from .plugins import get_cell, get_task
+from .plugins import get_cell, get_task, raise_if_user_code
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -17,19 +19,55 @@ INIT_SCHEMES = ("pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform",
                 "orthogonal", "identity")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(Error, RuntimeError):
     """Training cannot go on (a non-finite loss or gradient, say); the message says where."""
 
 
 def _positive(name, v, allow_zero=False):
     ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
     if not ok:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
 
 
-def _nonneg(name, v):
-    if v is not None and (not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+def _nonneg(name, v, positive=False):
+    if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not v >= 0 or math.isinf(v)
+                          or (positive and v == 0)):
+        raise ConfigError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {v!r}")
+
+
+# train() argument -> the run-config key it sets: what --resume refuses to change silently
+RUN_ARGS = {"cell": "cell", "task": "task", "seq_len": "seq_len", "data": "data", "hidden": "hidden",
+            "layers": "layers", "batch": "batch", "optimizer": "optimizer", "lr": "lr",
+            "clip_norm": "clip_norm", "clip_value": "clip_value", "init_scheme": "init",
+            "weight_decay": "weight_decay", "l1": "l1", "bptt": "bptt", "seed": "seed", "dtype": "dtype",
+            "cell_options": "cell_options"}
+
+
+def _check_resume_conflicts(config, given, explicit, path):
+    """An explicit option that differs from the resumed run's setting is an error naming it."""
+    for arg in explicit:
+        key = RUN_ARGS.get(arg)
+        if key is None or given.get(key) == config.get(key):
+            continue
+        mine, theirs = given.get(key), config.get(key)
+        if key == "data" and mine and theirs and (safeio.same_file(mine, theirs) or not os.path.exists(theirs)):
+            continue  # the same file, or the run's file has moved: its vocabulary still guards the mapping
+        if key == "cell_options" and not mine and not theirs:
+            continue
+        option = "--" + arg.replace("init_scheme", "init").replace("_", "-")
+        raise ConfigError(f"{option} {mine!r} conflicts with the resumed run's {key} {theirs!r} in {path!r}; "
+                          f"drop {option} to continue that run, or start a new one without --resume")
+
+
+def _check_model_size(config, task):
+    """Refuse, before allocating, a model or batch that cannot fit in memory."""
+    itemsize = np.dtype(config.get("dtype", "float32")).itemsize
+    cls = get_cell(config["cell"])
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cls.name, 4)  # a plugin cell: assume LSTM-sized
+    need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
+                              config.get("batch", 1), task.output_size, gates, itemsize)
+    limits.check_fits(need, f"--hidden {config['hidden']} --layers {config['layers']} "
+                            f"--seq-len {config['seq_len']} --batch {config.get('batch', 1)}")
 
 
 # Options added after the first checkpoints: their defaults are what older runs did.
@@ -40,24 +78,40 @@ SCHEDULE_DEFAULTS = dict(lr_schedule="constant", warmup=0, lr_step_size=None, lr
 
 def build(config):
     """Task and model from a config dict (what checkpoints store)."""
-    task = get_task(config["task"])(seq_len=config["seq_len"], data=config.get("data"))
-    get_cell(config["cell"])
+    task_cls = get_task(config["task"])
+    options = {"vocab": config["vocab"]} if config.get("vocab") else {}
+    try:
+        task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **options)
+    except Exception as e:
+        _raise_from_task_code(e, task_cls, "while building the task")
+        raise
+    return task, build_model(config, task)
+
+
+def build_model(config, task):
+    """The model of a config dict for ``task`` (sizes checked before anything is allocated)."""
+    cell_cls = get_cell(config["cell"])
     opts = {k: config.get(k, v) for k, v in MODEL_DEFAULTS.items()}
     if opts["embed"] and not task.tokens:
-        raise ValueError(f"--embed needs a task whose inputs are tokens (text), not {task.name!r}")
+        raise ConfigError(f"--embed needs a task whose inputs are tokens (text), not {task.name!r}")
     if opts["bidirectional"] and task.forecast:
-        raise ValueError(f"--bidirectional cannot train on task {task.name!r}: its target at step t is "
-                         "the input at t+1, which the reverse direction would read")
+        raise ConfigError(f"--bidirectional cannot train on task {task.name!r}: its target at step t is "
+                          "the input at t+1, which the reverse direction would read")
     task.token_input = bool(opts["embed"])
+    _check_model_size(config, task)
     init.manual_seed(config["seed"])
-    model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
-                                   dtype=config.get("dtype", "float32"), bidirectional=opts["bidirectional"],
-                                   dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
-    if config.get("init", "pytorch") != "pytorch":
-        model.rnn.reset_parameters(config["init"])
+    try:
+        model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
+                                       dtype=config.get("dtype", "float32"), bidirectional=opts["bidirectional"],
+                                       dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
+        if config.get("init", "pytorch") != "pytorch":
+            model.rnn.reset_parameters(config["init"])
+    except Exception as e:
+        raise_if_user_code(e, "cell", cell_cls, "while building the model")
+        raise
     if config.get("device", "cpu") != "cpu":
         model.to(config["device"])
-    return task, model
+    return model
 
 
 def evaluate(model, task, device="cpu"):
@@ -93,9 +147,38 @@ def train(*args, **kwargs):
     improved for K evaluations, and keeps the best model (written to ``save`` when it
     improves, so the checkpoint there is the best one). ``save_every=N`` also writes the
     checkpoint every N steps.
+
+    With ``resume``, a run setting passed explicitly (``hidden=32``) that differs from the
+    checkpoint's is a ``ConfigError``; ``explicit`` names the arguments to treat as chosen
+    (the CLI passes the options given on its command line; by default, those passed here).
+    ``progress`` is True (a line on stderr) or a callable ``progress(step, steps, loss,
+    grad_norm, note)`` (``note``: the latest eval loss, with ``eval_every``). Output paths are checked before any work (``tinygrad_rnn.safeio.check_outputs``).
     """
+    if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
+        kwargs["explicit"] = set(kwargs)
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
-        return _train(*args, **kwargs)
+        try:
+            return _train(*args, **kwargs)
+        except Exception as e:
+            run = _frame_locals(e, _train)
+            if run.get("task_obj") is not None:
+                _raise_from_task_code(e, type(run["task_obj"]), f"at training step {run.get('step', 0)}")
+            raise
+
+
+def _frame_locals(exc, function):
+    """The local variables of ``function``'s frame in ``exc``'s traceback ({} if absent)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is function.__code__:
+            return tb.tb_frame.f_locals
+        tb = tb.tb_next
+    return {}
+
+
+def _raise_from_task_code(exc, task_cls, where):
+    """If ``exc`` came out of a plugin task's own code, raise it as a one-line UserCodeError."""
+    raise_if_user_code(exc, "task", task_cls, where)
 
 
 def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=1, batch=32, steps=1000,
@@ -104,13 +187,14 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
           log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
           dtype="float32", cell_options=None, return_model=False, bidirectional=False, dropout=0.0,
           embed=None, lr_schedule="constant", warmup=0, lr_step_size=None, lr_gamma=0.1, lr_patience=10,
-          eval_every=None, patience=None, save_every=None):
+          eval_every=None, patience=None, save_every=None, explicit=()):
     for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
                     ("seq_len", seq_len), ("log_every", log_every)):
         _positive(name, v, allow_zero=name == "steps")
     for name, v in (("lr", lr), ("clip_norm", clip_norm), ("clip_value", clip_value),
                     ("weight_decay", weight_decay), ("l1", l1)):
-        _nonneg(name, v)
+        _nonneg(name, v, positive=name == "lr")
+    _positive("seed", seed, allow_zero=True)
     if bptt is not None:
         _positive("bptt", bptt)
     for name, v in (("diagnose_every", diagnose_every), ("embed", embed), ("lr_step_size", lr_step_size),
@@ -120,26 +204,26 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     _positive("warmup", warmup, allow_zero=True)
     _positive("lr_patience", lr_patience, allow_zero=True)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
     if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
-        raise ValueError(f"lr_gamma must be a number in (0, 1], got {lr_gamma!r}")
+        raise ConfigError(f"lr_gamma must be a number in (0, 1], got {lr_gamma!r}")
     if lr_schedule not in optim.SCHEDULES:
-        raise ValueError(f"unknown lr schedule {lr_schedule!r}; choose from {', '.join(optim.SCHEDULES)}")
+        raise ConfigError(f"unknown lr schedule {lr_schedule!r}; choose from {', '.join(optim.SCHEDULES)}")
     if lr_schedule == "plateau" and not eval_every:
-        raise ValueError("--lr-schedule plateau lowers the rate when the eval loss stalls: give --eval-every N")
+        raise ConfigError("--lr-schedule plateau lowers the rate when the eval loss stalls: give --eval-every N")
     if patience and not eval_every:
-        raise ValueError("--patience counts evaluations: give --eval-every N")
+        raise ConfigError("--patience counts evaluations: give --eval-every N")
     if save_every and (not save or patience):
-        raise ValueError("--save-every needs --save PATH" if not save else
+        raise ConfigError("--save-every needs --save PATH" if not save else
                          "--save-every and --patience both write --save (which then holds the best model); use one")
     if warmup and steps and warmup >= steps:
-        raise ValueError(f"--warmup ({warmup}) must be below --steps ({steps})")
+        raise ConfigError(f"--warmup ({warmup}) must be below --steps ({steps})")
     if optimizer not in optim.OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
     if init_scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init {init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
+        raise ConfigError(f"unknown init {init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
     if on_nonfinite not in ("error", "skip"):
-        raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+        raise ConfigError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
 
     config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                   batch=batch, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
@@ -150,49 +234,47 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                   lr_patience=lr_patience, eval_every=eval_every, patience=patience)
     meta, arrays = checkpoint.load(resume) if resume else (None, None)
     if meta:
-        missing = [k for k in ("config", "step", "rng", "init_rng") if k not in meta]
-        if missing or not isinstance(meta["config"], dict):
-            raise checkpoint.CheckpointError(f"{resume!r} is incomplete: no {', '.join(missing) or 'config'}")
-        _check_resume_conflicts(resume, meta["config"], config, lr_step_size)
-        config = dict(meta["config"], device=device)  # the checkpoint's run, continued
+        resumed = checkpoint.validate_run(meta, arrays, resume)
+        _check_resume_conflicts(resumed, config, explicit, resume)
+        _check_layer_option_conflicts(resume, resumed, config, lr_step_size)
+        config = dict(resumed, device=device)  # the checkpoint's run, continued
+        if "data" in explicit and data:
+            config["data"] = data  # the same file, or where the run's file has moved to
     else:
         check_cell_options(cell, config["cell_options"])
     if config.get("dropout") and config["layers"] == 1 and not meta:
         print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
               file=sys.stderr)
-    try:
-        task_obj, model = build(config)
-    except KeyError as e:
-        if meta:
-            raise checkpoint.CheckpointError(f"{resume!r} has an unusable config: missing {e}") from None
-        raise
-    if bptt and not task_obj.stream:
-        raise ValueError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
+    safeio.check_outputs([("--save", save), ("--log", log)], [("--data", config.get("data"))])
+    safeio.check_outputs([("--log", log)], [("--resume", resume)])  # --save may replace --resume's file
+    task_obj, model = build(config)
+    if getattr(task_obj, "vocab", None) is not None:
+        config["vocab"] = "".join(task_obj.vocab)  # checkpoints carry the character mapping
+    if config["bptt"] and not task_obj.stream:
+        raise ConfigError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
+    if config["bptt"] and len(task_obj.train) // config["batch"] < config["bptt"] + 2:
+        raise ConfigError(f"--bptt {config['bptt']} is longer than each sequence's share of the training data "
+                          f"({len(task_obj.train)} steps over --batch {config['batch']}: "
+                          f"{len(task_obj.train) // config['batch']} each); lower --bptt or --batch")
     opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
                                                 weight_decay=config["weight_decay"], l1=config["l1"])
     run = {k: config.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
     sched = _scheduler(opt, run, steps)
     early = {"best": math.inf, "best_step": None, "bad": 0}  # eval-loss bookkeeping (--patience)
     rng = np.random.default_rng(config["seed"])
+    safeio.check_space(save, 3 * sum(p.numpy().nbytes for p in model.parameters()) + 2 ** 16, "--save")
     start, carried, cursors, best = 0, None, None, None
     if meta:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-        opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+        start, cursors, carried = _restore(resume, meta, arrays, model, opt, rng, task_obj, config, device)
         if "scheduler" in meta:
             sched.load_state_dict(meta["scheduler"])
         early = meta.get("early_stop", early)
         if run["patience"] and early["best_step"] is not None:
             best = meta, arrays  # with --patience, checkpoints are written at the best step
-        rng.bit_generator.state = meta["rng"]
-        init._rng[0].bit_generator.state = meta["init_rng"]
-        start = int(meta["step"])
-        if "extra/cursors" in arrays:
-            cursors = arrays["extra/cursors"]
-            carried = tuple(Tensor(arrays[f"extra/state{i}"], device=device)
-                            for i in range(model.rnn.num_states))
         if start > steps:
-            raise ValueError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
+            raise ConfigError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
 
+    progress = _print_progress if progress is True else progress or None
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
     eval_note, stopped_at = "", None
@@ -258,15 +340,12 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             if save_every and step % save_every == 0 and step != steps:
                 checkpoint.save(save, *_snapshot(model, opt, step, config, rng, carried, cursors, sched, early))
             if progress:
-                print(f"\rstep {step}/{steps}  loss {loss_value:.4f}  |g| {norm:.3g}{eval_note}", end="",
-                      file=sys.stderr)
+                progress(step, steps, loss_value, norm, eval_note)
             if stopped_at:
                 break
-        if progress:
-            print(file=sys.stderr)
     finally:
         if log_file:
-            log_file.close()
+            _close_log(log_file)
     seconds = time.perf_counter() - t0
     done = len(losses)
     if best is not None:  # --patience keeps the best model, in memory and on disk
@@ -291,6 +370,38 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     if task_obj.classification:
         summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
     return (summary, model, task_obj) if return_model else summary
+
+
+def _print_progress(step, steps, loss, norm, note=""):
+    """The default ``progress=True`` display: one rewritten line on stderr."""
+    print(f"\rstep {step}/{steps}  loss {loss:.4f}  |g| {norm:.3g}{note}", end="\n" if step == steps else "",
+          file=sys.stderr)
+
+
+def _restore(path, meta, arrays, model, opt, rng, task, config, device):
+    """Load a checkpoint's parameters, optimiser and RNG states into this run, checking
+    every entry against the model; returns (start step, stream cursors, carried state)."""
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+        opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+        rng.bit_generator.state = meta["rng"]
+        init._rng[0].bit_generator.state = meta["init_rng"]
+    except (KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise checkpoint.CheckpointError(f"{path!r} does not fit this model: {msg}") from None
+    cursors, carried = None, None
+    if "extra/cursors" in arrays:
+        cursors = arrays["extra/cursors"]
+        shape = (config["layers"], config["batch"], config["hidden"])
+        states = [arrays.get(f"extra/state{i}") for i in range(model.rnn.num_states)]
+        if (cursors.shape != (config["batch"],) or cursors.dtype.kind not in "iu" or
+                not getattr(task, "stream", False) or cursors.min() < 0 or
+                cursors.max() + config["bptt"] + 1 > len(task.train) or
+                any(s is None or s.shape != shape or not np.isfinite(s).all() for s in states)):
+            raise checkpoint.CheckpointError(f"{path!r}: its truncated-BPTT position does not fit this run "
+                                             f"(cursors {cursors.shape}, states of shape {shape} expected)")
+        carried = tuple(Tensor(s.astype(model.rnn.dtype), device=device) for s in states)
+    return int(meta["step"]), cursors, carried
 
 
 def _nonfinite_message(step, loss_value, model):
@@ -320,8 +431,18 @@ def _diagnose_record(model, task, x, y, step, clipped, device):
 
 
 def _write(f, record):
-    f.write(json.dumps(record) + "\n")
-    f.flush()
+    try:
+        f.write(safeio.dumps(record) + "\n")
+        f.flush()
+    except OSError as e:  # a full disk, say: the run's own error, not a bug
+        raise safeio.OutputError(f"--log {f.name!r}: cannot write ({e.strerror or e})") from None
+
+
+def _close_log(f):
+    try:
+        f.close()
+    except OSError as e:  # close() flushes what a failed write left in the buffer
+        raise safeio.OutputError(f"--log {f.name!r}: cannot write ({e.strerror or e})") from None
 
 
 def _scheduler(opt, run, steps):
@@ -335,7 +456,7 @@ def _scheduler(opt, run, steps):
     return optim.ConstantLR(opt, warmup=warmup)
 
 
-def _check_resume_conflicts(path, saved, requested, lr_step_size):
+def _check_layer_option_conflicts(path, saved, requested, lr_step_size):
     """A resumed run continues the checkpoint's settings; an option given now that says
     otherwise is an error, not something silently ignored."""
     defaults = dict(MODEL_DEFAULTS, **SCHEDULE_DEFAULTS)
@@ -343,7 +464,7 @@ def _check_resume_conflicts(path, saved, requested, lr_step_size):
         want = lr_step_size if key == "lr_step_size" else requested[key]
         have = saved.get(key, default)
         if want not in (default, have):
-            raise ValueError(f"--resume: {path!r} was trained with {key}={have!r}, not {want!r}; "
+            raise ConfigError(f"--resume: {path!r} was trained with {key}={have!r}, not {want!r}; "
                              "drop that option to continue it, or start a new run")
 
 
@@ -360,26 +481,45 @@ def _snapshot(model, opt, step, config, rng, carried, cursors, sched, early):
     return meta, arrays
 
 
+def _model_input(task, tokens, dtype):
+    """Token indices for an embedding model, one-hot rows of the run's dtype otherwise."""
+    x = task.inputs(tokens)
+    return x if task.token_input else x.astype(dtype, copy=False)
+
+
 def generate(path, prime="", length=200, temperature=1.0, seed=0):
     """Sample ``length`` characters from a text checkpoint, after feeding ``prime``."""
     meta, arrays = checkpoint.load(path)
-    config = meta["config"]
+    config = checkpoint.validate_run(meta, arrays, path)
     if config.get("task") != "text":
-        raise ValueError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    task, model = build(dict(config, device="cpu"))
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+        raise ConfigError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
+    if not isinstance(temperature, numbers.Real) or not temperature > 0 or math.isinf(temperature):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
+    _positive("seed", seed, allow_zero=True)
+    _positive("length", length, allow_zero=True)
+    config = dict(config, device="cpu")
+    if config.get("vocab"):  # the model's own character mapping: no training file needed
+        task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
+        model = build_model(config, task)
+    else:  # checkpoints from before vocabularies were stored: rebuild it from the file
+        task, model = build(config)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise checkpoint.CheckpointError(f"{path!r} does not fit its own model: {msg}") from None
     rng = np.random.default_rng(seed)
+    dtype = np.dtype(config.get("dtype", "float32"))
     tokens = list(task.encode(prime)) if prime else [int(rng.integers(task.input_size))]
     state, out = None, []
     model.eval()
     with no_grad():
-        logits, state = model(Tensor(task.inputs(np.asarray(tokens))[:, None]), state)
+        logits, state = model(Tensor(_model_input(task, np.asarray(tokens), dtype)[:, None]), state)
         for _ in range(length):
-            z = logits.numpy()[-1, 0].astype(np.float64) / temperature
-            p = np.exp(z - z.max())
+            z = logits.numpy()[-1, 0].astype(np.float64)
+            z = (z - z.max()) / temperature  # shifted first: a tiny temperature gives -inf, never NaN
+            p = np.exp(z)
             token = int(rng.choice(len(p), p=p / p.sum()))
             out.append(token)
-            logits, state = model(Tensor(task.inputs(np.asarray([token]))[:, None]), state)
+            logits, state = model(Tensor(_model_input(task, np.asarray([token]), dtype)[:, None]), state)
     return prime + task.decode(out)

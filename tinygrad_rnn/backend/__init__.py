@@ -4,6 +4,7 @@ import functools
 import numpy as np
 
 from . import cpu
+from ..errors import ConfigError, DeviceError
 
 DEVICES = ("cpu", "cuda")
 
@@ -15,10 +16,10 @@ def get(device):
     if device == "cuda":
         ok, why = cuda_available()
         if not ok:
-            raise RuntimeError(f"device 'cuda' is not available: {why}")
+            raise DeviceError(f"device 'cuda' is not available: {why}")
         from . import cuda
         return cuda
-    raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    raise ConfigError(f"unknown device {device!r}; expected one of {DEVICES}")
 
 
 def of(array):

@@ -63,7 +63,7 @@ def generate(cell, dtype):
         graph = trace(cell, dtype)
     except CompileError:
         raise
-    except Exception as e:  # a bug in step: the step path reports it with the real shapes
+    except (Exception, SystemExit) as e:  # a bug in step: the step path reports it with the real shapes
         raise CompileError(f"cell {cell.name!r}: step() failed while tracing: "
                            f"{type(e).__name__}: {e}") from e
     graph_text = str(graph)

@@ -13,12 +13,13 @@ import os
 import numpy as np
 
 from .. import ops
+from ..errors import Error
 from ..tensor import Tensor
 
 TRACE_BATCH = 3  # a batch size no parameter is likely to share, so batch-shaped constants stand out
 
 
-class CompileError(Exception):
+class CompileError(Error):
     """A cell's ``step`` cannot be compiled; the message names the op and the line."""
 
 

@@ -1,0 +1,170 @@
+"""Checkpoints: vocabularies travel with text models, every field is validated, and
+--resume refuses options that conflict with the run (issue 9, items 3, 6 and 7)."""
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tinygrad_rnn import checkpoint, limits, tasks
+from tinygrad_rnn.training import generate, train
+
+TINY = dict(cell="rnn", task="sum", seq_len=4, hidden=3, batch=2, steps=2)
+
+
+pytestmark = pytest.mark.usefixtures("clean_plugins")
+
+
+def _tamper(path, meta_change=None, arrays_change=None):
+    meta, arrays = checkpoint.load(path)
+    for k in ("format", "version"):
+        meta.pop(k)
+    if meta_change:
+        meta_change(meta)
+    if arrays_change:
+        arrays_change(arrays)
+    checkpoint.save(path, meta, arrays)
+
+
+def _text_run(tmp_path, text, **kw):
+    data = tmp_path / "corpus.txt"
+    data.write_text(text)
+    path = str(tmp_path / "char.npz")
+    args = dict(cell="gru", task="text", data=str(data), seq_len=8, hidden=6, batch=4, steps=3, save=path)
+    args.update(kw)
+    train(**args)
+    return data, path
+
+
+# ---- item 3: text checkpoints carry their vocabulary ----------------------------------
+def test_generate_needs_no_training_file_and_an_edited_file_does_not_shift_the_mapping(tmp_path):
+    data, path = _text_run(tmp_path, "the cat sat on the mat. " * 30 + "zq")
+    before = generate(path, prime="the", length=40, seed=3)
+    data.write_text("the cat sat on the mat. " * 30)  # 'z' and 'q' gone: a rebuilt vocab would shift
+    assert generate(path, prime="the", length=40, seed=3) == before
+    data.unlink()
+    assert generate(path, prime="the", length=40, seed=3) == before
+    meta, _ = checkpoint.load(path)
+    assert meta["config"]["vocab"] == "".join(sorted(set("the cat sat on the mat. zq")))
+
+
+def test_resume_refuses_a_training_file_with_characters_outside_the_vocabulary(tmp_path):
+    data, path = _text_run(tmp_path, "abcabcabc ab " * 40)
+    data.write_text("abcabcabc ab " * 39 + "abcdefg")
+    with pytest.raises(tasks.TaskError, match="2 character.*'dg'|4 character.*the file changed"):
+        train(cell="gru", task="text", seq_len=8, hidden=6, batch=4, steps=5, resume=path)
+
+
+def test_one_hot_by_indexing_never_builds_a_v_by_v_matrix(monkeypatch):
+    monkeypatch.setattr(np, "eye", lambda *a, **k: pytest.fail("np.eye called"))
+    out = tasks.one_hot(np.array([[0, 22000], [5, 1]]), 22001)
+    assert out.shape == (2, 2, 22001) and out.sum() == 4 and out[0, 1, 22000] == 1
+    task = tasks.Text.from_vocab([chr(0x4e00 + i) for i in range(22000)], seq_len=4)
+    x, y = task._make(np.array([[1, 2], [3, 4], [5, 6]]))
+    assert x.shape == (2, 2, 22000) and x[1, 0, 3] == 1
+
+
+# ---- item 7: every field validated ------------------------------------------------------
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.update(step=-1), "'step' must be an integer >= 0, got -1"),
+    (lambda m: m.update(step="3"), "'step' must be an integer >= 0, got '3'"),
+    (lambda m: m["config"].update(lr=-1), "config field 'lr' must be a finite number > 0, got -1"),
+    (lambda m: m["config"].update(lr=0), "config field 'lr' must be a finite number > 0, got 0"),
+    (lambda m: m["config"].update(optimizer="lbfgs"), "config field 'optimizer' must be one of sgd, adam, rmsprop"),
+    (lambda m: m["config"].update(hidden=2.5), "config field 'hidden' must be an integer >= 1"),
+    (lambda m: m["config"].update(clip_norm=-1), "config field 'clip_norm' must be null or a finite number >= 0"),
+    (lambda m: m.update(rng=[1, 2]), "'rng' is not a random generator state"),
+])
+def test_header_fields_are_checked_by_type_and_range(tmp_path, change, match):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    _tamper(path, meta_change=change)
+    with pytest.raises(checkpoint.CheckpointError, match=match):
+        train(**dict(TINY, steps=4), resume=path)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update({"optim/lr": np.asarray(-1.0)}), "optimizer state 'lr' must be a finite number > 0"),
+    (lambda a: a.update({"optim/0.m": np.zeros((7, 7), np.float32)}), r"state '0.m' must be a finite float array of shape"),
+    (lambda a: a.update({"optim/0.momentum": np.zeros((3, 1), np.float32)}), "unexpected entry '0.momentum'"),
+    (lambda a: a.update({"optim/99.m": np.zeros(3, np.float32)}), "unexpected entry '99.m'"),
+    (lambda a: a.update({"optim/0.v": np.full(a["optim/0.v"].shape, np.nan, np.float32)}), "finite float array"),
+    (lambda a: a.update({"param/rnn.weight_hh_l0": np.zeros((5, 5), np.float32)}), r"rnn.weight_hh_l0 has shape \(5, 5\)"),
+    (lambda a: a.pop("param/rnn.bias_ih_l0"), r"missing \[.rnn.bias_ih_l0.\]"),
+])
+def test_optimizer_state_and_parameters_are_checked_against_the_model(tmp_path, change, match):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    _tamper(path, arrays_change=change)
+    with pytest.raises(checkpoint.CheckpointError, match=match):
+        train(**dict(TINY, steps=4), resume=path)
+
+
+def test_resume_with_a_conflicting_explicit_option_is_an_error_naming_it(tmp_path):
+    path = str(tmp_path / "run.npz")
+    train(**dict(TINY, hidden=8), save=path)
+    result = CliRunner().invoke(cli.main, ["train", "--resume", path, "--hidden", "32", "--steps", "4"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"Error: --hidden 32 conflicts with the resumed run's hidden 8 in {path!r}; "
+                                     "drop --hidden to continue that run, or start a new one without --resume")
+    result = CliRunner().invoke(cli.main, ["train", "--resume", path, "--lr", "0.5", "--steps", "4"])
+    assert result.exit_code == 1 and "--lr 0.5 conflicts with the resumed run's lr 0.001" in result.stderr
+    # the same values, or options that are not run settings, are fine
+    result = CliRunner().invoke(cli.main, ["train", "--resume", path, "--hidden", "8", "--steps", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["start_step"] == 2
+    with pytest.raises(Exception, match="--seq-len 9 conflicts"):
+        train(cell="rnn", task="sum", seq_len=9, steps=5, resume=path)
+
+
+# ---- item 6: a member claiming a huge shape ---------------------------------------------
+def _npy_claiming(shape, payload=b"\0" * 16):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + payload
+
+
+def test_a_checkpoint_member_claiming_a_huge_shape_is_refused_before_allocating(tmp_path, monkeypatch):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("param/huge.npy", _npy_claiming((10 ** 11,)))
+    monkeypatch.setattr(np, "zeros", lambda *a, **k: pytest.fail("allocated"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"member 'param/huge' claims shape \(100000000000,\) "
+                                                          r"of float32 \(373 GB\) but holds only 16 B"):
+        checkpoint.load(path)
+
+
+def test_a_npy_series_header_claiming_1e11_elements_is_refused(tmp_path):
+    path = tmp_path / "big.npy"
+    path.write_bytes(_npy_claiming((10 ** 11,)))
+    with pytest.raises(limits.ResourceError, match=r"claims shape \(100000000000,\).*corrupt or truncated"):
+        tasks.load_series(str(path))
+    result = CliRunner().invoke(cli.main, ["train", "--task", "series", "--data", str(path), "--steps", "1"])
+    assert result.exit_code == 1 and "claims shape (100000000000,)" in result.stderr
+
+
+def test_resume_finds_a_moved_training_file_given_with_data(tmp_path):
+    data, path = _text_run(tmp_path, "abcabcabc ab " * 40)
+    moved = tmp_path / "moved.txt"
+    data.rename(moved)
+    summary = train(cell="gru", task="text", data=str(moved), seq_len=8, hidden=6, batch=4, steps=5, resume=path)
+    assert summary["start_step"] == 3 and summary["steps"] == 5
+    other = tmp_path / "other.txt"
+    other.write_text("abc " * 100)
+    moved.rename(data)  # back in place: a different --data is now a conflict
+    with pytest.raises(Exception, match="--data .*other.txt' conflicts with the resumed run's data"):
+        train(cell="gru", task="text", data=str(other), seq_len=8, hidden=6, batch=4, steps=5, resume=path)
+
+
+@pytest.mark.parametrize("change", [lambda a: a.update({"extra/cursors": np.full(4, 10 ** 9)}),
+                                    lambda a: a.update({"extra/state0": np.zeros((3, 3), np.float32)}),
+                                    lambda a: a.pop("extra/state0")])
+def test_a_truncated_bptt_position_that_does_not_fit_is_refused(tmp_path, change):
+    data, path = _text_run(tmp_path, "abcdefgh " * 80, bptt=5)
+    _tamper(path, arrays_change=change)
+    with pytest.raises(checkpoint.CheckpointError, match="truncated-BPTT position does not fit this run"):
+        train(cell="gru", task="text", data=str(data), seq_len=8, hidden=6, batch=4, steps=5, bptt=5, resume=path)

@@ -1,0 +1,181 @@
+"""Nothing lost: outputs checked before any work, atomic writes that keep permissions,
+follow symlinks and clean up after themselves (issue 9, item 2)."""
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tinygrad_rnn import checkpoint, safeio
+from tinygrad_rnn.training import train
+
+TINY = dict(cell="rnn", task="sum", seq_len=4, hidden=3, batch=2, steps=2)
+
+
+pytestmark = pytest.mark.usefixtures("clean_plugins")
+
+
+def _corpus(tmp_path, name="c.txt"):
+    path = tmp_path / name
+    path.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+@pytest.mark.parametrize("option", ["--save", "--log"])
+def test_an_output_naming_the_data_file_is_refused_before_training(tmp_path, option):
+    data = _corpus(tmp_path)
+    before = data.read_bytes()
+    link = tmp_path / "alias.txt"
+    link.symlink_to(data)
+    for target in (str(data), str(link)):  # also through another name for the same file
+        result = run("train", "--task", "text", "--data", str(data), "--seq-len", "8", "--hidden", "4",
+                     "--steps", "1", option, target)
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {option} {target!r} is the --data file: writing there would destroy it; choose another path"]
+    assert data.read_bytes() == before
+
+
+def test_save_and_log_on_the_same_file_is_refused(tmp_path):
+    result = run("train", "--steps", "1", "--save", str(tmp_path / "x"), "--log", str(tmp_path / "x"))
+    assert result.exit_code == 1 and "--save and --log both name" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unwritable_save_location_is_refused_before_training_naming_the_users_path(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("tinygrad_rnn.training.build", lambda *a: calls.append(a))  # training must not start
+    result = run("train", "--steps", "1", "--save", "no/such/dir/run.npz")
+    assert result.exit_code == 1 and calls == []
+    assert result.stderr.strip() == "Error: --save 'no/such/dir/run.npz': the folder 'no/such/dir' does not exist"
+    result = run("train", "--steps", "1", "--save", str(tmp_path))
+    assert result.exit_code == 2 and "is a directory" in result.stderr and calls == []  # click's own check
+
+
+def test_a_read_only_folder_is_refused_before_training(tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.geteuid() == 0:  # root ignores permissions: fail the write probe as a read-only mount would
+        real_open = os.open
+
+        def refuse(path, *a, **k):
+            if str(path).startswith(str(ro)):
+                raise PermissionError(13, "Permission denied", path)
+            return real_open(path, *a, **k)
+        monkeypatch.setattr(safeio.os, "open", refuse)
+    try:
+        with pytest.raises(safeio.OutputError, match=r"--save '.*ro/x.npz': cannot write in folder .*Permission denied"):
+            train(**TINY, save=str(ro / "x.npz"))
+    finally:
+        ro.chmod(0o700)
+
+
+def test_saving_over_a_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "run.npz"
+    train(**TINY, save=str(path))
+    path.chmod(0o640)
+    train(**dict(TINY, steps=3), save=str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    new = tmp_path / "new.npz"
+    train(**TINY, save=str(new))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask  # like any new file, not 0600
+
+
+def test_a_symlink_at_the_save_path_is_followed_not_replaced(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "run.npz"
+    link = tmp_path / "latest.npz"
+    link.symlink_to(target)
+    train(**TINY, save=str(link))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    meta, _ = checkpoint.load(str(target))
+    assert meta["step"] == 2
+    assert sorted(os.listdir(tmp_path / "real")) == ["run.npz"]
+
+
+def test_the_temporary_file_is_removed_on_any_failure(tmp_path, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(str(tmp_path / "x.npz"), {"step": 1}, {"a": np.ones(2)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next_save(tmp_path):
+    code = ("import os, numpy as np, tinygrad_rnn.checkpoint as c\n"
+            "np.savez = lambda f, **k: (f.write(b'partial'), f.flush(), os.kill(os.getpid(), 9))\n"
+            f"c.save({str(tmp_path / 'x.npz')!r}, {{'step': 1}}, {{'a': np.ones(2)}})\n")
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -9
+    leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".x.npz.")  # the killed run's file
+    checkpoint.save(str(tmp_path / "x.npz"), {"step": 2}, {"a": np.ones(2)})
+    assert os.listdir(tmp_path) == ["x.npz"]
+
+
+def test_json_safe_replaces_non_finite_numbers_and_says_where():
+    found = []
+    out = safeio.json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2), "d": "x"}, found=found)
+    assert out == {"a": None, "b": [1.0, None], "c": 2.0, "d": "x"} and found == ["a", "b[1]"]
+    assert safeio.dumps({"x": float("-inf")}) == '{"x": null}'
+
+
+def test_a_device_or_a_symlink_loop_is_refused_before_training(tmp_path):
+    with pytest.raises(safeio.OutputError, match=r"--save '/dev/null' is not a regular file"):
+        train(**TINY, save="/dev/null")
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+        checkpoint.save("/dev/null", {"step": 1}, {"a": np.ones(2)})
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(safeio.OutputError, match="--save '.*a': Too many levels of symbolic links"):
+        train(**TINY, save=str(tmp_path / "a"))
+    train(**TINY, log="/dev/null")  # appending to a device is fine
+
+
+def test_log_may_not_append_to_the_resumed_checkpoint_but_save_may_replace_it(tmp_path):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    with pytest.raises(safeio.OutputError, match="--log .* is the --resume file"):
+        train(**dict(TINY, steps=3), resume=path, log=path)
+    checkpoint.load(path)  # still a checkpoint
+    train(**dict(TINY, steps=3), resume=path, save=path)
+    assert checkpoint.load(path)[0]["step"] == 3
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_the_log_is_one_line():
+    result = run("train", "--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "2", "--steps", "2",
+                 "--log", "/dev/full")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["Error: --log '/dev/full': cannot write (No space left on device)"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_saving_over_another_users_file_keeps_its_owner(tmp_path):
+    path = tmp_path / "run.npz"
+    train(**TINY, save=str(path))
+    os.chown(path, 12345, 23456)
+    train(**dict(TINY, steps=3), save=str(path))
+    assert (path.stat().st_uid, path.stat().st_gid) == (12345, 23456)
+
+
+def test_a_save_folder_without_room_for_the_checkpoint_is_refused_before_training(tmp_path, monkeypatch):
+    import collections
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(safeio.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    with pytest.raises(safeio.OutputError, match=r"--save '.*run.npz': the checkpoint needs about .* MB, "
+                                                 r"the folder has 0.0 MB free"):
+        train(**dict(TINY, steps=10 ** 9), save=str(tmp_path / "run.npz"))  # would take forever if it started

@@ -1,0 +1,80 @@
+"""Size checks made before allocating: a size that cannot fit is a one-line error with
+the estimate, not a MemoryError (or a swapping machine) minutes later."""
+import math
+import os
+
+import numpy as np
+
+from .errors import ResourceError
+
+# Per-layer Python overhead (cell object, parameter wrappers, tape nodes per step), so
+# that a million tiny layers is refused too.
+_LAYER_OVERHEAD = 64 * 1024
+_STEP_OVERHEAD = 2 * 1024
+
+
+def human_bytes(n):
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.3g} PB"
+
+
+def available_memory():
+    """Bytes of memory this process may still use (MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 62
+
+
+def check_fits(nbytes, what, limit=None):
+    """Raise ResourceError if ``nbytes`` exceeds the memory available (or ``limit``)."""
+    limit = available_memory() if limit is None else limit
+    if nbytes > limit:
+        raise ResourceError(f"{what} needs about {human_bytes(nbytes)} of memory, more than the "
+                            f"{human_bytes(limit)} available")
+
+
+def model_bytes(input_size, hidden, layers, seq_len, batch, output_size=1, gates=4, itemsize=4, steps_kept=1):
+    """Estimated peak memory of training a ``layers``-deep RNN (parameters, Adam state and
+    gradients, activations kept for backward). ``gates`` is the cell's gate count (LSTM 4)."""
+    params = sum((input_size if l == 0 else hidden) * gates * hidden + hidden * gates * hidden + 2 * gates * hidden
+                 for l in range(min(layers, 2)))
+    params += max(layers - 2, 0) * (2 * gates * hidden * hidden + 2 * gates * hidden)
+    params += hidden * output_size + output_size
+    activations = seq_len * batch * layers * hidden * (gates + 2) * steps_kept
+    inputs = seq_len * batch * (input_size + output_size)
+    return (4 * params + 2 * activations + inputs) * itemsize + layers * _LAYER_OVERHEAD + \
+        seq_len * layers * _STEP_OVERHEAD
+
+
+def check_npy(fileobj, stored_bytes, label):
+    """Read an .npy header from ``fileobj`` and refuse a shape that the file cannot hold.
+
+    ``stored_bytes`` is the size of the whole .npy member or file. Returns (shape, dtype).
+    """
+    try:
+        version = np.lib.format.read_magic(fileobj)
+        shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fileobj) if version == (1, 0)
+                                 else np.lib.format.read_array_header_2_0(fileobj))
+    except (ValueError, OSError, EOFError) as e:
+        raise ResourceError(f"{label} has a corrupt .npy header ({str(e).splitlines()[0]})") from None
+    header = fileobj.tell()
+    if dtype.hasobject:
+        return shape, dtype  # the loader refuses pickled data with its own message
+    count = math.prod(shape)
+    claimed = count * dtype.itemsize
+    if claimed > max(stored_bytes - header, 0):
+        raise ResourceError(f"{label} claims shape {shape} of {dtype} ({human_bytes(claimed)}) but holds "
+                            f"only {human_bytes(max(stored_bytes - header, 0))} of data: corrupt or truncated")
+    check_fits(claimed, f"{label} (shape {shape})")
+    return shape, dtype

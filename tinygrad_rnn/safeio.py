@@ -1,0 +1,198 @@
+"""Output files that never lose data: checked before any work, written atomically.
+
+``check_outputs`` runs before training: an output that names an input (``--save`` on
+the ``--data`` file), two outputs on one file, or a folder that is missing or not
+writable is a one-line error naming the path as the user gave it. ``atomic_write``
+writes through a temporary file in the destination's folder, then renames it over
+the destination: a crash leaves the old file whole. The destination keeps its
+permissions, a symlink is followed (the link stays, its target is replaced), and a
+temporary file left by a killed run is removed by the next write to the same path.
+"""
+import glob
+import json
+import math
+import os
+import shutil
+import stat
+
+from .errors import ConfigError
+
+
+class OutputError(ConfigError):
+    """An output path cannot be written, or would overwrite an input."""
+
+
+def same_file(a, b):
+    """Whether paths ``a`` and ``b`` name the same file (following symlinks; either may not exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+APPENDED = ("--log",)  # outputs opened for appending: a device or pipe is fine there
+
+
+def check_outputs(outputs, inputs=()):
+    """Refuse, before any work, outputs that cannot be written or that would destroy an input.
+
+    ``outputs`` and ``inputs`` are (option, path) pairs such as ("--save", "run.npz");
+    pairs whose path is None are ignored. Options in APPENDED are appended to, the others
+    replaced (atomically, so they must be regular files).
+    """
+    outputs = [(o, p) for o, p in outputs if p]
+    for option, path in outputs:
+        for in_option, in_path in inputs:
+            if in_path and same_file(path, in_path):
+                raise OutputError(f"{option} {path!r} is the {in_option} file: writing there would destroy "
+                                  "it; choose another path")
+    for i, (option, path) in enumerate(outputs):
+        for other, other_path in outputs[i + 1:]:
+            if same_file(path, other_path):
+                raise OutputError(f"{option} and {other} both name {path!r}; give them different paths")
+        check_writable(path, option, replace=option not in APPENDED)
+
+
+def check_writable(path, option, replace=True):
+    """One-line error naming ``option`` and ``path`` unless a file can be written at ``path``.
+
+    ``replace``: the file will be replaced by a rename, so an existing one must be a
+    regular file (never a device: renaming over /dev/null would replace the device).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None  # a new file, or a symlink to a file still to be made
+    except OSError as e:
+        raise OutputError(f"{option} {path!r}: {e.strerror}") from None
+    real = os.path.realpath(path)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{option} {path!r} is a folder; give a file name")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if replace:
+            raise OutputError(f"{option} {path!r} is not a regular file (a device, pipe or socket); "
+                              "give a file name")
+        return
+    folder = os.path.dirname(real) or "."
+    if not os.path.isdir(folder):
+        raise OutputError(f"{option} {path!r}: the folder {os.path.dirname(path) or '.'!r} does not exist")
+    if os.path.exists(real) and not os.access(real, os.W_OK):
+        raise OutputError(f"{option} {path!r} is not writable")
+    try:  # os.access cannot see read-only mounts or ACLs: really create a file there
+        probe = os.open(os.path.join(folder, f".{os.path.basename(real)}.{os.getpid()}.probe"),
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise OutputError(f"{option} {path!r}: cannot write in folder {os.path.dirname(path) or '.'!r} "
+                          f"({e.strerror})") from None
+    os.close(probe)
+    os.unlink(os.path.join(folder, f".{os.path.basename(real)}.{os.getpid()}.probe"))
+
+
+def check_space(path, nbytes, option):
+    """Refuse, before any work, a save whose folder has less free space than ``nbytes``."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.realpath(path)) or "."
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < nbytes:
+        raise OutputError(f"{option} {path!r}: the checkpoint needs about {nbytes / 2 ** 20:.1f} MB, "
+                          f"the folder has {free / 2 ** 20:.1f} MB free")
+
+
+def _default_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _remove_stale_temporaries(real):
+    """Temporary files of writes to ``real`` whose process is gone (a killed run's leftovers)."""
+    for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(real)),
+                                      f".{glob.escape(os.path.basename(real))}.*.tmp")):
+        pid = tmp[:-len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def atomic_write(path, write, error=OutputError):
+    """Write ``path`` by calling ``write(fileobj)`` on a temporary file, then renaming it.
+
+    Raises ``error`` (one line, naming ``path``) on an OS failure; the temporary file is
+    removed on any failure, including KeyboardInterrupt.
+    """
+    real = os.path.realpath(path)  # through a symlink: the link stays, its target is replaced
+    try:
+        st = os.stat(real)
+        mode = stat.S_IMODE(st.st_mode)
+    except FileNotFoundError:
+        st, mode = None, _default_mode()
+    except OSError as e:
+        raise error(f"cannot write {path!r}: {e.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise error(f"cannot write {path!r}: not a regular file (a device, pipe or socket)")
+    _remove_stale_temporaries(real)
+    tmp = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode)
+            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                try:  # keep the owner too, where we may (root saving over a user's file)
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                except PermissionError:
+                    pass
+        os.replace(tmp, real)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise error(f"cannot write {path!r}: {e.strerror or e}") from None
+        raise
+
+
+def json_safe(value, path="", found=None):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity).
+
+    The paths of replaced values (``train_loss``, ``cells[0].ratio_first_last``) are
+    appended to ``found`` when given.
+    """
+    if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
+        v = float(value) if not isinstance(value, bool) else value
+        if isinstance(v, float) and not math.isfinite(v):
+            if found is not None:
+                found.append(path)
+            return None
+        return value.item() if hasattr(value, "item") else value
+    if isinstance(value, dict):
+        return {k: json_safe(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist(), path, found)
+    return value
+
+
+def dumps(value, **kwargs):
+    """``json.dumps`` that always gives valid JSON: non-finite numbers become null."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
