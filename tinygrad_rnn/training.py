@@ -61,6 +61,10 @@ def train(*args, **kwargs):
     diagnose_every, dtype. ``steps`` is the total: a resumed run continues from its
     checkpoint up to it. ``bptt=K`` (stream tasks: text, series) trains on consecutive
     K-step chunks, carrying each sequence's state across chunks (detached).
+
+    ``parallel``: data-parallel training (``tinygrad_rnn.distributed.mpi.DataParallel``):
+    every process draws the same global batch, trains on its shard, and ``parallel``
+    sums the weighted gradients and loss across processes before clipping and the update.
     """
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
         return _train(*args, **kwargs)
@@ -70,7 +74,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
           optimizer="adam", lr=1e-3, clip_norm=None, clip_value=None, init_scheme="pytorch",
           weight_decay=0.0, l1=0.0, bptt=None, seed=0, device="cpu", save=None, resume=None,
           log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
-          dtype="float32", cell_options=None, return_model=False):
+          dtype="float32", cell_options=None, return_model=False, parallel=None):
     for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
                     ("seq_len", seq_len), ("log_every", log_every)):
         _positive(name, v, allow_zero=name == "steps")
@@ -122,6 +126,8 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                             for i in range(model.rnn.num_states))
         if start > steps:
             raise ValueError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
+    if parallel is not None and carried is not None:
+        carried = parallel.shard_state(carried)
 
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
@@ -133,12 +139,16 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             else:
                 x, y = task_obj.batch(rng, config["batch"])
                 carried = None
+            if parallel is not None:
+                x, y = parallel.shard(x, y, task_obj)
             opt.zero_grad()
             pred, state = model(Tensor(x, device=device), carried)
             loss = task_obj.loss(pred, y)
             loss_value = float(loss.item())
             if math.isfinite(loss_value):
                 loss.backward()
+            if parallel is not None:
+                loss_value = parallel.allreduce(loss_value, model.parameters())
             norm = optim.grad_norm(model.parameters())
             if not (math.isfinite(loss_value) and math.isfinite(norm)):
                 if on_nonfinite == "skip":
@@ -175,6 +185,9 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             log_file.close()
     seconds = time.perf_counter() - t0
     done = len(losses)
+    if save and parallel is not None:
+        carried = parallel.gather_state(carried)  # collective: every process takes part, the root saves
+        save = save if parallel.root else None
     if save:
         _save(save, model, opt, steps if done or start == steps else start, config, rng, carried, cursors)
     eval_loss = evaluate(model, task_obj, device)

@@ -1,0 +1,275 @@
+"""Scale-out: sweeps on Dask (a local cluster; a scheduler and workers as subprocesses, one
+killed mid-sweep) and data-parallel training under `mpiexec -n 2`, against serial runs.
+
+Everything listens on 127.0.0.1 only; every subprocess runs in its own session and is
+killed, with its children, when the test ends, passed or not.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+import tinygrad_rnn as tr
+from tinygrad_rnn.distributed import mpi, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_DASK = all(importlib.util.find_spec(m) for m in ("dask", "distributed"))
+needs_dask = pytest.mark.skipif(not HAVE_DASK, reason="needs the distributed extra: pip install -e '.[distributed]'")
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+needs_mpi = pytest.mark.skipif(not (importlib.util.find_spec("mpi4py") and MPIEXEC),
+                               reason="needs the mpi extra: pip install -e '.[mpi]'")
+TIMINGS = sweep.TIMINGS
+TINY = dict(hidden=[4], steps=6, batch=8)
+
+
+def untimed(result):
+    return {k: v for k, v in result.items() if k not in TIMINGS}
+
+
+def serial(point):
+    """The same point run here, as `train --json` would run it."""
+    summary = tr.train(cell=point["cell"], task=point["task"], seq_len=point["seq_len"], hidden=point["hidden"],
+                       batch=point["batch"], steps=point["steps"], optimizer=point["optimizer"], lr=point["lr"],
+                       clip_norm=point["clip_norm"], init_scheme=point["init"], seed=point["seed"])
+    return json.loads(json.dumps(summary))
+
+
+def lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+class Procs:
+    """Subprocesses, each in its own session, all killed (with children) at the end."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        p = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def kill(self, p):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=30)
+
+    def close(self):
+        for p in self.procs:
+            self.kill(p)
+            for stream in (p.stdout, p.stderr):
+                stream.close()
+
+
+@pytest.fixture
+def procs():
+    ps = Procs()
+    try:
+        yield ps
+    finally:
+        ps.close()
+
+
+def listening(procs):
+    """(ip, port) of every socket the subprocesses and their children listen on."""
+    import psutil
+    found = set()
+    for p in procs.procs:
+        try:
+            tree = [psutil.Process(p.pid)] + psutil.Process(p.pid).children(recursive=True)
+            for q in tree:
+                found |= {c.laddr[:2] for c in q.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def wait_for(condition, timeout, what):
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+# ---- the grid, without Dask -----------------------------------------------------------
+
+def test_grid_from_repeated_and_comma_separated_values():
+    cells = sweep.parse_values("cell", ("rnn,lstm", "gru", "rnn"))
+    assert cells == ["rnn", "lstm", "gru"]
+    assert sweep.parse_values("lr", ("1e-3,0.001", "0.01")) == [0.001, 0.01]
+    assert sweep.parse_values("clip_norm", ("none,1",)) == [None, 1.0]
+    points = sweep.grid("train", seeds=2, steps=5, cell=cells, seq_len=[10, 20])
+    assert len(points) == 3 * 2 * 2 and len({sweep.key(p) for p in points}) == 12
+    assert {p["seed"] for p in points} == {0, 1}
+    assert points[0] == {"cell": "rnn", "task": "adding", "seq_len": 10, "hidden": 64, "init": "pytorch",
+                         "lr": 0.001, "optimizer": "adam", "clip_norm": None, "steps": 5, "batch": 32,
+                         "seed": 0, "mode": "train"}
+    d = sweep.grid("diagnose", cell=["rnn"])[0]
+    assert "optimizer" not in d and d["steps"] == 0 and d["clip_norm"] == 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seq-len", "10,abc"], "'abc'"),
+    (["--seq-len", "1"], ">= 2"),
+    (["--cell", "nope"], "nope"),
+    (["--lr", "-1"], ">= 0"),
+    (["--lr", "nan"], "finite"),
+    (["--init", "bogus"], "choose from"),
+    (["--cell", "rnn,,gru"], "empty"),
+    (["--seeds", "0"], "0"),
+    (["--mode", "diagnose", "--optimizer", "sgd"], "--mode train only"),
+])
+def test_bad_grid_values_are_usage_errors(tmp_path, args, message):
+    result = CliRunner().invoke(cli.main, ["sweep", "--out", str(tmp_path / "r.jsonl"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 3  # usage, hint, error
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_results_file_drops_a_torn_last_line_and_refuses_foreign_files(tmp_path):
+    point = sweep.grid("train", cell=["rnn"], steps=1)[0]
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"point": point, "result": {"eval_loss": 1}}) + "\n" + '{"point": {"cell": "ls')
+    results = sweep.Results(str(out))
+    assert list(results.records) == [sweep.key(point)]
+    with pytest.raises(sweep.SweepError, match="another sweep"):
+        sweep.Results(str(out))  # locked while the first one is open
+    results.close()
+    assert out.read_text().endswith("}\n")
+    out.write_text("hello\n")
+    with pytest.raises(sweep.SweepError, match="r.jsonl:1 is not a sweep result"):
+        sweep.Results(str(out))
+
+
+# ---- sweeps on Dask --------------------------------------------------------------------
+
+@needs_dask
+def test_sweep_on_a_local_cluster_of_2_equals_serial_runs_and_resumes(tmp_path):
+    out = str(tmp_path / "results.jsonl")
+    points = sweep.grid("train", seeds=2, cell=["rnn", "gru"], seq_len=[5, 9], **TINY)
+    logged = []
+    records, stats = sweep.run(points[:5], out, workers=2, log=logged.append)
+    assert stats["ran"] == 5 and stats["failed"] == 0 and len(lines(out)) == 5
+    assert stats["compiled_tasks"] == 0  # the warm-up compiled whatever was missing, the tasks loaded it
+    assert any(m.startswith("[5/5]") for m in logged)
+    # Bit for bit the serial run, timings aside.
+    for rec in lines(out)[:2]:
+        assert untimed(rec["result"]) == untimed(serial(rec["point"]))
+    # Re-run with the whole grid: the 5 finished points are skipped, no line twice.
+    records, stats = sweep.run(points, out, workers=2)
+    assert (stats["skipped"], stats["ran"]) == (5, 3)
+    got = lines(out)
+    assert len(got) == 8 and len({sweep.key(r["point"]) for r in got}) == 8
+    assert [r["point"] for r in records] == points
+    rows = sweep.table(records)
+    assert len(rows) == 1 + 4 and "solved" in rows[0]
+
+
+@needs_dask
+def test_diagnose_sweep_equals_the_cells_record_of_diagnose(tmp_path):
+    out = str(tmp_path / "d.jsonl")
+    points = sweep.grid("diagnose", cell=["lstm"], seq_len=[6], hidden=[3], batch=4)
+    records, _ = sweep.run(points, out, workers=1)
+    report = tr.diagnostics.diagnose(("lstm",), "adding", 6, "pytorch", 0, 3, batch=4, seed=0)
+    assert records[0]["result"] == json.loads(json.dumps(report["cells"][0], default=lambda v: v.tolist()))
+    sweep.plot(records, str(tmp_path / "d.png"))
+    assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+@needs_dask
+def test_bad_scheduler_address_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli.main, ["sweep", "--cell", "rnn", "--steps", "1", "--out", str(tmp_path / "r.jsonl"),
+                                           "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "cannot reach the Dask scheduler" in result.output and "Traceback" not in result.output
+
+
+@needs_dask
+def test_sweep_on_a_scheduler_and_2_workers_survives_a_killed_worker(tmp_path, procs):
+    sched_file = str(tmp_path / "scheduler.json")
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs.start([os.path.join(bindir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file], env=env)
+    wait_for(lambda: os.path.exists(sched_file), 60, "the scheduler file")
+    workers = [procs.start([os.path.join(bindir, "dask"), "worker", "--scheduler-file", sched_file,
+                            "--host", "127.0.0.1", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0",
+                            "--name", f"w{i}"], env=env)
+               for i in range(2)]
+    wait_for(lambda: len(listening(procs)) >= 5, 60, "the workers to listen")
+    assert {ip for ip, _ in listening(procs)} == {"127.0.0.1"}
+    out = str(tmp_path / "results.jsonl")
+    # 8 points of about half a second each, so that the kill lands mid-sweep.
+    args = [sys.executable, os.path.join(ROOT, "cli.py"), "sweep", "--scheduler", sched_file, "--out", out,
+            "--cell", "rnn,gru", "--seq-len", "20,30", "--seeds", "2", "--hidden", "16", "--steps", "60"]
+    client = procs.start(args, env=env, cwd=str(tmp_path))
+    wait_for(lambda: os.path.exists(out) and len(lines(out)) >= 2 or client.poll() is not None, 240,
+             "the first results")
+    assert client.poll() is None, client.stderr.read()
+    procs.kill(workers[1])  # the worker and its nanny: gone for good, mid-sweep
+    stdout, stderr = client.communicate(timeout=240)
+    assert client.returncode == 0, stderr
+    got = lines(out)
+    assert len(got) == 8 and len({sweep.key(r["point"]) for r in got}) == 8
+    assert "8 run, 0 already done, 0 not run" in stderr
+    # A point computed on a cluster equals the serial run too.
+    assert untimed(got[-1]["result"]) == untimed(serial(got[-1]["point"]))
+
+
+# ---- data-parallel training over MPI --------------------------------------------------
+
+def test_split_covers_the_batch_in_order():
+    assert mpi.split(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert mpi.split(4, 1) == [(0, 4)]
+
+
+@needs_mpi
+def test_mpiexec_2_equals_the_single_process_run_and_resumes(tmp_path):
+    common = ["--cell", "lstm", "--task", "adding", "--seq-len", "12", "--hidden", "8", "--batch", "9",
+              "--lr", "1e-2", "--clip-norm", "0.5", "--dtype", "float64", "--json"]
+    env = dict(os.environ, HYDRA_IFACE="lo")
+
+    def mpirun(*args):
+        cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train",
+               "--distributed", *common, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(tmp_path),
+                           start_new_session=True)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)  # one JSON document: rank 1 printed nothing
+
+    single = tr.train(cell="lstm", task="adding", seq_len=12, hidden=8, batch=9, steps=20, lr=1e-2, clip_norm=0.5,
+                      dtype="float64")
+    straight = mpirun("--steps", "20")
+    assert straight["processes"] == 2
+    for k in ("train_loss", "eval_loss"):
+        assert straight[k] == pytest.approx(single[k], rel=1e-7, abs=0)
+    mpirun("--steps", "10", "--save", "half.npz", "--log", "log.jsonl", "--log-every", "5")
+    resumed = mpirun("--steps", "20", "--resume", "half.npz")
+    assert resumed["start_step"] == 10
+    assert resumed["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-7, abs=0)
+    assert [r["step"] for r in lines(tmp_path / "log.jsonl")] == [5, 10]  # rank 0 alone logs
+    assert sorted(os.listdir(tmp_path)) == ["half.npz", "log.jsonl"]
+
+
+@needs_mpi
+def test_distributed_batch_smaller_than_the_ranks_is_one_line(tmp_path):
+    cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
+           "--cell", "rnn", "--seq-len", "4", "--hidden", "2", "--batch", "1", "--steps", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, HYDRA_IFACE="lo"),
+                       start_new_session=True)
+    assert r.returncode != 0
+    assert "cannot be split across 2 processes" in r.stderr and "Traceback" not in r.stderr
