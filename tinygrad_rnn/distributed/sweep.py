@@ -9,13 +9,16 @@ reads the file back and skips what is there. Dask does the scheduling and the fa
 tolerance (a task on a worker that dies is run again elsewhere); this module only
 builds the grid, keeps the file and summarises.
 """
+import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import math
 import os
+import signal
 import statistics
-import sys
+import threading
 import time
 
 from .. import diagnostics, optim, training
@@ -131,8 +134,15 @@ def key(point):
 _loaded_plugins = set()
 
 
+def blas_core():
+    """OpenBLAS's kernel choice in this process (see ``tinygrad_rnn/_blas.py``): results are
+    bit-identical only between processes with the same choice."""
+    return os.environ.get("OPENBLAS_CORETYPE", "default")
+
+
 def run_point(point, plugins=()):
-    """Run one point where it is called (a Dask worker); return ``(result, kernels_compiled)``.
+    """Run one point where it is called (a Dask worker); return ``(result, facts)``, with
+    ``facts``: the number of kernels Numba compiled for it, the OpenBLAS choice.
 
     ``result`` is the ``train --json`` summary, or the cell's record of ``diagnose --json``,
     as it reads back from JSON; a run that fails (a diverging loss, say) gives
@@ -151,7 +161,7 @@ def run_point(point, plugins=()):
         except Exception as e:  # noqa: BLE001 (the point's outcome, recorded like a loss)
             result = {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
     started = sum(1 for _, ev in compiles.buffer if ev.is_start)
-    return json.loads(json.dumps(result, default=_jsonable)), started
+    return json.loads(json.dumps(result, default=_jsonable)), {"compiled": started, "blas": blas_core()}
 
 
 def _run(p):
@@ -225,26 +235,41 @@ class Results:
 
 # ---- running a sweep -----------------------------------------------------------------------
 
-def _client(workers=None, scheduler=None):
+@contextlib.contextmanager
+def connect(workers=None, scheduler=None):
     """A Dask client: on ``scheduler`` (an address, or a scheduler file) if given, else on a
-    new local cluster of ``workers`` single-threaded processes bound to 127.0.0.1."""
+    new local cluster of ``workers`` single-threaded processes bound to 127.0.0.1, closed
+    on the way out."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise SweepError("sweep needs Dask: pip install 'tinygrad-rnn[distributed]'") from None
-    import dask
-    dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"})
+    cluster = None
     try:
         if scheduler:
-            if os.path.exists(scheduler):
-                return Client(scheduler_file=scheduler, timeout="10s")
-            return Client(scheduler, timeout="10s")
-        cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50)
-        return Client(cluster)
+            kw = {"scheduler_file": scheduler} if os.path.exists(scheduler) else {"address": scheduler}
+            client = Client(timeout="10s", **kw)
+        else:
+            # Ctrl-C is for this process, which stops the sweep and the cluster: the worker
+            # processes, started now, inherit SIGINT ignored and stay quiet.
+            main = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+            try:
+                cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, previous)
+            client = Client(cluster)
     except (OSError, TimeoutError, ValueError, TypeError) as e:
         where = f"the Dask scheduler at {scheduler!r}" if scheduler else "a local Dask cluster"
         raise SweepError(f"cannot reach {where}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
@@ -264,7 +289,7 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
     try:
         if todo:
             log(f"{stats['skipped']} of {len(points)} points already in {out}; running {len(todo)}")
-            with _client(workers, scheduler) as client:
+            with connect(workers, scheduler) as client:
                 _sweep(client, todo, results, plugins, stats, log)
         else:
             log(f"all {len(points)} points already in {out}")
@@ -292,29 +317,41 @@ def _sweep(client, todo, results, plugins, stats, log):
     warm = list({key(warm_up_point(p)): warm_up_point(p) for p in todo}.values())
     for addr in hosts.values():
         for p in warm:
-            _, compiled = client.submit(run_point, p, plugins, workers=[addr], pure=False).result()
-            stats["compiled_warm_up"] += compiled
+            _, facts = client.submit(run_point, p, plugins, workers=[addr], pure=False).result()
+            stats["compiled_warm_up"] += facts["compiled"]
+    cores = client.run(blas_core)
+    odd = sorted(a for a, core in cores.items() if core != blas_core())
+    if odd:
+        log(f"warning: OpenBLAS kernels on {len(odd)} worker(s) ({cores[odd[0]]}) differ from this process's "
+            f"({blas_core()}): results may differ from serial runs in the last bits; start workers with "
+            "python -m tinygrad_rnn.distributed.worker")
     futures = {client.submit(run_point, p, plugins, pure=False, key=f"point-{i}-{hash(key(p)) & 0xffffffff:x}"): p
                for i, p in enumerate(todo)}
+    keys = varying(todo) or ["cell", "seq_len"]
     for fut in as_completed(futures):
         p = futures.pop(fut)
         try:
-            result, compiled = fut.result()
+            result, facts = fut.result()
         except Exception as e:  # noqa: BLE001 (a worker lost more often than Dask allows, say)
             stats["failed"] += 1
-            log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p)}: not run: "
+            log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: not run: "
                 f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             continue
         results.add(p, result)
         stats["ran"] += 1
-        stats["compiled_tasks"] += compiled
-        log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p)}: {headline(result)}")
+        stats["compiled_tasks"] += facts["compiled"]
+        log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: {headline(result)}")
 
 
 # ---- reading results ---------------------------------------------------------------------
 
-def describe(point):
-    return " ".join(f"{k}={point[k]}" for k in GRID + ("seed",) if k in point)
+def varying(points):
+    """The grid options that take more than one value among ``points``."""
+    return [k for k in GRID + ("seed",) if len({json.dumps(p.get(k)) for p in points}) > 1]
+
+
+def describe(point, keys=GRID + ("seed",)):
+    return " ".join(f"{k}={point[k]}" for k in keys if k in point)
 
 
 def solved(result):
@@ -339,7 +376,7 @@ def summarise(records):
     """
     if not records:
         return [], []
-    varying = [k for k in GRID if len({json.dumps(r["point"].get(k)) for r in records}) > 1]
+    changing = [k for k in varying([r["point"] for r in records]) if k != "seed"]
     groups = {}
     for r in records:
         g = tuple((k, r["point"].get(k)) for k in GRID if k in r["point"])
@@ -356,13 +393,13 @@ def summarise(records):
             row.update(horizon=statistics.median(x["horizon"] for x in final),
                        verdicts=sorted({x["final_verdict"] for x in ok}))
         rows.append(row)
-    return varying, rows
+    return changing, rows
 
 
 def table(records):
     """The summary as text lines."""
-    varying, rows = summarise(records)
-    cols = list(dict.fromkeys(["cell", "seq_len"] + varying))
+    changing, rows = summarise(records)
+    cols = list(dict.fromkeys(["cell", "seq_len"] + changing))
     lines = ["  ".join(f"{c:>10}" for c in cols) + "  " +
              (f"{'n':>3} {'eval loss':>10} {'baseline':>9} {'solved':>7}" if any("eval_loss" in r for r in rows)
               else f"{'n':>3} {'horizon':>8}  verdicts")]
@@ -397,12 +434,12 @@ def plot(records, path):
 
     plt = pyplot()
 
-    varying, rows = summarise(records)
+    changing, rows = summarise(records)
     rows = [r for r in rows if "eval_loss" in r or "horizon" in r]
     if not rows:
         raise SweepError("nothing to plot: every point failed")
     training_mode = "eval_loss" in rows[0]
-    others = [k for k in varying if k not in ("cell", "seq_len")]
+    others = [k for k in changing if k not in ("cell", "seq_len")]
     panels = {}
     for r in rows:
         panels.setdefault(tuple((k, r[k]) for k in others), []).append(r)
@@ -430,8 +467,13 @@ def plot(records, path):
         ax.set_xticks(range(len(lens)), [str(t) for t in lens])
         ax.set_yticks(range(len(cells)), cells)
         ax.set_xlabel("sequence length T")
-        ax.set_title(", ".join(f"{k}={v}" for k, v in label) or records[0]["point"]["task"], fontsize=8)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in label), fontsize=8)
+    first = records[0]["point"]
+    fixed = [k for k in ("task", "hidden", "init", "optimizer", "lr", "clip_norm", "steps", "batch")
+             if k in first and k not in changing]
+    fig.suptitle(", ".join(f"{k} {first[k]}" for k in fixed) + f"; {max(r['n'] for r in rows)} seed(s)", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(),
-                 label="eval loss / baseline (text: loss, seeds solved)" if training_mode else "gradient horizon (steps)")
+                 label="colour: eval loss / baseline\ntext: eval loss, seeds solved" if training_mode
+                 else "colour: gradient horizon (steps)\ntext: horizon, verdicts")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
