@@ -256,7 +256,7 @@ def connect(workers=None, scheduler=None):
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
             try:
                 cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
             finally:
                 if main:
                     signal.signal(signal.SIGINT, previous)
