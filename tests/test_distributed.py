@@ -211,11 +211,22 @@ def test_ctrl_c_then_the_same_command_loses_and_repeats_nothing(tmp_path, procs)
 
 
 @needs_dask
-def test_bad_scheduler_address_is_one_line(tmp_path):
-    result = CliRunner().invoke(cli.main, ["sweep", "--cell", "rnn", "--steps", "1", "--out", str(tmp_path / "r.jsonl"),
-                                           "--scheduler", "tcp://127.0.0.1:9"])
+@pytest.mark.parametrize("where, message", [
+    ("tcp://127.0.0.1:9", "cannot reach the Dask scheduler"),  # nothing listens there: a 10 s timeout
+    ("tcp://127.0.0.1:port", "cannot reach the Dask scheduler"),
+    ("bogus://x", "unknown address scheme"),
+    ("missing/sched.json", "cannot read the scheduler file"),
+    ("garbage.json", "not a Dask scheduler file"),
+])
+def test_bad_scheduler_is_one_line(tmp_path, where, message):
+    (tmp_path / "garbage.json").write_text("garbage")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        result = CliRunner().invoke(cli.main, ["sweep", "--cell", "rnn", "--steps", "1", "--out", "r.jsonl",
+                                               "--scheduler", where])
     assert result.exit_code == 1
-    assert "cannot reach the Dask scheduler" in result.output and "Traceback" not in result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")
 
 
 @needs_dask

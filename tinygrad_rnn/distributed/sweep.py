@@ -235,6 +235,22 @@ class Results:
 
 # ---- running a sweep -----------------------------------------------------------------------
 
+def _scheduler_address(scheduler):
+    """An address as given, or the one in a scheduler file (``dask scheduler --scheduler-file``)."""
+    if "://" in scheduler or not (os.sep in scheduler or scheduler.endswith(".json") or os.path.isfile(scheduler)):
+        return scheduler
+    try:
+        with open(scheduler, encoding="utf-8") as f:
+            address = json.load(f).get("address")
+    except OSError as e:
+        raise SweepError(f"cannot read the scheduler file {scheduler!r}: {e.strerror}") from None
+    except (ValueError, AttributeError):
+        address = None
+    if not isinstance(address, str):
+        raise SweepError(f"{scheduler!r} is not a Dask scheduler file (no \"address\")")
+    return address
+
+
 @contextlib.contextmanager
 def connect(workers=None, scheduler=None):
     """A Dask client: on ``scheduler`` (an address, or a scheduler file) if given, else on a
@@ -247,8 +263,7 @@ def connect(workers=None, scheduler=None):
     cluster = None
     try:
         if scheduler:
-            kw = {"scheduler_file": scheduler} if os.path.exists(scheduler) else {"address": scheduler}
-            client = Client(timeout="10s", **kw)
+            client = Client(_scheduler_address(scheduler), timeout="10s")
         else:
             # Ctrl-C is for this process, which stops the sweep and the cluster: the worker
             # processes, started now, inherit SIGINT ignored and stay quiet.
@@ -261,7 +276,9 @@ def connect(workers=None, scheduler=None):
                 if main:
                     signal.signal(signal.SIGINT, previous)
             client = Client(cluster)
-    except (OSError, TimeoutError, ValueError, TypeError) as e:
+    except SweepError:
+        raise
+    except Exception as e:  # noqa: BLE001 (Dask's many ways of saying "not there": OSError, AssertionError...)
         where = f"the Dask scheduler at {scheduler!r}" if scheduler else "a local Dask cluster"
         raise SweepError(f"cannot reach {where}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     try:
