@@ -325,3 +325,12 @@ def test_distributed_batch_smaller_than_the_ranks_is_one_line(tmp_path):
                        start_new_session=True)
     assert r.returncode != 0
     assert "cannot be split across 2 processes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    r = CliRunner().invoke(cli.main, ["train", "--distributed", "--cell", "rnn", "--steps", "1"])
+    assert r.exit_code == 1 and "pip install 'tinygrad-rnn[mpi]'" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli.main, ["sweep", "--cell", "rnn", "--steps", "1", "--out", str(tmp_path / "r.jsonl")])
+    assert r.exit_code == 1 and "pip install 'tinygrad-rnn[distributed]'" in r.output and "Traceback" not in r.output

@@ -57,12 +57,13 @@ class DataParallel:
         """This rank's slice of the batch axis: x is (T, B, I); y is (B, ...) when the
         loss reads the last step only, else (T, B, ...)."""
         s = self._slice(x.shape[1])
-        return x[:, s], (y[s] if task.last_step_only else y[:, s])
+        # contiguous copies: the kernels are compiled for C-ordered arrays
+        return np.ascontiguousarray(x[:, s]), np.ascontiguousarray(y[s] if task.last_step_only else y[:, s])
 
     def shard_state(self, state):
         """A full-batch recurrent state (num_layers, B, H) per tensor -> this rank's slice."""
         s = self._slice(state[0].shape[1])
-        return tuple(Tensor(t.numpy()[:, s], device=t.device) for t in state)
+        return tuple(Tensor(np.ascontiguousarray(t.numpy()[:, s]), device=t.device) for t in state)
 
     def gather_state(self, state):
         """The inverse of ``shard_state`` (collective): every rank gets the full-batch state."""
