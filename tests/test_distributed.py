@@ -26,6 +26,10 @@ needs_dask = pytest.mark.skipif(not HAVE_DASK, reason="needs the distributed ext
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 needs_mpi = pytest.mark.skipif(not (importlib.util.find_spec("mpi4py") and MPIEXEC),
                                reason="needs the mpi extra: pip install -e '.[mpi]'")
+# MPICH on loopback only: Hydra's proxies connect over lo, and so do the ranks (UCX by
+# default, or libfabric's tcp); without UCX_NET_DEVICES the ranks listen on the machine's
+# network address too.
+MPI_ENV = dict(os.environ, HYDRA_IFACE="lo", UCX_NET_DEVICES="lo", FI_TCP_IFACE="lo", OPENBLAS_NUM_THREADS="1")
 TIMINGS = sweep.TIMINGS
 TINY = dict(hidden=[4], steps=6, batch=8)
 
@@ -277,7 +281,7 @@ def test_split_covers_the_batch_in_order():
 def test_mpiexec_2_equals_the_single_process_run_and_resumes(tmp_path):
     common = ["--cell", "lstm", "--task", "adding", "--seq-len", "12", "--hidden", "8", "--batch", "9",
               "--lr", "1e-2", "--clip-norm", "0.5", "--dtype", "float64", "--json"]
-    env = dict(os.environ, HYDRA_IFACE="lo")
+    env = MPI_ENV
 
     def mpirun(*args):
         cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train",
@@ -309,7 +313,7 @@ def test_mpiexec_2_with_truncated_bptt_saves_the_whole_batchs_state(tmp_path):
     cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
            "--cell", "gru", "--task", "text", "--seq-len", "20", "--bptt", "10", "--hidden", "8", "--batch", "6",
            "--dtype", "float64", "--steps", "6", "--save", str(tmp_path / "six.npz")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, HYDRA_IFACE="lo"),
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=MPI_ENV,
                        start_new_session=True)
     assert r.returncode == 0, r.stderr
     resumed = tr.train(steps=12, resume=str(tmp_path / "six.npz"), **opts)
@@ -317,11 +321,36 @@ def test_mpiexec_2_with_truncated_bptt_saves_the_whole_batchs_state(tmp_path):
     assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-7, abs=0)
 
 
+PROBE = """
+import os, psutil
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+comm.Allreduce(MPI.IN_PLACE, bytearray(8), op=MPI.BOR)
+def listening(p):
+    return {(c.laddr[0], c.laddr[1]) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+me = psutil.Process(os.getpid())
+own = listening(me) - listening(me.parent())  # not counting Hydra's control port, inherited
+found = comm.gather(sorted({ip for ip, _ in own}))
+if comm.Get_rank() == 0:
+    print(found)
+"""
+
+
+@needs_mpi
+@pytest.mark.skipif(not importlib.util.find_spec("psutil"), reason="needs psutil (comes with the distributed extra)")
+def test_mpi_ranks_listen_on_loopback_only(tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    r = subprocess.run([MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, str(tmp_path / "probe.py")],
+                       capture_output=True, text=True, timeout=120, env=MPI_ENV, start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[['127.0.0.1'], ['127.0.0.1']]"
+
+
 @needs_mpi
 def test_distributed_batch_smaller_than_the_ranks_is_one_line(tmp_path):
     cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
            "--cell", "rnn", "--seq-len", "4", "--hidden", "2", "--batch", "1", "--steps", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, HYDRA_IFACE="lo"),
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=MPI_ENV,
                        start_new_session=True)
     assert r.returncode != 0
     assert "cannot be split across 2 processes" in r.stderr and "Traceback" not in r.stderr
