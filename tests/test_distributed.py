@@ -187,6 +187,17 @@ def test_sweep_on_a_local_cluster_of_2_equals_serial_runs_and_resumes(tmp_path, 
 
 
 @needs_dask
+def test_local_cluster_listens_on_loopback_only():
+    import psutil
+    me = psutil.Process()
+    with sweep.connect(workers=2) as client:
+        client.wait_for_workers(2, timeout=60)
+        tree = [me] + me.children(recursive=True)
+        ips = {c.laddr[0] for p in tree for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert len(tree) >= 3 and ips == {"127.0.0.1"}
+
+
+@needs_dask
 def test_diagnose_sweep_equals_the_cells_record_of_diagnose(tmp_path):
     out = str(tmp_path / "d.jsonl")
     points = sweep.grid("diagnose", cell=["lstm"], seq_len=[6], hidden=[3], batch=4)
