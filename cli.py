@@ -249,7 +249,8 @@ def _grid_values(ctx, param, value):
 
 
 @main.command()
-@click.option("--cell", multiple=True, callback=_grid_values, help="Cells (repeatable or a,b,c). Default: rnn,lstm,gru.")
+@click.option("--cell", multiple=True, callback=_grid_values,
+              help="Cells (repeatable or a,b,c). Default: rnn,lstm,gru.")
 @click.option("--task", multiple=True, callback=_grid_values, help="Tasks. Default: adding.")
 @click.option("--seq-len", multiple=True, callback=_grid_values, help="Sequence lengths. Default: 100.")
 @click.option("--hidden", multiple=True, callback=_grid_values, help="Hidden sizes. Default: 64.")
@@ -259,14 +260,17 @@ def _grid_values(ctx, param, value):
 @click.option("--clip-norm", multiple=True, callback=_grid_values,
               help="Gradient-norm clips, or none. Default: none (train), 1 (diagnose).")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds 0 .. N-1 per point.")
-@click.option("--steps", type=click.IntRange(min=0), default=None, help="Steps per point. Default: 1000 (train), 0 (diagnose).")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Steps per point. Default: 1000 (train), 0 (diagnose).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--mode", type=click.Choice(["train", "diagnose"]), default="train", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="JSON Lines results, one per point; a re-run skips the points already in it.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster size. Default: the CPU count.")
-@click.option("--scheduler", metavar="ADDRESS|FILE", help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Heatmap over seq_len x cell (needs matplotlib).")
+@click.option("--scheduler", metavar="ADDRESS|FILE",
+              help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Heatmap over seq_len x cell (needs matplotlib).")
 @click.pass_context
 def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seeds, steps, batch, mode, out,
           workers, scheduler, plot_path):

@@ -51,6 +51,11 @@ def lines(path):
         return [json.loads(line) for line in f]
 
 
+def popen(args, **kw):
+    return subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
 class Procs:
     """Subprocesses, each in its own session, all killed (with children) at the end."""
 
@@ -58,8 +63,7 @@ class Procs:
         self.procs = []
 
     def start(self, args, **kw):
-        p = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, **kw)
+        p = popen(args, **kw)
         self.procs.append(p)
         return p
 
@@ -75,6 +79,18 @@ class Procs:
             self.kill(p)
             for stream in (p.stdout, p.stderr):
                 stream.close()
+
+
+def run(args, timeout, **kw):
+    """subprocess.run in a session of its own, killed whole (mpiexec's ranks too) on a timeout."""
+    p = popen(args, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
 
 
 @pytest.fixture
@@ -221,7 +237,7 @@ def test_ctrl_c_then_the_same_command_loses_and_repeats_nothing(tmp_path, procs)
     assert stderr.strip().splitlines()[-1].startswith("Error: interrupted: ")
     done = len(lines(out))  # every line whole (lines() parses each)
     assert 1 <= done < 12
-    again = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
+    again = run(args, timeout=240, cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert f"{12 - done} run, {done} already done, 0 not run" in again.stderr
     got = lines(out)
@@ -297,8 +313,7 @@ def test_mpiexec_2_equals_the_single_process_run_and_resumes(tmp_path):
     def mpirun(*args):
         cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train",
                "--distributed", *common, *args]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(tmp_path),
-                           start_new_session=True)
+        r = run(cmd, timeout=180, env=env, cwd=str(tmp_path))
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)  # one JSON document: rank 1 printed nothing
 
@@ -324,8 +339,7 @@ def test_mpiexec_2_with_truncated_bptt_saves_the_whole_batchs_state(tmp_path):
     cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
            "--cell", "gru", "--task", "text", "--seq-len", "20", "--bptt", "10", "--hidden", "8", "--batch", "6",
            "--dtype", "float64", "--steps", "6", "--save", str(tmp_path / "six.npz")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=MPI_ENV,
-                       start_new_session=True)
+    r = run(cmd, timeout=180, env=MPI_ENV)
     assert r.returncode == 0, r.stderr
     resumed = tr.train(steps=12, resume=str(tmp_path / "six.npz"), **opts)
     straight = tr.train(steps=12, **opts)
@@ -351,8 +365,7 @@ if comm.Get_rank() == 0:
 @pytest.mark.skipif(not importlib.util.find_spec("psutil"), reason="needs psutil (comes with the distributed extra)")
 def test_mpi_ranks_listen_on_loopback_only(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
-    r = subprocess.run([MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, str(tmp_path / "probe.py")],
-                       capture_output=True, text=True, timeout=120, env=MPI_ENV, start_new_session=True)
+    r = run([MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, str(tmp_path / "probe.py")], timeout=120, env=MPI_ENV)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[['127.0.0.1'], ['127.0.0.1']]"
 
@@ -361,8 +374,7 @@ def test_mpi_ranks_listen_on_loopback_only(tmp_path):
 def test_distributed_batch_smaller_than_the_ranks_is_one_line(tmp_path):
     cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
            "--cell", "rnn", "--seq-len", "4", "--hidden", "2", "--batch", "1", "--steps", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=MPI_ENV,
-                       start_new_session=True)
+    r = run(cmd, timeout=120, env=MPI_ENV)
     assert r.returncode != 0
     assert "cannot be split across 2 processes" in r.stderr and "Traceback" not in r.stderr
 

@@ -423,7 +423,8 @@ def table(records):
     for r in rows:
         cells = "  ".join(f"{str(r[c]):>10}" for c in cols)
         if "eval_loss" in r:
-            tail = f"{r['n']:>3} {r['eval_loss']:>10.4g} {r['baseline']:>9.3g} {r['solved']:>3}/{r['n'] - r['errors']:<3}"
+            tail = (f"{r['n']:>3} {r['eval_loss']:>10.4g} {r['baseline']:>9.3g} "
+                    f"{r['solved']:>3}/{r['n'] - r['errors']:<3}")
         elif "horizon" in r:
             tail = f"{r['n']:>3} {r['horizon']:>8g}  {','.join(r['verdicts'])}"
         else:
@@ -480,7 +481,8 @@ def plot(records, path):
         else:
             im = ax.imshow(grid_, cmap="viridis", vmin=0, vmax=max(lens), aspect="auto")
         for (i, j), text in notes.items():
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if training_mode and grid_[i, j] > 0.1 else "black")
+            dark = training_mode and grid_[i, j] > 0.1
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(len(lens)), [str(t) for t in lens])
         ax.set_yticks(range(len(cells)), cells)
         ax.set_xlabel("sequence length T")
