@@ -289,7 +289,8 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
                                    log=lambda msg: click.echo(msg, err=True))
     for line in sweep_mod.table(records):
         click.echo(line)
-    click.echo(f"{stats['ran']} run, {stats['skipped']} already done, {stats['failed']} not run, in "
+    errors = f" ({stats['errors']} ended in an error)" if stats["errors"] else ""
+    click.echo(f"{stats['ran']} run{errors}, {stats['skipped']} already done, {stats['failed']} not run, in "
                f"{stats['seconds']:.1f} s; kernels compiled: {stats['compiled_warm_up']} in warm-up, "
                f"{stats['compiled_tasks']} in tasks; results in {out}", err=True)
     if plot_path:

@@ -300,7 +300,7 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
     plugins = tuple(os.path.abspath(s) if s.endswith(".py") else s for s in plugins)
     results = Results(out)
     todo = list({key(p): p for p in points if key(p) not in results.records}.values())
-    stats = {"points": len(points), "skipped": len(points) - len(todo), "ran": 0, "failed": 0,
+    stats = {"points": len(points), "skipped": len(points) - len(todo), "ran": 0, "errors": 0, "failed": 0,
              "compiled_warm_up": 0, "compiled_tasks": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     try:
@@ -356,6 +356,7 @@ def _sweep(client, todo, results, plugins, stats, log):
             continue
         results.add(p, result)
         stats["ran"] += 1
+        stats["errors"] += "error" in result
         stats["compiled_tasks"] += facts["compiled"]
         log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: {headline(result)}")
 
@@ -415,10 +416,13 @@ def summarise(records):
 
 def table(records):
     """The summary as text lines."""
+    if not records:
+        return []
     changing, rows = summarise(records)
     cols = list(dict.fromkeys(["cell", "seq_len"] + changing))
+    training_mode = records[0]["point"]["mode"] == "train"
     lines = ["  ".join(f"{c:>10}" for c in cols) + "  " +
-             (f"{'n':>3} {'eval loss':>10} {'baseline':>9} {'solved':>7}" if any("eval_loss" in r for r in rows)
+             (f"{'n':>3} {'eval loss':>10} {'baseline':>9} {'solved':>7}" if training_mode
               else f"{'n':>3} {'horizon':>8}  verdicts")]
     for r in rows:
         cells = "  ".join(f"{str(r[c]):>10}" for c in cols)
