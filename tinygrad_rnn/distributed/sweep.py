@@ -324,7 +324,11 @@ def _sweep(client, todo, results, plugins, stats, log):
 
     info = client.scheduler_info()["workers"]
     if not info:
-        client.wait_for_workers(1, timeout=60)
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError:
+            raise SweepError(f"no Dask worker joined the scheduler at {client.scheduler.address} "
+                             "within 60 s") from None
         info = client.scheduler_info()["workers"]
     # Compile once per machine before the sweep fans out: one worker per host runs each
     # distinct code path at toy sizes and fills the Numba cache the others then load.
@@ -334,7 +338,8 @@ def _sweep(client, todo, results, plugins, stats, log):
     warm = list({key(warm_up_point(p)): warm_up_point(p) for p in todo}.values())
     for addr in hosts.values():
         for p in warm:
-            _, facts = client.submit(run_point, p, plugins, workers=[addr], pure=False).result()
+            _, facts = client.submit(run_point, p, plugins, workers=[addr], allow_other_workers=True,
+                                     pure=False).result()
             stats["compiled_warm_up"] += facts["compiled"]
     cores = client.run(blas_core)
     odd = sorted(a for a, core in cores.items() if core != blas_core())
