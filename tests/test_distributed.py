@@ -51,9 +51,13 @@ def lines(path):
         return [json.loads(line) for line in f]
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background CI job may have it ignored: Ctrl-C tests need it
+
+
 def popen(args, **kw):
     return subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 class Procs:
