@@ -393,25 +393,35 @@ def _print_diagnosis(report):
               help="Stop when the eval loss has not improved for K evaluations; keep the best model.")
 @click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="Also write the --save checkpoint every N steps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Floating-point precision of the model and its training.")
+@click.option("--distributed", is_flag=True,
+              help="Data-parallel over MPI: run under `mpiexec -n N` (pip install 'tinygrad-rnn[mpi]').")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr. Default: when stderr is a terminal.")
 @click.pass_context
 def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
           init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every, diagnose_every,
           on_nonfinite, as_json, cell_option_pairs, bidirectional, dropout, embed, lr_schedule, warmup,
-          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, progress):
+          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, dtype, distributed, progress):
     """Train a cell on a sequence task."""
+    run = training.train
+    if distributed:
+        from tinygrad_rnn.distributed import mpi
+        run = mpi.train  # every rank trains; rank 0 alone logs, saves and prints
     show = sys.stderr.isatty() if progress is None else progress
     with _progress_bar(show, steps) as on_step, compile_notice():
-        summary = training.train(
+        summary = run(
             cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers, batch=batch,
             steps=steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
             init_scheme=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed, device=device,
             save=save, resume=resume, log=log, log_every=log_every, on_nonfinite=on_nonfinite,
-            progress=on_step, diagnose_every=diagnose_every, explicit=_explicit(ctx),
+            progress=on_step, diagnose_every=diagnose_every, explicit=_explicit(ctx), dtype=dtype,
             cell_options=_cell_options(cell, cell_option_pairs), bidirectional=bidirectional, dropout=dropout,
             embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
             lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
+    if summary is None:
+        return  # an MPI rank other than 0: rank 0 prints
 
     def human(s):
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
@@ -458,6 +468,66 @@ def _progress_bar(show, total):
             if step % every == 0 or step == steps:
                 click.echo(f"step {step}/{steps}  loss {loss:.4f}  |g| {norm:.3g}{note}", err=True)
         yield update
+
+
+def _grid_values(ctx, param, value):
+    from tinygrad_rnn.distributed import sweep as sweep_mod
+    try:
+        return sweep_mod.parse_values(param.name, value)
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1]) from None
+
+
+@main.command()
+@click.option("--cell", multiple=True, callback=_grid_values,
+              help="Cells (repeatable or a,b,c). Default: rnn,lstm,gru.")
+@click.option("--task", multiple=True, callback=_grid_values, help="Tasks. Default: adding.")
+@click.option("--seq-len", multiple=True, callback=_grid_values, help="Sequence lengths. Default: 100.")
+@click.option("--hidden", multiple=True, callback=_grid_values, help="Hidden sizes. Default: 64.")
+@click.option("--init", multiple=True, callback=_grid_values, help="Init schemes. Default: pytorch.")
+@click.option("--lr", multiple=True, callback=_grid_values, help="Learning rates. Default: 1e-3.")
+@click.option("--optimizer", multiple=True, callback=_grid_values, help="Optimizers (train). Default: adam.")
+@click.option("--clip-norm", multiple=True, callback=_grid_values,
+              help="Gradient-norm clips, or none. Default: none (train), 1 (diagnose).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds 0 .. N-1 per point.")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Steps per point. Default: 1000 (train), 0 (diagnose).")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--mode", type=click.Choice(["train", "diagnose"]), default="train", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="JSON Lines results, one per point; a re-run skips the points already in it.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster size. Default: the CPU count.")
+@click.option("--scheduler", metavar="ADDRESS|FILE",
+              help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Heatmap over seq_len x cell (needs matplotlib).")
+@click.pass_context
+def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seeds, steps, batch, mode, out,
+          workers, scheduler, plot_path):
+    """Run a grid of train or diagnose runs on Dask, one task per point."""
+    from tinygrad_rnn.distributed import sweep as sweep_mod
+    if workers and scheduler:
+        raise click.BadParameter("--workers sizes a local cluster; drop it with --scheduler", param_hint="--workers")
+    try:
+        points = sweep_mod.grid(mode, seeds, steps, batch, cell=cell, task=task, seq_len=seq_len, hidden=hidden,
+                                init=init, lr=lr, optimizer=optimizer, clip_norm=clip_norm)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if plot_path:
+        sweep_mod.pyplot()  # fail before the sweep, not after it
+    records, stats = sweep_mod.run(points, out, workers, scheduler, ctx.find_root().params["plugin_specs"],
+                                   log=lambda msg: click.echo(msg, err=True))
+    for line in sweep_mod.table(records):
+        click.echo(line)
+    errors = f" ({stats['errors']} ended in an error)" if stats["errors"] else ""
+    click.echo(f"{stats['ran']} run{errors}, {stats['skipped']} already done, {stats['failed']} not run, in "
+               f"{stats['seconds']:.1f} s; kernels compiled: {stats['compiled_warm_up']} in warm-up, "
+               f"{stats['compiled_tasks']} in tasks; results in {out}", err=True)
+    if plot_path:
+        sweep_mod.plot(records, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
+    if stats["failed"]:
+        sys.exit(1)
 
 
 @main.command()

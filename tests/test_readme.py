@@ -55,8 +55,12 @@ def test_readme_cli_commands_parse(monkeypatch, clean_plugins):
     commands = _cli_commands()
     assert len(commands) >= 3
     for args in commands:
-        if args[0] == "diagnose":
-            continue  # the main job: run for real by .ci/run
-        result = CliRunner().invoke(cli.main, args)
-        assert result.exit_code == 0, (args, result.output)
+        if args[0] in ("train", "generate"):  # run, with the work stubbed out
+            result = CliRunner().invoke(cli.main, args)
+            assert result.exit_code == 0, (args, result.output)
+        else:  # parsed and checked only: diagnose is run for real by .ci/run, a cluster sweep needs a cluster
+            ctx = cli.main.make_context("tinygrad-rnn", list(args))
+            pending = [*getattr(ctx, "_protected_args", []), *ctx.args]  # click 8.2+ keeps the name apart
+            name, command, rest = cli.main.resolve_command(ctx, pending)
+            command.make_context(name, rest, parent=ctx)
     assert len(seen) == len([a for a in commands if a[0] in ("train", "generate")])

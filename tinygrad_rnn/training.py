@@ -152,7 +152,12 @@ def train(*args, **kwargs):
     checkpoint's is a ``ConfigError``; ``explicit`` names the arguments to treat as chosen
     (the CLI passes the options given on its command line; by default, those passed here).
     ``progress`` is True (a line on stderr) or a callable ``progress(step, steps, loss,
-    grad_norm, note)`` (``note``: the latest eval loss, with ``eval_every``). Output paths are checked before any work (``tinygrad_rnn.safeio.check_outputs``).
+    grad_norm, note)`` (``note``: the latest eval loss, with ``eval_every``). Output paths are
+    checked before any work (``tinygrad_rnn.safeio.check_outputs``).
+
+    ``parallel``: data-parallel training (``tinygrad_rnn.distributed.mpi.DataParallel``):
+    every process draws the same global batch, trains on its shard, and ``parallel``
+    sums the weighted gradients and loss across processes before clipping and the update.
     """
     if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
         kwargs["explicit"] = set(kwargs)
@@ -187,7 +192,7 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
           log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
           dtype="float32", cell_options=None, return_model=False, bidirectional=False, dropout=0.0,
           embed=None, lr_schedule="constant", warmup=0, lr_step_size=None, lr_gamma=0.1, lr_patience=10,
-          eval_every=None, patience=None, save_every=None, explicit=()):
+          eval_every=None, patience=None, save_every=None, explicit=(), parallel=None):
     for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
                     ("seq_len", seq_len), ("log_every", log_every)):
         _positive(name, v, allow_zero=name == "steps")
@@ -273,6 +278,8 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             best = meta, arrays  # with --patience, checkpoints are written at the best step
         if start > steps:
             raise ConfigError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
+    if parallel is not None and carried is not None:
+        carried = parallel.shard_state(carried)
 
     progress = _print_progress if progress is True else progress or None
     log_file = open(log, "a", encoding="utf-8") if log else None
@@ -286,12 +293,16 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
             else:
                 x, y = task_obj.batch(rng, config["batch"])
                 carried = None
+            if parallel is not None:
+                x, y = parallel.shard(x, y, task_obj)
             opt.zero_grad()
             pred, state = model(Tensor(x, device=device), carried)
             loss = task_obj.loss(pred, y)
             loss_value = float(loss.item())
             if math.isfinite(loss_value):
                 loss.backward()
+            if parallel is not None:
+                loss_value = parallel.allreduce(loss_value, model.parameters())
             norm = optim.grad_norm(model.parameters())
             if not (math.isfinite(loss_value) and math.isfinite(norm)):
                 if on_nonfinite == "skip":
@@ -350,6 +361,9 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     done = len(losses)
     if best is not None:  # --patience keeps the best model, in memory and on disk
         model.load_state_dict({k[6:]: v for k, v in best[1].items() if k.startswith("param/")})
+    if save and parallel is not None:
+        carried = parallel.gather_state(carried)  # collective: every process takes part, the root saves
+        save = save if parallel.root else None
     if save:
         checkpoint.save(save, *(best or _snapshot(model, opt, steps if done or start == steps else start, config,
                                                   rng, carried, cursors, sched, early)))
