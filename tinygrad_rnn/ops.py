@@ -351,7 +351,7 @@ def where(cond, a, b):
     """``a`` where ``cond`` is true, else ``b`` (cond is data, not differentiated)."""
     a, b = _pair(a, b)
     cond_t = tensor(cond)
-    cond = backend.of(a.data).asarray(cond_t.numpy().astype(bool))
+    cond = backend.of(a.data).asarray(backend.of(cond_t.data).to_numpy(cond_t.data).astype(bool))
     if _tracer[0] is not None:
         _tracer[0].alias(cond, cond_t)
     return apply(OPS["where"], a, b, cond=cond)

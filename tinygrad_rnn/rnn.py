@@ -93,7 +93,9 @@ class RNN(Module):
         self.num_states = cls.num_states
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, int(num_layers)
         self.batch_first = batch_first
-        self.fused = fused
+        if fused is not None and not isinstance(fused, (bool, np.bool_)):
+            raise TypeError(f"fused must be None (compile when possible), True or False, got {fused!r}")
+        self.fused = None if fused is None else bool(fused)
         self.cell_options = dict(cell_options)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):

@@ -105,6 +105,8 @@ class Tensor:
     # ---- conversion -------------------------------------------------------
     def numpy(self):
         """The data as a NumPy array (a copy when it lives on another device)."""
+        if _o._tracer[0] is not None:  # the cell compiler is tracing a step
+            _o._tracer[0].read(self)
         return backend.of(self.data).to_numpy(self.data)
 
     def item(self):

@@ -17,7 +17,7 @@ from .. import ops
 from ..tensor import Tensor
 from .codegen import render
 from .plan import make_plan
-from .trace import CompileError, trace
+from .trace import CompileError, trace, trace_checked
 
 __all__ = ["CompileError", "Compiled", "compile_cell", "compile_status", "generate", "run_layer",
            "step_values", "inspect_cell"]
@@ -41,26 +41,33 @@ def compile_cell(cell, dtype=None):
     from .runtime import load_source
     dtype = np.dtype(dtype or next(iter(cell.parameters())).dtype)
     cache = cell.__dict__.setdefault("_compiled", {})
-    if dtype in cache:
-        hit = cache[dtype]
+    key = (dtype, _settings(cell))  # step may read them (self.training, options): a change re-traces
+    if key in cache:
+        hit = cache[key]
         if isinstance(hit, CompileError):
             raise hit
         return hit
     try:
         graph_text, plan, source = generate(cell, dtype)
     except CompileError as e:
-        cache[dtype] = e
+        cache[key] = e
         raise
     compiled = Compiled(graph_text, plan, source, load_source(source), dtype)
-    cache[dtype] = compiled
+    cache[key] = compiled
     return compiled
+
+
+def _settings(cell):
+    """The cell's plain attributes (training mode, options): part of what step computes."""
+    return tuple(sorted((k, v) for k, v in vars(cell).items()
+                        if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))))
 
 
 def generate(cell, dtype):
     """(graph text, plan, source) for a cell instance: every pass but loading. Raises CompileError."""
     dtype = np.dtype(dtype)
     try:
-        graph = trace(cell, dtype)
+        graph = trace_checked(cell, dtype)
     except CompileError:
         raise
     except (Exception, SystemExit) as e:  # a bug in step: the step path reports it with the real shapes
@@ -206,12 +213,14 @@ def step_values(cell, x, state, ops_named=("sigmoid", "tanh")):
     ``{op: [array (T, B, width), ...]}`` for every step equation of those ops, found
     from the graph (a cell's gates are its sigmoid outputs)."""
     from ..tape import no_grad
+    from .runtime import guarded
     compiled = compile_cell(cell, x.dtype)
     T, B, I = x.shape
     with no_grad():
         hoisted, aux = _replayed_inputs(cell, x, compiled)
         arrays = [np.ascontiguousarray(t.numpy()) for t in (*state, *hoisted, *aux)]
-        Y, residuals = compiled.module.forward(False, I, cell.hidden_size, np.ones((T, B), x.dtype), *arrays)
+        Y, residuals = guarded(compiled.module, "forward", False, I, cell.hidden_size,
+                               np.ones((T, B), x.dtype), *arrays)
     kept = dict(zip(compiled.module.RESIDUAL_IDS, residuals))
     kept.update({vid: Y[:, i] for i, vid in enumerate(compiled.module.OUTPUT_IDS)})
     found = {op: [] for op in ops_named}
@@ -228,10 +237,9 @@ def ops_replay(eqns, env):
 
 def inspect_cell(cell, dtype="float32"):
     """(graph text, plan summary, generated source, its cached file) for a cell instance."""
-    from .runtime import source_path
     c = compile_cell(cell, dtype)
     p = c.plan
     summary = (f"param equations: {len(p.param_eqns)}, hoisted (all T*B rows at once): "
                f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {p.num_levels} stage(s), "
                f"recurrent products: {len(p.gemms)}")
-    return c.graph_text, summary, c.source, source_path(c.source)
+    return c.graph_text, summary, c.source, c.module.__file__

@@ -106,8 +106,8 @@ def load_source(source):
                 if os.path.exists(tmp):
                     os.unlink(tmp)
                 raise
-    except OSError:  # an unwritable cache: compile in memory, without Numba's disk cache
-        folder = tempfile.mkdtemp(prefix="tinygrad_rnn_")
+    except OSError as e:  # an unusable cache: compile in a temporary folder, gone at exit
+        folder = _scratch_folder(folder, e)
         path = os.path.join(folder, f"cell_{digest}.py")
         with open(path, "w") as f:
             f.write(source)
@@ -118,6 +118,49 @@ def load_source(source):
     spec.loader.exec_module(mod)
     _modules[digest] = mod
     return mod
+
+
+_scratch = []
+
+
+def _scratch_folder(wanted, error):
+    """A per-process folder for generated modules, removed at exit, with one warning."""
+    if not _scratch:
+        import atexit
+        import shutil
+        _scratch.append(tempfile.mkdtemp(prefix="tinygrad_rnn_"))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+        print(f"tinygrad_rnn: cannot use the kernel cache {wanted!r} ({error.strerror or error}); compiled "
+              "kernels are not kept for the next run (set TINYGRAD_RNN_CACHE_DIR to a writable folder)",
+              file=sys.stderr)
+    return _scratch[0]
+
+
+def guarded(module, name, *args):
+    """Call a generated function; if it fails while Numba's on-disk cache of the module
+    exists, that cache may be damaged (truncated by a full disk, a killed process): remove
+    it and try once more, compiling afresh."""
+    try:
+        return getattr(module, name)(*args)
+    except Exception:
+        stem = os.path.splitext(os.path.basename(module.__file__))[0]
+        folder = os.path.join(os.path.dirname(module.__file__), "__pycache__")
+        stale = [os.path.join(folder, f) for f in _listdir(folder) if f.startswith(stem + ".")]
+        if not stale:
+            raise
+        for f in stale:
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+        return getattr(module, name)(*args)
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def _holds(path, source):
@@ -159,14 +202,14 @@ def replay(eqns, env):
 def _fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
     states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
     rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-    return module.forward(jit_loop, *sizes, mask, *states, *rest)
+    return guarded(module, "forward", jit_loop, *sizes, mask, *states, *rest)
 
 
 def _vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
     states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
     rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-    dx, dstates, daux, norms = module.backward(jit_loop, *sizes, np.ascontiguousarray(g, dtype=Y.dtype), Y,
-                                               residuals, mask, *states, *rest)
+    dx, dstates, daux, norms = guarded(module, "backward", jit_loop, *sizes,
+                                       np.ascontiguousarray(g, dtype=Y.dtype), Y, residuals, mask, *states, *rest)
     if probe is not None:
         probe.norms = norms
     daux = [d.reshape(a.shape) for d, a in zip(daux, arrays[n_states + n_hoisted:])]

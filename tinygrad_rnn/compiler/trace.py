@@ -101,10 +101,19 @@ class _Tracer:
         self.keep.append(t)
         return v
 
+    def read(self, t):
+        """``step`` reads a value into Python (``.numpy()``, ``.item()``): what it does with
+        it would be frozen at trace time, so such a step is not compiled."""
+        v = self.vars.get(id(t))
+        if v is not None and v.role != "const":
+            raise CompileError(f"step() reads the value of {v.name} into Python (.numpy(), .item() or "
+                               f"float()) at {self.line()}: what it does with it would be frozen at trace "
+                               "time; keep step in Tensor ops")
+
     def var_of(self, t):
         v = self.vars.get(id(t))
         if v is None:  # a tensor made outside the traced ops: a constant
-            v = self.new_var(t, "const", value=np.array(t.numpy()))
+            v = self.new_var(t, "const", value=np.array(t.data))
             self.consts.append(v)
         return v
 
@@ -138,8 +147,8 @@ class _Tracer:
         return "step"
 
 
-def trace(cell, dtype):
-    """Run ``cell.step`` once on a batch of ``TRACE_BATCH`` and return its Graph."""
+def trace(cell, dtype, batch=TRACE_BATCH):
+    """Run ``cell.step`` once on a batch of ``batch`` and return its Graph."""
     from ..cell import _checked_state
     dtype = np.dtype(dtype)
     try:
@@ -147,7 +156,7 @@ def trace(cell, dtype):
     except TypeError:
         step_file = "<step>"
     rng = np.random.default_rng(0)
-    B = TRACE_BATCH
+    B = batch
     tracer = _Tracer(step_file)
     x = Tensor((rng.standard_normal((B, cell.input_size)) * 0.5).astype(dtype))
     states = tuple(Tensor((rng.standard_normal((B, cell.hidden_size)) * 0.5).astype(dtype))
@@ -174,8 +183,37 @@ def trace(cell, dtype):
             raise CompileError(f"cell {cell.name!r}: state {i} returned by step() was not computed "
                                "by tinygrad_rnn ops")
         outs.append(tracer.vars[id(t)])
-    for c in tracer.consts:
-        if c.value.ndim >= 1 and c.value.shape[0] == B and c.value.ndim == 2:
-            raise CompileError(f"cell {cell.name!r}: step() uses a batch-shaped constant {c!r}: a value "
-                               "left the tape (.numpy(), .detach() or a new Tensor inside step)")
     return Graph(cell.name, vx, vs, vp, tracer.eqns, outs, tracer.consts)
+
+
+def trace_checked(cell, dtype):
+    """Trace ``step`` at two batch sizes; the graphs must agree, constants included.
+
+    A step whose graph changes with the batch size (it reads ``x.shape[0]``, makes a
+    batch-shaped constant, or cut a value off the tape with ``.detach()``) or between two
+    calls (it keeps state of its own, or draws random numbers) cannot be compiled."""
+    first, second = trace(cell, dtype), trace(cell, dtype, batch=TRACE_BATCH + 2)
+    a, b = _fingerprint(first), _fingerprint(second)
+    for (where, x), (_, y) in zip(a, b):
+        if x != y:
+            raise CompileError(f"cell {cell.name!r}: step() at {where} does not give the same graph for "
+                               "every batch and every call (it depends on the batch size, on a value cut "
+                               "off the tape, or on state or randomness of its own); keep step a function "
+                               "of its inputs and parameters")
+    if len(a) != len(b):
+        raise CompileError(f"cell {cell.name!r}: step() records a different number of ops for different "
+                           "batch sizes; keep step a function of its inputs and parameters")
+    return first
+
+
+def _fingerprint(graph):
+    """What must not change with the batch size: ops, wiring, attributes, constants."""
+    out = []
+    for c in graph.consts:
+        out.append(("a constant", (c.id, c.value.shape, c.value.dtype.str, c.value.tobytes())))
+    for e in graph.eqns:
+        attrs = {k: v for k, v in e.attrs.items() if k not in ("cond", "residuals")}
+        out.append((e.where, (e.op, tuple(v.id for v in e.ins), e.out.id, repr(attrs),
+                              e.out.shape[1:] if e.out.batched else e.out.shape)))
+    out.append(("its return", tuple(v.id for v in graph.outputs)))
+    return out
