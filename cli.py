@@ -501,16 +501,19 @@ def _grid_values(ctx, param, value):
               help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Heatmap over seq_len x cell (needs matplotlib).")
+@cell_option
 @click.pass_context
 def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seeds, steps, batch, mode, out,
-          workers, scheduler, plot_path):
+          workers, scheduler, plot_path, cell_option_pairs):
     """Run a grid of train or diagnose runs on Dask, one task per point."""
     from tinygrad_rnn.distributed import sweep as sweep_mod
     if workers and scheduler:
         raise click.BadParameter("--workers sizes a local cluster; drop it with --scheduler", param_hint="--workers")
+    cell_options = _cell_options(list(cell or ("rnn", "lstm", "gru")), cell_option_pairs)
     try:
-        points = sweep_mod.grid(mode, seeds, steps, batch, cell=cell, task=task, seq_len=seq_len, hidden=hidden,
-                                init=init, lr=lr, optimizer=optimizer, clip_norm=clip_norm)
+        points = sweep_mod.grid(mode, seeds, steps, batch, cell_options=cell_options, cell=cell, task=task,
+                                seq_len=seq_len, hidden=hidden, init=init, lr=lr, optimizer=optimizer,
+                                clip_norm=clip_norm)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if plot_path:

@@ -390,3 +390,20 @@ def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "pip install 'tinygrad-rnn[mpi]'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli.main, ["sweep", "--cell", "rnn", "--steps", "1", "--out", str(tmp_path / "r.jsonl")])
     assert r.exit_code == 1 and "pip install 'tinygrad-rnn[distributed]'" in r.output and "Traceback" not in r.output
+
+
+def test_cell_options_reach_every_point_of_a_sweep():
+    points = sweep.grid("train", steps=3, cell=["rnn"], cell_options={"nonlinearity": "relu"})
+    assert points[0]["cell_options"] == {"nonlinearity": "relu"}
+    assert "cell_options" not in sweep.grid("train", steps=3, cell=["rnn"])[0]  # earlier files' keys unchanged
+    result, _ = sweep.run_point(dict(points[0], seq_len=5, hidden=4, batch=2))
+    assert "error" not in result and result["steps"] == 3
+
+
+def test_sweep_refuses_a_bad_cell_option_before_starting():
+    from click.testing import CliRunner
+    import cli
+    result = CliRunner().invoke(cli.main, ["sweep", "--cell", "rnn", "--cell-option", "nonlinearity=sigmoid",
+                                           "--out", "never.jsonl"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not os.path.exists("never.jsonl")

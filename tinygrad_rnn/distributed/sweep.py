@@ -101,10 +101,11 @@ def parse_values(name, raw):
     return values
 
 
-def grid(mode="train", seeds=1, steps=None, batch=32, **options):
+def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **options):
     """All points of the grid: the product of each option's list of values, times seeds 0..N-1.
 
-    ``options`` maps names in GRID to lists of values (missing: the command's default).
+    ``options`` maps names in GRID to lists of values (missing: the command's default);
+    ``cell_options`` (``--cell-option``) go to every point's cells.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -122,6 +123,8 @@ def grid(mode="train", seeds=1, steps=None, batch=32, **options):
     points = []
     for combo in itertools.product(*lists, range(seeds)):
         p = dict(zip(names, combo[:-1]), steps=steps, batch=batch, seed=combo[-1], mode=mode)
+        if cell_options:  # only when given, so the points of earlier results files keep their keys
+            p["cell_options"] = dict(cell_options)
         points.append(p)
     return points
 
@@ -169,9 +172,11 @@ def _run(p):
     if p["mode"] == "train":
         return training.train(cell=p["cell"], task=p["task"], seq_len=p["seq_len"], hidden=p["hidden"],
                               batch=p["batch"], steps=p["steps"], optimizer=p["optimizer"], lr=p["lr"],
-                              clip_norm=p["clip_norm"], init_scheme=p["init"], seed=p["seed"])
+                              clip_norm=p["clip_norm"], init_scheme=p["init"], seed=p["seed"],
+                              cell_options=p.get("cell_options"))
     report = diagnostics.diagnose((p["cell"],), p["task"], p["seq_len"], p["init"], p["steps"], p["hidden"],
-                                  batch=p["batch"], seed=p["seed"], lr=p["lr"], clip_norm=p["clip_norm"])
+                                  batch=p["batch"], seed=p["seed"], lr=p["lr"], clip_norm=p["clip_norm"],
+                                  cell_options=p.get("cell_options"))
     return report["cells"][0]
 
 
