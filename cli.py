@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import diagnostics, plugins, safeio
+from tinygrad_rnn import checkpoint, diagnostics, plugins, safeio
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
@@ -112,6 +112,17 @@ def _known(kind):
 cell_option = click.option(
     "--cell-option", "cell_option_pairs", multiple=True, metavar="KEY=VALUE",
     help="Cell constructor option, e.g. nonlinearity=relu (repeatable); typed and checked against the cell.")
+
+
+def _resumed_cell(ctx, cell, resume):
+    """The cell --cell-option is checked against: the checkpoint's when resuming without --cell."""
+    from click.core import ParameterSource
+    if resume and ctx.get_parameter_source("cell") is ParameterSource.DEFAULT:
+        try:
+            return checkpoint.load(resume)[0]["config"]["cell"]
+        except Exception:  # noqa: BLE001 (a bad checkpoint is reported by train itself)
+            pass
+    return cell
 
 
 def _cell_options(cells, pairs):
@@ -417,7 +428,8 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
             init_scheme=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed, device=device,
             save=save, resume=resume, log=log, log_every=log_every, on_nonfinite=on_nonfinite,
             progress=on_step, diagnose_every=diagnose_every, explicit=_explicit(ctx), dtype=dtype,
-            cell_options=_cell_options(cell, cell_option_pairs), bidirectional=bidirectional, dropout=dropout,
+            cell_options=_cell_options(_resumed_cell(ctx, cell, resume), cell_option_pairs),
+            bidirectional=bidirectional, dropout=dropout,
             embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
             lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
     if summary is None:

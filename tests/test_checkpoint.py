@@ -87,7 +87,7 @@ def test_header_fields_are_checked_by_type_and_range(tmp_path, change, match):
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda a: a.update({"optim/lr": np.asarray(-1.0)}), "optimizer state 'lr' must be a finite number > 0"),
+    (lambda a: a.update({"optim/lr": np.asarray(-1.0)}), "optimizer state 'lr' must be a finite number >= 0"),
     (lambda a: a.update({"optim/0.m": np.zeros((7, 7), np.float32)}), r"state '0.m' must be a finite float array of shape"),
     (lambda a: a.update({"optim/0.momentum": np.zeros((3, 1), np.float32)}), "unexpected entry '0.momentum'"),
     (lambda a: a.update({"optim/99.m": np.zeros(3, np.float32)}), "unexpected entry '99.m'"),

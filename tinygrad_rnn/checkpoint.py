@@ -157,6 +157,6 @@ def validate_run(meta, arrays, path):
     steps, lr = arrays["optim/steps"].item(), arrays["optim/lr"].item()
     if not _int(steps, 0):
         raise CheckpointError(f"{path!r}: optimizer state 'steps' must be an integer >= 0, got {steps!r}")
-    if not _num(lr, 0, open_lo=True):
-        raise CheckpointError(f"{path!r}: optimizer state 'lr' must be a finite number > 0, got {lr!r}")
+    if not _num(lr, 0):  # 0 is where a cosine schedule ends
+        raise CheckpointError(f"{path!r}: optimizer state 'lr' must be a finite number >= 0, got {lr!r}")
     return config

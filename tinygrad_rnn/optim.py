@@ -75,8 +75,8 @@ class Optimizer:
         steps, lr = np.asarray(state["steps"]).item(), np.asarray(state["lr"]).item()
         if not isinstance(steps, numbers.Integral) or steps < 0:
             raise ConfigError(f"{name} state 'steps' must be an integer >= 0, got {steps!r}")
-        if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"{name} state 'lr' must be a finite number > 0, got {lr!r}")
+        if not _is_number(lr) or not math.isfinite(lr) or lr < 0:  # 0: where a cosine schedule ends
+            raise ConfigError(f"{name} state 'lr' must be a finite number >= 0, got {lr!r}")
         staged = [dict() for _ in self.params]
         for key, v in state.items():
             if key in ("steps", "lr"):

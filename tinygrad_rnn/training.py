@@ -23,6 +23,10 @@ class TrainingError(Error, RuntimeError):
     """Training cannot go on (a non-finite loss or gradient, say); the message says where."""
 
 
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C: the run stopped after its last whole step (and saved it, with ``save``)."""
+
+
 def _positive(name, v, allow_zero=False):
     ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
     if not ok:
@@ -285,6 +289,10 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     log_file = open(log, "a", encoding="utf-8") if log else None
     losses, clipped, skipped, window = [], 0, 0, []
     eval_note, stopped_at = "", None
+    completed, interrupted = start, []
+    # With --save, Ctrl-C finishes the step under way and saves it; a second one stops at once.
+    # (Not under MPI, where every rank must stop at the same step.)
+    restore_sigint = _finish_step_on_sigint(interrupted) if save and parallel is None else None
     t0 = time.perf_counter()
     try:
         for step in range(start + 1, steps + 1):
@@ -350,11 +358,14 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
                     stopped_at = step
             if save_every and step % save_every == 0 and step != steps:
                 checkpoint.save(save, *_snapshot(model, opt, step, config, rng, carried, cursors, sched, early))
+            completed = step
             if progress:
                 progress(step, steps, loss_value, norm, eval_note)
-            if stopped_at:
+            if stopped_at or interrupted:
                 break
     finally:
+        if restore_sigint is not None:
+            restore_sigint()
         if log_file:
             _close_log(log_file)
     seconds = time.perf_counter() - t0
@@ -365,8 +376,12 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         carried = parallel.gather_state(carried)  # collective: every process takes part, the root saves
         save = save if parallel.root else None
     if save:
-        checkpoint.save(save, *(best or _snapshot(model, opt, steps if done or start == steps else start, config,
+        checkpoint.save(save, *(best or _snapshot(model, opt, completed if interrupted else
+                                                  (steps if done or start == steps else start), config,
                                                   rng, carried, cursors, sched, early)))
+    if interrupted:
+        raise TrainingInterrupted(f"interrupted at step {completed} of {steps}; the run up to it is saved in "
+                                  f"{save!r}: --resume {save} to continue")
     eval_loss = evaluate(model, task_obj, device)
     summary = {
         "cell": config["cell"], "task": config["task"], "seq_len": config["seq_len"],
@@ -384,6 +399,24 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
     if task_obj.classification:
         summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
     return (summary, model, task_obj) if return_model else summary
+
+
+def _finish_step_on_sigint(flag):
+    """Make SIGINT set ``flag`` instead of raising, until the returned function is called."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag:  # a second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.append(True)
+        print("\ninterrupted: finishing this step and saving it (Ctrl-C again to stop at once)", file=sys.stderr)
+    signal.signal(signal.SIGINT, handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _print_progress(step, steps, loss, norm, note=""):

@@ -102,8 +102,13 @@ def train(**kwargs):
     Only rank 0 writes the log and the checkpoint and shows progress; the summary's
     ``processes`` says how many ranks took part.
     """
+    if kwargs.get("dropout"):
+        raise DistributedError("--dropout with --distributed is not supported yet: each process would draw "
+                               "its own dropout masks, so the run would not equal the single-process one")
     comm = world()
     parallel = DataParallel(comm)
+    if parallel.size == 1 and parallel.root:
+        print("note: --distributed with one process; run it under `mpiexec -n N` to use N", file=sys.stderr)
     if not parallel.root:
         kwargs.update(log=None, progress=False)
     try:
