@@ -169,9 +169,9 @@ def test_bad_training_options_are_clear(kw, match):
 def test_resume_with_conflicting_options_is_an_error(tmp_path):
     ck = str(tmp_path / "ck.npz")
     _run(steps=4, save=ck, dropout=0.2, layers=2)
-    with pytest.raises(ValueError, match=r"was trained with dropout=0.2, not 0.5"):
+    with pytest.raises(ValueError, match=r"--dropout 0.5 conflicts with the resumed run's dropout 0.2"):
         _run(steps=6, resume=ck, dropout=0.5)
-    with pytest.raises(ValueError, match="was trained with bidirectional=False, not True"):
+    with pytest.raises(ValueError, match="--bidirectional True conflicts with the resumed run's bidirectional False"):
         _run(steps=6, resume=ck, bidirectional=True)
     assert _run(steps=6, resume=ck, dropout=0.2)["start_step"] == 4  # repeating the setting is fine
 

@@ -391,6 +391,11 @@ def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers
         "seconds": seconds, "steps_per_second": done / seconds if seconds > 0 and done else 0.0,
         "clip_fraction": clipped / done if done else 0.0, "skipped_steps": skipped,
         "lr": opt.lr,
+        # the run's settings beyond the sizes, so that runs differing in them can be told apart
+        "dtype": config.get("dtype", "float32"), "optimizer": config["optimizer"],
+        "bidirectional": config.get("bidirectional", False), "dropout": config.get("dropout", 0.0),
+        "embed": config.get("embed"), "lr_schedule": config.get("lr_schedule", "constant"),
+        "cell_options": config.get("cell_options", {}),
     }
     if run["eval_every"]:
         summary.update(best_eval_loss=early["best"] if early["best_step"] is not None else None,
@@ -511,8 +516,9 @@ def _check_layer_option_conflicts(path, saved, requested, lr_step_size):
         want = lr_step_size if key == "lr_step_size" else requested[key]
         have = saved.get(key, default)
         if want not in (default, have):
-            raise ConfigError(f"--resume: {path!r} was trained with {key}={have!r}, not {want!r}; "
-                             "drop that option to continue it, or start a new run")
+            option = "--" + key.replace("_", "-")
+            raise ConfigError(f"{option} {want!r} conflicts with the resumed run's {key} {have!r} in {path!r}; "
+                              f"drop {option} to continue that run, or start a new one without --resume")
 
 
 def _snapshot(model, opt, step, config, rng, carried, cursors, sched, early):

@@ -60,6 +60,13 @@ def _number(s):
     return v
 
 
+def _positive_number(s):
+    v = _number(s)
+    if v == 0:
+        raise ValueError("must be a finite number > 0")
+    return v
+
+
 def _choice(options):
     def conv(s):
         if s not in options:
@@ -77,7 +84,7 @@ def _registered(lookup):
 
 CONVERT = {
     "cell": _registered(get_cell), "task": _registered(get_task), "seq_len": _int(2), "hidden": _int(1),
-    "init": _choice(training.INIT_SCHEMES), "lr": _number, "optimizer": _choice(tuple(optim.OPTIMIZERS)),
+    "init": _choice(training.INIT_SCHEMES), "lr": _positive_number, "optimizer": _choice(tuple(optim.OPTIMIZERS)),
     "clip_norm": lambda s: None if s.lower() == "none" else _number(s),
 }
 
