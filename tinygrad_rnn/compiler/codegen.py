@@ -615,31 +615,21 @@ class Generator:
         return []
 
     # -- drivers and the module ---------------------------------------------------------
-    def _lhs_at_t(self, v):
-        """The (B, n) left operand of a recurrent product at step t, as an array expression."""
+    def _lhs(self, v, every_step=False):
+        """The left operand of a recurrent product as an array expression: at step t,
+        (B, n), or with ``every_step`` for all steps at once, (T, B, n)."""
         if v in self.states:
             i = self.states.index(v)
-            return f"(S0_{i} if t == 0 else Y[t - 1, {i}])"
+            return (f"np.concatenate((S0_{i}[None], Y[:-1, {i}]))" if every_step else
+                    f"(S0_{i} if t == 0 else Y[t - 1, {i}])")
         p = self.producer[v]
         if p.op == "getitem":
             lo, hi = self.bounds(p)
-            return f"{self._lhs_at_t(p.ins[0])}[:, {lo}:{hi}]"
+            return f"{self._lhs(p.ins[0], every_step)}[{':, ' if every_step else ''}:, {lo}:{hi}]"
+        step = ":" if every_step else "t"
         if v in self.out_index:
-            return f"Y[t, {self.out_index[v]}]"
-        return f"R{v.id}[t]"
-
-    def _lhs_all(self, v):
-        """The left operand of a recurrent product for all steps, (T, B, n)."""
-        if v in self.states:
-            i = self.states.index(v)
-            return f"np.concatenate((S0_{i}[None], Y[:-1, {i}]))"
-        p = self.producer[v]
-        if p.op == "getitem":
-            lo, hi = self.bounds(p)
-            return f"{self._lhs_all(p.ins[0])}[:, :, {lo}:{hi}]"
-        if v in self.out_index:
-            return f"Y[:, {self.out_index[v]}]"
-        return f"R{v.id}"
+            return f"Y[{step}, {self.out_index[v]}]"
+        return f"R{v.id}" if every_step else f"R{v.id}[t]"
 
     def _stage_call(self, src, name):
         """``name(t, M, args...)`` for a kernel whose def line is in ``src``."""
@@ -691,7 +681,7 @@ class Generator:
             for k in sorted(fwd):
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
-                        body.append(f"        {mm_fn}({self._lhs_at_t(e.ins[0])}, "
+                        body.append(f"        {mm_fn}({self._lhs(e.ins[0])}, "
                                     f"A{self.aux.index(e.ins[1])}, G{n}[t])")
                 body.append(f"        {self._stage_call(fwd[k], f'_forward_stage{k}')}")
             out += body + ["", ""]
@@ -726,7 +716,7 @@ class Generator:
         finish = []
         for n, e in enumerate(self.gemms):
             k_in, w_out = self.W(e.ins[0]), self.W(e.out)
-            finish.append(f"    DA{self.aux.index(e.ins[1])} += ({self._lhs_all(e.ins[0])}.reshape(T * B, {k_in}).T "
+            finish.append(f"    DA{self.aux.index(e.ins[1])} += ({self._lhs(e.ins[0], every_step=True)}.reshape(T * B, {k_in}).T "
                           f"@ GD{n}.reshape(T * B, {w_out})).reshape(DA{self.aux.index(e.ins[1])}.shape)")
         dstates = [" + ".join(self._carry_names(i)) for i in range(S)]
         out += [f"def backward(jit_loop, I, H, dY, Y, residuals, M, {', '.join([*s0_args, *x_args, *a_args])}):",
