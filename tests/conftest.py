@@ -13,9 +13,12 @@ def rng():
 
 
 @pytest.fixture
-def clean_plugins():
-    """A fresh plugin registry for the test, and none of its plugins left behind."""
+def clean_plugins(monkeypatch):
+    """A fresh plugin registry for the test, none of its plugins left behind, and no
+    plugin or debug settings from the environment."""
     from tinygrad_rnn import plugins
+    monkeypatch.delenv("TINYGRAD_RNN_PLUGINS", raising=False)
+    monkeypatch.delenv("TINYGRAD_RNN_DEBUG", raising=False)
     plugins.reset()
     yield
     plugins.reset()

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 import cli
 import tinygrad_rnn as tr
-from tinygrad_rnn import plugins, training
+from tinygrad_rnn import training
 
 CELL = """
 import tinygrad_rnn as tr
@@ -47,12 +47,7 @@ def register_tasks(register):
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
-    monkeypatch.delenv("TINYGRAD_RNN_DEBUG", raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("clean_plugins")
 
 
 def run(*args, env=None):

@@ -14,12 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = {"mgu": os.path.join(ROOT, "plugins", "mgu"), "peephole_lstm": os.path.join(ROOT, "plugins", "peephole")}
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
-    monkeypatch.delenv("TINYGRAD_RNN_PLUGINS", raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("clean_plugins")
 
 
 def _write(tmp_path, name, body):
