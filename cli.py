@@ -198,12 +198,15 @@ def plugins_cmd(as_json):
 @click.option("--hidden", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--source-only", is_flag=True, help="Print only the generated Python source.")
-def compile_cmd(cell, input_size, hidden, dtype, source_only):
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Which kernels to show: numba.njit for the CPU, or numba.cuda (no GPU needed to read them).")
+@cell_option
+def compile_cmd(cell, input_size, hidden, dtype, source_only, target, cell_option_pairs):
     """Show what the cell compiler makes of a cell: its traced step, the plan, and the
     generated Numba source (also cached on disk, path printed)."""
-    model = tr.nn.RNN(cell, input_size, hidden, dtype=dtype)
+    model = tr.nn.RNN(cell, input_size, hidden, dtype=dtype, **_cell_options(cell, cell_option_pairs))
     try:
-        graph, summary, source, path = inspect_cell(model.cells[0], dtype)
+        graph, summary, source, path = inspect_cell(model.cells[0], dtype, target)
     except CompileError as e:
         raise click.ClickException(f"{e} (the cell still runs, on the step path)")
     if source_only:

@@ -61,17 +61,30 @@ def test_op_and_gradient_match_cpu(name, fn, inputs):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("cell,layers", [("rnn", 1), ("lstm", 2), ("gru", 1)])
-def test_fused_cells_match_cpu_with_norms(cell, layers):
+COMPILED_CELLS = [("rnn", {}, 1), ("rnn", {"nonlinearity": "relu"}, 2), ("lstm", {}, 2), ("gru", {}, 1),
+                  ("mgu", {}, 2), ("peephole_lstm", {}, 1), ("indrnn", {}, 1), ("ln_lstm", {}, 1),
+                  ("kitchen_sink", {}, 2)]
+
+
+@pytest.mark.parametrize("cell,options,layers", COMPILED_CELLS,
+                         ids=[c + "".join(o.values()) for c, o, _ in COMPILED_CELLS])
+def test_compiled_cells_on_cuda_match_cpu(cell, options, layers):
+    """Every cell's CUDA kernels (generated from step, like the CPU's) against the CPU:
+    outputs, final states, every gradient and the per-step norms of every state."""
+    from example_cells import KitchenSink, load_example_plugins
+    load_example_plugins()
+    cls = KitchenSink if cell == "kitchen_sink" else cell
     results = []
     for device in ("cpu", "cuda"):
         tr.manual_seed(0)
-        rnn = tr.nn.RNN(cell, 2, 3, num_layers=layers, dtype="float64").to(device)
+        rnn = tr.nn.RNN(cls, 2, 3, num_layers=layers, dtype="float64", fused=True, **options).to(device)
         x = tr.Tensor(np.random.default_rng(1).standard_normal((3, 2, 2)), device=device, requires_grad=True)
         out, state = rnn(x, lengths=[3, 2], probe=True)
-        ((out * out).sum() + state[-1].sum()).backward()
-        results.append([out.numpy(), state[0].numpy(), x.grad.numpy(), rnn.step_grad_norms()] +
-                       [p.grad.numpy() for p in rnn.parameters()])
+        ((out * out).sum() + sum((s * s).sum() for s in state)).backward()
+        results.append([out.numpy(), *[s.numpy() for s in state], x.grad.numpy()]
+                       + [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
+                       + [p.grad.numpy() for p in rnn.parameters()])
+    assert all(c._cuda is not None for c in rnn.cells[0].__dict__["_compiled"].values())  # the CUDA kernels ran
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
@@ -123,28 +136,45 @@ def test_cli_trains_on_cuda():
 
 
 PTX_SCRIPT = """
-import sys
+import os, sys
 from numba import cuda
 from numba.cuda.cudadrv import nvvm
 if not nvvm.is_available():
     print("SKIP no libNVVM"); sys.exit(0)
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+import tinygrad_rnn as tr
 from tinygrad_rnn.backend import cuda as backend
-from tinygrad_rnn.backend import cuda_cells  # registers the cell kernels
+from tinygrad_rnn.compiler import cuda_kernel_signatures, cuda_runtime
+from example_cells import KitchenSink, load_example_plugins
+load_example_plugins()
+kernels = dict(backend.KERNELS)
+a2, a3, a4 = ("float32[:, :]", "float32[:, :, :]", "float32[:, :, :, :]")
+kernels["_gemm_kernel"] = (cuda_runtime._gemm_kernel.py_func, f"void({a2}, {a2}, {a2}, boolean, boolean, boolean)")
+kernels["_stack_prev_kernel"] = (cuda_runtime._stack_prev_kernel.py_func, f"void({a2}, {a4}, int64, int64, {a3})")
+kernels["_copy3_kernel"] = (cuda_runtime._copy3_kernel.py_func, f"void({a3}, {a3})")
+kernels["_fill_kernel"] = (cuda_runtime._fill_kernel.py_func, "void(float64[::1])")
+for cell, options in (("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}), ("mgu", {}),
+                      ("peephole_lstm", {}), ("indrnn", {}), ("ln_lstm", {}), (KitchenSink, {})):
+    for dtype in ("float32", "float64"):  # float64: what diagnostics run in
+        c = tr.nn.RNN(cell, 3, 5, dtype=dtype, **options).cells[0]
+        for name, entry in cuda_kernel_signatures(c, dtype).items():
+            kernels[f"{c.name}{''.join(options.values())}.{dtype}.{name}"] = entry
 failed = []
-for name, (fn, sig) in sorted(backend.KERNELS.items()):
+for name, (fn, sig) in sorted(kernels.items()):
     try:
         ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
         assert ".target sm_90" in ptx
     except Exception as e:
         failed.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0]}")
-print("COMPILED", len(backend.KERNELS) - len(failed), "FAILED", failed)
+print("COMPILED", len(kernels) - len(failed), "FAILED", failed)
 sys.exit(1 if failed else 0)
 """
 
 
 def test_every_kernel_compiles_to_ptx_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if "SKIP" in out.stdout:
         pytest.skip("the CUDA toolkit's libNVVM is not installed here")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]

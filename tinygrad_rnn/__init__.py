@@ -8,7 +8,7 @@ from .ops import cat, stack, where, embedding, cross_entropy, mse, split, defop
 from .init import manual_seed
 from .hookspecs import hookimpl
 from . import nn, ops, testing
-from .cell import Cell, fused_sequence
+from .cell import Cell
 from .plugins import get_cell, list_cells, load_plugin, get_task, list_tasks
 from . import checkpoint, compiler, diagnostics, init, optim, tasks, training
 from .compiler import CompileError
@@ -17,7 +17,7 @@ from .training import train
 __version__ = "0.1.0"
 
 __all__ = ["Error", "errors", "Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
-           "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell", "fused_sequence",
+           "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
            "diagnostics", "init", "optim", "tasks", "training", "train", "compiler", "CompileError",
            "__version__"]

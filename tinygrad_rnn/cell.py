@@ -126,17 +126,3 @@ def _checked_state(cell, new, old, t):
         if n.shape != o.shape:
             fail(f"state {i} has shape {n.shape}, expected {o.shape}")
     return tuple(new)
-
-
-def fused_sequence(cell, kind, x, state, mask=None, probe=None, relu=False):
-    """Run a PyTorch-layout built-in cell (weight_ih, weight_hh, bias_ih, bias_hh) through
-    the CUDA backend's hand-written kernels of ``kind`` ("rnn", "lstm" or "gru"): one op
-    on the tape. On the CPU every cell is compiled from its ``step`` instead (compiler/)."""
-    T, B = x.shape[0], x.shape[1]
-    m = np.ones((T, B), x.dtype) if mask is None else mask
-    states = ops.cell_sequence(kind, x, state, cell.weight_ih, cell.weight_hh, cell.bias_ih,
-                               cell.bias_hh, m, relu=relu, probe=probe)
-    out = states[:, 0]
-    if mask is not None and not mask.all():
-        out = out * ops.Tensor(mask[:, :, None], device=x.device)  # padded steps output zeros, as in PyTorch
-    return out, tuple(states[T - 1, i] for i in range(cell.num_states))

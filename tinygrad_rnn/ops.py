@@ -138,20 +138,6 @@ def _cross_entropy_vjp(k, g, y, logits, target):
     return (k.cross_entropy_bwd(flat, target.reshape(-1), g).reshape(logits.shape),)
 
 
-def _cell_fwd(k, x, *rest, kind, relu, mask, probe, need_dx):
-    n = len(rest) - 4
-    return k.cell_forward(kind, x, rest[:n], *rest[n:], mask, relu)
-
-
-def _cell_vjp(k, g, y, x, *rest, kind, relu, mask, probe, need_dx, residuals):
-    n = len(rest) - 4
-    dx, dstates, dw_ih, dw_hh, db_ih, db_hh, norms = k.cell_backward(
-        kind, g, y, residuals, x, rest[:n], rest[n], rest[n + 1], mask, relu, need_dx)
-    if probe is not None:
-        probe.norms = norms
-    return (dx, *dstates, dw_ih, dw_hh, db_ih, db_hh)
-
-
 def _transpose_vjp(k, g, y, a, axes):
     return (g.transpose(np.argsort(axes)),)
 
@@ -194,7 +180,6 @@ defop("log_softmax", lambda k, a, axis: k.log_softmax(a, axis),
 defop("cross_entropy", _cross_entropy_fwd,                     _cross_entropy_vjp)
 defop("mse",      lambda k, a, b: k.asarray(((a - b) ** 2).mean()),
                                                                lambda k, g, y, a, b: (g * 2 * (a - b) / a.size, g * 2 * (b - a) / a.size), broadcast=True)
-defop("cell_sequence", _cell_fwd,                             _cell_vjp, residuals=True)
 defop("astype",   lambda k, a, dtype: a.astype(dtype),         lambda k, g, y, a, dtype: (g.astype(a.dtype),))
 
 
@@ -405,16 +390,6 @@ def mse(a, b):
     if a.shape != b.shape:
         raise ValueError(f"mse: prediction {a.shape} and target {b.shape} differ in shape")
     return apply(OPS["mse"], a, b)
-
-
-def cell_sequence(kind, x, states, w_ih, w_hh, b_ih, b_hh, mask, relu=False, probe=None):
-    """A built-in cell run over a whole sequence as one fused op.
-
-    Returns the states after every step, shape (T, num_states, B, H). ``probe``,
-    if given, receives ``probe.norms`` (num_states, T) during backward.
-    """
-    return apply(OPS["cell_sequence"], x, *states, w_ih, w_hh, b_ih, b_hh, kind=kind, relu=relu,
-                 mask=mask, probe=probe, need_dx=x.requires_grad)
 
 
 def compare(a, b, how):

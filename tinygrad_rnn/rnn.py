@@ -55,11 +55,6 @@ def _grad64(t):
     return np.zeros(t.shape) if t.grad is None else t.grad.numpy().astype(np.float64)
 
 
-def fused_sequence(cell, kind, x, state, mask, probe, relu=False):
-    from .cell import fused_sequence as run
-    return run(cell, kind, x, state, mask, probe, relu=relu)
-
-
 class RNN(Module):
     """A stack of ``num_layers`` cells run over a sequence.
 
@@ -205,15 +200,6 @@ class RNN(Module):
             return _reference_sequence(cell, x, state, mask, probe)
         if _has_fused(cell):  # a hand-written whole-sequence override
             return cell.forward_sequence(x, state, mask, probe)
-        if x.device != "cpu":
-            kind = getattr(cell, "fused_kind", None)
-            if kind is not None:
-                return fused_sequence(cell, kind, x, state, mask, probe,
-                                      relu=getattr(cell, "nonlinearity", "tanh") == "relu")
-            if self.fused:
-                raise CompileError(f"cell {cell.name!r}: compiled kernels run on the CPU only; "
-                                   "use fused=None or False on cuda")
-            return _reference_sequence(cell, x, state, mask, probe)
         try:
             compiled = compile_cell(cell, x.dtype)
         except CompileError:

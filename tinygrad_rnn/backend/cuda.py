@@ -768,5 +768,3 @@ def cross_entropy_bwd(logits, target, g):
                                                              logp.dtype.type(scale), out)
     return CudaArray(out.reshape(-1), logp.shape)
 
-
-from .cuda_cells import cell_backward, cell_forward  # noqa: E402,F401

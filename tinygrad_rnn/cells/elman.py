@@ -6,7 +6,6 @@ class Elman(tr.Cell):
     """Elman RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh), or relu."""
 
     name = "rnn"
-    fused_kind = "rnn"  # the CUDA backend's hand-written kernels (the CPU compiles step)
     num_states = 1
 
     def __init__(self, input_size, hidden_size, nonlinearity="tanh"):

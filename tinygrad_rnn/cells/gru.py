@@ -6,7 +6,6 @@ class GRU(tr.Cell):
     """GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h."""
 
     name = "gru"
-    fused_kind = "gru"  # the CUDA backend's hand-written kernels (the CPU compiles step)
     num_states = 1
 
     def __init__(self, input_size, hidden_size):

@@ -6,7 +6,6 @@ class LSTM(tr.Cell):
     """LSTM: c' = f*c + i*g, h' = o*tanh(c'); gates i, f, o sigmoid, g tanh."""
 
     name = "lstm"
-    fused_kind = "lstm"  # the CUDA backend's hand-written kernels (the CPU compiles step)
     num_states = 2  # (h, c)
 
     def __init__(self, input_size, hidden_size):

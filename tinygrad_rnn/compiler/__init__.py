@@ -19,16 +19,31 @@ from .codegen import render
 from .plan import make_plan
 from .trace import CompileError, trace, trace_checked
 
-__all__ = ["CompileError", "Compiled", "compile_cell", "compile_status", "generate", "run_layer",
+__all__ = ["CompileError", "Compiled", "compile_cell", "compile_status", "cuda_kernel_signatures", "generate", "run_layer",
            "step_values", "inspect_cell"]
 
 
 class Compiled:
     """A cell compiled for one (input size, hidden size, dtype): its graph, plan and module."""
 
-    def __init__(self, graph_text, plan, source, module, dtype):
+    def __init__(self, graph_text, plan, source, module, dtype, header=None, sizes=None):
         self.graph_text, self.plan, self.source, self.module = graph_text, plan, source, module
-        self.dtype = dtype
+        self.dtype, self.header, self.sizes = dtype, header, sizes
+        self._cuda = None
+
+    @property
+    def cuda_source(self):
+        """The same kernels for numba.cuda (``cuda_codegen``)."""
+        from .cuda_codegen import render_cuda
+        return render_cuda(self.plan, self.dtype, self.header, self.sizes)
+
+    @property
+    def cuda_module(self):
+        """The loaded CUDA module (generated and cached on first use)."""
+        if self._cuda is None:
+            from .runtime import load_source
+            self._cuda = load_source(self.cuda_source)
+        return self._cuda
 
     @property
     def gate_vars(self):
@@ -48,11 +63,12 @@ def compile_cell(cell, dtype=None):
             raise hit
         return hit
     try:
-        graph_text, plan, source = generate(cell, dtype)
+        graph_text, plan, header, sizes = _generate_parts(cell, dtype)
     except CompileError as e:
         cache[key] = e
         raise
-    compiled = Compiled(graph_text, plan, source, load_source(source), dtype)
+    source = render(plan, dtype, header, sizes)
+    compiled = Compiled(graph_text, plan, source, load_source(source), dtype, header, sizes)
     cache[key] = compiled
     return compiled
 
@@ -65,6 +81,12 @@ def _settings(cell):
 
 def generate(cell, dtype):
     """(graph text, plan, source) for a cell instance: every pass but loading. Raises CompileError."""
+    graph_text, plan, header, sizes = _generate_parts(cell, dtype)
+    return graph_text, plan, render(plan, np.dtype(dtype), header, sizes)
+
+
+def _generate_parts(cell, dtype):
+    """(graph text, plan, module header, size formulas or None): what rendering needs."""
     dtype = np.dtype(dtype)
     try:
         graph = trace_checked(cell, dtype)
@@ -82,7 +104,7 @@ def generate(cell, dtype):
               f"({where}, {dtype.name}).\n\nThe traced step"
               f"{' (at the sizes above)' if not sizes else ''}:\n\n"
               + (_symbolic_graph_text(plan, sizes) if sizes else graph_text) + "\n")
-    return graph_text, plan, render(plan, dtype, header, sizes)
+    return graph_text, plan, header, sizes
 
 
 def compile_status(cls, **options):
@@ -185,7 +207,7 @@ def _replayed_inputs(cell, x, compiled):
     T, B, I = x.shape
     params = dict(cell.named_parameters())
     env = {v: params[v.name] for v in graph.params}
-    env.update({v: Tensor(v.value) for v in graph.consts})
+    env.update({v: Tensor(v.value, device=x.device) for v in graph.consts})
     ops_replay(plan.param_eqns, env)
     env[graph.x] = x.reshape(T * B, I)
     ops_replay(plan.hoist_eqns, env)
@@ -199,12 +221,13 @@ def run_layer(cell, x, state, mask=None, probe=None, compiled=None):
     T, B, I = x.shape
     hoisted, aux = _replayed_inputs(cell, x, compiled)
     m = np.ones((T, B), x.dtype) if mask is None else np.ascontiguousarray(mask, dtype=x.dtype)
-    Y = ops.apply(ops.OPS["compiled_sequence"], *state, *hoisted, *aux, module=compiled.module,
+    module = compiled.module if x.device == "cpu" else compiled.cuda_module
+    Y = ops.apply(ops.OPS["compiled_sequence"], *state, *hoisted, *aux, module=module,
                   sizes=(I, cell.hidden_size), jit_loop=cell.hidden_size <= JIT_LOOP_MAX_HIDDEN,
                   mask=m, probe=probe, n_states=len(state), n_hoisted=len(hoisted))
     out = Y[:, 0]
     if mask is not None and not mask.all():
-        out = out * Tensor(mask[:, :, None].astype(x.dtype))  # padded steps output zeros, as in PyTorch
+        out = out * Tensor(mask[:, :, None].astype(x.dtype), device=x.device)  # padded steps output zeros, as in PyTorch
     return out, tuple(Y[T - 1, i] for i in range(cell.num_states))
 
 
@@ -235,11 +258,35 @@ def ops_replay(eqns, env):
     return replay(eqns, env)
 
 
-def inspect_cell(cell, dtype="float32"):
-    """(graph text, plan summary, generated source, its cached file) for a cell instance."""
+def inspect_cell(cell, dtype="float32", target="cpu"):
+    """(graph text, plan summary, generated source, its cached file) for a cell instance;
+    ``target="cuda"`` gives the numba.cuda module instead of the CPU's."""
     c = compile_cell(cell, dtype)
     p = c.plan
     summary = (f"param equations: {len(p.param_eqns)}, hoisted (all T*B rows at once): "
                f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {p.num_levels} stage(s), "
                f"recurrent products: {len(p.gemms)}")
+    if target == "cuda":
+        return c.graph_text, summary, c.cuda_source, c.cuda_module.__file__
     return c.graph_text, summary, c.source, c.module.__file__
+
+
+def cuda_kernel_signatures(cell, dtype, T=3, B=2):
+    """{kernel name: (Python function, argument types)} for every kernel of the cell's
+    CUDA module, found by running its drivers on host arrays (no GPU needed), so each
+    can be compiled ahead of time, e.g. to PTX for a given compute capability."""
+    from .cuda_runtime import record_launches
+    from ..tape import no_grad
+    compiled = compile_cell(cell, dtype)
+    module = compiled.cuda_module
+    x = Tensor(np.zeros((T, B, cell.input_size), dtype))
+    state = [np.zeros((B, cell.hidden_size), dtype) for _ in range(cell.num_states)]
+    with no_grad():
+        hoisted, aux = _replayed_inputs(cell, x, compiled)
+    arrays = [*state, *(t.numpy() for t in (*hoisted, *aux))]
+    sizes = (cell.input_size, cell.hidden_size)
+    mask = np.ones((T, B), dtype)
+    with record_launches() as rec:
+        Y, residuals = module.forward(*sizes, mask, *arrays)
+        module.backward(*sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+    return rec.launches

@@ -200,16 +200,23 @@ def replay(eqns, env):
 
 
 def _fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
+    if k.name != "cpu":  # the CUDA module's drivers take and return device arrays
+        return guarded(module, "forward", *sizes, mask, *arrays)
     states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
     rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
     return guarded(module, "forward", jit_loop, *sizes, mask, *states, *rest)
 
 
 def _vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
-    states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
-    rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-    dx, dstates, daux, norms = guarded(module, "backward", jit_loop, *sizes,
-                                       np.ascontiguousarray(g, dtype=Y.dtype), Y, residuals, mask, *states, *rest)
+    if k.name != "cpu":
+        dx, dstates, daux, norms = guarded(module, "backward", *sizes, g.astype(Y.dtype), Y, residuals,
+                                           mask, *arrays)
+    else:
+        states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
+        rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
+        dx, dstates, daux, norms = guarded(module, "backward", jit_loop, *sizes,
+                                           np.ascontiguousarray(g, dtype=Y.dtype), Y, residuals, mask,
+                                           *states, *rest)
     if probe is not None:
         probe.norms = norms
     daux = [d.reshape(a.shape) for d, a in zip(daux, arrays[n_states + n_hoisted:])]

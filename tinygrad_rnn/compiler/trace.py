@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .. import ops
+from .. import backend, ops
 from ..errors import Error
 from ..tensor import Tensor
 
@@ -163,11 +163,14 @@ def trace(cell, dtype, batch=TRACE_BATCH):
                    for _ in range(cell.num_states))
     vx = tracer.new_var(x, "x", "x")
     vs = [tracer.new_var(s, "state", f"s{i}") for i, s in enumerate(states)]
-    vp = []
+    vp, on_device = [], []
     for name, p in cell.named_parameters():
         if p.dtype != dtype:
             raise CompileError(f"cell {cell.name!r}: parameter {name} is {p.dtype}, the layer runs in {dtype}")
         vp.append(tracer.new_var(p, "param", name))
+        if p.device != "cpu":  # the graph is the same on every device: trace on host copies
+            on_device.append((p, p.data))
+            p.data = backend.of(p.data).to_numpy(p.data)
     previous = ops._tracer[0]
     ops._tracer[0] = tracer
     try:
@@ -176,6 +179,8 @@ def trace(cell, dtype, batch=TRACE_BATCH):
             new = cell.step(x, states)
     finally:
         ops._tracer[0] = previous
+        for p, data in on_device:
+            p.data = data
     new = _checked_state(cell, new, states, 0)
     outs = []
     for i, t in enumerate(new):

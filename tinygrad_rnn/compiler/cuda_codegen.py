@@ -1,0 +1,285 @@
+"""The same generated stage kernels, for numba.cuda: one block per batch row, its
+threads striding over the row (one thread per (batch, hidden) element when the row
+fits in a block), reductions per row.
+
+The CPU renderer (``codegen.py``) writes each stage as a loop over rows whose body is a
+short list of statements, each one of a few forms. Those forms map one to one onto a
+block's work on its row, so the CUDA kernel is a rewrite of the CPU kernel's text:
+
+- ``for b in range(B):``         -> ``b = cuda.blockIdx.x`` (one block per row)
+- ``for j in range(W): ...``     -> ``for j in range(tx, W, nt): ...`` then a barrier
+  (every statement of such a loop touches only element j of rows of width W)
+- ``X[..., :] = Y`` row copies   -> the same, strided over the block's threads
+- ``acc``/``cnt`` row reductions -> run by thread 0, then a barrier
+- ``DA..[j] +=``, ``SQ[i, t] +=`` (shared by all rows) -> atomic adds
+- per-row scratch ``np.empty(W)`` -> a (B, W) buffer the driver allocates once
+- ``continue`` (a padded row)    -> ``return`` (the whole block takes the branch)
+
+The host drivers loop over time like the CPU's Python loop: per step, the recurrent
+products (a tiled GEMM) and one launch per stage.
+"""
+import hashlib
+import inspect
+import itertools
+import re
+
+from . import cuda_runtime
+from .codegen import Generator, _fmt
+
+_LOOP = re.compile(r"^for j in range\((.+?)\):(\s*#.*)?$")
+_SLICE = re.compile(r"^(.*)\[([^\[\]]*:[^\[\]]*)\] (=|\+=) (.+?)(\s*#.*)?$")
+_SHARED_ADD = re.compile(r"^(\s*)(DA\d+|SQ)\[([^\[\]]*)\] \+= (.+)$")
+_ALLOC = re.compile(r"^    (\w+) = np\.(empty|zeros)\((.+?)(, DT)?\)$")
+
+
+def cudaize(src):
+    """A CPU stage kernel's source -> (CUDA kernel source, [(scratch name, width)])."""
+    lines = src.split("\n")
+    head, doc = lines[1], lines[2]
+    loop_at = lines.index("    for b in range(B):")
+    pre, scratch = [], []
+    for line in lines[3:loop_at]:
+        m = _ALLOC.match(line)
+        if m and m.group(1) == "sq":
+            continue  # per-step norms go straight to SQ with atomics
+        if m:
+            scratch.append((m.group(1), m.group(3)))
+            pre.append(f"    {m.group(1)} = SCR_{m.group(1)}[b]")
+        else:
+            pre.append(line)
+    body, post = [], []
+    for line in lines[loop_at + 1:]:
+        if line.startswith("        "):
+            body.append(line[8:])
+        elif line.strip():
+            post.append(line)
+    if any(not re.match(r"^    SQ\[\d+, t\] \+= sq\[\d+\]$", p) for p in post):
+        raise ValueError(f"unexpected statement after the row loop: {post}")
+    args = head[head.index("(") + 1:head.rindex(")")]
+    if scratch:
+        args += ", " + ", ".join(f"SCR_{n}" for n, _ in scratch)
+    name = head[4:head.index("(")]
+    code = ["    b = cuda.blockIdx.x", "    tx = cuda.threadIdx.x", "    nt = cuda.blockDim.x", *pre]
+    code += ["    " + s for s in _statements(body, itertools.count())]
+    return "\n".join(["@kernel", f"def {name}({args}):", doc, _inline_calls("\n".join(code))]), scratch
+
+
+# The CPU kernels call backend.cpu's scalar functions and Python's min and max; on the
+# GPU they are written out (a call to a separate device function, or to numba.cuda's
+# min/max, needs a GPU to compile, even ahead of time).
+_INLINE = {"tanh_scalar": "math.tanh({0})", "sigmoid_scalar": "(KHALF + KHALF * math.tanh(KHALF * ({0})))",
+           # Python's order: the first argument wins ties and NaNs
+           "max": "(({1}) if ({1}) > ({0}) else ({0}))", "min": "(({1}) if ({1}) < ({0}) else ({0}))"}
+
+
+def _inline_calls(text):
+    for name, form in _INLINE.items():
+        pattern = re.compile(rf"(?<![\w.]){name}\(")
+        while True:
+            m = pattern.search(text)
+            if m is None:
+                break
+            args, depth, start = [], 0, m.end()
+            for end in range(m.end(), len(text)):
+                ch = text[end]
+                if ch in "([":
+                    depth += 1
+                elif ch in ")]":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                elif ch == "," and depth == 0:
+                    args.append(text[start:end].strip())
+                    start = end + 1
+            args.append(text[start:end].strip())
+            text = text[:m.start()] + form.format(*args) + text[end + 1:]
+    return text
+
+
+def _blocks_of(lines):
+    """Split lines at one indentation level into statements (a line and its nested lines)."""
+    stmts = []
+    for line in lines:
+        if line.startswith(" ") and stmts:
+            stmts[-1].append(line)
+        else:
+            stmts.append([line])
+    return stmts
+
+
+def _statements(lines, views):
+    stmts, out, n = _blocks_of(lines), [], 0
+    while n < len(stmts):
+        s = stmts[n]
+        first = s[0]
+        if first.startswith("if M[t, b] == 0:"):
+            inner = [line[4:] for line in s[1:]]
+            out.append(first)
+            out += ["    " + x for x in _statements(inner, views)]
+        elif first == "continue":
+            out.append("return")
+        elif first.startswith(("acc = ", "cnt = ")):
+            var = first.split(" ")[0]
+            group = [s]
+            while n + 1 < len(stmts) and re.search(rf"\b{var}\b", "\n".join(stmts[n + 1])):
+                n += 1
+                group.append(stmts[n])
+            out.append("if tx == 0:  # a row reduction: one thread")
+            out += ["    " + _shared_add(line) for g in group for line in g]
+            out.append("cuda.syncthreads()")
+        elif _LOOP.match(first) and len(s) == 2 and re.match(r"^    sq\[\d+\] \+= ", s[1]):
+            i = s[1][s[1].index("[") + 1:s[1].index("]")]
+            out += ["if tx == 0:  # this row's share of the state's squared gradient norm",
+                    "    sqa = 0.0", "    " + first, "        sqa " + s[1].strip()[len(f"sq[{i}] "):],
+                    f"    cuda.atomic.add(SQ, ({i}, t), sqa)", "cuda.syncthreads()"]
+        elif _LOOP.match(first):
+            width = _LOOP.match(first).group(1)
+            out.append(f"for j in range(tx, {width}, nt):")
+            out += [_shared_add(line) for line in s[1:]]
+            out.append("cuda.syncthreads()")
+        elif _SLICE.match(first) and len(s) == 1:
+            target, index, op, value, _ = _SLICE.match(first).groups()
+            view = f"_w{next(views)}"  # one name per view: numba types each once
+            elem = value if re.fullmatch(r"-?[\d.]+|K\d+", value) else f"{value}[j]"
+            out += [f"{view} = {target}[{index}]", f"for j in range(tx, {view}.shape[0], nt):",
+                    f"    {view}[j] {op} {elem}", "cuda.syncthreads()"]
+        elif re.match(r"^r\d+ = ", first) and len(s) == 1:
+            out.append(first)  # a row binding: every thread holds the same view
+        else:
+            raise ValueError(f"no CUDA form for generated statement {s!r}")
+        n += 1
+    return out
+
+
+def _shared_add(line):
+    """``DA..[i] += v`` / ``SQ[i, t] += v``: every row adds into them, so atomically."""
+    m = _SHARED_ADD.match(line)
+    if not m:
+        return line
+    indent, name, index, value = m.groups()
+    index = f"({index})" if "," in index else index
+    return f"{indent}cuda.atomic.add({name}, {index}, {value})"
+
+
+def render_cuda(plan, dtype, header, sizes=None):
+    """The generated CUDA module's source: stage kernels plus host drivers with the same
+    ``forward``/``backward`` interface as the CPU module's (backend arrays in and out)."""
+    return _CudaModule(Generator(plan, dtype, sizes)).render(header)
+
+
+class _CudaModule:
+    def __init__(self, gen):
+        self.g = gen
+
+    def render(self, header):
+        g = self.g
+        g.plan_storage()
+        order_f = [k for k in range(g.top + 1) if g.kernel_eqns[k] or k == g.top]
+        order_b = [k for k in range(g.top, -1, -1) if g.kernel_eqns[k] or k == g.top]
+        fwd_cpu = {k: g.render_forward_kernel(k) for k in order_f}
+        bwd_cpu = dict(zip(order_b, g.render_backward()))
+        fwd = {k: cudaize(s) for k, s in fwd_cpu.items()}
+        bwd = {k: cudaize(s) for k, s in bwd_cpu.items()}
+        S = len(g.states)
+        weights = sorted({g.aux.index(e.ins[1]) for e in g.gemms})
+        s0 = [f"S0_{i}" for i in range(S)]
+        xs = [f"X{n}" for n in range(len(g.hoisted))]
+        As = [f"A{n}" for n in range(len(g.aux))]
+        rs = [f"R{v.id}" for v in g.residuals]
+        gs = [f"G{n}" for n in range(len(g.gemms))]
+        carry = [c for c in g._carry_names() if not c.startswith("GL")]
+        gl = [f"GL{n}" for n in range(len(g.gemms))]
+        ext = sorted({f"E{v.id}_{k}" for v in g.users for k in g.users[v]
+                      if k != g.owner(v) and v not in g.states and v not in g.aux and v.role != "const"})
+        dxs = [f"DX{n}" for n in range(len(g.hoisted))]
+        das = [f"DA{n}" for n in range(len(g.aux))]
+        gds = [f"GD{n}" for n in range(len(g.gemms))]
+        runtime_hash = hashlib.sha256(inspect.getsource(cuda_runtime).encode()).hexdigest()[:12]
+        out = [f'"""{header}"""', f"# cuda_runtime {runtime_hash}", "import math", "",
+               "import numpy as np", "from numba import cuda", "",
+               "from tinygrad_rnn.compiler import cuda_runtime as rt",
+               "from tinygrad_rnn.compiler.cuda_runtime import kernel", "",
+               f"DT = np.{g.dtype.name}"]
+        out += [f"{name} = DT({value!r})" for value, name in g.consts.items()]
+        out += ["KHALF = DT(0.5)", "", ""]
+        for k in sorted(fwd):
+            out += [fwd[k][0], "", ""]
+        for k in sorted(bwd, reverse=True):
+            out += [bwd[k][0], "", ""]
+        widths = sorted({g.W(v) for v in (*g.states, *(e.out for e in g.plan.step_eqns))})
+        nt = f"rt.threads_for(max({', '.join(widths)}, 1))"
+        flat = [f"    A{n} = A{n}.reshape(-1)" for n in range(len(g.aux)) if n not in weights]
+        to_dev = [f"    {a} = rt.api.device({a})" for a in (*s0, *xs, *As)]
+
+        def scratch(kernels):
+            seen = {}
+            for _, sc in kernels.values():
+                for name, width in sc:
+                    seen.setdefault(name, width)
+            return [f"    SCR_{n} = rt.api.empty((B, {w}), DT)" for n, w in seen.items()]
+
+        def launch(src, name, sc):
+            call = g._stage_call(src, name)
+            args = call[call.index("(") + 1:-1]
+            extra = "".join(f", SCR_{n}" for n, _ in sc)
+            return f"rt.api.launch({name}, B, NT, ({args}{extra}))"
+
+        # forward
+        out += [f"def forward(I, H, M, {', '.join([*s0, *xs, *As])}):",
+                '    """Every state at every step, and what the backward keeps (device arrays)."""',
+                "    T, B = M.shape", "    M = rt.api.device(M)", *to_dev, *flat,
+                f"    NT = {nt}",
+                f"    Y = rt.api.empty((T, {S}, B, H), DT)"]
+        out += [f"    {a} = rt.api.empty((T, B, {g.W(v)}), DT)" for a, v in zip(rs, g.residuals)]
+        out += [f"    G{n} = rt.api.empty((T, B, {g.W(e.out)}), DT)" for n, e in enumerate(g.gemms)]
+        out += scratch(fwd)
+        out += ["    for t in range(T):"]
+        for k in sorted(fwd):
+            for n, e in enumerate(g.gemms):
+                if g.level[e.out] == k:
+                    out.append(f"        rt.api.gemm({g._lhs(e.ins[0])}, A{g.aux.index(e.ins[1])}, G{n}[t])")
+            out.append(f"        {launch(fwd_cpu[k], f'_forward_stage{k}', fwd[k][1])}")
+        res = rs + gs
+        out += [f"    return rt.api.wrap(Y), ({', '.join(res)}{',' if len(res) == 1 else ''})", "", ""]
+        # backward
+        out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*s0, *xs, *As])}):",
+                '    """Gradients of the inputs, initial states and batch-free inputs, and per-step norms."""',
+                "    T, B = M.shape", "    M = rt.api.device(M)", "    dY = rt.api.device(dY)", "    Y = rt.api.device(Y)",
+                *to_dev, *flat, f"    NT = {nt}"]
+        if res:
+            out.append(f"    {', '.join(res)}{',' if len(res) == 1 else ''} = residuals")
+        out += [f"    DX{n} = rt.api.empty((T, B, {g.W(v)}), DT)" for n, v in enumerate(g.hoisted)]
+        out += [f"    DA{n} = rt.api.zeros(A{n}.shape, DT)" for n in range(len(g.aux))]
+        out += [f"    GD{n} = rt.api.empty((T, B, {g.W(e.out)}), DT)" for n, e in enumerate(g.gemms)]
+        out += [f"    {c} = rt.api.zeros((B, {g._carry_width(c)}), DT)" for c in [*gl, *carry]]
+        out += [f"    {e} = rt.api.empty((B, {g._ext_width(e)}), DT)" for e in ext]
+        out += [f"    SQ = rt.api.zeros(({S}, T), np.float64)"]
+        out += scratch(bwd)
+        out += ["    for t in range(T - 1, -1, -1):"]
+        for k in range(g.top, -1, -1):
+            if k in bwd:
+                out.append(f"        {launch(bwd_cpu[k], f'_backward_stage{k}', bwd[k][1])}")
+            for n, e in enumerate(g.gemms):
+                if g.level[e.out] == k:
+                    out.append(f"        rt.api.gemm(GD{n}[t], A{g.aux.index(e.ins[1])}, GL{n}, trans_b=True)")
+        for n, e in enumerate(g.gemms):
+            lhs, w = e.ins[0], g.aux.index(e.ins[1])
+            k_in, w_out = g.W(lhs), g.W(e.out)
+            out.append(f"    rt.api.gemm({self._lhs_all(lhs)}.reshape(T * B, {k_in}), "
+                       f"GD{n}.reshape(T * B, {w_out}), DA{w}, trans_a=True, accumulate=True)")
+        dstates = [" + ".join(f"rt.api.wrap({c})" for c in g._carry_names(i)) for i in range(S)]
+        out += [f"    return ([{', '.join(f'rt.api.wrap({d})' for d in dxs)}], [{', '.join(dstates)}], "
+                f"[{', '.join(f'rt.api.wrap({d})' for d in das)}], np.sqrt(rt.api.host(SQ)))", ""]
+        return "\n".join(out)
+
+    def _lhs_all(self, v):
+        """A recurrent product's left operand for all steps, contiguous (T, B, n)."""
+        g = self.g
+        base, lo, hi = v, "0", g.W(v)
+        if base not in g.states and g.producer[base].op == "getitem":
+            lo, hi = g.bounds(g.producer[base])
+            base = g.producer[base].ins[0]
+        if base in g.states:
+            i = g.states.index(base)
+            return f"rt.api.stack_prev(S0_{i}, Y, {i}, {lo}, {hi})"
+        return f"rt.api.contiguous({g._lhs(v, every_step=True)})"
