@@ -667,6 +667,15 @@ def leaky_relu_bwd(g, a, slope):
     return CudaArray(out, a.shape)
 
 
+# The op table's VJPs for these ops in one launch each (the table's formula takes three or
+# four launches and a scalar upload); same signature, tested against the table.
+FUSED_VJPS = {
+    "tanh": lambda k, g, y, a: (tanh_bwd(g, y),),
+    "sigmoid": lambda k, g, y, a: (sigmoid_bwd(g, y),),
+    "leaky_relu": lambda k, g, y, a, slope: (leaky_relu_bwd(g, a, slope),),
+}
+
+
 def clip(a, lo, hi):
     return _unary(_clip_kernel, a, a.dtype.type(lo), a.dtype.type(hi))
 
