@@ -7,19 +7,36 @@ differentiable): ``vjp(k, g, out, *arrays, **attrs)``. Ops marked
 ``broadcast=True`` follow NumPy broadcasting; their VJPs may return gradients
 of the broadcast shape, which are summed back to each input's shape here.
 
-Everything not in the table is composed from it (``split`` is ``getitem``,
-``relu`` is ``leaky_relu`` with slope 0) and needs no VJP of its own.
+The derivatives live here and only here. A backend may offer a fused kernel for
+a VJP in its ``FUSED_VJPS`` (same signature, same formula, one pass); the tape
+uses it when present, and tests/test_backend_api.py checks it against the table.
+The lambdas call only the backend functions listed in ``backend/api.py`` and
+arithmetic on their arguments, so the cell compiler can also evaluate them on
+symbols (compiler/codegen.py).
+
+Everything not in the table is composed from it and needs no VJP of its own:
+``a - b`` is ``a + -b``, ``split`` is ``getitem``, ``stack`` is ``cat`` of
+reshapes, ``relu`` is ``leaky_relu`` with slope 0, ``log_softmax`` is
+``x - max - log(sum(exp(x - max)))``, ``softmax`` is ``exp(log_softmax)``, ``mse``
+is ``mean(d * d)``. Measured reasons keep these primitive (one fwd+bwd on float32):
+``div`` (as ``a * b**-1``: 1.5-1.9x slower, and its VJP would need ``b**-2``, a
+general power, in compiled kernels too); ``mean`` (the compiler writes its
+divisor as a size formula, so one generated kernel serves every hidden size;
+``sum * (1/n)`` would bake ``n`` in); ``clip`` (as two compares and two wheres:
+2.8x slower); ``embedding`` (as ``getitem``, whose VJP is a general scatter-add:
+22x slower than the row kernel); ``cross_entropy`` (the CUDA backend fuses it; as
+a composition its pick of one log-probability per row is fancy indexing, which
+CUDA does through the host).
 """
 import builtins
 
 import numpy as np
 
 from . import backend
-from .tape import Node, _recording
-from .tensor import Tensor
+from .tape import Node, _recording, _tracer, no_grad  # noqa: F401  (_tracer: compiler/trace.py sets it here)
+from .tensor import Tensor, _as_dtype
 
 OPS = {}
-_tracer = [None]  # the cell compiler's recorder while it traces a step (compiler/trace.py)
 _backend_of = backend.of
 _ndarray = np.ndarray  # the CPU fast path: checked by class, before any function call
 
@@ -125,10 +142,6 @@ def _cat_vjp(k, g, y, *arrays, axis):
                  for e, a in zip(ends, arrays))
 
 
-def _stack_vjp(k, g, y, *arrays, axis):
-    return tuple(g[(slice(None),) * (axis % g.ndim) + (i,)] for i in range(len(arrays)))
-
-
 def _cross_entropy_fwd(k, logits, target):
     return k.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
@@ -145,7 +158,6 @@ def _transpose_vjp(k, g, y, a, axes):
 # ---- the table ------------------------------------------------------------------
 # name            forward                                      VJP: one gradient per input
 defop("add",      lambda k, a, b: a + b,                       lambda k, g, y, a, b: (g, g), broadcast=True)
-defop("sub",      lambda k, a, b: a - b,                       lambda k, g, y, a, b: (g, -g), broadcast=True)
 defop("mul",      lambda k, a, b: a * b,                       lambda k, g, y, a, b: (g * b, g * a), broadcast=True)
 defop("div",      lambda k, a, b: a / b,                       lambda k, g, y, a, b: (g / b, -g * y / b), broadcast=True)
 defop("neg",      lambda k, a: -a,                             lambda k, g, y, a: (-g,))
@@ -153,10 +165,10 @@ defop("pow",      lambda k, a, p: a ** p,                      lambda k, g, y, a
 defop("matmul",   lambda k, a, b: k.matmul(a, b),              _matmul_vjp)
 defop("exp",      lambda k, a: k.exp(a),                       lambda k, g, y, a: (g * y,))
 defop("log",      lambda k, a: k.log(a),                       lambda k, g, y, a: (g / a,))
-defop("tanh",     lambda k, a: k.tanh(a),                      lambda k, g, y, a: (k.tanh_bwd(g, y),))
-defop("sigmoid",  lambda k, a: k.sigmoid(a),                   lambda k, g, y, a: (k.sigmoid_bwd(g, y),))
+defop("tanh",     lambda k, a: k.tanh(a),                      lambda k, g, y, a: (g * (1 - y * y),))
+defop("sigmoid",  lambda k, a: k.sigmoid(a),                   lambda k, g, y, a: (g * y * (1 - y),))
 defop("leaky_relu", lambda k, a, slope: k.leaky_relu(a, slope),
-                                                               lambda k, g, y, a, slope: (k.leaky_relu_bwd(g, a, slope),))
+                                                               lambda k, g, y, a, slope: (k.where(a > 0, g, g * slope),))
 defop("sum",      lambda k, a, axis, keepdims: k.asarray(a.sum(axis=axis, keepdims=keepdims)),
                                                                lambda k, g, y, a, axis, keepdims: (_unreduce(k, g, a.shape, axis, keepdims),))
 defop("mean",     lambda k, a, axis, keepdims: k.asarray(a.mean(axis=axis, keepdims=keepdims)),
@@ -168,18 +180,10 @@ defop("transpose", lambda k, a, axes: a.transpose(axes),       _transpose_vjp)
 defop("getitem",  lambda k, a, index: a[index],                _getitem_vjp)
 defop("cat",      lambda k, *arrays, axis: k.concatenate(arrays, axis),
                                                                _cat_vjp)
-defop("stack",    lambda k, *arrays, axis: k.stack(arrays, axis),
-                                                               _stack_vjp)
 defop("where",    lambda k, a, b, cond: k.where(cond, a, b),   lambda k, g, y, a, b, cond: (k.where(cond, g, 0), k.where(cond, 0, g)), broadcast=True)
 defop("clip",     lambda k, a, lo, hi: k.clip(a, lo, hi),      lambda k, g, y, a, lo, hi: (g * ((a >= lo) & (a <= hi)),))
 defop("embedding", lambda k, w, indices: w[indices],           lambda k, g, y, w, indices: (k.embedding_bwd(w.shape, indices, g),))
-defop("softmax",  lambda k, a, axis: k.exp(k.log_softmax(a, axis)),
-                                                               lambda k, g, y, a, axis: (y * (g - (g * y).sum(axis=axis, keepdims=True)),))
-defop("log_softmax", lambda k, a, axis: k.log_softmax(a, axis),
-                                                               lambda k, g, y, a, axis: (g - k.exp(y) * g.sum(axis=axis, keepdims=True),))
 defop("cross_entropy", _cross_entropy_fwd,                     _cross_entropy_vjp)
-defop("mse",      lambda k, a, b: k.asarray(((a - b) ** 2).mean()),
-                                                               lambda k, g, y, a, b: (g * 2 * (a - b) / a.size, g * 2 * (b - a) / a.size), broadcast=True)
 defop("astype",   lambda k, a, dtype: a.astype(dtype),         lambda k, g, y, a, dtype: (g.astype(a.dtype),))
 
 
@@ -207,12 +211,15 @@ def _pair(a, b):
     return a, b
 
 
-_ADD, _SUB, _MUL, _DIV, _NEG = OPS["add"], OPS["sub"], OPS["mul"], OPS["div"], OPS["neg"]
+_ADD, _MUL, _DIV, _NEG = OPS["add"], OPS["mul"], OPS["div"], OPS["neg"]
 _EXP, _LOG, _TANH, _SIGMOID = OPS["exp"], OPS["log"], OPS["tanh"], OPS["sigmoid"]
 
 
 def add(a, b): return apply(_ADD, *_pair(a, b))
-def sub(a, b): return apply(_SUB, *_pair(a, b))
+def sub(a, b):
+    if isinstance(b, (int, float)):
+        return add(a, -b)
+    return add(a, neg(tensor(b, like=a if isinstance(a, Tensor) else None)))
 def mul(a, b): return apply(_MUL, *_pair(a, b))
 def div(a, b): return apply(_DIV, *_pair(a, b))
 def neg(a): return apply(_NEG, a)
@@ -222,7 +229,9 @@ def tanh(a): return apply(_TANH, tensor(a))
 def sigmoid(a): return apply(_SIGMOID, tensor(a))
 def relu(a): return apply(OPS["leaky_relu"], tensor(a), slope=0.0)
 def leaky_relu(a, negative_slope=0.01): return apply(OPS["leaky_relu"], tensor(a), slope=float(negative_slope))
-def astype(a, dtype): return a if a.dtype == dtype else apply(OPS["astype"], a, dtype=dtype)
+def astype(a, dtype):
+    dtype = _as_dtype(dtype)
+    return a if a.dtype == dtype else apply(OPS["astype"], a, dtype=dtype)
 
 
 def pow(a, exponent):
@@ -329,14 +338,18 @@ def cat(tensors, axis=0):
 
 def stack(tensors, axis=0):
     tensors = _same_rank("stack", tensors, axis, stacking=True)
-    return apply(OPS["stack"], *tensors, axis=_axis(axis, tensors[0].ndim + 1, "stack"))
+    axis = _axis(axis, tensors[0].ndim + 1, "stack")
+    shape = tensors[0].shape[:axis] + (1,) + tensors[0].shape[axis:]
+    return cat([reshape(t, shape) for t in tensors], axis)
 
 
 def where(cond, a, b):
     """``a`` where ``cond`` is true, else ``b`` (cond is data, not differentiated)."""
     a, b = _pair(a, b)
     cond_t = tensor(cond)
-    cond = backend.of(a.data).asarray(backend.of(cond_t.data).to_numpy(cond_t.data).astype(bool))
+    cond = cond_t.data.astype(bool)
+    if _backend_of(cond) is not _backend_of(a.data):  # a host mask for device data: upload it
+        cond = _backend_of(a.data).asarray(_backend_of(cond).to_numpy(cond))
     if _tracer[0] is not None:
         _tracer[0].alias(cond, cond_t)
     return apply(OPS["where"], a, b, cond=cond)
@@ -350,8 +363,15 @@ def clip(a, lo=None, hi=None):
     return apply(OPS["clip"], a, lo=lo, hi=hi)
 
 
-def softmax(a, axis=-1): return apply(OPS["softmax"], a, axis=_axis(axis, a.ndim, "softmax"))
-def log_softmax(a, axis=-1): return apply(OPS["log_softmax"], a, axis=_axis(axis, a.ndim, "log_softmax"))
+def softmax(a, axis=-1): return exp(log_softmax(a, _axis(axis, a.ndim, "softmax")))
+
+
+def log_softmax(a, axis=-1):
+    axis = _axis(axis, a.ndim, "log_softmax")
+    with no_grad():  # the shift only keeps exp finite: its derivative cancels exactly
+        shift = max(a, axis, keepdims=True)
+    shifted = sub(a, shift)
+    return sub(shifted, log(sum(exp(shifted), axis, keepdims=True)))
 
 
 def _int_data(x, op, what):
@@ -389,14 +409,42 @@ def mse(a, b):
     a, b = _pair(a, b)
     if a.shape != b.shape:
         raise ValueError(f"mse: prediction {a.shape} and target {b.shape} differ in shape")
-    return apply(OPS["mse"], a, b)
+    d = sub(a, b)
+    return mean(mul(d, d))
+
+
+# Through the arrays' own operators, which every backend provides (api.ARRAY_METHODS).
+_COMPARE = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+            "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
 
 
 def compare(a, b, how):
     """Elementwise comparison: a boolean Tensor, never differentiated."""
     a, b = _pair(a, b)
-    fn = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal}[how]
-    out = Tensor._make(fn(a.data, b.data))
+    out = Tensor._make(_COMPARE[how](a.data, b.data))
     if _tracer[0] is not None:
         _tracer[0].record("compare", (a, b), {"how": how}, out)
     return out
+
+
+# ---- Tensor's operators and math methods ------------------------------------------------
+# Installed from here rather than written in tensor.py, so that tensor.py never imports this
+# module: the engine's imports run one way (ops -> tensor -> tape -> backend).
+def _reflected(fn):
+    return lambda self, other: fn(other, self)
+
+
+for _name, _fn in {
+        "__add__": add, "__radd__": _reflected(add), "__sub__": sub, "__rsub__": _reflected(sub),
+        "__mul__": mul, "__rmul__": _reflected(mul), "__truediv__": div, "__rtruediv__": _reflected(div),
+        "__neg__": neg, "__pow__": pow, "__matmul__": matmul, "__rmatmul__": _reflected(matmul),
+        "__getitem__": getitem,
+        "__lt__": lambda self, other: compare(self, other, "lt"),
+        "__le__": lambda self, other: compare(self, other, "le"),
+        "__gt__": lambda self, other: compare(self, other, "gt"),
+        "__ge__": lambda self, other: compare(self, other, "ge"),
+        "exp": exp, "log": log, "tanh": tanh, "sigmoid": sigmoid, "relu": relu, "leaky_relu": leaky_relu,
+        "sum": sum, "mean": mean, "max": max, "reshape": reshape, "transpose": transpose, "split": split,
+        "clip": clip, "softmax": softmax, "log_softmax": log_softmax, "astype": astype}.items():
+    setattr(Tensor, _name, _fn)
+del _name, _fn

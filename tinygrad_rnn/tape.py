@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 _sequence = itertools.count()
 _recording = [True]
+_tracer = [None]  # the cell compiler's recorder while it traces a step (compiler/trace.py)
 
 
 class Node:
@@ -99,7 +100,9 @@ def _backward_node(node, g, pending):
                            "tensors were freed; pass retain_graph=True to the first backward")
     if node.retain is not None and (t := node.retain()) is not None:
         t._accumulate(g)
-    grads = _checked(node, node.op.vjp(node.k, g, node.out, *node.arrays, **node.attrs))
+    # The table's VJP, or the backend's fused kernel for the same formula (tested against it).
+    vjp = node.k.FUSED_VJPS.get(node.op.name, node.op.vjp)
+    grads = _checked(node, vjp(node.k, g, node.out, *node.arrays, **node.attrs))
     for t, gi in zip(node.inputs, grads):
         if gi is None or not t.requires_grad:
             continue

@@ -1,12 +1,19 @@
 """Tensor: a backend array, its gradient, and its place on the tape.
 
-Everything here is sugar: each method calls one primitive from ``ops.py``.
+This module holds the data side (storage, dtype and device, conversion, the
+autodiff entry points). The maths is sugar over ``ops.py``: the operators
+(``+ - * / ** @ [] < <= > >=``, unary ``-``) and the math methods (``exp log tanh
+sigmoid relu leaky_relu sum mean max reshape transpose split clip softmax
+log_softmax astype``) are ops functions that ``ops.py`` installs on ``Tensor``.
+That way this module never imports ops, and the engine's imports run one way:
+ops -> tensor -> tape -> backend.
 """
 import weakref
 
 import numpy as np
 
 from . import backend
+from .tape import _tracer
 from .tape import backward as _backward
 
 _FLOATS = (np.float32, np.float64)
@@ -105,8 +112,8 @@ class Tensor:
     # ---- conversion -------------------------------------------------------
     def numpy(self):
         """The data as a NumPy array (a copy when it lives on another device)."""
-        if _o._tracer[0] is not None:  # the cell compiler is tracing a step
-            _o._tracer[0].read(self)
+        if _tracer[0] is not None:  # the cell compiler is tracing a step
+            _tracer[0].read(self)
         return backend.of(self.data).to_numpy(self.data)
 
     def item(self):
@@ -116,9 +123,6 @@ class Tensor:
 
     def tolist(self):
         return self.numpy().tolist()
-
-    def astype(self, dtype):
-        return _o.astype(self, _as_dtype(dtype))
 
     def float(self):
         return self.astype(np.float32)
@@ -183,42 +187,6 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
-    # ---- operator sugar ---------------------------------------------------
-    def __add__(self, other): return _o.add(self, other)
-    def __radd__(self, other): return _o.add(other, self)
-    def __sub__(self, other): return _o.sub(self, other)
-    def __rsub__(self, other): return _o.sub(other, self)
-    def __mul__(self, other): return _o.mul(self, other)
-    def __rmul__(self, other): return _o.mul(other, self)
-    def __truediv__(self, other): return _o.div(self, other)
-    def __rtruediv__(self, other): return _o.div(other, self)
-    def __neg__(self): return _o.neg(self)
-    def __pow__(self, exponent): return _o.pow(self, exponent)
-    def __matmul__(self, other): return _o.matmul(self, other)
-    def __rmatmul__(self, other): return _o.matmul(other, self)
-    def __getitem__(self, index): return _o.getitem(self, index)
-    def __lt__(self, other): return _o.compare(self, other, "lt")
-    def __le__(self, other): return _o.compare(self, other, "le")
-    def __gt__(self, other): return _o.compare(self, other, "gt")
-    def __ge__(self, other): return _o.compare(self, other, "ge")
-    __hash__ = object.__hash__
-
-    def exp(self): return _o.exp(self)
-    def log(self): return _o.log(self)
-    def tanh(self): return _o.tanh(self)
-    def sigmoid(self): return _o.sigmoid(self)
-    def relu(self): return _o.relu(self)
-    def leaky_relu(self, negative_slope=0.01): return _o.leaky_relu(self, negative_slope)
-    def sqrt(self): return _o.pow(self, 0.5)
-    def sum(self, axis=None, keepdims=False): return _o.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _o.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _o.max(self, axis, keepdims)
-    def reshape(self, *shape): return _o.reshape(self, *shape)
-    def transpose(self, *axes): return _o.transpose(self, *axes)
-    def split(self, sections, axis=0): return _o.split(self, sections, axis)
-    def clip(self, lo=None, hi=None): return _o.clip(self, lo, hi)
-    def softmax(self, axis=-1): return _o.softmax(self, axis)
-    def log_softmax(self, axis=-1): return _o.log_softmax(self, axis)
-
-
-from . import ops as _o  # noqa: E402  (ops needs Tensor defined first)
+    # ---- sugar built on the operators ops.py installs --------------------------
+    def sqrt(self):
+        return self ** 0.5

@@ -1,6 +1,7 @@
 """CPU backend: NumPy arrays, BLAS matrix products and Numba kernels.
 
-Every kernel is a private ``_<op>_fwd`` / ``_<op>_bwd`` function working on flat
+It provides the contract in ``api.py``; NumPy itself supplies most of it. Every
+kernel is a private ``_<op>_fwd`` / ``_<op>_bwd`` function working on flat
 contiguous arrays; the public wrapper below it validates and dispatches. Which
 path runs was chosen by measurement (``benchmarks/bench_kernels.py``):
 
@@ -9,7 +10,11 @@ path runs was chosen by measurement (``benchmarks/bench_kernels.py``):
   error is below 3e-7, i.e. float32 rounding.
 * float64 tanh/sigmoid go to NumPy, which is exact and already vectorised
   (SciPy's expit was 20x slower): float64 is the gradient-checking dtype.
-* The backward kernels fuse two or three NumPy passes into one.
+* ``FUSED_VJPS``: the backward kernels of tanh, sigmoid and leaky_relu compute
+  the op table's formula in one pass instead of NumPy's three. Measured per call
+  against the formula in NumPy: float32 (32, 2048) tanh 16.9 vs 22.2 us, sigmoid
+  16.7 vs 23.3 us, leaky_relu 11.1 vs 80 us; float64 about 2x for tanh and
+  sigmoid. At (32, 32) the kernel call costs about 0.6 us more than NumPy.
 """
 import math
 
@@ -113,6 +118,8 @@ def _embedding_bwd(indices, g, out):
 
 
 # ---- wrappers --------------------------------------------------------------
+# tanh_bwd, sigmoid_bwd and leaky_relu_bwd are not in the backend contract: the op
+# table owns the derivatives, and these are its fused fast path (FUSED_VJPS, below).
 def _flat(*arrays):
     return [a.ravel() for a in arrays]  # contiguous 1-D; a view whenever possible
 
@@ -200,6 +207,15 @@ def cross_entropy_bwd(logits, target, g):
     p = np.exp(log_softmax(logits, -1))
     p[np.arange(len(target)), target] -= 1
     return p * (g / len(target))
+
+
+# The op table's VJPs for these ops, each in one kernel pass (same signature as the table's;
+# tests/test_backend_api.py checks each against the table's formula).
+FUSED_VJPS = {
+    "tanh": lambda k, g, y, a: (tanh_bwd(g, y),),
+    "sigmoid": lambda k, g, y, a: (sigmoid_bwd(g, y),),
+    "leaky_relu": lambda k, g, y, a, slope: (leaky_relu_bwd(g, a, slope),),
+}
 
 
 def sign(x):

@@ -1,9 +1,9 @@
 """CUDA backend: numba.cuda kernels behind a small NumPy-like array class.
 
-``CudaArray`` is a contiguous device buffer with a shape. It offers the part of
-the NumPy surface that ``ops.py`` is written against (operators, ``sum``,
-``reshape``, ``transpose``, indexing, ...), so every primitive's forward and VJP
-run unchanged on the GPU. Every kernel is a private ``_<name>_kernel``; the
+It provides the contract in ``api.py``. ``CudaArray`` is a contiguous device
+buffer with a shape. It offers the part of the NumPy surface that ``ops.py`` is
+written against (``api.ARRAY``: operators, ``sum``, ``reshape``, ``transpose``,
+indexing, ...), so every primitive's forward and VJP run unchanged on the GPU. Every kernel is a private ``_<name>_kernel``; the
 functions below them validate, pick launch sizes and launch. Three building
 blocks carry most ops:
 
@@ -13,13 +13,21 @@ blocks carry most ops:
   host-to-device copy of metadata;
 * row reductions over the last axis (other axes are moved there first).
 
-Matrix products use a tiled shared-memory kernel, batched over grid z. The fused
+Matrix products use a tiled shared-memory kernel, batched over grid z. A library
+GEMM (cuBLAS) was not measured against it: no GPU has been available. The fused
 cells launch one recurrent GEMM and one pointwise kernel per step and add each
 step's squared gradient norms into a device array with atomics, so per-step
 norms cost no extra pass.
 
+Data goes back to the host only through ``to_numpy`` (asked for by the caller)
+or ``_to_host_for(reason)``: the hidden round trips, each named and counted in
+``HOST_ROUND_TRIPS`` (tests/test_backend_api.py checks that training a small
+model makes none). Python scalars in arithmetic (``1 - y``) are uploaded as 0-d
+arrays, one small host-to-device copy each, never a read back.
+
 Runs on NVIDIA GPUs, and in Numba's simulator (``NUMBA_ENABLE_CUDASIM=1``) for CI.
 """
+import collections
 import math
 import os
 
@@ -31,6 +39,7 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 THREADS = 64 if SIMULATOR else 256
 TILE = 4 if SIMULATOR else 16  # the simulator runs every thread in Python: keep blocks small
 KERNELS = {}  # kernel name -> (kernel, a representative float32 signature) for the PTX test
+HOST_ROUND_TRIPS = collections.Counter()  # reason -> how many times device data went to the host and back
 
 
 def _kernel(signature):
@@ -315,13 +324,14 @@ def _pick_kernel(logp, target, out):
         out[i] = logp[i, target[i]]
 
 
-@_kernel("void(float32[:, ::1], int64[::1], float32, float32[:, ::1])")
-def _softmax_minus_onehot_kernel(logp, target, scale, out):
+@_kernel("void(float32[:, ::1], int64[::1], float32[::1], float32[:, ::1])")
+def _softmax_minus_onehot_kernel(logp, target, g, out):
+    # g: the mean loss's gradient, read here on the device rather than copied to the host.
     i = cuda.grid(1)
     n, c = logp.shape
     if i < n * c:
         r, j = i // c, i % c
-        out[r, j] = (math.exp(logp[r, j]) - (1.0 if target[r] == j else 0.0)) * scale
+        out[r, j] = (math.exp(logp[r, j]) - (1.0 if target[r] == j else 0.0)) * (g[0] / n)
 
 
 # ---- the array class ---------------------------------------------------------------------
@@ -419,7 +429,7 @@ class CudaArray:
             return _gather(self, offset, strides, shape)
         if isinstance(index, CudaArray) or (isinstance(index, np.ndarray) and index.dtype.kind in "iu"):
             return take_rows(self, index)
-        return asarray(to_numpy(self)[index])  # rare mixed fancy indexing: exact, via the host
+        return asarray(_to_host_for("getitem with mixed fancy indexing", self)[index])
 
 
 def _this_module():
@@ -577,6 +587,13 @@ def to_numpy(x):
     return x.buf.copy_to_host().reshape(x.shape)
 
 
+def _to_host_for(reason, x):
+    """``x`` copied to the host because no kernel does ``reason`` yet: a hidden round trip
+    (the result goes back to the device), so each one is counted by reason."""
+    HOST_ROUND_TRIPS[reason] += 1
+    return to_numpy(x)
+
+
 def copy_as(g, dtype):
     g = _as_cuda(g)
     return g.copy() if g.dtype == np.dtype(dtype) else g.astype(dtype)  # astype copies already
@@ -591,7 +608,10 @@ def zeros(shape, dtype=np.float32):
 
 
 def ones_like(a):
-    return asarray(np.ones(a.shape, a.dtype))
+    out = cuda.device_array(a.size, a.dtype)
+    if out.size:
+        _fill_kernel[_blocks(out.size), THREADS](out, 1)
+    return CudaArray(out, a.shape)
 
 
 def matmul(a, b):
@@ -667,6 +687,15 @@ def leaky_relu_bwd(g, a, slope):
     return CudaArray(out, a.shape)
 
 
+# The op table's VJPs for these ops in one launch each (the table's formula takes three or
+# four launches and a scalar upload); same signature, tested against the table.
+FUSED_VJPS = {
+    "tanh": lambda k, g, y, a: (tanh_bwd(g, y),),
+    "sigmoid": lambda k, g, y, a: (sigmoid_bwd(g, y),),
+    "leaky_relu": lambda k, g, y, a, slope: (leaky_relu_bwd(g, a, slope),),
+}
+
+
 def clip(a, lo, hi):
     return _unary(_clip_kernel, a, a.dtype.type(lo), a.dtype.type(hi))
 
@@ -714,8 +743,8 @@ def scatter_add(shape, index, g):
         return out
     if isinstance(index, (np.ndarray, CudaArray)):
         return embedding_bwd(shape, index, g)
-    host = np.zeros(shape, g.dtype)  # rare mixed fancy indexing: exact, via the host
-    np.add.at(host, index, to_numpy(g))
+    host = np.zeros(shape, g.dtype)
+    np.add.at(host, index, _to_host_for("scatter_add with mixed fancy indexing", g))
     return asarray(host)
 
 
@@ -762,9 +791,9 @@ def cross_entropy(logits, target):
 def cross_entropy_bwd(logits, target, g):
     logp = log_softmax(logits, -1)
     idx = _indices(target)
-    scale = float(to_numpy(_as_cuda(g)).reshape(())) / idx.size
+    g = _as_cuda(g, logp.dtype).astype(logp.dtype)
     out = cuda.device_array(logp.shape, logp.dtype)
     _softmax_minus_onehot_kernel[_blocks(logp.size), THREADS](logp.buf.reshape(logp.shape), idx.buf,
-                                                             logp.dtype.type(scale), out)
+                                                             g.buf, out)
     return CudaArray(out.reshape(-1), logp.shape)
 

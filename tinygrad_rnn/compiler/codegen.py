@@ -97,17 +97,11 @@ class _SymBackend:
     def sigmoid(self, a): return Sym(f"sigmoid_scalar({a})", self.gen)
     def exp(self, a): return Sym(f"math.exp({a})", self.gen)
     def log(self, a): return Sym(f"math.log({a})", self.gen)
-    def tanh_bwd(self, g, y): return g * (1 - y * y)
-    def sigmoid_bwd(self, g, y): return g * y * (1 - y)
 
     def leaky_relu(self, a, slope):
         if slope == 0:
             return Sym(f"max({a}, {self.gen.const(0)})", self.gen)
         return Sym(f"({a} if {a} > {self.gen.const(0)} else {a} * {self.gen.const(slope)})", self.gen)
-
-    def leaky_relu_bwd(self, g, a, slope):
-        return Sym(f"({g} if {a} > {self.gen.const(0)} else {self._s(g * slope) if slope else self.gen.const(0)})",
-                   self.gen)
 
     def where(self, cond, a, b):
         return Sym(f"({self._s(a)} if {cond} else {self._s(b)})", self.gen)
