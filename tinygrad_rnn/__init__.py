@@ -10,7 +10,7 @@ from .hookspecs import hookimpl
 from . import nn, ops, testing
 from .cell import Cell, fused_sequence
 from .plugins import get_cell, list_cells, load_plugin, get_task, list_tasks
-from . import checkpoint, compiler, diagnostics, init, optim, tasks, training
+from . import checkpoint, compiler, diagnostics, init, optim, report, tasks, training
 from .compiler import CompileError
 from .training import train
 
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = ["Error", "errors", "Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
            "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell", "fused_sequence",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
-           "diagnostics", "init", "optim", "tasks", "training", "train", "compiler", "CompileError",
+           "diagnostics", "init", "optim", "report", "tasks", "training", "train", "compiler", "CompileError",
            "__version__"]

@@ -2,8 +2,10 @@
 import numpy as np
 
 from . import ops
+from .cell import Cell, fused_sequence
 from .compiler import CompileError, compile_cell, run_layer
-from .nn import Module, dropout
+from .module import Module, dropout
+from .plugins import get_cell
 from .tensor import Tensor
 
 
@@ -55,11 +57,6 @@ def _grad64(t):
     return np.zeros(t.shape) if t.grad is None else t.grad.numpy().astype(np.float64)
 
 
-def fused_sequence(cell, kind, x, state, mask, probe, relu=False):
-    from .cell import fused_sequence as run
-    return run(cell, kind, x, state, mask, probe, relu=relu)
-
-
 class RNN(Module):
     """A stack of ``num_layers`` cells run over a sequence.
 
@@ -84,8 +81,6 @@ class RNN(Module):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, batch_first=False,
                  dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options):
         super().__init__()
-        from .plugins import get_cell
-
         cls = get_cell(cell) if isinstance(cell, str) else cell
         if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
@@ -252,13 +247,11 @@ class RNN(Module):
 
 def _has_fused(cell):
     """Whether the cell overrides ``forward_sequence`` by hand."""
-    from .cell import Cell
     return type(cell).forward_sequence is not Cell.forward_sequence
 
 
 def _reference_sequence(cell, x, state, mask, probe):
     """The base class's loop over ``step``, even for a cell that has a fused override."""
-    from .cell import Cell
     return Cell.forward_sequence(cell, x, state, mask, probe)
 
 

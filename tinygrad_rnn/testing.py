@@ -1,6 +1,10 @@
 """Tools for people who extend tinygrad_rnn: gradient checks in float64."""
 import numpy as np
 
+from . import init
+from .compiler import CompileError, compile_cell
+from .plugins import get_cell
+from .rnn import RNN
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -98,14 +102,11 @@ def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, s
     ``CellReport``; ``report.ok`` is the verdict, ``print(report)`` the details.
     ``cell_options`` go to the cell's constructor (``nonlinearity="relu"``, say).
     """
-    from . import init, nn
-    from .plugins import get_cell
-
     cls = get_cell(name_or_class) if isinstance(name_or_class, str) else name_or_class
     report = CellReport(getattr(cls, "name", repr(cls)))
     try:
         init.manual_seed(seed)
-        rnn = nn.RNN(cls, input_size, hidden_size, dtype="float64", fused=False, **cell_options)
+        rnn = RNN(cls, input_size, hidden_size, dtype="float64", fused=False, **cell_options)
     except Exception as e:
         report.add(False, f"construct {cls.__name__}({input_size}, {hidden_size}): {type(e).__name__}: {e}")
         return report
@@ -165,7 +166,6 @@ def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, s
 def _compiled_matches_step(rnn, x, states):
     """(ok, message): the compiled kernels against the step path, with padding, in float64:
     outputs, final states, every gradient and the per-step gradient norms."""
-    from .compiler import CompileError, compile_cell
     try:
         compile_cell(rnn.cells[0], np.float64)
     except CompileError as e:
