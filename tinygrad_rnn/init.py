@@ -10,7 +10,18 @@ def manual_seed(seed):
 
 
 def rng():
+    """The generator every initialiser (and dropout) draws from."""
     return _rng[0]
+
+
+def get_rng_state():
+    """That generator's state, a JSON-able dict (checkpoints save it; ``torch.get_rng_state``)."""
+    return _rng[0].bit_generator.state
+
+
+def set_rng_state(state):
+    """Put the generator back in a state that ``get_rng_state`` returned."""
+    _rng[0].bit_generator.state = state
 
 
 def _fans(shape):

@@ -8,7 +8,7 @@ from . import diagnostics
 from .errors import DependencyError, Error
 from .plugins import get_task, raise_if_user_code
 from .tensor import Tensor
-from .training import build, train
+from .training import TrainConfig, build, fit
 
 
 def diagnose(*args, **kwargs):
@@ -38,17 +38,16 @@ def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sch
               "steps": steps, "seed": seed, "batch": batch, "bidirectional": bool(bidirectional),
               "cell_options": cell_options, "thresholds": diagnostics.THRESHOLDS, "cells": []}
     for cell in cells:
-        config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
-                      batch=batch, init=init_scheme, seed=seed, dtype="float64", device=device,
-                      bidirectional=bidirectional, cell_options=cell_options)
-        task_obj, model = build(config)
+        run = TrainConfig(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
+                          batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
+                          init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
+                          bidirectional=bidirectional, cell_options=cell_options)
+        task_obj, model = build(run.settings())  # the model at initialisation: what fit(run) starts from
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnostics.diagnose_cell(model, task_obj, Tensor(x, device=device), y)}
         if steps:
-            summary, model, _ = train(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
-                                      batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
-                                      init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
-                                      return_model=True, bidirectional=bidirectional, cell_options=cell_options)
+            trained = fit(run)
+            summary, model = trained.summary, trained.model
             after = diagnostics.diagnose_cell(model, task_obj, Tensor(x, device=device), y)
             after.update(train_loss=summary["train_loss"], eval_loss=summary["eval_loss"])
             entry["after_training"] = after
