@@ -62,8 +62,10 @@ class RNN(Module):
 
     ``RNN(cell, input_size, hidden_size, num_layers=1, batch_first=False,
     dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options)``.
-    ``cell`` is a registered name or a ``tr.Cell`` subclass. ``fused=None`` uses a
-    cell's fused kernel when it has one; ``fused=False`` forces the reference ``step`` path.
+    ``cell`` is a registered name or a ``tr.Cell`` subclass. ``fused=None`` runs the
+    kernels the compiler generates from the cell's ``step`` when it can compile it (on
+    the GPU: the hand-written kernels of the built-in cells), else the step loop;
+    ``fused=True`` insists; ``fused=False`` forces the reference ``step`` path.
 
     ``out, state = rnn(x, state=None, lengths=None)``: ``x`` is (T, B, I)
     (or (B, T, I) with ``batch_first``); ``out`` is the last layer's output
