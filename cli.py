@@ -281,11 +281,11 @@ def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers
         safeio.check_outputs([("--plot", plot_path)], [("--data", data)])
     cell_names = cell_names or ("rnn", "lstm", "gru")
     with compile_notice():
-        report = diagnostics.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
-                                      device=device, data=data, bidirectional=bidirectional,
-                                      cell_options=_cell_options(cell_names, cell_option_pairs))
+        report = tr.report.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
+                                  device=device, data=data, bidirectional=bidirectional,
+                                  cell_options=_cell_options(cell_names, cell_option_pairs))
     if plot_path:
-        diagnostics.plot(report, plot_path)
+        tr.report.plot(report, plot_path)
     _emit(report, as_json, _print_diagnosis)
     if plot_path and not as_json:
         click.echo(f"plot written to {plot_path}")

@@ -1,4 +1,17 @@
-"""Slow, obviously-correct NumPy twins of every kernel, for the tests to compare against."""
+"""Slow, obviously-correct NumPy twins of the kernels written by hand, for the tests to
+compare against (tests/test_kernels.py):
+
+- the CPU backend's kernels (backend/cpu.py): tanh, sigmoid and leaky_relu forward and
+  backward, the embedding backward's scatter-add;
+- the building blocks that the cell compiler's generated kernels call: the scalar
+  ``tanh_scalar`` and ``sigmoid_scalar`` (backend/cpu.py; float32 inside Numba is a
+  rational approximation) and the in-kernel products ``mm`` and ``mm_t``
+  (compiler/runtime.py).
+
+The generated cell kernels themselves have no twin here: their reference is the cell's
+own ``step`` run op by op, which they are generated from (tests/test_compiler.py). The
+CUDA kernels are compared with the CPU backend (tests/test_cuda.py).
+"""
 import numpy as np
 
 
@@ -31,3 +44,17 @@ def embedding_bwd(shape, indices, g):
     for n, row in enumerate(indices.reshape(-1)):
         out[row] += g.reshape(-1, shape[1])[n]
     return out
+
+
+def mm(a, w):
+    """``a @ w``, one float64 dot product per output element."""
+    out = np.zeros((a.shape[0], w.shape[1]))
+    for b in range(a.shape[0]):
+        for n in range(w.shape[1]):
+            out[b, n] = np.dot(a[b].astype(np.float64), w[:, n].astype(np.float64))
+    return out.astype(a.dtype)
+
+
+def mm_t(a, w):
+    """``a @ w.T``."""
+    return mm(a, w.T)

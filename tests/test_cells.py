@@ -3,21 +3,10 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tr
+from tinygrad_rnn.testing import outputs_and_gradients
 
 CELLS = [("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {})]
 IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
-
-
-def _run(rnn, x, state=None, lengths=None):
-    rnn.zero_grad()
-    xt = tr.Tensor(x, requires_grad=True)
-    st = None if state is None else tuple(tr.Tensor(s, requires_grad=True) for s in state)
-    out, final = rnn(xt, st, lengths=lengths)
-    w = np.random.default_rng(7).standard_normal(out.shape)
-    loss = (out * w).sum() + sum((f * (i + 2.0)).sum() for i, f in enumerate(final))
-    loss.backward()
-    grads = [xt.grad.numpy()] + ([s.grad.numpy() for s in st] if st else [])
-    return [out.numpy()] + [f.numpy() for f in final] + grads + [p.grad.numpy() for p in rnn.parameters()]
 
 
 @pytest.mark.parametrize("cell,opts", CELLS, ids=IDS)
@@ -29,10 +18,8 @@ def test_fused_equals_reference_path_float64(cell, opts, layers, lengths):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 3, 3))
     state = [rng.standard_normal((layers, 3, 4)) for _ in range(rnn.num_states)]
-    rnn.fused = True
-    fused = _run(rnn, x, state, lengths)
-    rnn.fused = False
-    ref = _run(rnn, x, state, lengths)
+    fused = outputs_and_gradients(rnn, x, state, lengths, fused=True)
+    ref = outputs_and_gradients(rnn, x, state, lengths, fused=False)
     for a, b in zip(fused, ref):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 

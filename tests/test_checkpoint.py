@@ -63,7 +63,7 @@ def test_one_hot_by_indexing_never_builds_a_v_by_v_matrix(monkeypatch):
     out = tasks.one_hot(np.array([[0, 22000], [5, 1]]), 22001)
     assert out.shape == (2, 2, 22001) and out.sum() == 4 and out[0, 1, 22000] == 1
     task = tasks.Text.from_vocab([chr(0x4e00 + i) for i in range(22000)], seq_len=4)
-    x, y = task._make(np.array([[1, 2], [3, 4], [5, 6]]))
+    x, y = task.pairs(np.array([[1, 2], [3, 4], [5, 6]]))
     assert x.shape == (2, 2, 22000) and x[1, 0, 3] == 1
 
 

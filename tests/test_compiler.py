@@ -6,6 +6,7 @@ import pytest
 
 import tinygrad_rnn as tr
 from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, runtime
+from tinygrad_rnn.testing import outputs_and_gradients as run, relative_differences
 
 from example_cells import KitchenSink, load_example_plugins
 
@@ -19,22 +20,8 @@ def example_plugins():
     load_example_plugins()
 
 
-def run(rnn, x, states, lengths, fused):
-    rnn.fused = fused
-    rnn.zero_grad()
-    xt = tr.Tensor(x, requires_grad=True)
-    st = tuple(tr.Tensor(s, requires_grad=True) for s in states)
-    out, final = rnn(xt, st, lengths=lengths, probe=True)
-    loss = (out * out).sum() + sum((f * f * 0.5).sum() for f in final)
-    loss.backward()
-    norms = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
-    return [out.numpy(), *[f.numpy() for f in final], xt.grad.numpy(), *[s.grad.numpy() for s in st],
-            *[p.grad.numpy() for p in rnn.parameters()], *norms]
-
-
 def assert_close(got, want, rtol):
-    for i, (a, b) in enumerate(zip(got, want)):
-        err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+    for i, err in enumerate(relative_differences(got, want)):
         assert err < rtol, f"item {i}: relative difference {err:.2e}"
 
 

@@ -222,7 +222,7 @@ def test_diagnose_sweep_equals_the_cells_record_of_diagnose(tmp_path):
     out = str(tmp_path / "d.jsonl")
     points = sweep.grid("diagnose", cell=["lstm"], seq_len=[6], hidden=[3], batch=4)
     records, _ = sweep.run(points, out, workers=1)
-    report = tr.diagnostics.diagnose(("lstm",), "adding", 6, "pytorch", 0, 3, batch=4, seed=0)
+    report = tr.report.diagnose(("lstm",), "adding", 6, "pytorch", 0, 3, batch=4, seed=0)
     assert records[0]["result"] == json.loads(json.dumps(report["cells"][0], default=lambda v: v.tolist()))
     sweep.plot(records, str(tmp_path / "d.png"))
     assert (tmp_path / "d.png").stat().st_size > 1000

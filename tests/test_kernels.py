@@ -1,9 +1,13 @@
-"""Each CPU kernel against its NumPy twin in tests/naive.py."""
+"""Each hand-written CPU kernel and each building block of the generated ones against its
+NumPy twin in tests/naive.py."""
 import numpy as np
 import pytest
 
 import naive
+from numba import njit
+
 from tinygrad_rnn.backend import cpu
+from tinygrad_rnn.compiler import runtime
 
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (64, 33)]
 
@@ -54,3 +58,32 @@ def test_kernels_accept_non_contiguous_input(rng):
 def test_shape_mismatch_in_backward_kernel_is_named():
     with pytest.raises(ValueError, match="tanh_bwd"):
         cpu.tanh_bwd(np.ones(3), np.ones(4))
+
+
+@njit
+def _scalar_kernel(x, out):  # how generated kernels use the scalar building blocks
+    for i in range(x.size):
+        out[0, i] = cpu.tanh_scalar(x[i])
+        out[1, i] = cpu.sigmoid_scalar(x[i])
+
+
+@pytest.mark.parametrize("dtype,atol", [(np.float32, 3e-7), (np.float64, 1e-15)])
+def test_scalar_building_blocks_inside_numba(dtype, atol):
+    x = np.concatenate([np.linspace(-20, 20, 4001), [0.0, 1e-30, 3.99e-4, 4.01e-4]]).astype(dtype)
+    out = np.empty((2, x.size), dtype)
+    _scalar_kernel(x, out)
+    np.testing.assert_allclose(out[0], naive.tanh(x), atol=atol, rtol=0)
+    np.testing.assert_allclose(out[1], naive.sigmoid(x), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("B,K,N", [(1, 1, 1), (3, 5, 7), (32, 64, 16)])
+def test_in_kernel_products(rng, dtype, rtol, B, K, N):
+    a = rng.standard_normal((B, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    out = np.full((B, N), np.nan, dtype)  # mm must overwrite, not accumulate into, its output
+    runtime.mm(a, w, out)
+    np.testing.assert_allclose(out, naive.mm(a, w), rtol=rtol, atol=rtol * K)
+    out_t = np.full((B, K), np.nan, dtype)
+    runtime.mm_t(out, w, out_t)
+    np.testing.assert_allclose(out_t, naive.mm_t(out, w), rtol=rtol, atol=rtol * N * np.abs(out).max())

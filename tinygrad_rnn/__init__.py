@@ -10,14 +10,14 @@ from .hookspecs import hookimpl
 from . import nn, ops, testing
 from .cell import Cell
 from .plugins import get_cell, list_cells, load_plugin, get_task, list_tasks
-from . import checkpoint, compiler, diagnostics, init, optim, tasks, training
+from . import checkpoint, compiler, diagnostics, init, optim, report, tasks, training
 from .compiler import CompileError
 from .training import train
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Error", "errors", "Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
            "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
-           "diagnostics", "init", "optim", "tasks", "training", "train", "compiler", "CompileError",
+           "diagnostics", "init", "optim", "report", "tasks", "training", "train", "compiler", "CompileError",
            "__version__"]

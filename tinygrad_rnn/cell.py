@@ -4,7 +4,8 @@ import numpy as np
 from . import init as _init
 from . import ops
 from .errors import ConfigError, UserCodeError, source_file, wrap_user_code
-from .nn import Module, Parameter
+from .module import Module, Parameter
+from .registry import provider_of
 
 
 class Cell(Module):
@@ -68,8 +69,6 @@ class Cell(Module):
         try:
             new = self.step(x, state)
         except (Exception, SystemExit) as e:  # sys.exit() in a step must not end the run silently
-            from .plugins import provider_of
-
             wrapped = wrap_user_code(e, "cell", self, provider_of(type(self)), f"at time step {t}")
             if wrapped is None:
                 raise
@@ -108,8 +107,6 @@ def _checked_state(cell, new, old, t):
     """Enforce the contract on what ``step`` returned; errors name the cell, its plugin file
     and the line of its ``step``, and the time step."""
     def fail(problem):
-        from .plugins import provider_of
-
         cls = type(cell)
         line = getattr(getattr(cls.step, "__code__", None), "co_firstlineno", "?")
         raise UserCodeError(f"cell {cell.name!r} (plugin {provider_of(cls)!r}, "

@@ -5,6 +5,11 @@ interrupted save never destroys the previous checkpoint. Read with
 ``allow_pickle=False``: a file carrying pickled objects is refused, not executed.
 Every member's shape is checked against the bytes it holds before it is read, and
 ``validate_run`` checks a training checkpoint's header and optimiser state field by field.
+
+A training checkpoint holds arrays under ``param/`` (the model), ``optim/`` (the optimiser)
+and ``extra/`` (truncated BPTT's position), and a header with the run's settings, its step,
+both random generators, the schedule and the early-stopping record: ``snapshot`` makes
+one, ``restore`` loads one into a run, ``section`` reads one part.
 """
 import json
 import math
@@ -14,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from . import limits, optim, safeio
+from . import init, limits, optim, safeio
 from .errors import Error, ResourceError
 
 FORMAT = "tinygrad-rnn-checkpoint"
@@ -160,3 +165,40 @@ def validate_run(meta, arrays, path):
     if not _num(lr, 0):  # 0 is where a cosine schedule ends
         raise CheckpointError(f"{path!r}: optimizer state 'lr' must be a finite number >= 0, got {lr!r}")
     return config
+
+
+# ---- a training run, saved and restored ---------------------------------------------------
+def section(arrays, prefix):
+    """The arrays saved under ``prefix/`` (``param``, ``optim``, ``extra``), by their own names."""
+    head = prefix + "/"
+    return {k[len(head):]: v for k, v in arrays.items() if k.startswith(head)}
+
+
+def snapshot(step, settings, model, opt, sched, rng, early, carried=None, cursors=None):
+    """``(meta, arrays)`` of a training run at ``step``, as ``save`` takes them: the model's
+    and optimiser's state, the run's ``settings`` (``build`` reads them back), the batch
+    generator ``rng`` and the initialisers' generator, the schedule, the early-stopping
+    record and, with truncated BPTT, each sequence's cursor and carried state."""
+    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    arrays.update({f"optim/{k}": np.array(v) for k, v in opt.state_dict().items()})
+    if cursors is not None and carried is not None:
+        arrays["extra/cursors"] = cursors
+        arrays.update({f"extra/state{i}": s.numpy() for i, s in enumerate(carried)})
+    meta = {"step": step, "config": {k: v for k, v in settings.items() if k != "device"},
+            "rng": rng.bit_generator.state, "init_rng": init.get_rng_state(),
+            "scheduler": sched.state_dict(), "early_stop": early}
+    return meta, arrays
+
+
+def restore(path, meta, arrays, model, opt, rng):
+    """Load a checkpoint's model and optimiser states and both generators into a run; an
+    entry that does not fit is a CheckpointError naming ``path``. Returns the saved step."""
+    try:
+        model.load_state_dict(section(arrays, "param"))
+        opt.load_state_dict(section(arrays, "optim"))
+        rng.bit_generator.state = meta["rng"]
+        init.set_rng_state(meta["init_rng"])
+    except (KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise CheckpointError(f"{path!r} does not fit this model: {msg}") from None
+    return int(meta["step"])

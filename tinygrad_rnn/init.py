@@ -1,4 +1,6 @@
 """Initialisation schemes, by name. Fans follow PyTorch's (out, in) weight layout."""
+import contextlib
+
 import numpy as np
 
 _rng = [np.random.default_rng(0)]
@@ -10,7 +12,30 @@ def manual_seed(seed):
 
 
 def rng():
+    """The generator every initialiser (and dropout) draws from."""
     return _rng[0]
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Within: initialisers draw from a fresh generator seeded with ``seed``; after, the
+    user's stream goes on exactly where it was (for throwaway cells, e.g. probes)."""
+    saved = _rng[0]
+    _rng[0] = np.random.default_rng(seed)
+    try:
+        yield
+    finally:
+        _rng[0] = saved
+
+
+def get_rng_state():
+    """That generator's state, a JSON-able dict (checkpoints save it; ``torch.get_rng_state``)."""
+    return _rng[0].bit_generator.state
+
+
+def set_rng_state(state):
+    """Put the generator back in a state that ``get_rng_state`` returned."""
+    _rng[0].bit_generator.state = state
 
 
 def _fans(shape):

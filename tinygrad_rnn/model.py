@@ -1,6 +1,6 @@
 """A recurrent network with a linear readout, shaped for a task."""
 from . import ops
-from .nn import Embedding, Linear, Module
+from .module import Embedding, Linear, Module
 from .rnn import RNN
 
 

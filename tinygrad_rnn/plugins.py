@@ -2,7 +2,9 @@
 
 Nothing is loaded when ``tinygrad_rnn`` is imported; the registry is built the
 first time a cell or task is looked up. A plugin that fails is reported by name
-and never takes the others down (an explicitly requested one raises).
+and never takes the others down (an explicitly requested one raises). What it
+registers goes into the tables of ``registry.py``, each class checked first
+against the Cell or Task contract.
 """
 import contextlib
 import importlib
@@ -12,12 +14,14 @@ import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 
 import pluggy
 
 from . import hookspecs
+from .cell import Cell
 from .errors import Error, UnknownNameError, wrap_user_code
+from .registry import Entry, PluginInfo, _state, provider_of  # noqa: F401  (provider_of: public here too)
+from .tasks import Task
 
 BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
             "tinygrad_rnn.tasks")
@@ -34,34 +38,6 @@ class PluginError(Error):
 PLUGIN_FAILURES = (Exception, SystemExit)
 
 
-@dataclass
-class PluginInfo:
-    name: str
-    source: str                 # builtin, entry point, env, explicit, test
-    distribution: str = ""
-    status: str = "ok"          # ok or the one-line error
-    cells: list = field(default_factory=list)
-    tasks: list = field(default_factory=list)
-
-
-@dataclass
-class Entry:
-    cls: type
-    plugin: str
-    aliases: tuple = ()
-
-
-class _State:
-    def __init__(self):
-        self.pm = None
-        self.plugins = {}        # plugin name -> PluginInfo
-        self.cells = {}          # name or alias -> Entry
-        self.tasks = {}
-        self.explicit = []       # module names / paths requested with --plugin
-        self.warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
-
-
-_state = _State()
 
 
 def _manager():
@@ -226,9 +202,6 @@ def _registrar(staged, table, plugin, kind):
 
 
 def _validate(cls, plugin, kind):
-    from .cell import Cell
-    from .tasks import Task
-
     base = Cell if kind == "cells" else Task
     label = getattr(cls, "__name__", repr(cls))
     if not (inspect.isclass(cls) and issubclass(cls, base)):
@@ -331,13 +304,3 @@ def raise_if_user_code(exc, kind, cls, where, require_frame=True):
     wrapped = wrap_user_code(exc, kind, cls, provider_of(cls), where, require_frame=require_frame)
     if wrapped is not None:
         raise wrapped from exc
-
-
-def provider_of(cls):
-    """The plugin that registered ``cls`` ("unregistered" if none did)."""
-    if _state.pm is not None:
-        for table in (_state.cells, _state.tasks):
-            for e in table.values():
-                if e.cls is cls:
-                    return e.plugin
-    return "unregistered"

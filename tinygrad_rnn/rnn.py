@@ -2,8 +2,10 @@
 import numpy as np
 
 from . import ops
+from .cell import Cell
 from .compiler import CompileError, compile_cell, run_layer
-from .nn import Module, dropout
+from .module import Module, dropout
+from .plugins import get_cell
 from .tensor import Tensor
 
 
@@ -60,8 +62,10 @@ class RNN(Module):
 
     ``RNN(cell, input_size, hidden_size, num_layers=1, batch_first=False,
     dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options)``.
-    ``cell`` is a registered name or a ``tr.Cell`` subclass. ``fused=None`` uses a
-    cell's fused kernel when it has one; ``fused=False`` forces the reference ``step`` path.
+    ``cell`` is a registered name or a ``tr.Cell`` subclass. ``fused=None`` runs the
+    kernels the compiler generates from the cell's ``step`` when it can compile it (on
+    the GPU: the hand-written kernels of the built-in cells), else the step loop;
+    ``fused=True`` insists; ``fused=False`` forces the reference ``step`` path.
 
     ``out, state = rnn(x, state=None, lengths=None)``: ``x`` is (T, B, I)
     (or (B, T, I) with ``batch_first``); ``out`` is the last layer's output
@@ -79,8 +83,6 @@ class RNN(Module):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, batch_first=False,
                  dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options):
         super().__init__()
-        from .plugins import get_cell
-
         cls = get_cell(cell) if isinstance(cell, str) else cell
         if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
@@ -238,13 +240,11 @@ class RNN(Module):
 
 def _has_fused(cell):
     """Whether the cell overrides ``forward_sequence`` by hand."""
-    from .cell import Cell
     return type(cell).forward_sequence is not Cell.forward_sequence
 
 
 def _reference_sequence(cell, x, state, mask, probe):
     """The base class's loop over ``step``, even for a cell that has a fused override."""
-    from .cell import Cell
     return Cell.forward_sequence(cell, x, state, mask, probe)
 
 

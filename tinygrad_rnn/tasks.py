@@ -156,7 +156,11 @@ class Sine(Task):
 
 
 class _Stream(Task):
-    """One long sequence split into train (first 90%) and eval (last 10%) parts."""
+    """One long sequence split into train (first 90%) and eval (last 10%) parts.
+
+    ``pairs(windows)``: (inputs, targets) of windows (T + 1, B) of consecutive steps, the
+    targets one step ahead of the inputs; truncated BPTT cuts its own windows from ``train``.
+    """
 
     stream = True
     forecast = True
@@ -178,7 +182,7 @@ class _Stream(Task):
         n = (len(self.eval) - 1) // self.seq_len
         starts = np.arange(min(n, batch_size)) * self.seq_len
         idx = starts[None, :] + np.arange(self.seq_len + 1)[:, None]
-        return self._make(self.eval[idx])
+        return self.pairs(self.eval[idx])
 
 
 def one_hot(tokens, n, dtype=np.float32):
@@ -240,8 +244,8 @@ class Text(_Stream):
         self._set_vocab(list(vocab) if vocab is not None else sorted(set(text)))
         self._split(np.array([self.index[c] for c in text], np.int64))
 
-    def _make(self, tokens):
-        return self.inputs(tokens[:-1]), tokens[1:]
+    def pairs(self, windows):
+        return self.inputs(windows[:-1]), windows[1:]
 
     def inputs(self, tokens):
         """What the model reads for ``tokens``: their indices with ``token_input``, else one-hot."""
@@ -250,7 +254,7 @@ class Text(_Stream):
         return self.one_hot(tokens)
 
     def batch(self, rng, batch_size):
-        return self._make(self._windows(rng, self.train, batch_size))
+        return self.pairs(self._windows(rng, self.train, batch_size))
 
     def baseline(self):
         counts = np.bincount(self.train, minlength=self.input_size) + 1.0
@@ -285,11 +289,11 @@ class Series(_Stream):
         self.train = ((self.train - self.mean) / self.std).astype(np.float32)
         self.eval = ((self.eval - self.mean) / self.std).astype(np.float32)
 
-    def _make(self, window):
-        return window[:-1], window[1:]
+    def pairs(self, windows):
+        return windows[:-1], windows[1:]
 
     def batch(self, rng, batch_size):
-        return self._make(self._windows(rng, self.train, batch_size))
+        return self.pairs(self._windows(rng, self.train, batch_size))
 
     def baseline(self):
         x, y = self.eval_set()

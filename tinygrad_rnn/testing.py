@@ -1,6 +1,10 @@
 """Tools for people who extend tinygrad_rnn: gradient checks in float64."""
 import numpy as np
 
+from . import init
+from .compiler import CompileError, compile_cell
+from .plugins import get_cell
+from .rnn import RNN
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -98,14 +102,11 @@ def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, s
     ``CellReport``; ``report.ok`` is the verdict, ``print(report)`` the details.
     ``cell_options`` go to the cell's constructor (``nonlinearity="relu"``, say).
     """
-    from . import init, nn
-    from .plugins import get_cell
-
     cls = get_cell(name_or_class) if isinstance(name_or_class, str) else name_or_class
     report = CellReport(getattr(cls, "name", repr(cls)))
     try:
         init.manual_seed(seed)
-        rnn = nn.RNN(cls, input_size, hidden_size, dtype="float64", fused=False, **cell_options)
+        rnn = RNN(cls, input_size, hidden_size, dtype="float64", fused=False, **cell_options)
     except Exception as e:
         report.add(False, f"construct {cls.__name__}({input_size}, {hidden_size}): {type(e).__name__}: {e}")
         return report
@@ -162,33 +163,43 @@ def check_cell(name_or_class, input_size=3, hidden_size=4, batch=2, seq_len=4, s
     return report
 
 
+def outputs_and_gradients(rnn, x, states, lengths=None, fused=None):
+    """Run ``rnn`` with ``rnn.fused = fused`` (it stays set) and backpropagate a loss that
+    reads every output and final state. Returns what two paths through a cell must agree
+    on: the output, the final states, the gradients of ``x``, of the initial ``states``
+    and of every parameter, and the per-step gradient norms of each state."""
+    rnn.fused = fused
+    rnn.zero_grad()
+    xt = Tensor(x, requires_grad=True)
+    st = tuple(Tensor(s, requires_grad=True) for s in states)
+    out, final = rnn(xt, st, lengths=lengths, probe=True)
+    ((out * out).sum() + sum((f * f).sum() for f in final)).backward()
+    norms = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
+    return [out.numpy(), *[f.numpy() for f in final], xt.grad.numpy(), *[s.grad.numpy() for s in st],
+            *[p.grad.numpy() for p in rnn.parameters()], *norms]
+
+
+def relative_differences(got, want):
+    """``max |a - b| / max |b|`` for each pair of arrays of two ``outputs_and_gradients`` lists."""
+    return [float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in zip(got, want)]
+
+
 def _compiled_matches_step(rnn, x, states):
     """(ok, message): the compiled kernels against the step path, with padding, in float64:
     outputs, final states, every gradient and the per-step gradient norms."""
-    from .compiler import CompileError, compile_cell
     try:
         compile_cell(rnn.cells[0], np.float64)
     except CompileError as e:
         return True, f"not compiled, runs on the step path: {e}"
     T, B = x.shape[:2]
     lengths = np.maximum(1, T - np.arange(B) % T)
-
-    def run(fused):
-        rnn.fused = fused
-        rnn.zero_grad()
-        xt = Tensor(x, requires_grad=True)
-        st = tuple(Tensor(s, requires_grad=True) for s in states)
-        out, final = rnn(xt, st, lengths=lengths, probe=True)
-        ((out * out).sum() + sum((f * f).sum() for f in final)).backward()
-        norms = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
-        return ([out.numpy(), *[f.numpy() for f in final], xt.grad.numpy(), *[s.grad.numpy() for s in st],
-                 *[p.grad.numpy() for p in rnn.parameters()], *norms])
     try:
-        compiled, step = run(True), run(False)
+        compiled = outputs_and_gradients(rnn, x, states, lengths, fused=True)
+        step = outputs_and_gradients(rnn, x, states, lengths, fused=False)
     except Exception as e:
         return False, f"compiled kernels: {type(e).__name__}: {e}"
     finally:
         rnn.fused = False
-    err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in zip(compiled, step))
+    err = max(relative_differences(compiled, step))
     return err < 1e-10, (f"compiled kernels equal the step path (outputs, states, gradients, per-step "
                          f"norms; max relative difference {err:.1e})")

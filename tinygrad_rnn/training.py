@@ -1,9 +1,16 @@
-"""The training loop behind ``tinygrad-rnn train``, usable from Python as ``tr.train``."""
+"""The training loop behind ``tinygrad-rnn train``, usable from Python as ``tr.train``.
+
+A run is a ``TrainConfig`` (one field per option of ``train``); ``fit`` runs it and returns
+the summary, the trained model and its task. ``_Run`` holds a run's state: ``setup`` builds
+or resumes it (``checkpoint.restore``), ``loop`` trains step by step, ``finish`` saves
+(``checkpoint.snapshot``) and evaluates.
+"""
 import math
 import numbers
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -131,17 +138,123 @@ def evaluate(model, task, device="cpu"):
         model.train(was_training)
 
 
+@dataclass
+class TrainConfig:
+    """One training run, as ``tinygrad-rnn train``'s options: ``train(**fields)`` is
+    ``fit(TrainConfig(**fields)).summary``. ``check()`` validates it; ``settings()`` is the
+    part a checkpoint stores (what ``build`` reads back)."""
+
+    cell: str = "lstm"                  # the model and its task
+    task: str = "adding"
+    seq_len: int = 100
+    data: str = None
+    hidden: int = 64
+    layers: int = 1
+    batch: int = 32                     # the optimisation
+    steps: int = 1000                   # the total: a resumed run continues up to it
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    clip_norm: float = None
+    clip_value: float = None
+    init_scheme: str = "pytorch"
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    bptt: int = None
+    seed: int = 0
+    device: str = "cpu"
+    save: str = None                    # files: checkpoint, resume from, JSON Lines log
+    resume: str = None
+    log: str = None
+    log_every: int = 50
+    on_nonfinite: str = "error"         # or "skip" the update
+    progress: object = False            # True (a line on stderr) or progress(step, steps, loss, norm, note)
+    diagnose_every: int = None
+    dtype: str = "float32"
+    cell_options: dict = None
+    bidirectional: bool = False
+    dropout: float = 0.0
+    embed: int = None
+    lr_schedule: str = "constant"       # the learning-rate schedule and early stopping
+    warmup: int = 0
+    lr_step_size: int = None
+    lr_gamma: float = 0.1
+    lr_patience: int = 10
+    eval_every: int = None
+    patience: int = None
+    save_every: int = None
+    explicit: frozenset = frozenset()   # the arguments chosen, not defaulted (resume conflicts)
+    parallel: object = None             # distributed.mpi.DataParallel, or None
+
+    def check(self):
+        """Raise ConfigError naming the first invalid or conflicting field."""
+        for name in ("steps", "batch", "hidden", "layers", "seq_len", "log_every"):
+            _positive(name, getattr(self, name), allow_zero=name == "steps")
+        for name in ("lr", "clip_norm", "clip_value", "weight_decay", "l1"):
+            _nonneg(name, getattr(self, name), positive=name == "lr")
+        _positive("seed", self.seed, allow_zero=True)
+        for name in ("bptt", "diagnose_every", "embed", "lr_step_size", "eval_every", "patience", "save_every"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        _positive("warmup", self.warmup, allow_zero=True)
+        _positive("lr_patience", self.lr_patience, allow_zero=True)
+        dropout, lr_gamma = self.dropout, self.lr_gamma
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be a number in (0, 1], got {lr_gamma!r}")
+        if self.lr_schedule not in optim.SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose from {', '.join(optim.SCHEDULES)}")
+        if self.lr_schedule == "plateau" and not self.eval_every:
+            raise ConfigError("--lr-schedule plateau lowers the rate when the eval loss stalls: give --eval-every N")
+        if self.patience and not self.eval_every:
+            raise ConfigError("--patience counts evaluations: give --eval-every N")
+        if self.save_every and (not self.save or self.patience):
+            raise ConfigError("--save-every needs --save PATH" if not self.save else
+                              "--save-every and --patience both write --save (which then holds the best model); "
+                              "use one")
+        if self.warmup and self.steps and self.warmup >= self.steps:
+            raise ConfigError(f"--warmup ({self.warmup}) must be below --steps ({self.steps})")
+        if self.optimizer not in optim.OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ConfigError(f"unknown init {self.init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
+        if self.on_nonfinite not in ("error", "skip"):
+            raise ConfigError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+
+    def settings(self):
+        """The run's settings as a checkpoint stores them (``init``, not ``init_scheme``)."""
+        return dict(cell=self.cell, task=self.task, seq_len=self.seq_len, data=self.data, hidden=self.hidden,
+                    layers=self.layers, batch=self.batch, optimizer=self.optimizer, lr=self.lr,
+                    clip_norm=self.clip_norm, clip_value=self.clip_value, init=self.init_scheme,
+                    weight_decay=self.weight_decay, l1=self.l1, bptt=self.bptt, seed=self.seed,
+                    dtype=self.dtype, cell_options=self.cell_options or {}, device=self.device,
+                    bidirectional=bool(self.bidirectional), dropout=float(self.dropout), embed=self.embed,
+                    lr_schedule=self.lr_schedule, warmup=self.warmup,
+                    lr_step_size=self.lr_step_size or max(1, (self.steps - self.warmup) // 3),
+                    lr_gamma=float(self.lr_gamma), lr_patience=self.lr_patience, eval_every=self.eval_every,
+                    patience=self.patience)
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns: ``summary`` (what ``train`` returns), the trained ``model`` and its ``task``."""
+
+    summary: dict
+    model: SequenceModel
+    task: object
+
+
 def train(*args, **kwargs):
     """Train ``cell`` on ``task``; return a summary dict (what ``train --json`` prints).
 
-    Keyword arguments as in ``tinygrad-rnn train``: cell, task, seq_len, data, hidden,
-    layers, batch, steps, optimizer, lr, clip_norm, clip_value, init_scheme,
-    weight_decay, l1, bptt, seed, device, save, resume, log, log_every, on_nonfinite,
-    diagnose_every, dtype, cell_options, bidirectional, dropout, embed, lr_schedule, warmup,
-    lr_step_size, lr_gamma, lr_patience, eval_every, patience. ``steps`` is the total: a
-    resumed run continues from its checkpoint up to it. ``bptt=K`` (stream tasks: text,
-    series) trains on consecutive K-step chunks, carrying each sequence's state across
-    chunks (detached).
+    Keyword arguments as in ``tinygrad-rnn train`` (the fields of ``TrainConfig``): cell,
+    task, seq_len, data, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
+    init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every,
+    on_nonfinite, diagnose_every, dtype, cell_options, bidirectional, dropout, embed,
+    lr_schedule, warmup, lr_step_size, lr_gamma, lr_patience, eval_every, patience. ``steps``
+    is the total: a resumed run continues from its checkpoint up to it. ``bptt=K`` (stream
+    tasks: text, series) trains on consecutive K-step chunks, carrying each sequence's state
+    across chunks (detached). ``fit(TrainConfig(...))`` returns the trained model too.
 
     ``lr_schedule``: ``constant``, ``step`` (times ``lr_gamma`` every ``lr_step_size``
     steps, default a third of the steps after the warmup), ``cosine`` (to 0 at ``steps``)
@@ -165,24 +278,24 @@ def train(*args, **kwargs):
     """
     if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
         kwargs["explicit"] = set(kwargs)
+    return fit(TrainConfig(*args, **kwargs)).summary
+
+
+def fit(config):
+    """Run a ``TrainConfig``: build the model (or resume it), train, evaluate. Returns a
+    ``TrainResult``. An exception out of a plugin task's own code becomes a one-line
+    ``UserCodeError`` naming the task and the training step."""
+    config.check()
+    run = _Run(config)
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported, not warned
         try:
-            return _train(*args, **kwargs)
+            run.setup()
+            run.loop()
+            return run.finish()
         except Exception as e:
-            run = _frame_locals(e, _train)
-            if run.get("task_obj") is not None:
-                _raise_from_task_code(e, type(run["task_obj"]), f"at training step {run.get('step', 0)}")
+            if run.task is not None:
+                _raise_from_task_code(e, type(run.task), f"at training step {run.step}")
             raise
-
-
-def _frame_locals(exc, function):
-    """The local variables of ``function``'s frame in ``exc``'s traceback ({} if absent)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is function.__code__:
-            return tb.tb_frame.f_locals
-        tb = tb.tb_next
-    return {}
 
 
 def _raise_from_task_code(exc, task_cls, where):
@@ -190,220 +303,243 @@ def _raise_from_task_code(exc, task_cls, where):
     raise_if_user_code(exc, "task", task_cls, where)
 
 
-def _train(cell="lstm", task="adding", seq_len=100, data=None, hidden=64, layers=1, batch=32, steps=1000,
-          optimizer="adam", lr=1e-3, clip_norm=None, clip_value=None, init_scheme="pytorch",
-          weight_decay=0.0, l1=0.0, bptt=None, seed=0, device="cpu", save=None, resume=None,
-          log=None, log_every=50, on_nonfinite="error", progress=False, diagnose_every=None,
-          dtype="float32", cell_options=None, return_model=False, bidirectional=False, dropout=0.0,
-          embed=None, lr_schedule="constant", warmup=0, lr_step_size=None, lr_gamma=0.1, lr_patience=10,
-          eval_every=None, patience=None, save_every=None, explicit=(), parallel=None):
-    for name, v in (("steps", steps), ("batch", batch), ("hidden", hidden), ("layers", layers),
-                    ("seq_len", seq_len), ("log_every", log_every)):
-        _positive(name, v, allow_zero=name == "steps")
-    for name, v in (("lr", lr), ("clip_norm", clip_norm), ("clip_value", clip_value),
-                    ("weight_decay", weight_decay), ("l1", l1)):
-        _nonneg(name, v, positive=name == "lr")
-    _positive("seed", seed, allow_zero=True)
-    if bptt is not None:
-        _positive("bptt", bptt)
-    for name, v in (("diagnose_every", diagnose_every), ("embed", embed), ("lr_step_size", lr_step_size),
-                    ("eval_every", eval_every), ("patience", patience), ("save_every", save_every)):
-        if v is not None:
-            _positive(name, v)
-    _positive("warmup", warmup, allow_zero=True)
-    _positive("lr_patience", lr_patience, allow_zero=True)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
-        raise ConfigError(f"lr_gamma must be a number in (0, 1], got {lr_gamma!r}")
-    if lr_schedule not in optim.SCHEDULES:
-        raise ConfigError(f"unknown lr schedule {lr_schedule!r}; choose from {', '.join(optim.SCHEDULES)}")
-    if lr_schedule == "plateau" and not eval_every:
-        raise ConfigError("--lr-schedule plateau lowers the rate when the eval loss stalls: give --eval-every N")
-    if patience and not eval_every:
-        raise ConfigError("--patience counts evaluations: give --eval-every N")
-    if save_every and (not save or patience):
-        raise ConfigError("--save-every needs --save PATH" if not save else
-                         "--save-every and --patience both write --save (which then holds the best model); use one")
-    if warmup and steps and warmup >= steps:
-        raise ConfigError(f"--warmup ({warmup}) must be below --steps ({steps})")
-    if optimizer not in optim.OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
-    if init_scheme not in INIT_SCHEMES:
-        raise ConfigError(f"unknown init {init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
-    if on_nonfinite not in ("error", "skip"):
-        raise ConfigError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+class _Run:
+    """One training run's state: the model, optimiser, schedule and generators (what a
+    checkpoint saves), the truncated-BPTT position, and the counters of the summary."""
 
-    config = dict(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
-                  batch=batch, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
-                  init=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed,
-                  dtype=dtype, cell_options=cell_options or {}, device=device, bidirectional=bool(bidirectional),
-                  dropout=float(dropout), embed=embed, lr_schedule=lr_schedule, warmup=warmup,
-                  lr_step_size=lr_step_size or max(1, (steps - warmup) // 3), lr_gamma=float(lr_gamma),
-                  lr_patience=lr_patience, eval_every=eval_every, patience=patience)
-    meta, arrays = checkpoint.load(resume) if resume else (None, None)
-    if meta:
-        resumed = checkpoint.validate_run(meta, arrays, resume)
-        _check_resume_conflicts(resumed, config, explicit, resume)
-        _check_layer_option_conflicts(resume, resumed, config, lr_step_size)
-        config = dict(resumed, device=device)  # the checkpoint's run, continued
-        if "data" in explicit and data:
-            config["data"] = data  # the same file, or where the run's file has moved to
-    else:
-        check_cell_options(cell, config["cell_options"])
-    if config.get("dropout") and config["layers"] == 1 and not meta:
-        print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
-              file=sys.stderr)
-    safeio.check_outputs([("--save", save), ("--log", log)], [("--data", config.get("data"))])
-    safeio.check_outputs([("--log", log)], [("--resume", resume)])  # --save may replace --resume's file
-    task_obj, model = build(config)
-    if getattr(task_obj, "vocab", None) is not None:
-        config["vocab"] = "".join(task_obj.vocab)  # checkpoints carry the character mapping
-    if config["bptt"] and not task_obj.stream:
-        raise ConfigError(f"--bptt applies to stream tasks (text, series), not {task_obj.name!r}")
-    if config["bptt"] and len(task_obj.train) // config["batch"] < config["bptt"] + 2:
-        raise ConfigError(f"--bptt {config['bptt']} is longer than each sequence's share of the training data "
-                          f"({len(task_obj.train)} steps over --batch {config['batch']}: "
-                          f"{len(task_obj.train) // config['batch']} each); lower --bptt or --batch")
-    opt = optim.OPTIMIZERS[config["optimizer"]](model.parameters(), lr=config["lr"],
-                                                weight_decay=config["weight_decay"], l1=config["l1"])
-    run = {k: config.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
-    sched = _scheduler(opt, run, steps)
-    early = {"best": math.inf, "best_step": None, "bad": 0}  # eval-loss bookkeeping (--patience)
-    rng = np.random.default_rng(config["seed"])
-    safeio.check_space(save, 3 * sum(p.numpy().nbytes for p in model.parameters()) + 2 ** 16, "--save")
-    start, carried, cursors, best = 0, None, None, None
-    if meta:
-        start, cursors, carried = _restore(resume, meta, arrays, model, opt, rng, task_obj, config, device)
+    def __init__(self, config):
+        self.config = config
+        self.task = None
+        self.step = 0            # the step under way (0 before the first)
+
+    # ---- before the first step ----------------------------------------------------------
+    def setup(self):
+        """Build the task, model, optimiser and schedule, fresh or from ``resume``."""
+        cfg = self.config
+        settings = cfg.settings()
+        meta, arrays = checkpoint.load(cfg.resume) if cfg.resume else (None, None)
+        if meta:
+            settings = _resumed_settings(cfg, settings, meta, arrays)
+        else:
+            check_cell_options(cfg.cell, settings["cell_options"])
+        if settings.get("dropout") and settings["layers"] == 1 and not meta:
+            print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
+                  file=sys.stderr)
+        safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)], [("--data", settings.get("data"))])
+        safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
+        self.task, self.model = build(settings)
+        if getattr(self.task, "vocab", None) is not None:
+            settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
+        _check_bptt(settings, self.task)
+        self.settings = settings
+        self.opt = optim.OPTIMIZERS[settings["optimizer"]](self.model.parameters(), lr=settings["lr"],
+                                                           weight_decay=settings["weight_decay"], l1=settings["l1"])
+        self.schedule = {k: settings.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
+        self.sched = _scheduler(self.opt, self.schedule, cfg.steps)
+        self.early = {"best": math.inf, "best_step": None, "bad": 0}  # eval-loss bookkeeping (--patience)
+        self.rng = np.random.default_rng(settings["seed"])
+        safeio.check_space(cfg.save, 3 * sum(p.numpy().nbytes for p in self.model.parameters()) + 2 ** 16,
+                           "--save")
+        self.start, self.carried, self.cursors, self.best = 0, None, None, None
+        if meta:
+            self._resume(meta, arrays)
+        if cfg.parallel is not None and self.carried is not None:
+            self.carried = cfg.parallel.shard_state(self.carried)
+
+    def _resume(self, meta, arrays):
+        cfg = self.config
+        self.start = checkpoint.restore(cfg.resume, meta, arrays, self.model, self.opt, self.rng)
+        self.cursors, self.carried = _stream_position(cfg.resume, arrays, self.model, self.task, self.settings)
         if "scheduler" in meta:
-            sched.load_state_dict(meta["scheduler"])
-        early = meta.get("early_stop", early)
-        if run["patience"] and early["best_step"] is not None:
-            best = meta, arrays  # with --patience, checkpoints are written at the best step
-        if start > steps:
-            raise ConfigError(f"the checkpoint is already at step {start}, beyond --steps {steps}")
-    if parallel is not None and carried is not None:
-        carried = parallel.shard_state(carried)
+            self.sched.load_state_dict(meta["scheduler"])
+        self.early = meta.get("early_stop", self.early)
+        if self.schedule["patience"] and self.early["best_step"] is not None:
+            self.best = meta, arrays  # with --patience, checkpoints are written at the best step
+        if self.start > cfg.steps:
+            raise ConfigError(f"the checkpoint is already at step {self.start}, beyond --steps {cfg.steps}")
 
-    progress = _print_progress if progress is True else progress or None
-    log_file = open(log, "a", encoding="utf-8") if log else None
-    losses, clipped, skipped, window = [], 0, 0, []
-    eval_note, stopped_at = "", None
-    completed, interrupted = start, []
-    # With --save, Ctrl-C finishes the step under way and saves it; a second one stops at once.
-    # (Not under MPI, where every rank must stop at the same step.)
-    restore_sigint = _finish_step_on_sigint(interrupted) if save and parallel is None else None
-    t0 = time.perf_counter()
-    try:
-        for step in range(start + 1, steps + 1):
-            if config["bptt"]:
-                x, y, cursors = _tbptt_batch(task_obj, rng, config["batch"], config["bptt"], cursors)
-            else:
-                x, y = task_obj.batch(rng, config["batch"])
-                carried = None
-            if parallel is not None:
-                x, y = parallel.shard(x, y, task_obj)
-            opt.zero_grad()
-            pred, state = model(Tensor(x, device=device), carried)
-            loss = task_obj.loss(pred, y)
-            loss_value = float(loss.item())
-            if math.isfinite(loss_value):
-                loss.backward()
-            if parallel is not None:
-                loss_value = parallel.allreduce(loss_value, model.parameters())
-            norm = optim.grad_norm(model.parameters())
-            if not (math.isfinite(loss_value) and math.isfinite(norm)):
-                if on_nonfinite == "skip":
-                    skipped += 1
-                    carried = None
+    # ---- the loop -----------------------------------------------------------------------
+    def loop(self):
+        """Steps ``start + 1`` .. ``steps``: each a batch, forward, backward, clip and update,
+        then the bookkeeping (eval, log, checkpoints, progress). With ``save``, Ctrl-C
+        finishes the step under way and saves it; a second one stops at once (not under
+        MPI, where every rank must stop at the same step)."""
+        cfg = self.config
+        self.losses, self.window, self.clipped, self.skipped = [], [], 0, 0
+        self.eval_note, self.stopped_at, self.completed, self.interrupted = "", None, self.start, []
+        self.progress = _print_progress if cfg.progress is True else cfg.progress or None
+        self.log_file = open(cfg.log, "a", encoding="utf-8") if cfg.log else None
+        restore_sigint = _finish_step_on_sigint(self.interrupted) if cfg.save and cfg.parallel is None else None
+        t0 = time.perf_counter()
+        try:
+            for step in range(self.start + 1, cfg.steps + 1):
+                self.step = step
+                x, y = self._batch()
+                done = self._update(x, y)
+                if done is None:  # a non-finite loss or gradient, skipped (--on-nonfinite skip)
                     continue
-                raise TrainingError(_nonfinite_message(step, loss_value, model))
-            after = norm
-            if config["clip_norm"] is not None:
-                optim.clip_grad_norm(model.parameters(), config["clip_norm"])
-                after = min(norm, config["clip_norm"])
-                clipped += norm > config["clip_norm"]
-            if config["clip_value"] is not None:
-                optim.clip_grad_value(model.parameters(), config["clip_value"])
-                after = optim.grad_norm(model.parameters())
-            opt.step()
-            evaluated = run["eval_every"] and step % run["eval_every"] == 0
-            eval_loss = evaluate(model, task_obj, device) if evaluated else None
-            sched.step(eval_loss) if isinstance(sched, optim.ReduceLROnPlateau) else sched.step()
-            if config["bptt"]:
-                carried = tuple(s.detach() for s in state)
-            losses.append(loss_value)
-            window.append(loss_value)
-            if log_file and (step % log_every == 0 or step == steps):
-                _write(log_file, {"step": step, "loss": float(np.mean(window)), "grad_norm": norm,
-                                  "grad_norm_clipped": after, "lr": opt.lr, "clip_events": int(clipped)})
-            if step % log_every == 0 and step != steps:
-                window = []
-            if log_file and diagnose_every and step % diagnose_every == 0:
-                _write(log_file, _diagnose_record(model, task_obj, x, y, step, clipped, device))
-            if evaluated:
-                if eval_loss < early["best"]:
-                    early = {"best": eval_loss, "best_step": step, "bad": 0}
-                    if run["patience"]:
-                        best = _snapshot(model, opt, step, config, rng, carried, cursors, sched, early)
-                        if save:  # now, so that an interrupted run keeps its best model too
-                            checkpoint.save(save, *best)
-                else:
-                    early = dict(early, bad=early["bad"] + 1)
-                if log_file:
-                    _write(log_file, {"step": step, "eval_loss": eval_loss, "best_eval_loss": early["best"],
-                                      "lr": opt.lr})
-                eval_note = f"  eval {eval_loss:.4f} (best {early['best']:.4f} at {early['best_step']})"
-                if run["patience"] and early["bad"] >= run["patience"]:
-                    stopped_at = step
-            if save_every and step % save_every == 0 and step != steps:
-                checkpoint.save(save, *_snapshot(model, opt, step, config, rng, carried, cursors, sched, early))
-            completed = step
-            if progress:
-                progress(step, steps, loss_value, norm, eval_note)
-            if stopped_at or interrupted:
-                break
-    finally:
-        if restore_sigint is not None:
-            restore_sigint()
-        if log_file:
-            _close_log(log_file)
-    seconds = time.perf_counter() - t0
-    done = len(losses)
-    if best is not None:  # --patience keeps the best model, in memory and on disk
-        model.load_state_dict({k[6:]: v for k, v in best[1].items() if k.startswith("param/")})
-    if save and parallel is not None:
-        carried = parallel.gather_state(carried)  # collective: every process takes part, the root saves
-        save = save if parallel.root else None
-    if save:
-        checkpoint.save(save, *(best or _snapshot(model, opt, completed if interrupted else
-                                                  (steps if done or start == steps else start), config,
-                                                  rng, carried, cursors, sched, early)))
-    if interrupted:
-        raise TrainingInterrupted(f"interrupted at step {completed} of {steps}; the run up to it is saved in "
-                                  f"{save!r}: --resume {save} to continue")
-    eval_loss = evaluate(model, task_obj, device)
-    summary = {
-        "cell": config["cell"], "task": config["task"], "seq_len": config["seq_len"],
-        "hidden": config["hidden"], "layers": config["layers"], "steps": steps, "start_step": start,
-        "train_loss": float(np.mean(window)) if window else None,
-        "eval_loss": eval_loss, "baseline_loss": float(task_obj.baseline()),
-        "seconds": seconds, "steps_per_second": done / seconds if seconds > 0 and done else 0.0,
-        "clip_fraction": clipped / done if done else 0.0, "skipped_steps": skipped,
-        "lr": opt.lr,
-        # the run's settings beyond the sizes, so that runs differing in them can be told apart
-        "dtype": config.get("dtype", "float32"), "optimizer": config["optimizer"],
-        "bidirectional": config.get("bidirectional", False), "dropout": config.get("dropout", 0.0),
-        "embed": config.get("embed"), "lr_schedule": config.get("lr_schedule", "constant"),
-        "cell_options": config.get("cell_options", {}),
-    }
-    if run["eval_every"]:
-        summary.update(best_eval_loss=early["best"] if early["best_step"] is not None else None,
-                       best_step=early["best_step"], stopped_early=stopped_at is not None,
-                       stopped_at=stopped_at)
-    if task_obj.classification:
-        summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
-    return (summary, model, task_obj) if return_model else summary
+                self._after_update(x, y, *done)
+                if self.stopped_at or self.interrupted:
+                    break
+        finally:
+            if restore_sigint is not None:
+                restore_sigint()
+            if self.log_file:
+                _close_log(self.log_file)
+        self.seconds = time.perf_counter() - t0
+
+    def _batch(self):
+        """This step's (x, y): a fresh batch, or the next chunk of every sequence (``bptt``)."""
+        s = self.settings
+        if s["bptt"]:
+            x, y, self.cursors = _tbptt_batch(self.task, self.rng, s["batch"], s["bptt"], self.cursors)
+        else:
+            x, y = self.task.batch(self.rng, s["batch"])
+            self.carried = None
+        if self.config.parallel is not None:
+            x, y = self.config.parallel.shard(x, y, self.task)
+        return x, y
+
+    def _update(self, x, y):
+        """Forward, backward, clip and step; (loss, gradient norm, norm after clipping), or
+        None when the step was skipped."""
+        cfg, s, params = self.config, self.settings, self.model.parameters()
+        self.opt.zero_grad()
+        pred, state = self.model(Tensor(x, device=cfg.device), self.carried)
+        loss = self.task.loss(pred, y)
+        loss_value = float(loss.item())
+        if math.isfinite(loss_value):
+            loss.backward()
+        if cfg.parallel is not None:
+            loss_value = cfg.parallel.allreduce(loss_value, params)
+        norm = optim.grad_norm(params)
+        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            if cfg.on_nonfinite == "skip":
+                self.skipped += 1
+                self.carried = None
+                return None
+            raise TrainingError(_nonfinite_message(self.step, loss_value, self.model))
+        after = norm
+        if s["clip_norm"] is not None:
+            optim.clip_grad_norm(params, s["clip_norm"])
+            after = min(norm, s["clip_norm"])
+            self.clipped += norm > s["clip_norm"]
+        if s["clip_value"] is not None:
+            optim.clip_grad_value(params, s["clip_value"])
+            after = optim.grad_norm(params)
+        self.opt.step()
+        if s["bptt"]:
+            self.carried = tuple(t.detach() for t in state)
+        return loss_value, norm, after
+
+    def _after_update(self, x, y, loss_value, norm, after):
+        """The schedule, the log, evaluation and early stopping, checkpoints, progress."""
+        cfg, step, steps = self.config, self.step, self.config.steps
+        every = self.schedule["eval_every"]
+        evaluated = every and step % every == 0
+        eval_loss = evaluate(self.model, self.task, cfg.device) if evaluated else None
+        self.sched.step(eval_loss) if isinstance(self.sched, optim.ReduceLROnPlateau) else self.sched.step()
+        self.losses.append(loss_value)
+        self.window.append(loss_value)
+        if self.log_file and (step % cfg.log_every == 0 or step == steps):
+            _write(self.log_file, {"step": step, "loss": float(np.mean(self.window)), "grad_norm": norm,
+                                   "grad_norm_clipped": after, "lr": self.opt.lr,
+                                   "clip_events": int(self.clipped)})
+        if step % cfg.log_every == 0 and step != steps:
+            self.window = []
+        if self.log_file and cfg.diagnose_every and step % cfg.diagnose_every == 0:
+            _write(self.log_file, _diagnose_record(self.model, self.task, x, y, step, self.clipped, cfg.device))
+        if evaluated:
+            self._evaluated(eval_loss)
+        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+            checkpoint.save(cfg.save, *self.snapshot(step))
+        self.completed = step
+        if self.progress:
+            self.progress(step, steps, loss_value, norm, self.eval_note)
+
+    def _evaluated(self, eval_loss):
+        """Keep the best model (``patience``), log the eval loss, stop when it stalls."""
+        cfg, step, early, patience = self.config, self.step, self.early, self.schedule["patience"]
+        if eval_loss < early["best"]:
+            self.early = early = {"best": eval_loss, "best_step": step, "bad": 0}
+            if patience:
+                self.best = self.snapshot(step)
+                if cfg.save:  # now, so that an interrupted run keeps its best model too
+                    checkpoint.save(cfg.save, *self.best)
+        else:
+            self.early = early = dict(early, bad=early["bad"] + 1)
+        if self.log_file:
+            _write(self.log_file, {"step": step, "eval_loss": eval_loss, "best_eval_loss": early["best"],
+                                   "lr": self.opt.lr})
+        self.eval_note = f"  eval {eval_loss:.4f} (best {early['best']:.4f} at {early['best_step']})"
+        if patience and early["bad"] >= patience:
+            self.stopped_at = step
+
+    def snapshot(self, step):
+        """The run as it stands, as ``checkpoint.save`` takes it."""
+        return checkpoint.snapshot(step, self.settings, self.model, self.opt, self.sched, self.rng, self.early,
+                                   self.carried, self.cursors)
+
+    # ---- after the last step ------------------------------------------------------------
+    def finish(self):
+        """Keep the best model (``patience``), save, evaluate: the ``TrainResult``."""
+        cfg, s, early = self.config, self.settings, self.early
+        done = len(self.losses)
+        if self.best is not None:  # --patience keeps the best model, in memory and on disk
+            self.model.load_state_dict(checkpoint.section(self.best[1], "param"))
+        save = cfg.save
+        if save and cfg.parallel is not None:
+            self.carried = cfg.parallel.gather_state(self.carried)  # collective: every process, the root saves
+            save = save if cfg.parallel.root else None
+        if save:
+            at = self.completed if self.interrupted else (cfg.steps if done or self.start == cfg.steps else self.start)
+            checkpoint.save(save, *(self.best or self.snapshot(at)))
+        if self.interrupted:
+            raise TrainingInterrupted(f"interrupted at step {self.completed} of {cfg.steps}; the run up to it is "
+                                      f"saved in {save!r}: --resume {save} to continue")
+        eval_loss = evaluate(self.model, self.task, cfg.device)
+        seconds = self.seconds
+        summary = {
+            "cell": s["cell"], "task": s["task"], "seq_len": s["seq_len"],
+            "hidden": s["hidden"], "layers": s["layers"], "steps": cfg.steps, "start_step": self.start,
+            "train_loss": float(np.mean(self.window)) if self.window else None,
+            "eval_loss": eval_loss, "baseline_loss": float(self.task.baseline()),
+            "seconds": seconds, "steps_per_second": done / seconds if seconds > 0 and done else 0.0,
+            "clip_fraction": self.clipped / done if done else 0.0, "skipped_steps": self.skipped,
+            "lr": self.opt.lr,
+            # the run's settings beyond the sizes, so that runs differing in them can be told apart
+            "dtype": s.get("dtype", "float32"), "optimizer": s["optimizer"],
+            "bidirectional": s.get("bidirectional", False), "dropout": s.get("dropout", 0.0),
+            "embed": s.get("embed"), "lr_schedule": s.get("lr_schedule", "constant"),
+            "cell_options": s.get("cell_options", {}),
+        }
+        if self.schedule["eval_every"]:
+            summary.update(best_eval_loss=early["best"] if early["best_step"] is not None else None,
+                           best_step=early["best_step"], stopped_early=self.stopped_at is not None,
+                           stopped_at=self.stopped_at)
+        if self.task.classification:
+            summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
+        return TrainResult(summary, self.model, self.task)
+
+
+def _resumed_settings(cfg, given, meta, arrays):
+    """The checkpoint's settings, continued; an explicit option that says otherwise is an error."""
+    resumed = checkpoint.validate_run(meta, arrays, cfg.resume)
+    _check_resume_conflicts(resumed, given, cfg.explicit, cfg.resume)
+    _check_layer_option_conflicts(cfg.resume, resumed, given, cfg.lr_step_size)
+    settings = dict(resumed, device=cfg.device)
+    if "data" in cfg.explicit and cfg.data:
+        settings["data"] = cfg.data  # the same file, or where the run's file has moved to
+    return settings
+
+
+def _check_bptt(settings, task):
+    if settings["bptt"] and not task.stream:
+        raise ConfigError(f"--bptt applies to stream tasks (text, series), not {task.name!r}")
+    if settings["bptt"] and len(task.train) // settings["batch"] < settings["bptt"] + 2:
+        raise ConfigError(f"--bptt {settings['bptt']} is longer than each sequence's share of the training data "
+                          f"({len(task.train)} steps over --batch {settings['batch']}: "
+                          f"{len(task.train) // settings['batch']} each); lower --bptt or --batch")
 
 
 def _finish_step_on_sigint(flag):
@@ -430,30 +566,21 @@ def _print_progress(step, steps, loss, norm, note=""):
           file=sys.stderr)
 
 
-def _restore(path, meta, arrays, model, opt, rng, task, config, device):
-    """Load a checkpoint's parameters, optimiser and RNG states into this run, checking
-    every entry against the model; returns (start step, stream cursors, carried state)."""
-    try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-        opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
-        rng.bit_generator.state = meta["rng"]
-        init._rng[0].bit_generator.state = meta["init_rng"]
-    except (KeyError, ValueError, TypeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise checkpoint.CheckpointError(f"{path!r} does not fit this model: {msg}") from None
-    cursors, carried = None, None
-    if "extra/cursors" in arrays:
-        cursors = arrays["extra/cursors"]
-        shape = (config["layers"], config["batch"], config["hidden"])
-        states = [arrays.get(f"extra/state{i}") for i in range(model.rnn.num_states)]
-        if (cursors.shape != (config["batch"],) or cursors.dtype.kind not in "iu" or
-                not getattr(task, "stream", False) or cursors.min() < 0 or
-                cursors.max() + config["bptt"] + 1 > len(task.train) or
-                any(s is None or s.shape != shape or not np.isfinite(s).all() for s in states)):
-            raise checkpoint.CheckpointError(f"{path!r}: its truncated-BPTT position does not fit this run "
-                                             f"(cursors {cursors.shape}, states of shape {shape} expected)")
-        carried = tuple(Tensor(s.astype(model.rnn.dtype), device=device) for s in states)
-    return int(meta["step"]), cursors, carried
+def _stream_position(path, arrays, model, task, settings):
+    """A truncated-BPTT checkpoint's (cursors, carried states), checked against this run;
+    (None, None) for other checkpoints."""
+    if "extra/cursors" not in arrays:
+        return None, None
+    cursors = arrays["extra/cursors"]
+    shape = (settings["layers"], settings["batch"], settings["hidden"])
+    states = [arrays.get(f"extra/state{i}") for i in range(model.rnn.num_states)]
+    if (cursors.shape != (settings["batch"],) or cursors.dtype.kind not in "iu" or
+            not getattr(task, "stream", False) or cursors.min() < 0 or
+            cursors.max() + settings["bptt"] + 1 > len(task.train) or
+            any(s is None or s.shape != shape or not np.isfinite(s).all() for s in states)):
+        raise checkpoint.CheckpointError(f"{path!r}: its truncated-BPTT position does not fit this run "
+                                         f"(cursors {cursors.shape}, states of shape {shape} expected)")
+    return cursors, tuple(Tensor(s.astype(model.rnn.dtype), device=settings["device"]) for s in states)
 
 
 def _nonfinite_message(step, loss_value, model):
@@ -469,7 +596,7 @@ def _tbptt_batch(task, rng, batch, k, cursors):
     if cursors is None:  # each sequence reads its own stretch of the training data
         cursors = (np.arange(batch) * (len(part) // batch) + rng.integers(0, len(part) // batch)) % (len(part) - k - 1)
     idx = cursors[None, :] + np.arange(k + 1)[:, None]
-    x, y = task._make(part[idx])
+    x, y = task.pairs(part[idx])
     nxt = cursors + k
     nxt[nxt + k + 1 >= len(part)] = 0  # wrap around at the end of the data
     return x, y, nxt
@@ -521,19 +648,6 @@ def _check_layer_option_conflicts(path, saved, requested, lr_step_size):
                               f"drop {option} to continue that run, or start a new one without --resume")
 
 
-def _snapshot(model, opt, step, config, rng, carried, cursors, sched, early):
-    """The checkpoint of the run as it stands: (meta, arrays) for ``checkpoint.save``."""
-    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
-    arrays.update({f"optim/{k}": np.array(v) for k, v in opt.state_dict().items()})
-    if cursors is not None and carried is not None:
-        arrays["extra/cursors"] = cursors
-        arrays.update({f"extra/state{i}": s.numpy() for i, s in enumerate(carried)})
-    meta = {"step": step, "config": {k: v for k, v in config.items() if k != "device"},
-            "rng": rng.bit_generator.state, "init_rng": init._rng[0].bit_generator.state,
-            "scheduler": sched.state_dict(), "early_stop": early}
-    return meta, arrays
-
-
 def _model_input(task, tokens, dtype):
     """Token indices for an embedding model, one-hot rows of the run's dtype otherwise."""
     x = task.inputs(tokens)
@@ -557,7 +671,7 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
     else:  # checkpoints from before vocabularies were stored: rebuild it from the file
         task, model = build(config)
     try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+        model.load_state_dict(checkpoint.section(arrays, "param"))
     except (KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise checkpoint.CheckpointError(f"{path!r} does not fit its own model: {msg}") from None

@@ -110,10 +110,9 @@ def _generate_parts(cell, dtype):
 def compile_status(cls, **options):
     """(True, "") when cell class ``cls`` compiles, else (False, why); nothing is built."""
     from .. import init
-    saved = init._rng[0]
-    init._rng[0] = np.random.default_rng(0)
     try:
-        cell = cls(2, 3, **options)
+        with init.seeded(0):
+            cell = cls(2, 3, **options)
         cell.__dict__["_init_options"] = dict(options)
         generate(cell, np.float32)
         return True, ""
@@ -121,8 +120,6 @@ def compile_status(cls, **options):
         return False, str(e)
     except Exception as e:
         return False, f"{type(e).__name__}: {e}"
-    finally:
-        init._rng[0] = saved
 
 
 _PROBES = ((2, 3), (3, 3), (2, 4), (5, 7))
@@ -138,19 +135,16 @@ def _size_formulas(cell, dtype, plan):
     """
     from .. import init
     opts = cell.__dict__.get("_init_options", {})
-    saved = init._rng[0]
-    init._rng[0] = np.random.default_rng(0)  # probe cells must not move the user's init stream
     plans = []
     try:
         for I, H in _PROBES:
-            probe = type(cell)(I, H, **opts)
+            with init.seeded(0):  # probe cells must not move the user's init stream
+                probe = type(cell)(I, H, **opts)
             for p in probe.parameters():
                 p.data = p.data.astype(dtype)
             plans.append(make_plan(trace(probe, dtype)))
     except Exception:
         return None
-    finally:
-        init._rng[0] = saved
 
     def signature(p):
         return [(e.op, tuple(v.id for v in e.ins), e.out.id) for e in p.step_eqns], \

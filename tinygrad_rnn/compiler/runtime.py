@@ -76,7 +76,7 @@ _modules = {}
 
 
 def _digest(source):
-    from .. import __version__
+    from .._version import __version__
     return hashlib.sha256((__version__ + _RUNTIME_KEY + source).encode()).hexdigest()[:20]
 
 

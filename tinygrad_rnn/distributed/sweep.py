@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 
-from .. import diagnostics, optim, training
+from .. import optim, report, training
 from ..errors import Error
 from ..plugins import get_cell, get_task, load_plugin
 
@@ -181,10 +181,10 @@ def _run(p):
                               batch=p["batch"], steps=p["steps"], optimizer=p["optimizer"], lr=p["lr"],
                               clip_norm=p["clip_norm"], init_scheme=p["init"], seed=p["seed"],
                               cell_options=p.get("cell_options"))
-    report = diagnostics.diagnose((p["cell"],), p["task"], p["seq_len"], p["init"], p["steps"], p["hidden"],
-                                  batch=p["batch"], seed=p["seed"], lr=p["lr"], clip_norm=p["clip_norm"],
-                                  cell_options=p.get("cell_options"))
-    return report["cells"][0]
+    found = report.diagnose((p["cell"],), p["task"], p["seq_len"], p["init"], p["steps"], p["hidden"],
+                            batch=p["batch"], seed=p["seed"], lr=p["lr"], clip_norm=p["clip_norm"],
+                            cell_options=p.get("cell_options"))
+    return found["cells"][0]
 
 
 def _jsonable(v):
