@@ -8,7 +8,7 @@ import tinygrad_rnn as tr
 from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, runtime
 from tinygrad_rnn.testing import outputs_and_gradients as run, relative_differences
 
-from example_cells import KitchenSink, load_example_plugins
+from example_cells import ADVERSARIAL, KitchenSink, load_example_plugins
 
 
 CELLS = [("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}),
@@ -220,6 +220,30 @@ def test_kitchen_sink_cell_compiles_exactly(layers, lengths):
     states = [rng.standard_normal((layers, 3, 4)) * 0.5 for _ in range(3)]
     lengths = None if lengths is None else np.array(lengths)
     assert_close(run(rnn, x, states, lengths, fused=True), run(rnn, x, states, lengths, fused=False), 1e-10)
+
+
+@pytest.mark.parametrize("cls", ADVERSARIAL, ids=[c.name for c in ADVERSARIAL])
+def test_cells_written_to_break_the_compiler_compile_exactly(cls):
+    assert compile_status(cls)[0], compile_status(cls)[1]
+    tr.manual_seed(2)
+    rnn = tr.nn.RNN(cls, 2, 5, num_layers=2, dtype="float64")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 2))
+    states = [rng.standard_normal((2, 3, 5)) * 0.5 for _ in range(rnn.num_states)]
+    lengths = np.array([4, 1, 3])
+    assert_close(run(rnn, x, states, lengths, fused=True), run(rnn, x, states, lengths, fused=False), 1e-10)
+
+
+def test_fused_loops_touch_element_j_only():
+    """A merged loop must compute what its separate loops did: statements at an offset or
+    running totals stay loops of their own (on the GPU, threads would race)."""
+    from tinygrad_rnn.compiler.codegen import fuse_loops
+    merged = fuse_loops(["for j in range(H):", "    d6[j] = d7[j]", "for j in range(H):", "    d8[j] += d6[j]"])
+    assert merged == ["for j in range(H):", "    d6[j] = d7[j]", "    d8[j] += d6[j]"]
+    for shifted in (["for j in range(H):", "    d8[1 + j] += d10[j]", "for j in range(H):", "    d6[j] += d8[j]"],
+                    ["for j in range(H):", "    d6[j] += d8[j]", "for j in range(H):", "    d14[j] = d15[H + j]"],
+                    ["for j in range(H):", "    cnt += K1", "for j in range(H):", "    d8[j] += d9[0] / cnt"]):
+        assert fuse_loops(shifted) == shifted
 
 
 def _elman_like(name, body, **extra):

@@ -66,6 +66,21 @@ COMPILED_CELLS = [("rnn", {}, 1), ("rnn", {"nonlinearity": "relu"}, 2), ("lstm",
                   ("kitchen_sink", {}, 2)]
 
 
+def test_cells_written_to_break_the_compiler_match_cpu_on_cuda():
+    from example_cells import ADVERSARIAL
+    for cls in ADVERSARIAL:
+        results = []
+        for device in ("cpu", "cuda"):
+            tr.manual_seed(0)
+            rnn = tr.nn.RNN(cls, 2, 5, dtype="float64", fused=True).to(device)
+            x = tr.Tensor(np.random.default_rng(1).standard_normal((2, 2, 2)), device=device, requires_grad=True)
+            out, state = rnn(x, lengths=[2, 1], probe=True)
+            ((out * out).sum() + sum((s * s).sum() for s in state)).backward()
+            results.append([out.numpy(), x.grad.numpy(), rnn.step_grad_norms()] + [p.grad.numpy() for p in rnn.parameters()])
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=cls.name)
+
+
 @pytest.mark.parametrize("cell,options,layers", COMPILED_CELLS,
                          ids=[c + "".join(o.values()) for c, o, _ in COMPILED_CELLS])
 def test_compiled_cells_on_cuda_match_cpu(cell, options, layers):

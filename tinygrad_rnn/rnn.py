@@ -204,6 +204,8 @@ class RNN(Module):
             return cell.forward_sequence(x, state, mask, probe)
         try:
             compiled = compile_cell(cell, x.dtype)
+            if x.device != "cpu":
+                compiled.cuda_module  # rendered and loaded here, so that it falls back like the CPU's
         except CompileError:
             if self.fused:
                 raise

@@ -141,6 +141,15 @@ class Generator:
                     self.users.setdefault(v, set()).add(k)
         for v in self.outputs:
             self.users.setdefault(v, set()).add(self.top)
+        # kernels a gradient flows back from: a read inside a comparison passes none
+        self.grad_users = {}
+        for k, eqns in self.kernel_eqns.items():
+            for e in eqns:
+                for v in e.ins:
+                    if not (v in self.producer and self.producer[v].op == "compare"):
+                        self.grad_users.setdefault(v, set()).add(k)
+        for v in self.outputs:
+            self.grad_users.setdefault(v, set()).add(self.top)
         self.gemm_lhs = {}
         for n, e in enumerate(self.gemms):
             self.gemm_lhs.setdefault(e.ins[0], []).append(n)
@@ -186,7 +195,7 @@ class Generator:
         """The stage whose backward finalises v's gradient."""
         if v in self.producer and self.producer[v].op != "matmul":
             return self.level[v]
-        return min(self.users.get(v, {self.top}))
+        return min(self.grad_users.get(v) or self.users.get(v, {self.top}))
 
     # -- storage ---------------------------------------------------------------------
     def plan_storage(self):
@@ -262,7 +271,7 @@ class Generator:
         if k == self.top:
             for i, v in enumerate(self.outputs):
                 reads.add(v)
-        local = [e.out for e in eqns if self.row(e.out).startswith("L")]
+        local = [e.out for e in eqns if e.op != "getitem" and self.row(e.out).startswith("L")]
         args = self._kernel_args(reads | {e.out for e in eqns})
         lines.append(f"@kernel\ndef _forward_stage{k}(t, I, H, M, {', '.join(args)}):")
         lines.append(f'    """Stage {k} of step t, row by row: {self._eqn_summary(eqns)}."""')
@@ -375,7 +384,7 @@ class Generator:
                 names.add(f"DX{self.hoisted.index(v)}")
             elif v in self._gemm_outs():
                 names.add(f"GD{self._gemm_index(v)}")
-            for j in sorted(self.users.get(v, ())):
+            for j in sorted(self.grad_users.get(v, ())):
                 if j != k:
                     names.add(f"E{v.id}_{j}")
             for n in self.gemm_lhs.get(v, ()):
@@ -432,7 +441,7 @@ class Generator:
             for i, v in enumerate(self.outputs):
                 contribs.append(f"{self.grad_target(v, k)}[:] += g{i}")
         for v in owned:
-            for j in sorted(self.users.get(v, ())):
+            for j in sorted(self.grad_users.get(v, ())):
                 if j != k:
                     contribs.append(f"d{v.id}[:] += E{v.id}_{j}[b]")
             for n in self.gemm_lhs.get(v, ()):
@@ -523,13 +532,15 @@ class Generator:
         if e.op == "getitem":
             lo, _ = self.bounds(e)
             t = self.grad_target(e.ins[0], k)
+            # always "lo + j", even at 0: a write that covers part of a row must not look
+            # like a full-row write to _first_writes_assign
             return [f"for j in range({w}):", f"    {t}[{lo} + j] += {dy}[j]"]
         if e.op == "cat":
             out, start = [], (0, 0, 0)
             for v in e.ins:
                 t = self.grad_target(v, k)
                 if t is not None:
-                    out += [f"for j in range({self.W(v)}):", f"    {t}[j] += {dy}[{_fmt(start)} + j]"]
+                    out += [f"for j in range({self.W(v)}):", f"    {t}[j] += {dy}[{_at(_fmt(start))}]"]
                 start = _plus(start, self.wf(v))
             return out
         if e.op in REDUCTIONS:
@@ -647,9 +658,7 @@ class Generator:
         g_args = [f"G{n}" for n in range(len(self.gemms))]
         fwd_loop_args = ["T", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
         carry = self._carry_names()
-        ext = sorted({f"E{v.id}_{k}" for v in self.users for k in self.users[v]
-                      if k != self.owner(v) and v not in self.states and v not in self.aux
-                      and v.role != "const"})
+        ext = self._ext_names()
         dx_args = [f"DX{n}" for n in range(len(self.hoisted))]
         da_args = [f"DA{n}" for n in range(len(self.aux))]
         gd_args = [f"GD{n}" for n in range(len(self.gemms))]
@@ -730,9 +739,15 @@ class Generator:
             return self.W(self.states[int(name[4:])])
         return self.W(self.states[int(name[2:].split("_")[0])])
 
+    def _ext_names(self):
+        """Buffers that carry a value's gradient from a later stage to the one that owns it."""
+        return sorted({f"E{v.id}_{k}" for v in self.grad_users for k in self.grad_users[v]
+                       if k != self.owner(v) and v not in self.states and v not in self.aux
+                       and v.role != "const"})
+
     def _ext_width(self, name):
         vid = int(name[1:].split("_")[0])
-        for v in self.users:
+        for v in self.grad_users:
             if v.id == vid:
                 return self.W(v)
         raise KeyError(name)
@@ -804,13 +819,27 @@ def _transcendentals(line):
     return sum(line.count(f) for f in _TRANSCENDENTAL)
 
 
+_ELEMENT_J = re.compile(r"\[(?:[^\[\]]*, )?j\]")
+
+
+def _only_element_j(statement):
+    """Whether a loop statement indexes rows at ``[j]`` (or a width-1 value at ``[0]``)
+    only: no shifted index (a slice or cat at an offset) and no running total."""
+    indexes = re.findall(r"\[[^\[\]]*\]", statement)
+    return (re.match(r"^\s*(acc|cnt|sq\[\d+\]) \+=", statement) is None
+            and all(i in ("[0]", "[b]", "[t, b]") or _ELEMENT_J.fullmatch(i) for i in indexes))
+
+
 def fuse_loops(lines):
     """Merge back-to-back one-statement loops over the same range into one loop.
 
     Each generated loop handles one op; merging neighbours saves passes over the row.
-    A merged loop keeps at most one transcendental call: loops with one vectorise,
-    loops with several do not (FACTS.md: 3.5x slower). Statements keep their order and
-    only ever touch element j of arrays of the loop's width, so merging is safe.
+    Only statements that touch element j alone are merged (a statement at an offset,
+    ``d[lo + j] += ...`` or ``... = d[lo + j]``, or a running total stays a loop of its
+    own), so a merged loop computes what the separate loops did, and on the GPU its
+    threads never read what another thread writes. A merged loop keeps at most one
+    transcendental call: loops with one vectorise, loops with several do not
+    (FACTS.md: 3.5x slower).
     """
     out, i = [], 0
     while i < len(lines):
@@ -819,8 +848,10 @@ def fuse_loops(lines):
                 and not (i + 2 < len(lines) and lines[i + 2].startswith("    ")):
             head, body = line, [lines[i + 1]]
             i += 2
-            while (i + 1 < len(lines) and lines[i] == head and lines[i + 1].startswith("    ")
+            while (_only_element_j(body[-1]) and i + 1 < len(lines) and lines[i] == head
+                   and lines[i + 1].startswith("    ")
                    and not (i + 2 < len(lines) and lines[i + 2].startswith("    "))
+                   and _only_element_j(lines[i + 1])
                    and _transcendentals("".join(body)) + _transcendentals(lines[i + 1]) <= 1):
                 body.append(lines[i + 1])
                 i += 2
@@ -830,6 +861,11 @@ def fuse_loops(lines):
             out.append(line)
             i += 1
     return out
+
+
+def _at(lo):
+    """Element j of a row shifted by ``lo`` (source), as an index."""
+    return "j" if lo == "0" else f"{lo} + j"
 
 
 def _plus(a, b):

@@ -24,12 +24,18 @@ import itertools
 import re
 
 from . import cuda_runtime
-from .codegen import Generator, _fmt
+from .codegen import Generator, _only_element_j
+from .trace import CompileError
 
 _LOOP = re.compile(r"^for j in range\((.+?)\):(\s*#.*)?$")
 _SLICE = re.compile(r"^(.*)\[([^\[\]]*:[^\[\]]*)\] (=|\+=) (.+?)(\s*#.*)?$")
 _SHARED_ADD = re.compile(r"^(\s*)(DA\d+|SQ)\[([^\[\]]*)\] \+= (.+)$")
 _ALLOC = re.compile(r"^    (\w+) = np\.(empty|zeros)\((.+?)(, DT)?\)$")
+
+
+def _unsupported(what):
+    return CompileError(f"the CUDA renderer has no form for {what}; the cell runs its step op by op on the "
+                        "GPU (please report it)")
 
 
 def cudaize(src):
@@ -42,6 +48,8 @@ def cudaize(src):
         m = _ALLOC.match(line)
         if m and m.group(1) == "sq":
             continue  # per-step norms go straight to SQ with atomics
+        if m and m.group(2) == "zeros":
+            raise _unsupported(f"zeroed per-row scratch ({line.strip()})")  # the driver's buffers are not zeroed
         if m:
             scratch.append((m.group(1), m.group(3)))
             pre.append(f"    {m.group(1)} = SCR_{m.group(1)}[b]")
@@ -54,7 +62,7 @@ def cudaize(src):
         elif line.strip():
             post.append(line)
     if any(not re.match(r"^    SQ\[\d+, t\] \+= sq\[\d+\]$", p) for p in post):
-        raise ValueError(f"unexpected statement after the row loop: {post}")
+        raise _unsupported(f"statements after the row loop ({post})")
     args = head[head.index("(") + 1:head.rindex(")")]
     if scratch:
         args += ", " + ", ".join(f"SCR_{n}" for n, _ in scratch)
@@ -67,7 +75,7 @@ def cudaize(src):
 # The CPU kernels call backend.cpu's scalar functions and Python's min and max; on the
 # GPU they are written out (a call to a separate device function, or to numba.cuda's
 # min/max, needs a GPU to compile, even ahead of time).
-_INLINE = {"tanh_scalar": "math.tanh({0})", "sigmoid_scalar": "(KHALF + KHALF * math.tanh(KHALF * ({0})))",
+_INLINE = {"tanh_scalar": "math.tanh({0})", "sigmoid_scalar": "(KONE / (KONE + math.exp(-({0}))))",
            # Python's order: the first argument wins ties and NaNs
            "max": "(({1}) if ({1}) > ({0}) else ({0}))", "min": "(({1}) if ({1}) < ({0}) else ({0}))"}
 
@@ -107,15 +115,17 @@ def _blocks_of(lines):
     return stmts
 
 
-def _statements(lines, views):
+def _statements(lines, names):
+    """CUDA lines for the statements of a row (``names`` numbers the row views)."""
     stmts, out, n = _blocks_of(lines), [], 0
+    open_loop = None  # (width, index in out of its barrier): a loop the next one may join
     while n < len(stmts):
         s = stmts[n]
         first = s[0]
         if first.startswith("if M[t, b] == 0:"):
             inner = [line[4:] for line in s[1:]]
             out.append(first)
-            out += ["    " + x for x in _statements(inner, views)]
+            out += ["    " + x for x in _statements(inner, names)]
         elif first == "continue":
             out.append("return")
         elif first.startswith(("acc = ", "cnt = ")):
@@ -134,19 +144,27 @@ def _statements(lines, views):
                     f"    cuda.atomic.add(SQ, ({i}, t), sqa)", "cuda.syncthreads()"]
         elif _LOOP.match(first):
             width = _LOOP.match(first).group(1)
-            out.append(f"for j in range(tx, {width}, nt):")
-            out += [_shared_add(line) for line in s[1:]]
-            out.append("cuda.syncthreads()")
+            body = [_shared_add(line) for line in s[1:]]
+            joins = all(_only_element_j(line) for line in s[1:])
+            if joins and open_loop is not None and open_loop[0] == width and open_loop[1] == len(out) - 1:
+                out[-1:] = body + ["cuda.syncthreads()"]  # element j only, both: one loop, one barrier
+            else:
+                out.append(f"for j in range(tx, {width}, nt):")
+                out += body + ["cuda.syncthreads()"]
+            open_loop = (width, len(out) - 1) if joins else None
+            n += 1
+            continue
         elif _SLICE.match(first) and len(s) == 1:
             target, index, op, value, _ = _SLICE.match(first).groups()
-            view = f"_w{next(views)}"  # one name per view: numba types each once
+            view = f"_w{next(names)}"  # one name per view: numba types each once
             elem = value if re.fullmatch(r"-?[\d.]+|K\d+", value) else f"{value}[j]"
             out += [f"{view} = {target}[{index}]", f"for j in range(tx, {view}.shape[0], nt):",
                     f"    {view}[j] {op} {elem}", "cuda.syncthreads()"]
         elif re.match(r"^r\d+ = ", first) and len(s) == 1:
             out.append(first)  # a row binding: every thread holds the same view
         else:
-            raise ValueError(f"no CUDA form for generated statement {s!r}")
+            raise _unsupported(f"the generated statement {s!r}")
+        open_loop = None
         n += 1
     return out
 
@@ -189,11 +207,9 @@ class _CudaModule:
         gs = [f"G{n}" for n in range(len(g.gemms))]
         carry = [c for c in g._carry_names() if not c.startswith("GL")]
         gl = [f"GL{n}" for n in range(len(g.gemms))]
-        ext = sorted({f"E{v.id}_{k}" for v in g.users for k in g.users[v]
-                      if k != g.owner(v) and v not in g.states and v not in g.aux and v.role != "const"})
+        ext = g._ext_names()
         dxs = [f"DX{n}" for n in range(len(g.hoisted))]
         das = [f"DA{n}" for n in range(len(g.aux))]
-        gds = [f"GD{n}" for n in range(len(g.gemms))]
         runtime_hash = hashlib.sha256(inspect.getsource(cuda_runtime).encode()).hexdigest()[:12]
         out = [f'"""{header}"""', f"# cuda_runtime {runtime_hash}", "import math", "",
                "import numpy as np", "from numba import cuda", "",
@@ -201,7 +217,7 @@ class _CudaModule:
                "from tinygrad_rnn.compiler.cuda_runtime import kernel", "",
                f"DT = np.{g.dtype.name}"]
         out += [f"{name} = DT({value!r})" for value, name in g.consts.items()]
-        out += ["KHALF = DT(0.5)", "", ""]
+        out += ["KONE = DT(1.0)", "", ""]
         for k in sorted(fwd):
             out += [fwd[k][0], "", ""]
         for k in sorted(bwd, reverse=True):
@@ -268,16 +284,18 @@ class _CudaModule:
             out.append(f"    rt.api.gemm({self._lhs_all(lhs)}.reshape(T * B, {k_in}), "
                        f"GD{n}.reshape(T * B, {w_out}), DA{w}, trans_a=True, accumulate=True)")
         dstates = [" + ".join(f"rt.api.wrap({c})" for c in g._carry_names(i)) for i in range(S)]
-        out += [f"    return ([{', '.join(f'rt.api.wrap({d})' for d in dxs)}], [{', '.join(dstates)}], "
-                f"[{', '.join(f'rt.api.wrap({d})' for d in das)}], np.sqrt(rt.api.host(SQ)))", ""]
+        out += ["    # SQ: squared per-step norms, left on the device (read only when a probe asks)",
+                f"    return ([{', '.join(f'rt.api.wrap({d})' for d in dxs)}], [{', '.join(dstates)}], "
+                f"[{', '.join(f'rt.api.wrap({d})' for d in das)}], rt.api.wrap(SQ))", ""]
         return "\n".join(out)
 
     def _lhs_all(self, v):
         """A recurrent product's left operand for all steps, contiguous (T, B, n)."""
         g = self.g
         base, lo, hi = v, "0", g.W(v)
-        if base not in g.states and g.producer[base].op == "getitem":
-            lo, hi = g.bounds(g.producer[base])
+        while base not in g.states and g.producer[base].op == "getitem":  # slices of slices compose
+            inner_lo, _ = g.bounds(g.producer[base])
+            lo, hi = f"({inner_lo}) + ({lo})", f"({inner_lo}) + ({hi})"
             base = g.producer[base].ins[0]
         if base in g.states:
             i = g.states.index(base)

@@ -209,8 +209,9 @@ def _fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
 
 def _vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
     if k.name != "cpu":
-        dx, dstates, daux, norms = guarded(module, "backward", *sizes, g.astype(Y.dtype), Y, residuals,
-                                           mask, *arrays)
+        dx, dstates, daux, squares = guarded(module, "backward", *sizes, g.astype(Y.dtype), Y, residuals,
+                                             mask, *arrays)
+        norms = np.sqrt(k.to_numpy(squares)) if probe is not None else None  # stays on the device unless asked
     else:
         states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
         rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
