@@ -283,10 +283,10 @@ class Generator:
         if k == self.top:
             for i, v in enumerate(self.outputs):
                 if self.out_index.get(v) != i:
-                    lines.append(f"        Y[t, {i}, b, :] = {self.row(v)}")
+                    lines += [f"        for j in range({self.W(v)}):", f"            Y[t, {i}, b, j] = {self.row(v)}[j]"]
             lines.append("        if M[t, b] == 0:  # past this sequence's length: carry the state")
-            for i in range(len(self.states)):
-                lines.append(f"            Y[t, {i}, b, :] = sp{i}[b]")
+            for i, s in enumerate(self.states):
+                lines += [f"            for j in range({self.W(s)}):", f"                Y[t, {i}, b, j] = sp{i}[b, j]"]
         return "\n".join(lines)
 
     def _fwd_eqn(self, e):
@@ -297,7 +297,7 @@ class Generator:
             out, start = [], (0, 0, 0)
             for v in e.ins:
                 end = _plus(start, self.wf(v))
-                out.append(f"r{o.id}[{_fmt(start)}:{_fmt(end)}] = r{v.id}")
+                out += [f"for j in range({self.W(v)}):", f"    r{o.id}[{_fmt(start)} + j] = r{v.id}[j]"]
                 self._reading.add(v)
                 start = end
             return out
@@ -427,22 +427,22 @@ class Generator:
                 lines.append(f"{ind}    {dest}[:] = 0")
         if k == self.top:
             for i, v in enumerate(self.outputs):
-                lines.append(f"{ind}    PASS{i}[b, :] = g{i}")
+                lines += [f"{ind}    for j in range({self.W(v)}):", f"{ind}        PASS{i}[b, j] = g{i}[j]"]
                 if v in self.producer:
-                    lines += [f"{ind}    for j in range({self.W(v)}):", f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]"]
+                    lines.append(f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]")
         lines.append(f"{ind}    continue")
         bound = self._bind_rows(fwd_reads)
         lines.extend(ind + s for s in bound)
         contribs = []
         if k == self.top:
             for i, v in enumerate(self.outputs):
-                contribs.append(f"{self.grad_target(v, k)}[:] += g{i}")
+                contribs += _row_loop(self.W(v), self.grad_target(v, k), "+=", f"g{i}")
         for v in owned:
             for j in sorted(self.users.get(v, ())):
                 if j != k:
-                    contribs.append(f"d{v.id}[:] += E{v.id}_{j}[b]")
+                    contribs += _row_loop(self.W(v), f"d{v.id}", "+=", f"E{v.id}_{j}[b]")
             for n in self.gemm_lhs.get(v, ()):
-                contribs.append(f"d{v.id}[:] += GL{n}[b]")
+                contribs += _row_loop(self.W(v), f"d{v.id}", "+=", f"GL{n}[b]")
         covered = self._covered_by_slices(eqns, k)
         contribs, assigned, single = _first_writes_assign(contribs + body, covered)
         contribs, aliases = _alias_copies(contribs, single)
@@ -463,10 +463,10 @@ class Generator:
         for v in owned:
             if f"d{v.id}" not in assigned and f"d{v.id}" not in aliases:
                 lines.append(f"{ind}d{v.id}[:] = 0")
-        lines.extend(ind + s for s in fuse_loops(contribs))
         for v in owned:
             for dest in self._finals(v, k):
-                lines.append(f"{ind}{dest}[:] = d{v.id}")
+                contribs += _row_loop(self.W(v), dest, "=", f"d{v.id}")
+        lines.extend(ind + s for s in fuse_loops(contribs))
         if k == self.top:
             for i in range(len(self.states)):
                 lines.append(f"    SQ[{i}, t] += sq[{i}]")
@@ -742,6 +742,13 @@ class Generator:
             if v.id == vid:
                 return self.W(v)
         raise KeyError(name)
+
+
+def _row_loop(width, dest, op, src):
+    """``dest op src`` for a whole row, as a loop over j. Not ``dest[:] = src``: Numba
+    compiles an array-to-slice assignment with a shape check whose error message takes
+    about 2 s to compile in a fresh process (and 0.3 s per further use)."""
+    return [f"for j in range({width}):", f"    {dest}[j] {op} {src}[j]"]
 
 
 _CONTRIB = re.compile(r"^(\s*)(.+?)\[([^\[\]]*)\] \+= (.*)$")
