@@ -184,11 +184,33 @@ _RUNTIME_KEY = _runtime_key()
 
 
 # ---- replay of the tape-side parts ---------------------------------------------------
-def replay(eqns, env):
-    """Apply recorded equations to the Tensors in ``env`` (Var -> Tensor), on the tape."""
+def replay(eqns, env, keep=()):
+    """Apply recorded equations to the Tensors in ``env`` (Var -> Tensor), on the tape.
+
+    A product ``a @ w`` (and a bias added to it right after, when nothing else reads
+    the bare product; ``keep``: vars read after the replay) becomes one
+    ``input_projection`` op, whose VJP skips the gradients no input needs: the
+    input x of a layer usually needs none, and its product would cost as much as
+    the forward GEMM."""
+    readers = {}
     for e in eqns:
+        for v in e.ins:
+            readers[v] = readers.get(v, 0) + 1
+    fused = set()
+    for n, e in enumerate(eqns):
+        if e in fused:
+            continue
         args = [env[v] for v in e.ins]
-        if e.op == "compare":
+        if e.op == "matmul" and all(a.ndim == 2 for a in args):
+            nxt = eqns[n + 1] if n + 1 < len(eqns) else None
+            if (nxt is not None and nxt.op == "add" and nxt.ins[0] is e.out and readers[e.out] == 1
+                    and e.out not in keep and env[nxt.ins[1]].shape == (args[1].shape[1],)):
+                args.append(env[nxt.ins[1]])
+                fused.add(nxt)
+                e = nxt
+            env[e.out] = ops.apply(ops.OPS["input_projection"], *args,
+                                   need=tuple(a.requires_grad for a in args))
+        elif e.op == "compare":
             env[e.out] = ops.compare(args[0], args[1], e.attrs["how"])
         elif e.op == "where":
             a, b, cond = args
@@ -197,6 +219,21 @@ def replay(eqns, env):
             attrs = {k: v for k, v in e.attrs.items() if k != "residuals"}
             env[e.out] = ops.apply(ops.OPS[e.op], *args, **attrs)
     return env
+
+
+def _projection_fwd(k, a, w, *bias, need):
+    out = k.matmul(a, w)
+    if bias:
+        out += bias[0]
+    return out
+
+
+def _projection_vjp(k, g, y, a, w, *bias, need):
+    grads = (k.matmul(g, w.T) if need[0] else None, k.matmul(a.T, g) if need[1] else None)
+    return grads + ((g.sum(axis=0) if need[2] else None,) if bias else ())
+
+
+ops.defop("input_projection", _projection_fwd, _projection_vjp)
 
 
 def _fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
