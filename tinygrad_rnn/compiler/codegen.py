@@ -665,7 +665,7 @@ class Generator:
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm, mm_t", "",
+               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
                f"DT = np.{self.dtype.name}"]
         out += [f"{name} = DT({value!r})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
@@ -693,8 +693,7 @@ class Generator:
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
                         w = self.aux.index(e.ins[1])
-                        body.append(f"        matmul_into(GD{n}[t], AT{w}, GL{n})" if variant == "py" else
-                                    f"        mm_t(GD{n}[t], A{w}, GL{n})")
+                        body.append(f"        {mm_fn}(GD{n}[t], AT{w}, GL{n})")
             out += body + ["", ""]
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
         allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
