@@ -202,9 +202,9 @@ def _replayed_inputs(cell, x, compiled):
     params = dict(cell.named_parameters())
     env = {v: params[v.name] for v in graph.params}
     env.update({v: Tensor(v.value, device=x.device) for v in graph.consts})
-    ops_replay(plan.param_eqns, env)
+    ops_replay(plan.param_eqns, env, keep={v for e in plan.hoist_eqns for v in e.ins} | set(plan.aux))
     env[graph.x] = x.reshape(T * B, I)
-    ops_replay(plan.hoist_eqns, env)
+    ops_replay(plan.hoist_eqns, env, keep=set(plan.hoisted))
     return [env[v].reshape(T, B, v.width) for v in plan.hoisted], [env[v] for v in plan.aux]
 
 
@@ -247,9 +247,9 @@ def step_values(cell, x, state, ops_named=("sigmoid", "tanh")):
     return found
 
 
-def ops_replay(eqns, env):
+def ops_replay(eqns, env, keep=()):
     from .runtime import replay
-    return replay(eqns, env)
+    return replay(eqns, env, keep)
 
 
 def inspect_cell(cell, dtype="float32", target="cpu"):

@@ -286,10 +286,10 @@ class Generator:
         if k == self.top:
             for i, v in enumerate(self.outputs):
                 if self.out_index.get(v) != i:
-                    lines.append(f"        Y[t, {i}, b, :] = {self.row(v)}")
+                    lines += [f"        for j in range({self.W(v)}):", f"            Y[t, {i}, b, j] = {self.row(v)}[j]"]
             lines.append("        if M[t, b] == 0:  # past this sequence's length: carry the state")
-            for i in range(len(self.states)):
-                lines.append(f"            Y[t, {i}, b, :] = sp{i}[b]")
+            for i, s in enumerate(self.states):
+                lines += [f"            for j in range({self.W(s)}):", f"                Y[t, {i}, b, j] = sp{i}[b, j]"]
         return "\n".join(lines)
 
     def _fwd_eqn(self, e):
@@ -300,7 +300,7 @@ class Generator:
             out, start = [], (0, 0, 0)
             for v in e.ins:
                 end = _plus(start, self.wf(v))
-                out.append(f"r{o.id}[{_fmt(start)}:{_fmt(end)}] = r{v.id}")
+                out += [f"for j in range({self.W(v)}):", f"    r{o.id}[{_fmt(start)} + j] = r{v.id}[j]"]
                 self._reading.add(v)
                 start = end
             return out
@@ -430,22 +430,22 @@ class Generator:
                 lines.append(f"{ind}    {dest}[:] = 0")
         if k == self.top:
             for i, v in enumerate(self.outputs):
-                lines.append(f"{ind}    PASS{i}[b, :] = g{i}")
+                lines += [f"{ind}    for j in range({self.W(v)}):", f"{ind}        PASS{i}[b, j] = g{i}[j]"]
                 if v in self.producer:
-                    lines += [f"{ind}    for j in range({self.W(v)}):", f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]"]
+                    lines.append(f"{ind}        sq[{i}] += g{i}[j] * g{i}[j]")
         lines.append(f"{ind}    continue")
         bound = self._bind_rows(fwd_reads)
         lines.extend(ind + s for s in bound)
         contribs = []
         if k == self.top:
             for i, v in enumerate(self.outputs):
-                contribs.append(f"{self.grad_target(v, k)}[:] += g{i}")
+                contribs += _row_loop(self.W(v), self.grad_target(v, k), "+=", f"g{i}")
         for v in owned:
             for j in sorted(self.grad_users.get(v, ())):
                 if j != k:
-                    contribs.append(f"d{v.id}[:] += E{v.id}_{j}[b]")
+                    contribs += _row_loop(self.W(v), f"d{v.id}", "+=", f"E{v.id}_{j}[b]")
             for n in self.gemm_lhs.get(v, ()):
-                contribs.append(f"d{v.id}[:] += GL{n}[b]")
+                contribs += _row_loop(self.W(v), f"d{v.id}", "+=", f"GL{n}[b]")
         covered = self._covered_by_slices(eqns, k)
         contribs, assigned, single = _first_writes_assign(contribs + body, covered)
         contribs, aliases = _alias_copies(contribs, single)
@@ -466,10 +466,10 @@ class Generator:
         for v in owned:
             if f"d{v.id}" not in assigned and f"d{v.id}" not in aliases:
                 lines.append(f"{ind}d{v.id}[:] = 0")
-        lines.extend(ind + s for s in fuse_loops(contribs))
         for v in owned:
             for dest in self._finals(v, k):
-                lines.append(f"{ind}{dest}[:] = d{v.id}")
+                contribs += _row_loop(self.W(v), dest, "=", f"d{v.id}")
+        lines.extend(ind + s for s in fuse_loops(contribs))
         if k == self.top:
             for i in range(len(self.states)):
                 lines.append(f"    SQ[{i}, t] += sq[{i}]")
@@ -668,7 +668,7 @@ class Generator:
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm, mm_t", "",
+               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
                f"DT = np.{self.dtype.name}"]
         out += [f"{name} = DT({value!r})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
@@ -696,8 +696,7 @@ class Generator:
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
                         w = self.aux.index(e.ins[1])
-                        body.append(f"        matmul_into(GD{n}[t], AT{w}, GL{n})" if variant == "py" else
-                                    f"        mm_t(GD{n}[t], A{w}, GL{n})")
+                        body.append(f"        {mm_fn}(GD{n}[t], AT{w}, GL{n})")
             out += body + ["", ""]
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
         allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
@@ -751,6 +750,13 @@ class Generator:
             if v.id == vid:
                 return self.W(v)
         raise KeyError(name)
+
+
+def _row_loop(width, dest, op, src):
+    """``dest op src`` for a whole row, as a loop over j. Not ``dest[:] = src``: Numba
+    compiles an array-to-slice assignment with a shape check whose error message takes
+    about 2 s to compile in a fresh process (and 0.3 s per further use)."""
+    return [f"for j in range({width}):", f"    {dest}[j] {op} {src}[j]"]
 
 
 _CONTRIB = re.compile(r"^(\s*)(.+?)\[([^\[\]]*)\] \+= (.*)$")
