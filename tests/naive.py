@@ -5,8 +5,7 @@ compare against (tests/test_kernels.py):
   backward, the embedding backward's scatter-add;
 - the building blocks that the cell compiler's generated kernels call: the scalar
   ``tanh_scalar`` and ``sigmoid_scalar`` (backend/cpu.py; float32 inside Numba is a
-  rational approximation) and the in-kernel products ``mm`` and ``mm_t``
-  (compiler/runtime.py).
+  rational approximation) and the in-kernel product ``mm`` (compiler/runtime.py).
 
 The generated cell kernels themselves have no twin here: their reference is the cell's
 own ``step`` run op by op, which they are generated from (tests/test_compiler.py). The
@@ -53,8 +52,3 @@ def mm(a, w):
         for n in range(w.shape[1]):
             out[b, n] = np.dot(a[b].astype(np.float64), w[:, n].astype(np.float64))
     return out.astype(a.dtype)
-
-
-def mm_t(a, w):
-    """``a @ w.T``."""
-    return mm(a, w.T)
