@@ -29,6 +29,7 @@ from .trace import CompileError
 
 _LOOP = re.compile(r"^for j in range\((.+?)\):(\s*#.*)?$")
 _SLICE = re.compile(r"^(.*)\[([^\[\]]*:[^\[\]]*)\] (=|\+=) (.+?)(\s*#.*)?$")
+_SQ = re.compile(r"^    sq\[\d+\] \+= ")
 _SHARED_ADD = re.compile(r"^(\s*)(DA\d+|SQ)\[([^\[\]]*)\] \+= (.+)$")
 _ALLOC = re.compile(r"^    (\w+) = np\.(empty|zeros)\((.+?)(, DT)?\)$")
 
@@ -117,7 +118,11 @@ def _blocks_of(lines):
 
 def _statements(lines, names):
     """CUDA lines for the statements of a row (``names`` numbers the row views)."""
-    stmts, out, n = _blocks_of(lines), [], 0
+    stmts, out, n = [], [], 0
+    for s in _blocks_of(lines):  # a norm's running total shares a loop with a copy: split them
+        totals = [line for line in s[1:] if _LOOP.match(s[0]) and _SQ.match(line)]
+        rest = [line for line in s[1:] if line not in totals]
+        stmts += ([[s[0], *rest]] if rest or not totals else []) + [[s[0], line] for line in totals]
     open_loop = None  # (width, index in out of its barrier): a loop the next one may join
     while n < len(stmts):
         s = stmts[n]
@@ -137,7 +142,7 @@ def _statements(lines, names):
             out.append("if tx == 0:  # a row reduction: one thread")
             out += ["    " + _shared_add(line) for g in group for line in g]
             out.append("cuda.syncthreads()")
-        elif _LOOP.match(first) and len(s) == 2 and re.match(r"^    sq\[\d+\] \+= ", s[1]):
+        elif _LOOP.match(first) and len(s) == 2 and _SQ.match(s[1]):
             i = s[1][s[1].index("[") + 1:s[1].index("]")]
             out += ["if tx == 0:  # this row's share of the state's squared gradient norm",
                     "    sqa = 0.0", "    " + first, "        sqa " + s[1].strip()[len(f"sq[{i}] "):],
