@@ -242,7 +242,9 @@ def _gather_kernel(src, offset, strides, shape, out):
 
 @_kernel("void(float32[::1], float32[::1], int64, UniTuple(int64, 2), UniTuple(int64, 2))")
 def _scatter_kernel(src, dst, offset, strides, shape):
-    # dst viewed at offset with strides (no repeats) <- src (contiguous, shape).
+    # dst viewed at offset with strides (no repeats) <- src (contiguous, shape). The index
+    # arithmetic is _gather_kernel's, written out again: numba.cuda compiles a call to a
+    # shared device function only with a GPU present, and the PTX test runs without one.
     i = cuda.grid(1)
     if i < src.size:
         rest, pos = i, offset
