@@ -290,7 +290,7 @@ class Generator:
             lines.append("        if M[t, b] == 0:  # past this sequence's length: carry the state")
             for i, s in enumerate(self.states):
                 lines += [f"            for j in range({self.W(s)}):", f"                Y[t, {i}, b, j] = sp{i}[b, j]"]
-        return "\n".join(lines)
+        return _index_rows_in_place("\n".join(lines))
 
     def _fwd_eqn(self, e):
         o, w = e.out, self.W(e.out)
@@ -479,7 +479,7 @@ class Generator:
         text = "\n".join(lines)
         for name in _alias_order(aliases):
             text = re.sub(rf"\b{name}\b", aliases[name].replace("\\", "\\\\"), text)
-        return text
+        return _index_rows_in_place(text)
 
     def _covered_by_slices(self, eqns, k):
         """Gradient arrays of this stage written only by disjoint slices that tile them
@@ -750,6 +750,49 @@ class Generator:
             if v.id == vid:
                 return self.W(v)
         raise KeyError(name)
+
+
+_ROW_BINDING = re.compile(r"^        (r\d+) = (?P<base>sp\d+|[A-Z]\w*)(?P<row>\[(?:[^\[\]]*, )?b\])?"
+                          r"(?P<slices>(?:\[[^\[\]:]+:[^\[\]]+\])*)$")
+
+
+def _index_rows_in_place(text):
+    """Bind each row's arrays once per kernel call, not once per row, and index them
+    with ``[b, j]``: ``r5 = R5[t, b]`` in the row loop becomes ``r5 = R5[t]`` before it,
+    and ``r5[j]`` becomes ``r5[b, j]`` (a slice's offset folds into the index). A view
+    made per row costs about 5 ns (Numba builds the array struct and counts references),
+    and a stage binds a dozen or two for every row of every step; likewise
+    ``E5_1[b][j]`` becomes ``E5_1[b, j]``."""
+    lines = text.split("\n")
+    if "    for b in range(B):" not in lines:
+        return text
+    loop = lines.index("    for b in range(B):")
+    hoisted, uses, body = [], {}, []
+    for line in lines[loop + 1:]:
+        m = _ROW_BINDING.match(line)
+        if m is None:
+            body.append(line)
+            continue
+        name, base, row, slices = m.group(1), m.group("base"), m.group("row"), m.group("slices")
+        offsets = [sl[1:-1].split(":")[0] for sl in re.findall(r"\[[^\[\]]+\]", slices)]
+        offset = " + ".join(o for o in offsets if o.strip() != "0")
+        if row:
+            lead = row[1:-1][:-1].rstrip().rstrip(",")  # "[t, 0, b]" -> "t, 0"
+            hoisted.append(f"    {name} = {base}[{lead}]" if lead else f"    {name} = {base}")
+        else:
+            hoisted.append(f"    {name} = {base}{slices}")  # a per-call scratch row: view it once
+            offset = ""
+        uses[name] = ("b, " if row else "", offset)
+    out = "\n".join(body)
+    for name, (row, offset) in uses.items():
+        shift = f"{offset} + " if offset else ""
+        out = re.sub(rf"\b{name}\[([^\[\]]+)\]", lambda m: f"{name}[{row}{shift}{m.group(1)}]", out)
+        if re.search(rf"\b{name}\b(?!\[)", out):
+            raise AssertionError(f"a whole-row use of {name} is left in:\n{text}")
+    out = re.sub(r"\b([A-Z]\w*)\[((?:t, )?b)\]\[", r"\1[\2, ", out)
+    if not out.strip():  # the stage only slices: nothing left to do per row
+        out = "        pass"
+    return "\n".join(lines[:loop] + hoisted + [lines[loop]] + [out])
 
 
 def _row_loop(width, dest, op, src):

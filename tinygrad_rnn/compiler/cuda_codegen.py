@@ -133,6 +133,8 @@ def _statements(lines, names):
             out += ["    " + x for x in _statements(inner, names)]
         elif first == "continue":
             out.append("return")
+        elif first == "pass":
+            out.append("pass")
         elif first.startswith(("acc = ", "cnt = ")):
             var = first.split(" ")[0]
             group = [s]
