@@ -136,6 +136,19 @@ def _cell_options(cells, pairs):
     return options
 
 
+class FilePath(click.Path):
+    """A file path (never a folder) that is not empty: ``--save ""`` is a usage error, not
+    an option silently left out."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dir_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty; give a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _device(ctx, param, value):
     if value == "cuda":
         from tinygrad_rnn.backend import cuda_available
@@ -244,7 +257,7 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
               help="Cell to diagnose (repeatable). Default: rnn, lstm and gru.")
 @click.option("--task", default="adding", show_default=True, callback=_known("task"),
               shell_complete=_complete("task"), help="Task whose loss the gradients are taken of.")
-@click.option("--data", type=click.Path(dir_okay=False), help="Data file for the text and series tasks.")
+@click.option("--data", type=FilePath(), help="Data file for the text and series tasks.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T.")
 @click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
@@ -260,7 +273,7 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
               help="Where the model runs (per-sample measures always run on the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_path", type=FilePath(),
               help="Write a PNG of ||dL/dh_t|| against t (needs matplotlib).")
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
@@ -278,7 +291,7 @@ def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
-        safeio.check_outputs([("--plot", plot_path)], [("--data", data)])
+        safeio.check_outputs([("--plot", plot_path)], [("--data", data), *plugins.plugin_files()])
     cell_names = cell_names or ("rnn", "lstm", "gru")
     with compile_notice():
         report = tr.report.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
@@ -349,7 +362,7 @@ def _print_diagnosis(report):
               help="Registered cell name (see below).")
 @click.option("--task", default="adding", show_default=True, callback=_known("task"),
               shell_complete=_complete("task"), help="Registered task name (see below).")
-@click.option("--data", type=click.Path(), help="Data file for the text and series tasks.")
+@click.option("--data", type=FilePath(), help="Data file for the text and series tasks.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T of each training example.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size.")
@@ -374,10 +387,10 @@ def _print_diagnosis(report):
               help="Seed for initialisation and batches (an integer >= 0).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
               help="Where the model trains.")
-@click.option("--save", type=click.Path(dir_okay=False), help="Write a checkpoint here at the end.")
-@click.option("--resume", type=click.Path(dir_okay=False),
+@click.option("--save", type=FilePath(), help="Write a checkpoint here at the end.")
+@click.option("--resume", type=FilePath(),
               help="Continue this checkpoint's run (its model, task and settings) up to --steps.")
-@click.option("--log", type=click.Path(dir_okay=False), help="Append JSON Lines records here.")
+@click.option("--log", type=FilePath(), help="Append JSON Lines records here.")
 @click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Steps between --log records.")
 @click.option("--diagnose-every", type=click.IntRange(min=1), default=None,
@@ -509,12 +522,12 @@ def _grid_values(ctx, param, value):
               help="Steps per point. Default: 1000 (train), 0 (diagnose).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--mode", type=click.Choice(["train", "diagnose"]), default="train", show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", required=True, type=FilePath(),
               help="JSON Lines results, one per point; a re-run skips the points already in it.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster size. Default: the CPU count.")
 @click.option("--scheduler", metavar="ADDRESS|FILE",
               help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_path", type=FilePath(),
               help="Heatmap over seq_len x cell (needs matplotlib).")
 @cell_option
 @click.pass_context
@@ -549,7 +562,7 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
 
 
 @main.command()
-@click.option("--checkpoint", "path", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "path", required=True, type=FilePath())
 @click.option("--prime", default="", help="Text to start from.")
 @click.option("--length", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0, show_default=True)

@@ -164,3 +164,4 @@ def test_data_for_a_task_that_makes_its_own_is_an_error(tmp_path):
     (tmp_path / "d.txt").write_text("hello")
     result = run("train", "--task", "adding", "--data", str(tmp_path / "d.txt"), "--steps", "1")
     assert result.exit_code == 1 and "makes its own data" in result.stderr
+

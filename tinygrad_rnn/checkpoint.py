@@ -37,9 +37,29 @@ def save(path, meta, arrays):
     payload["__meta__"] = np.frombuffer(header.encode("utf-8"), np.uint8)
     try:
         safeio.check_writable(path, "checkpoint")
+        safeio.check_existing(path, "checkpoint", is_checkpoint, NOUN)
     except safeio.OutputError as e:
         raise CheckpointError(f"cannot save: {e}") from None
     safeio.atomic_write(path, lambda f: np.savez(f, **payload), error=CheckpointError)
+
+
+NOUN = "a tinygrad_rnn checkpoint"
+
+
+def is_checkpoint(path):
+    """Whether ``path`` is a checkpoint (of any version): an .npz whose header names the format.
+    Reads only the header member, so it is cheap enough to ask before every save."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("__meta__.npy")
+            if info.file_size > 2 ** 24:
+                return False
+            with zf.open(info) as member:
+                raw = np.lib.format.read_array(member, allow_pickle=False)
+        meta = json.loads(raw.tobytes().decode("utf-8")) if raw.dtype == np.uint8 else None
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, NotImplementedError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def load(path):

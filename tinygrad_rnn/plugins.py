@@ -99,8 +99,12 @@ def _fail(info, msg, explicit):
     _state.warn(text + " (skipped)")
 
 
+def _is_path(spec):
+    return spec.endswith(".py") or os.sep in spec or "/" in spec
+
+
 def _import_spec(spec):
-    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+    if _is_path(spec):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such file {spec!r}")
@@ -225,6 +229,17 @@ def load_plugin(spec):
     if _state.pm is not None:
         with _plugin_output():
             _load_spec(spec, "explicit", explicit=True)
+
+
+def plugin_files():
+    """(where, path) of each plugin's source file: the ``--plugin`` and ``TINYGRAD_RNN_PLUGINS``
+    paths and the files of the plugin modules loaded, which an output must never overwrite."""
+    files = [("--plugin", s) for s in _state.explicit if _is_path(s)]
+    files += [("TINYGRAD_RNN_PLUGINS", s) for s in os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)
+              if _is_path(s)]
+    if _state.pm is not None:
+        files += [("plugin", p.__file__) for p in _state.pm.get_plugins() if getattr(p, "__file__", None)]
+    return files
 
 
 def register_plugin(plugin, name=None):

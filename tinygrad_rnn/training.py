@@ -18,7 +18,7 @@ from . import checkpoint, diagnostics, init, limits, optim, safeio
 from .cell_options import check_cell_options
 from .errors import ConfigError, Error
 from .model import SequenceModel
-from .plugins import get_cell, get_task, raise_if_user_code
+from .plugins import get_cell, get_task, plugin_files, raise_if_user_code
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -325,8 +325,11 @@ class _Run:
         if settings.get("dropout") and settings["layers"] == 1 and not meta:
             print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
                   file=sys.stderr)
-        safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)], [("--data", settings.get("data"))])
+        existing = {"--save": (checkpoint.is_checkpoint, checkpoint.NOUN),
+                    "--log": (safeio.is_log, "a tinygrad_rnn JSON Lines log")}
         safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
+        safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)],
+                             [("--data", settings.get("data")), *plugin_files()], existing)
         self.task, self.model = build(settings)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
