@@ -149,6 +149,25 @@ class FilePath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class PlotPath(FilePath):
+    """An image path whose extension names a format matplotlib writes, checked before the
+    work the plot is made of (not by savefig, after it)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            return value  # the command says that --plot needs matplotlib
+        formats = sorted(FigureCanvasBase.get_supported_filetypes())
+        ext = os.path.splitext(value)[1][1:].lower()
+        if ext not in formats:
+            why = f"matplotlib cannot write {ext!r} files" if ext else "the name has no extension"
+            self.fail(f"{value!r}: {why}; end it in .png, .svg or .pdf (or one of {', '.join(formats)})",
+                      param, ctx)
+        return value
+
+
 def _device(ctx, param, value):
     if value == "cuda":
         from tinygrad_rnn.backend import cuda_available
@@ -273,7 +292,7 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
               help="Where the model runs (per-sample measures always run on the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--plot", "plot_path", type=FilePath(),
+@click.option("--plot", "plot_path", type=PlotPath(),
               help="Write a PNG of ||dL/dh_t|| against t (needs matplotlib).")
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
@@ -527,7 +546,7 @@ def _grid_values(ctx, param, value):
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster size. Default: the CPU count.")
 @click.option("--scheduler", metavar="ADDRESS|FILE",
               help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
-@click.option("--plot", "plot_path", type=FilePath(),
+@click.option("--plot", "plot_path", type=PlotPath(),
               help="Heatmap over seq_len x cell (needs matplotlib).")
 @cell_option
 @click.pass_context

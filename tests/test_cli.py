@@ -165,3 +165,20 @@ def test_data_for_a_task_that_makes_its_own_is_an_error(tmp_path):
     result = run("train", "--task", "adding", "--data", str(tmp_path / "d.txt"), "--steps", "1")
     assert result.exit_code == 1 and "makes its own data" in result.stderr
 
+
+@pytest.mark.parametrize("command", [["diagnose", "--cell", "rnn", "--seq-len", "5", "--hidden", "3"],
+                                     ["sweep", "--cell", "rnn", "--seq-len", "5", "--steps", "1"]])
+@pytest.mark.parametrize("name,why", [("x.txt", "matplotlib cannot write 'txt' files"),
+                                      ("data.npy", "matplotlib cannot write 'npy' files"),
+                                      ("plot", "the name has no extension")])
+def test_a_plot_path_matplotlib_cannot_write_is_a_usage_error_before_any_work(tmp_path, monkeypatch, command,
+                                                                              name, why):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr("tinygrad_rnn.report.diagnose", lambda *a, **k: pytest.fail("diagnosed"))
+    monkeypatch.setattr("tinygrad_rnn.distributed.sweep.run", lambda *a, **k: pytest.fail("swept"))
+    result = run(*command, "--out", str(tmp_path / "sw.jsonl"), "--plot", str(tmp_path / name)) \
+        if command[0] == "sweep" else run(*command, "--plot", str(tmp_path / name))
+    assert result.exit_code == 2
+    assert f"Invalid value for '--plot': {str(tmp_path / name)!r}: {why}; end it in .png, .svg or .pdf" \
+        in result.stderr
+    assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.png").exists()
