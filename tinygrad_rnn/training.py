@@ -351,10 +351,8 @@ class _Run:
 
     def _resume(self, meta, arrays):
         cfg = self.config
-        self.start = checkpoint.restore(cfg.resume, meta, arrays, self.model, self.opt, self.rng)
+        self.start = checkpoint.restore(cfg.resume, meta, arrays, self.model, self.opt, self.rng, self.sched)
         self.cursors, self.carried = _stream_position(cfg.resume, arrays, self.model, self.task, self.settings)
-        if "scheduler" in meta:
-            self.sched.load_state_dict(meta["scheduler"])
         self.early = meta.get("early_stop", self.early)
         if self.schedule["patience"] and self.early["best_step"] is not None:
             self.best = meta, arrays  # with --patience, checkpoints are written at the best step
@@ -525,9 +523,24 @@ class _Run:
         return TrainResult(summary, self.model, self.task)
 
 
+def _validated_run(meta, arrays, path):
+    """``checkpoint.validate_run`` and the fields it cannot check alone: the init scheme and
+    the cell options (against the registered cell)."""
+    config = checkpoint.validate_run(meta, arrays, path)
+    if config.get("init", "pytorch") not in INIT_SCHEMES:
+        raise checkpoint.CheckpointError(f"{path!r}: config field 'init' must be one of "
+                                         f"{', '.join(INIT_SCHEMES)}, got {config['init']!r}")
+    try:
+        check_cell_options(config["cell"], config.get("cell_options") or {})
+    except ConfigError as e:
+        raise checkpoint.CheckpointError(f"{path!r}: config field 'cell_options' {config['cell_options']!r} "
+                                         f"does not fit the cell: {e}") from None
+    return config
+
+
 def _resumed_settings(cfg, given, meta, arrays):
     """The checkpoint's settings, continued; an explicit option that says otherwise is an error."""
-    resumed = checkpoint.validate_run(meta, arrays, cfg.resume)
+    resumed = _validated_run(meta, arrays, cfg.resume)
     _check_resume_conflicts(resumed, given, cfg.explicit, cfg.resume)
     _check_layer_option_conflicts(cfg.resume, resumed, given, cfg.lr_step_size)
     settings = dict(resumed, device=cfg.device)
@@ -660,7 +673,7 @@ def _model_input(task, tokens, dtype):
 def generate(path, prime="", length=200, temperature=1.0, seed=0):
     """Sample ``length`` characters from a text checkpoint, after feeding ``prime``."""
     meta, arrays = checkpoint.load(path)
-    config = checkpoint.validate_run(meta, arrays, path)
+    config = _validated_run(meta, arrays, path)
     if config.get("task") != "text":
         raise ConfigError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
     if not isinstance(temperature, numbers.Real) or not temperature > 0 or math.isinf(temperature):
@@ -673,6 +686,7 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
         model = build_model(config, task)
     else:  # checkpoints from before vocabularies were stored: rebuild it from the file
         task, model = build(config)
+    checkpoint.check_parameters(path, arrays)
     try:
         model.load_state_dict(checkpoint.section(arrays, "param"))
     except (KeyError, ValueError) as e:
