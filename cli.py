@@ -470,9 +470,18 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
     if summary is None:
         return  # an MPI rank other than 0: rank 0 prints
 
+    if resume and not save and summary["steps_run"]:
+        click.echo(f"note: without --save the {summary['steps_run']} step(s) run now are not saved "
+                   f"({resume} is unchanged, at step {summary['start_step']}); add --save PATH to keep them",
+                   err=True)
+
     def human(s):
+        ran = (f"steps {s['start_step'] + 1}-{s['start_step'] + s['steps_run']} of {s['steps']}"
+               if s["start_step"] else f"{s['steps_run']} steps")
+        if s["start_step"] and not s["steps_run"]:
+            ran = f"no steps (the checkpoint is already at step {s['start_step']} of {s['steps']})"
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
-                   f"{s['steps']} steps in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
+                   f"{ran} in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
         click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {_fmt(s['eval_loss'], '.4f')}  "
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))

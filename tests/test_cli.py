@@ -182,3 +182,21 @@ def test_a_plot_path_matplotlib_cannot_write_is_a_usage_error_before_any_work(tm
     assert f"Invalid value for '--plot': {str(tmp_path / name)!r}: {why}; end it in .png, .svg or .pdf" \
         in result.stderr
     assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.png").exists()
+
+
+def test_a_resumed_run_reports_the_steps_it_ran_and_says_when_nothing_is_saved(tmp_path):
+    ck = str(tmp_path / "s.npz")
+    tiny = ["--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "2"]
+    first = run("train", *tiny, "--steps", "20", "--save", ck)
+    assert "20 steps in" in first.stdout and "note:" not in first.stderr
+    again = run("train", "--resume", ck, "--steps", "30")
+    assert again.exit_code == 0, again.output
+    assert "steps 21-30 of 30 in" in again.stdout
+    assert again.stderr.strip() == (f"note: without --save the 10 step(s) run now are not saved ({ck} is "
+                                    "unchanged, at step 20); add --save PATH to keep them")
+    summary = json.loads(run("train", "--resume", ck, "--steps", "30", "--json").stdout)
+    assert (summary["start_step"], summary["steps_run"], summary["steps"]) == (20, 10, 30)
+    saved = run("train", "--resume", ck, "--steps", "30", "--save", ck)
+    assert "note:" not in saved.stderr and "checkpoint written to" in saved.stdout
+    done = run("train", "--resume", ck, "--steps", "30")
+    assert "no steps (the checkpoint is already at step 30 of 30)" in done.stdout and "note:" not in done.stderr

@@ -503,6 +503,7 @@ class _Run:
         summary = {
             "cell": s["cell"], "task": s["task"], "seq_len": s["seq_len"],
             "hidden": s["hidden"], "layers": s["layers"], "steps": cfg.steps, "start_step": self.start,
+            "steps_run": self.step - self.start if self.step else 0,  # in this call: a resumed run starts late
             "train_loss": float(np.mean(self.window)) if self.window else None,
             "eval_loss": eval_loss, "baseline_loss": float(self.task.baseline()),
             "seconds": seconds, "steps_per_second": done / seconds if seconds > 0 and done else 0.0,
