@@ -160,6 +160,14 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     except PLUGIN_FAILURES as e:
         _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
         return
+    unknown = _unknown_hooks(plugin)
+    if unknown:
+        _state.pm.unregister(name=name)
+        known = ", ".join(sorted(c.name for c in vars(_state.pm.hook).values()
+                                 if isinstance(c, pluggy.HookCaller) and c.has_spec()))
+        _fail(info, f"@tr.hookimpl {', '.join(unknown)}: no hook has that name (misspelt?); "
+                    f"the hooks are: {known}", explicit)
+        return
     _state.plugins[name] = info
     staged = {kind: {} for _, kind in HOOKS}
     for hook, kind in HOOKS:
@@ -179,6 +187,14 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     for _, kind in HOOKS:
         getattr(_state, kind).update(staged[kind])
         getattr(info, kind).extend(sorted({e.cls.name for e in staged[kind].values()}))
+
+
+def _unknown_hooks(plugin):
+    """Names of ``plugin``'s hookimpls that implement no hook of the spec (what pluggy's
+    ``check_pending`` would raise for, later and for every plugin at once)."""
+    return sorted({impl.function.__name__ for caller in _state.pm.get_hookcallers(plugin) or []
+                   if not caller.has_spec() for impl in caller.get_hookimpls()
+                   if impl.plugin is plugin and not impl.optionalhook})
 
 
 def _registers_nothing(plugin):
