@@ -272,3 +272,30 @@ def test_an_empty_path_is_a_usage_error(option):
     assert f"Invalid value for '{option}': the path is empty; give a file name" in result.stderr
     with pytest.raises(safeio.OutputError, match="the path is empty"):
         safeio.check_outputs([(option, "")])
+
+
+def _steps(path):
+    return [(json.loads(line)["step"], "eval_loss" in json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def test_resuming_from_an_earlier_checkpoint_drops_the_replayed_steps_from_the_log(tmp_path):
+    early, log = str(tmp_path / "early.npz"), tmp_path / "run.jsonl"
+    run = dict(TINY, log=str(log), log_every=2, eval_every=2)
+    train(**dict(run, steps=4), save=early)
+    train(**dict(run, steps=8), resume=early, save=str(tmp_path / "late.npz"))
+    assert [s for s, _ in _steps(log)] == [2, 2, 4, 4, 6, 6, 8, 8]
+    once = log.read_text()
+    result = CliRunner().invoke(cli.main, ["train", "--resume", early, "--steps", "8", "--log", str(log),
+                                                     "--log-every", "2", "--eval-every", "2"])
+    assert result.exit_code == 0, result.output
+    assert "note: --log" in result.stderr and "dropped 4 record(s) past step 4" in result.stderr
+    assert log.read_text() == once  # the same records, each step once (the run is deterministic)
+
+
+def test_trimming_keeps_earlier_runs_in_the_same_log_and_cuts_a_torn_line(tmp_path):
+    log = tmp_path / "run.jsonl"
+    lines = [{"step": s, "loss": 1.0} for s in (1, 2, 3, 1, 2, 3, 4)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 5, "lo')
+    assert safeio.trim_log(str(log), 2) == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 1, 2]
+    assert safeio.trim_log(str(log), None) == 0 and safeio.trim_log(str(tmp_path / "none.jsonl"), 3) == 0

@@ -246,6 +246,31 @@ def is_log(path):
     return read_log(path) is not None
 
 
+def trim_log(path, last_step):
+    """Drop the last run's records past ``last_step`` (a run resumed from an earlier
+    checkpoint replays those steps) and a torn last line, atomically; returns the records
+    dropped. The last run is the log's tail whose steps never go back: earlier runs
+    appended to the same file keep every record."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return 0
+        found = read_log(path)
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise OutputError(f"--log {path!r}: cannot read ({e.strerror})") from None
+    if found is None:
+        raise OutputError(f"--log {path!r} is not a tinygrad_rnn log")
+    lines, torn = found
+    start = len(lines) - 1
+    while start > 0 and lines[start - 1][1] <= lines[start][1]:
+        start -= 1
+    keep = [line for i, (line, step) in enumerate(lines) if i < start or last_step is None or step <= last_step]
+    if len(keep) < len(lines) or torn:
+        atomic_write(path, lambda f: f.writelines(keep))
+    return len(lines) - len(keep)
+
+
 def json_safe(value, path="", found=None):
     """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity).
 

@@ -369,6 +369,8 @@ class _Run:
         self.losses, self.window, self.clipped, self.skipped = [], [], 0, 0
         self.eval_note, self.stopped_at, self.completed, self.interrupted = "", None, self.start, []
         self.progress = _print_progress if cfg.progress is True else cfg.progress or None
+        if cfg.log:
+            self._trim_log()
         self.log_file = open(cfg.log, "a", encoding="utf-8") if cfg.log else None
         restore_sigint = _finish_step_on_sigint(self.interrupted) if cfg.save and cfg.parallel is None else None
         t0 = time.perf_counter()
@@ -388,6 +390,15 @@ class _Run:
             if self.log_file:
                 _close_log(self.log_file)
         self.seconds = time.perf_counter() - t0
+
+    def _trim_log(self):
+        """A resumed run replays the steps after its checkpoint: the log's records of them,
+        written by the run that went on past it, are dropped so that no step is logged twice."""
+        cfg = self.config
+        dropped = safeio.trim_log(cfg.log, self.start if cfg.resume else None)
+        if dropped:
+            print(f"note: --log {cfg.log!r}: dropped {dropped} record(s) past step {self.start}, where "
+                  "the run resumes (they are logged again as the steps are replayed)", file=sys.stderr)
 
     def _batch(self):
         """This step's (x, y): a fresh batch, or the next chunk of every sequence (``bptt``)."""
