@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, plugins, safeio
+from tinygrad_rnn import checkpoint, diagnostics, limits, plugins, safeio
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
@@ -592,7 +592,8 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
 @main.command()
 @click.option("--checkpoint", "path", required=True, type=FilePath())
 @click.option("--prime", default="", help="Text to start from.")
-@click.option("--length", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--length", type=click.IntRange(min=0, max=limits.MAX_GENERATE_LENGTH), default=200,
+              show_default=True, help="Characters to generate after the prime.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def generate(path, prime, length, temperature, seed):

@@ -692,6 +692,9 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
         raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
     _positive("seed", seed, allow_zero=True)
     _positive("length", length, allow_zero=True)
+    if length > limits.MAX_GENERATE_LENGTH:
+        raise ConfigError(f"length {length} is more than the {limits.MAX_GENERATE_LENGTH} characters generate "
+                          "makes at once")
     config = dict(config, device="cpu")
     if config.get("vocab"):  # the model's own character mapping: no training file needed
         task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
