@@ -35,6 +35,11 @@ class App(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except training.TrainingInterrupted as e:  # Ctrl-C, asked for: what was kept, not an error
+            if debug:
+                traceback.print_exc()
+            click.echo(_one_line(e), err=True)
+            ctx.exit(1)
         except tr.Error as e:
             if debug:
                 traceback.print_exc()
@@ -166,6 +171,17 @@ class PlotPath(FilePath):
             self.fail(f"{value!r}: {why}; end it in .png, .svg or .pdf (or one of {', '.join(formats)})",
                       param, ctx)
         return value
+
+
+class Number(click.FloatRange):
+    """A float in a range that is a number: click's range lets NaN through (every comparison
+    with it is false), and the library would then refuse it with exit 1, not 2."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return rv
 
 
 def _device(ctx, param, value):
@@ -391,16 +407,16 @@ def _print_diagnosis(report):
               help="Total steps; a resumed run continues up to it.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "rmsprop"]), default="adam", show_default=True,
               help="Optimiser.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1e-3, show_default=True,
+@click.option("--lr", type=Number(min=0, min_open=True, max=1e6), default=1e-3, show_default=True,
               help="Learning rate (> 0).")
-@click.option("--clip-norm", type=click.FloatRange(min=0, max=1e12), default=None,
+@click.option("--clip-norm", type=Number(min=0, max=1e12), default=None,
               help="Scale gradients down to this global L2 norm.")
-@click.option("--clip-value", type=click.FloatRange(min=0, max=1e12), default=None,
+@click.option("--clip-value", type=Number(min=0, max=1e12), default=None,
               help="Clamp every gradient element into [-X, X].")
 @click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
               show_default=True, help=INIT_HELP)
-@click.option("--weight-decay", type=click.FloatRange(min=0, max=1e6), default=0.0, help="L2 penalty.")
-@click.option("--l1", type=click.FloatRange(min=0, max=1e6), default=0.0, help="L1 penalty.")
+@click.option("--weight-decay", type=Number(min=0, max=1e6), default=0.0, help="L2 penalty.")
+@click.option("--l1", type=Number(min=0, max=1e6), default=0.0, help="L1 penalty.")
 @click.option("--bptt", type=click.IntRange(min=1), default=None, help="Truncated BPTT chunk length (text, series).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for initialisation and batches (an integer >= 0).")
@@ -419,7 +435,7 @@ def _print_diagnosis(report):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @cell_option
 @click.option("--bidirectional", is_flag=True, help="Bidirectional layers (not for next-step tasks).")
-@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+@click.option("--dropout", type=Number(min=0, max=1, max_open=True), default=0.0,
               help="Dropout on the input of every layer but the first (training only).")
 @click.option("--embed", type=click.IntRange(min=1), default=None, metavar="DIM",
               help="Learn a DIM-wide embedding of the input tokens instead of one-hot (text).")
@@ -429,7 +445,7 @@ def _print_diagnosis(report):
               help="Ramp the learning rate up linearly over the first N steps.")
 @click.option("--lr-step-size", type=click.IntRange(min=1), default=None, metavar="N",
               help="step schedule: every N steps (default: a third of the steps after warmup).")
-@click.option("--lr-gamma", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
+@click.option("--lr-gamma", type=Number(min=0, max=1, min_open=True), default=0.1, show_default=True,
               help="step and plateau schedules: the factor the rate is multiplied by.")
 @click.option("--lr-patience", type=click.IntRange(min=0), default=10, show_default=True,
               help="plateau schedule: evaluations without improvement before lowering the rate.")
@@ -594,7 +610,7 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
 @click.option("--prime", default="", help="Text to start from.")
 @click.option("--length", type=click.IntRange(min=0, max=limits.MAX_GENERATE_LENGTH), default=200,
               show_default=True, help="Characters to generate after the prime.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0, show_default=True)
+@click.option("--temperature", type=Number(min=0, min_open=True, max=100), default=1.0, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def generate(path, prime, length, temperature, seed):
     """Sample text from a character-model checkpoint."""

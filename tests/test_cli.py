@@ -200,3 +200,32 @@ def test_a_resumed_run_reports_the_steps_it_ran_and_says_when_nothing_is_saved(t
     assert "note:" not in saved.stderr and "checkpoint written to" in saved.stdout
     done = run("train", "--resume", ck, "--steps", "30")
     assert "no steps (the checkpoint is already at step 30 of 30)" in done.stdout and "note:" not in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--lr", "--clip-norm", "--clip-value", "--weight-decay", "--l1", "--dropout",
+                                    "--lr-gamma"])
+@pytest.mark.parametrize("value", ["nan", "-nan", "inf"])
+def test_a_non_finite_number_is_a_usage_error(option, value):
+    result = run("train", option, value, "--steps", "1")
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.stderr
+
+
+def test_a_cell_option_error_says_it_once():
+    result = run("train", "--cell", "rnn", "--cell-option", "nonlinearity=foo", "--steps", "1")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: Invalid value for --cell-option: cell 'rnn': nonlinearity must be 'tanh' or 'relu', got 'foo'")
+
+
+def test_the_ctrl_c_summary_is_not_an_error_line(monkeypatch):
+    from tinygrad_rnn import training
+
+    def interrupted(**kwargs):
+        raise training.TrainingInterrupted("interrupted at step 7 of 100; the run up to it is saved in 'x.npz': "
+                                           "--resume x.npz to continue")
+    monkeypatch.setattr(training, "train", interrupted)
+    result = run("train", "--steps", "100", "--save", "x.npz")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "interrupted at step 7 of 100; the run up to it is saved in 'x.npz': --resume x.npz to continue"]
