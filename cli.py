@@ -422,10 +422,12 @@ def _print_diagnosis(report):
               help="Seed for initialisation and batches (an integer >= 0).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
               help="Where the model trains.")
-@click.option("--save", type=FilePath(), help="Write a checkpoint here at the end.")
+@click.option("--save", type=FilePath(),
+              help="Write a checkpoint here at the end (it may replace a checkpoint, never another file).")
 @click.option("--resume", type=FilePath(),
               help="Continue this checkpoint's run (its model, task and settings) up to --steps.")
-@click.option("--log", type=FilePath(), help="Append JSON Lines records here.")
+@click.option("--log", type=FilePath(),
+              help="Append JSON Lines records here (a resumed run first drops the records past its step).")
 @click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Steps between --log records.")
 @click.option("--diagnose-every", type=click.IntRange(min=1), default=None,
@@ -486,18 +488,17 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
     if summary is None:
         return  # an MPI rank other than 0: rank 0 prints
 
-    if resume and not save and summary["steps_run"]:
-        click.echo(f"note: without --save the {summary['steps_run']} step(s) run now are not saved "
-                   f"({resume} is unchanged, at step {summary['start_step']}); add --save PATH to keep them",
-                   err=True)
+    start, ran = summary.get("start_step", 0), summary.get("steps_run", summary["steps"])
+    if resume and not save and ran:
+        click.echo(f"note: without --save the {ran} step(s) run now are not saved ({resume} is unchanged, "
+                   f"at step {start}); add --save PATH to keep them", err=True)
 
     def human(s):
-        ran = (f"steps {s['start_step'] + 1}-{s['start_step'] + s['steps_run']} of {s['steps']}"
-               if s["start_step"] else f"{s['steps_run']} steps")
-        if s["start_step"] and not s["steps_run"]:
-            ran = f"no steps (the checkpoint is already at step {s['start_step']} of {s['steps']})"
+        done = f"steps {start + 1}-{start + ran} of {s['steps']}" if start else f"{ran} steps"
+        if start and not ran:
+            done = f"no steps (the checkpoint is already at step {start} of {s['steps']})"
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
-                   f"{ran} in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
+                   f"{done} in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
         click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {_fmt(s['eval_loss'], '.4f')}  "
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))
