@@ -2,6 +2,7 @@
 the estimate, not a MemoryError (or a swapping machine) minutes later."""
 import math
 import os
+import stat
 
 import numpy as np
 
@@ -45,7 +46,6 @@ def check_data_file(path, what, bytes_per_byte):
     """Refuse, before reading, a data file that is not a regular file (``/dev/zero`` never
     ends, a pipe cannot be read twice) or whose contents would not fit in memory once loaded
     (``bytes_per_byte``: the memory one byte of the file takes once parsed)."""
-    import stat
     try:
         st = os.stat(path)
     except OSError:
