@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, plugins, safeio
+from tinygrad_rnn import checkpoint, diagnostics, limits, plugins, safeio
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
@@ -35,6 +35,11 @@ class App(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except training.TrainingInterrupted as e:  # Ctrl-C, asked for: what was kept, not an error
+            if debug:
+                traceback.print_exc()
+            click.echo(_one_line(e), err=True)
+            ctx.exit(1)
         except tr.Error as e:
             if debug:
                 traceback.print_exc()
@@ -134,6 +139,49 @@ def _cell_options(cells, pairs):
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--cell-option") from None
     return options
+
+
+class FilePath(click.Path):
+    """A file path (never a folder) that is not empty: ``--save ""`` is a usage error, not
+    an option silently left out."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dir_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty; give a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class PlotPath(FilePath):
+    """An image path whose extension names a format matplotlib writes, checked before the
+    work the plot is made of (not by savefig, after it)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            return value  # the command says that --plot needs matplotlib
+        formats = sorted(FigureCanvasBase.get_supported_filetypes())
+        ext = os.path.splitext(value)[1][1:].lower()
+        if ext not in formats:
+            why = f"matplotlib cannot write {ext!r} files" if ext else "the name has no extension"
+            self.fail(f"{value!r}: {why}; end it in .png, .svg or .pdf (or one of {', '.join(formats)})",
+                      param, ctx)
+        return value
+
+
+class Number(click.FloatRange):
+    """A float in a range that is a number: click's range lets NaN through (every comparison
+    with it is false), and the library would then refuse it with exit 1, not 2."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return rv
 
 
 def _device(ctx, param, value):
@@ -244,7 +292,7 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
               help="Cell to diagnose (repeatable). Default: rnn, lstm and gru.")
 @click.option("--task", default="adding", show_default=True, callback=_known("task"),
               shell_complete=_complete("task"), help="Task whose loss the gradients are taken of.")
-@click.option("--data", type=click.Path(dir_okay=False), help="Data file for the text and series tasks.")
+@click.option("--data", type=FilePath(), help="Data file for the text and series tasks.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T.")
 @click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
@@ -260,7 +308,7 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
               help="Where the model runs (per-sample measures always run on the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_path", type=PlotPath(),
               help="Write a PNG of ||dL/dh_t|| against t (needs matplotlib).")
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
@@ -278,7 +326,7 @@ def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
-        safeio.check_outputs([("--plot", plot_path)], [("--data", data)])
+        safeio.check_outputs([("--plot", plot_path)], [("--data", data), *plugins.plugin_files()])
     cell_names = cell_names or ("rnn", "lstm", "gru")
     with compile_notice():
         report = tr.report.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
@@ -349,7 +397,7 @@ def _print_diagnosis(report):
               help="Registered cell name (see below).")
 @click.option("--task", default="adding", show_default=True, callback=_known("task"),
               shell_complete=_complete("task"), help="Registered task name (see below).")
-@click.option("--data", type=click.Path(), help="Data file for the text and series tasks.")
+@click.option("--data", type=FilePath(), help="Data file for the text and series tasks.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T of each training example.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size.")
@@ -359,25 +407,27 @@ def _print_diagnosis(report):
               help="Total steps; a resumed run continues up to it.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "rmsprop"]), default="adam", show_default=True,
               help="Optimiser.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1e-3, show_default=True,
+@click.option("--lr", type=Number(min=0, min_open=True, max=1e6), default=1e-3, show_default=True,
               help="Learning rate (> 0).")
-@click.option("--clip-norm", type=click.FloatRange(min=0, max=1e12), default=None,
+@click.option("--clip-norm", type=Number(min=0, max=1e12), default=None,
               help="Scale gradients down to this global L2 norm.")
-@click.option("--clip-value", type=click.FloatRange(min=0, max=1e12), default=None,
+@click.option("--clip-value", type=Number(min=0, max=1e12), default=None,
               help="Clamp every gradient element into [-X, X].")
 @click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
               show_default=True, help=INIT_HELP)
-@click.option("--weight-decay", type=click.FloatRange(min=0, max=1e6), default=0.0, help="L2 penalty.")
-@click.option("--l1", type=click.FloatRange(min=0, max=1e6), default=0.0, help="L1 penalty.")
+@click.option("--weight-decay", type=Number(min=0, max=1e6), default=0.0, help="L2 penalty.")
+@click.option("--l1", type=Number(min=0, max=1e6), default=0.0, help="L1 penalty.")
 @click.option("--bptt", type=click.IntRange(min=1), default=None, help="Truncated BPTT chunk length (text, series).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for initialisation and batches (an integer >= 0).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
               help="Where the model trains.")
-@click.option("--save", type=click.Path(dir_okay=False), help="Write a checkpoint here at the end.")
-@click.option("--resume", type=click.Path(dir_okay=False),
+@click.option("--save", type=FilePath(),
+              help="Write a checkpoint here at the end (it may replace a checkpoint, never another file).")
+@click.option("--resume", type=FilePath(),
               help="Continue this checkpoint's run (its model, task and settings) up to --steps.")
-@click.option("--log", type=click.Path(dir_okay=False), help="Append JSON Lines records here.")
+@click.option("--log", type=FilePath(),
+              help="Append JSON Lines records here (a resumed run first drops the records past its step).")
 @click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Steps between --log records.")
 @click.option("--diagnose-every", type=click.IntRange(min=1), default=None,
@@ -387,7 +437,7 @@ def _print_diagnosis(report):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @cell_option
 @click.option("--bidirectional", is_flag=True, help="Bidirectional layers (not for next-step tasks).")
-@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+@click.option("--dropout", type=Number(min=0, max=1, max_open=True), default=0.0,
               help="Dropout on the input of every layer but the first (training only).")
 @click.option("--embed", type=click.IntRange(min=1), default=None, metavar="DIM",
               help="Learn a DIM-wide embedding of the input tokens instead of one-hot (text).")
@@ -397,7 +447,7 @@ def _print_diagnosis(report):
               help="Ramp the learning rate up linearly over the first N steps.")
 @click.option("--lr-step-size", type=click.IntRange(min=1), default=None, metavar="N",
               help="step schedule: every N steps (default: a third of the steps after warmup).")
-@click.option("--lr-gamma", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
+@click.option("--lr-gamma", type=Number(min=0, max=1, min_open=True), default=0.1, show_default=True,
               help="step and plateau schedules: the factor the rate is multiplied by.")
 @click.option("--lr-patience", type=click.IntRange(min=0), default=10, show_default=True,
               help="plateau schedule: evaluations without improvement before lowering the rate.")
@@ -438,9 +488,17 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
     if summary is None:
         return  # an MPI rank other than 0: rank 0 prints
 
+    start, ran = summary.get("start_step", 0), summary.get("steps_run", summary["steps"])
+    if resume and not save and ran:
+        click.echo(f"note: without --save the {ran} step(s) run now are not saved ({resume} is unchanged, "
+                   f"at step {start}); add --save PATH to keep them", err=True)
+
     def human(s):
+        done = f"steps {start + 1}-{start + ran} of {s['steps']}" if start else f"{ran} steps"
+        if start and not ran:
+            done = f"no steps (the checkpoint is already at step {start} of {s['steps']})"
         click.echo(f"{s['cell']} on {s['task']} (T={s['seq_len']}, hidden {s['hidden']}): "
-                   f"{s['steps']} steps in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
+                   f"{done} in {s['seconds']:.1f} s ({s['steps_per_second']:.1f} steps/s)")
         click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {_fmt(s['eval_loss'], '.4f')}  "
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))
@@ -509,12 +567,12 @@ def _grid_values(ctx, param, value):
               help="Steps per point. Default: 1000 (train), 0 (diagnose).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--mode", type=click.Choice(["train", "diagnose"]), default="train", show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", required=True, type=FilePath(),
               help="JSON Lines results, one per point; a re-run skips the points already in it.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster size. Default: the CPU count.")
 @click.option("--scheduler", metavar="ADDRESS|FILE",
               help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_path", type=PlotPath(),
               help="Heatmap over seq_len x cell (needs matplotlib).")
 @cell_option
 @click.pass_context
@@ -549,10 +607,11 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
 
 
 @main.command()
-@click.option("--checkpoint", "path", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "path", required=True, type=FilePath())
 @click.option("--prime", default="", help="Text to start from.")
-@click.option("--length", type=click.IntRange(min=0), default=200, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0, show_default=True)
+@click.option("--length", type=click.IntRange(min=0, max=limits.MAX_GENERATE_LENGTH), default=200,
+              show_default=True, help="Characters to generate after the prime.")
+@click.option("--temperature", type=Number(min=0, min_open=True, max=100), default=1.0, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def generate(path, prime, length, temperature, seed):
     """Sample text from a character-model checkpoint."""

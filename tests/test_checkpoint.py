@@ -168,3 +168,59 @@ def test_a_truncated_bptt_position_that_does_not_fit_is_refused(tmp_path, change
     _tamper(path, arrays_change=change)
     with pytest.raises(checkpoint.CheckpointError, match="truncated-BPTT position does not fit this run"):
         train(cell="gru", task="text", data=str(data), seq_len=8, hidden=6, batch=4, steps=5, bptt=5, resume=path)
+
+
+# ---- hand-edited checkpoints: every field, one line naming it, never a traceback ----------
+def _set(section, key, value):
+    def change(m):
+        (m if section is None else m[section])[key] = value
+    return change
+
+
+@pytest.mark.parametrize("change,match", [
+    (_set("scheduler", "base_lr", None), "scheduler field 'base_lr' must be a finite number >= 0, got None"),
+    (_set("scheduler", "lr", "x"), "scheduler field 'lr' must be a finite number >= 0, got 'x'"),
+    (_set("scheduler", "warmup", "x"), "scheduler field 'warmup' must be an integer >= 0, got 'x'"),
+    (_set("scheduler", "last_epoch", 1.5), "scheduler field 'last_epoch' must be an integer >= 0, got 1.5"),
+    (_set("scheduler", "extra", 1), r"unknown scheduler \(ConstantLR\) field\(s\) 'extra'"),
+    (lambda m: m["scheduler"].pop("lr"), "scheduler state is missing 'lr'"),
+    (_set(None, "scheduler", None), "header field 'scheduler' must be an object, got None"),
+    (_set("early_stop", "best", "x"), "early_stop field 'best' must be a number"),
+    (_set("early_stop", "bad", -7), "early_stop field 'bad' must be an integer >= 0, got -7"),
+    (_set("early_stop", "best_step", "y"), "early_stop field 'best_step' must be null or an integer >= 0"),
+    (_set("early_stop", "best_step", 99), r"'best_step' \(99\) is past the checkpoint's step 2"),
+    (_set(None, "early_stop", None), "header field 'early_stop' must be an object with keys best, best_step, bad"),
+    (_set("early_stop", "worst", 1), "header field 'early_stop' must be an object with keys"),
+    (_set("config", "cell_options", {"x": 1}), "config field 'cell_options' {'x': 1} does not fit the cell"),
+    (_set("config", "cell_options", {"nonlinearity": [1]}), "'cell_options' entry 'nonlinearity' must be text"),
+    (_set("config", "init", "nope"), "config field 'init' must be one of pytorch, .*, got 'nope'"),
+    (_set("config", "hiden", 8), r"unknown config field\(s\) 'hiden'"),
+    (_set(None, "note", "mine"), r"unknown header field\(s\) 'note'"),
+])
+def test_hand_edited_headers_are_one_line_errors_naming_the_field(tmp_path, change, match):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    _tamper(path, meta_change=change)
+    result = CliRunner().invoke(cli.main, ["train", "--resume", path, "--steps", "4"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {path!r}"), result.output
+    import re
+    assert re.search(match, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_])
+def test_integer_parameter_arrays_are_refused_not_truncated(tmp_path, dtype):
+    path = str(tmp_path / "run.npz")
+    train(**TINY, save=path)
+    _tamper(path, arrays_change=lambda a: a.update({"param/rnn.weight_hh_l0": a["param/rnn.weight_hh_l0"].astype(dtype)}))
+    with pytest.raises(checkpoint.CheckpointError, match=f"parameter 'rnn.weight_hh_l0' holds {np.dtype(dtype)} "
+                                                         "values, not floats"):
+        train(**dict(TINY, steps=4), resume=path)
+
+
+def test_a_checkpoint_with_a_plateau_schedule_and_early_stopping_resumes(tmp_path):
+    path = str(tmp_path / "run.npz")
+    run = dict(TINY, lr_schedule="plateau", eval_every=1, patience=5, steps=3)
+    train(**run, save=path)
+    assert train(**dict(run, steps=4), resume=path)["start_step"] == 3

@@ -164,3 +164,68 @@ def test_data_for_a_task_that_makes_its_own_is_an_error(tmp_path):
     (tmp_path / "d.txt").write_text("hello")
     result = run("train", "--task", "adding", "--data", str(tmp_path / "d.txt"), "--steps", "1")
     assert result.exit_code == 1 and "makes its own data" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["diagnose", "--cell", "rnn", "--seq-len", "5", "--hidden", "3"],
+                                     ["sweep", "--cell", "rnn", "--seq-len", "5", "--steps", "1"]])
+@pytest.mark.parametrize("name,why", [("x.txt", "matplotlib cannot write 'txt' files"),
+                                      ("data.npy", "matplotlib cannot write 'npy' files"),
+                                      ("plot", "the name has no extension")])
+def test_a_plot_path_matplotlib_cannot_write_is_a_usage_error_before_any_work(tmp_path, monkeypatch, command,
+                                                                              name, why):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr("tinygrad_rnn.report.diagnose", lambda *a, **k: pytest.fail("diagnosed"))
+    monkeypatch.setattr("tinygrad_rnn.distributed.sweep.run", lambda *a, **k: pytest.fail("swept"))
+    result = run(*command, "--out", str(tmp_path / "sw.jsonl"), "--plot", str(tmp_path / name)) \
+        if command[0] == "sweep" else run(*command, "--plot", str(tmp_path / name))
+    assert result.exit_code == 2
+    assert f"Invalid value for '--plot': {str(tmp_path / name)!r}: {why}; end it in .png, .svg or .pdf" \
+        in result.stderr
+    assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.png").exists()
+
+
+def test_a_resumed_run_reports_the_steps_it_ran_and_says_when_nothing_is_saved(tmp_path):
+    ck = str(tmp_path / "s.npz")
+    tiny = ["--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "2"]
+    first = run("train", *tiny, "--steps", "20", "--save", ck)
+    assert "20 steps in" in first.stdout and "note:" not in first.stderr
+    again = run("train", "--resume", ck, "--steps", "30")
+    assert again.exit_code == 0, again.output
+    assert "steps 21-30 of 30 in" in again.stdout
+    assert again.stderr.strip() == (f"note: without --save the 10 step(s) run now are not saved ({ck} is "
+                                    "unchanged, at step 20); add --save PATH to keep them")
+    summary = json.loads(run("train", "--resume", ck, "--steps", "30", "--json").stdout)
+    assert (summary["start_step"], summary["steps_run"], summary["steps"]) == (20, 10, 30)
+    saved = run("train", "--resume", ck, "--steps", "30", "--save", ck)
+    assert "note:" not in saved.stderr and "checkpoint written to" in saved.stdout
+    done = run("train", "--resume", ck, "--steps", "30")
+    assert "no steps (the checkpoint is already at step 30 of 30)" in done.stdout and "note:" not in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--lr", "--clip-norm", "--clip-value", "--weight-decay", "--l1", "--dropout",
+                                    "--lr-gamma"])
+@pytest.mark.parametrize("value", ["nan", "-nan", "inf"])
+def test_a_non_finite_number_is_a_usage_error(option, value):
+    result = run("train", option, value, "--steps", "1")
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.stderr
+
+
+def test_a_cell_option_error_says_it_once():
+    result = run("train", "--cell", "rnn", "--cell-option", "nonlinearity=foo", "--steps", "1")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: Invalid value for --cell-option: cell 'rnn': nonlinearity must be 'tanh' or 'relu', got 'foo'")
+
+
+def test_the_ctrl_c_summary_is_not_an_error_line(monkeypatch):
+    from tinygrad_rnn import training
+
+    def interrupted(**kwargs):
+        raise training.TrainingInterrupted("interrupted at step 7 of 100; the run up to it is saved in 'x.npz': "
+                                           "--resume x.npz to continue")
+    monkeypatch.setattr(training, "train", interrupted)
+    result = run("train", "--steps", "100", "--save", "x.npz")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "interrupted at step 7 of 100; the run up to it is saved in 'x.npz': --resume x.npz to continue"]

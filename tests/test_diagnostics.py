@@ -142,3 +142,58 @@ def test_nan_input_is_an_error_naming_the_position():
     x[2, 1, 0] = np.nan
     with pytest.raises(ValueError, match=r"non-finite value \(nan\) at position \(2, 1, 0\)"):
         D.step_grad_norms(tr.nn.RNN("rnn", 2, 3), x, lambda out: out.sum())
+
+
+class _NoParams(tr.Cell):
+    """h_t = tanh(h_{t-1} + 1): no parameters, and the input is never read."""
+
+    name = "noparam"
+    num_states = 1
+
+    def step(self, x, state):
+        return ((state[0] + 1).tanh(),)
+
+
+@pytest.mark.usefixtures("clean_plugins")
+@pytest.mark.parametrize("fused", [None, False])
+def test_a_cell_without_parameters_is_diagnosed_exactly(fused):
+    """Its states are constants to the tape unless the initial state is tracked: the
+    norms were missing (compiled path: an error) or all zero (step path)."""
+    import types
+    from tinygrad_rnn import plugins
+    plugin = types.ModuleType("noparam_plugin")
+    plugin.register_cells = tr.hookimpl(lambda register: register(_NoParams))
+    plugins.register_plugin(plugin)
+    rnn = tr.nn.RNN("noparam", 2, 3, dtype="float64")
+    rnn.fused = fused
+    x = tr.Tensor(np.random.default_rng(0).normal(size=(5, 2, 2)))
+    w = np.arange(6.0).reshape(2, 3)
+    norms = D.step_grad_norms(rnn, x, lambda out: (out[-1] * tr.Tensor(w)).sum())[0]
+    h = [np.zeros((2, 3))]
+    for _ in range(5):
+        h.append(np.tanh(h[-1] + 1))
+    g, want = w.copy(), []
+    for t in range(5, 0, -1):  # dL/dh_t for h_1 .. h_5, then back through tanh
+        want.append(np.sqrt((g ** 2).sum()))
+        g = g * (1 - h[t] ** 2)
+    np.testing.assert_allclose(norms, want[::-1], rtol=1e-12)
+
+
+@pytest.mark.usefixtures("clean_plugins")
+def test_diagnose_and_gradcheck_of_a_cell_without_parameters(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    plugin = tmp_path / "noparam.py"
+    plugin.write_text("import tinygrad_rnn as tr\n\n\nclass NoParam(tr.Cell):\n    name = 'noparam'\n"
+                      "    num_states = 1\n\n    def step(self, x, s):\n        return ((s[0] + 1).tanh(),)\n\n\n"
+                      "@tr.hookimpl\ndef register_cells(register):\n    register(NoParam)\n")
+    result = CliRunner().invoke(cli.main, ["--plugin", str(plugin), "diagnose", "--cell", "noparam", "--seq-len", "6",
+                                           "--hidden", "2", "--batch", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+    assert min(json.loads(result.stdout)["cells"][0]["grad_norm_per_step"][0]) > 0
+    result = CliRunner().invoke(cli.main, ["--plugin", str(plugin), "gradcheck", "--cell", "noparam"])
+    assert "Traceback" not in result.output and "Error" not in result.output
+    assert "PASS  compiled kernels equal the step path" in result.stdout
+    assert "PASS  gradient w.r.t. input x matches finite differences" in result.stdout
+    assert "FAIL  has parameters: none" in result.stdout and result.exit_code == 1  # the contract's one complaint

@@ -36,3 +36,37 @@ def test_bptt_longer_than_the_data_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"--bptt 500 is longer than each sequence's share of the training data "
                                           r"\(486 steps over --batch 2: 243 each\)"):
         train(cell="rnn", task="text", data=str(data), seq_len=8, hidden=4, batch=2, steps=1, bptt=500)
+
+
+@pytest.mark.parametrize("task,data,what", [("text", "/dev/zero", "task 'text': data file"),
+                                            ("series", "/dev/zero", "series file"),
+                                            ("series", "fifo.csv", "series file")])
+def test_a_data_file_that_never_ends_is_refused_before_reading(tmp_path, monkeypatch, task, data, what):
+    import os
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("fifo.csv")  # opening it to read would wait for a writer forever
+    for command in (["train", "--task", task, "--data", data, "--steps", "1"],
+                    ["diagnose", "--cell", "rnn", "--task", task, "--data", data]):
+        result = CliRunner().invoke(cli.main, command)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {what} {data!r} is not a regular file (a device, pipe or socket); give a file that ends"]
+
+
+def test_a_data_file_too_big_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "big.txt"
+    path.write_text("ab" * 1000)
+    monkeypatch.setattr(limits, "available_memory", lambda: 10_000)
+    with pytest.raises(ResourceError, match=r"task 'text': data file '.*big.txt' \(1.95 KB\) needs about 62.5 KB"):
+        train(cell="rnn", task="text", data=str(path), seq_len=4, steps=1)
+
+
+def test_generate_length_is_capped(tmp_path):
+    from tinygrad_rnn.training import generate
+    result = CliRunner().invoke(cli.main, ["generate", "--checkpoint", "x.npz", "--length", "100000000"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--length': 100000000 is not in the range 0<=x<=1000000" in result.stderr
+    path = str(tmp_path / "char.npz")
+    train(cell="rnn", task="text", seq_len=8, hidden=4, steps=1, save=path)
+    with pytest.raises(ConfigError, match="length 1000001 is more than the 1000000 characters generate makes at once"):
+        generate(path, length=limits.MAX_GENERATE_LENGTH + 1)

@@ -359,3 +359,22 @@ def test_a_plugin_file_named_like_an_installed_entry_point_is_loaded(tmp_path):
     with pytest.raises(plugins.PluginError, match="cell name 'mgu' is registered by both 'mgu' and"):
         tr.load_plugin(clash)
         tr.list_cells()
+
+
+def test_a_misspelled_hook_is_a_plugin_error_naming_it(tmp_path, monkeypatch):
+    typo = _write(tmp_path, "typo.py", GOOD.format(name="typo").replace("def register_cells", "def register_cellz"))
+    with pytest.raises(plugins.PluginError, match=r"^plugin 'typo': @tr.hookimpl register_cellz: no hook has that "
+                                                  r"name \(misspelt\?\); the hooks are: register_cells, register_tasks$"):
+        tr.load_plugin(typo)
+        tr.list_cells()
+    plugins.reset()
+    # installed (here: from the environment): skipped with a warning, and `plugins` shows why
+    also = _write(tmp_path, "also.py", textwrap.dedent(GOOD.format(name="also")) + "\n@tr.hookimpl\ndef register_taskz(register):\n"
+                                                                  "    pass\n")
+    warnings = []
+    monkeypatch.setattr(plugins._state, "warn", warnings.append)
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", also)
+    assert "also" not in {c["name"] for c in tr.list_cells()}
+    assert warnings == ["plugin 'also': @tr.hookimpl register_taskz: no hook has that name (misspelt?); "
+                        "the hooks are: register_cells, register_tasks (skipped)"]
+    assert [p["status"] for p in tr.plugins.list_plugins() if p["name"] == "also"] == [warnings[0][len("plugin 'also': "):-len(" (skipped)")]]

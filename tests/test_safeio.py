@@ -1,5 +1,6 @@
 """Nothing lost: outputs checked before any work, atomic writes that keep permissions,
 follow symlinks and clean up after themselves (issue 9, item 2)."""
+import json
 import os
 import stat
 import subprocess
@@ -179,3 +180,122 @@ def test_a_save_folder_without_room_for_the_checkpoint_is_refused_before_trainin
     with pytest.raises(safeio.OutputError, match=r"--save '.*run.npz': the checkpoint needs about .* MB, "
                                                  r"the folder has 0.0 MB free"):
         train(**dict(TINY, steps=10 ** 9), save=str(tmp_path / "run.npz"))  # would take forever if it started
+
+
+# ---- outputs never land on a plugin's source or on a file of another kind ----------------
+PLUGIN = ("import tinygrad_rnn as tr\n\n\n"
+          "class Mine(tr.Cell):\n    name = 'mycell'\n    num_states = 1\n\n"
+          "    def __init__(self, input_size, hidden_size):\n        super().__init__(input_size, hidden_size)\n"
+          "        self.w = self.param((hidden_size, hidden_size))\n\n"
+          "    def step(self, x, s):\n        return ((s[0] @ self.w).tanh(),)\n\n\n"
+          "@tr.hookimpl\ndef register_cells(register):\n    register(Mine)\n")
+CLI_TINY = ["--task", "sum", "--seq-len", "4", "--hidden", "2", "--steps", "1"]
+
+
+@pytest.mark.parametrize("option", ["--save", "--log"])
+def test_an_output_on_a_plugin_file_is_refused_before_training(tmp_path, monkeypatch, option):
+    plugin = tmp_path / "my_cell.py"
+    plugin.write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    result = run("--plugin", "my_cell.py", "train", "--cell", "mycell", *CLI_TINY, option, "my_cell.py")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {option} 'my_cell.py' is the --plugin file: writing there would destroy it; choose another path"]
+    assert plugin.read_text() == PLUGIN
+
+
+def test_an_output_on_a_plugin_named_in_the_environment_is_refused(tmp_path, monkeypatch):
+    plugin = tmp_path / "my_cell.py"
+    plugin.write_text(PLUGIN)
+    monkeypatch.setenv("TINYGRAD_RNN_PLUGINS", str(plugin))
+    result = run("train", "--cell", "mycell", *CLI_TINY, "--save", str(plugin))
+    assert result.exit_code == 1
+    assert "is the TINYGRAD_RNN_PLUGINS file: writing there would destroy it" in result.stderr
+    assert plugin.read_text() == PLUGIN
+
+
+@pytest.mark.parametrize("name,content,holds", [
+    ("notes.txt", b"my notes\n", "text"),
+    ("data.npy", None, "a NumPy .npy array"),
+    ("other.npz", None, "a zip archive (.npz)"),
+    ("blob.bin", bytes(range(256)) * 4, "binary data"),
+])
+def test_save_refuses_to_replace_a_file_that_is_not_a_checkpoint(tmp_path, name, content, holds):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    elif name.endswith(".npy"):
+        np.save(path, np.arange(5.0))
+    else:
+        np.savez(path, a=np.arange(5.0))
+    before = path.read_bytes()
+    result = run("train", "--cell", "rnn", *CLI_TINY, "--save", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: --save {str(path)!r} already exists and is not a tinygrad_rnn checkpoint (it holds {holds}); "
+        "choose another path, or delete the file if you mean to replace it"]
+    assert path.read_bytes() == before
+    with pytest.raises(checkpoint.CheckpointError, match="is not a tinygrad_rnn checkpoint"):
+        checkpoint.save(str(path), {"step": 1}, {"a": np.ones(2)})  # the library refuses too
+    assert path.read_bytes() == before
+
+
+def test_save_replaces_a_checkpoint_or_an_empty_file(tmp_path):
+    path = tmp_path / "run.npz"
+    path.write_bytes(b"")
+    train(**TINY, save=str(path))
+    train(**dict(TINY, steps=3), save=str(path))
+    assert checkpoint.load(str(path))[0]["step"] == 3
+
+
+def test_log_refuses_to_append_to_a_file_that_is_not_a_log(tmp_path):
+    for content in (b"my notes\n", b'{"step": 1}\n', b'{"a": 1}\n', b"[1, 2]\n"):
+        path = tmp_path / "notes.jsonl"
+        path.write_bytes(content)
+        result = run("train", "--cell", "rnn", *CLI_TINY, "--log", str(path))
+        assert result.exit_code == 1
+        assert f"--log {str(path)!r} already exists and is not a tinygrad_rnn JSON Lines log" in result.stderr
+        assert path.read_bytes() == content
+
+
+def test_log_appends_to_its_own_log(tmp_path):
+    path = tmp_path / "run.jsonl"
+    train(**TINY, log=str(path), log_every=1)
+    train(**TINY, log=str(path), log_every=1)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("option", ["--save", "--log", "--data", "--resume"])
+def test_an_empty_path_is_a_usage_error(option):
+    result = run("train", "--cell", "rnn", *CLI_TINY, option, "")
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': the path is empty; give a file name" in result.stderr
+    with pytest.raises(safeio.OutputError, match="the path is empty"):
+        safeio.check_outputs([(option, "")])
+
+
+def _steps(path):
+    return [(json.loads(line)["step"], "eval_loss" in json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def test_resuming_from_an_earlier_checkpoint_drops_the_replayed_steps_from_the_log(tmp_path):
+    early, log = str(tmp_path / "early.npz"), tmp_path / "run.jsonl"
+    run = dict(TINY, log=str(log), log_every=2, eval_every=2)
+    train(**dict(run, steps=4), save=early)
+    train(**dict(run, steps=8), resume=early, save=str(tmp_path / "late.npz"))
+    assert [s for s, _ in _steps(log)] == [2, 2, 4, 4, 6, 6, 8, 8]
+    once = log.read_text()
+    result = CliRunner().invoke(cli.main, ["train", "--resume", early, "--steps", "8", "--log", str(log),
+                                                     "--log-every", "2", "--eval-every", "2"])
+    assert result.exit_code == 0, result.output
+    assert "note: --log" in result.stderr and "dropped 4 record(s) past step 4" in result.stderr
+    assert log.read_text() == once  # the same records, each step once (the run is deterministic)
+
+
+def test_trimming_keeps_earlier_runs_in_the_same_log_and_cuts_a_torn_line(tmp_path):
+    log = tmp_path / "run.jsonl"
+    lines = [{"step": s, "loss": 1.0} for s in (1, 2, 3, 1, 2, 3, 4)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 5, "lo')
+    assert safeio.trim_log(str(log), 2) == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 1, 2]
+    assert safeio.trim_log(str(log), None) == 0 and safeio.trim_log(str(tmp_path / "none.jsonl"), 3) == 0

@@ -48,7 +48,10 @@ def check_cell_options(cell, options):
     try:
         cls(1, 1, **options)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"cell {cls.name!r}: bad --cell-option: {e}") from None
+        msg = str(e)
+        if msg.startswith(f"{cls.name}: "):  # the cell named itself already (rnn: nonlinearity must ...)
+            msg = msg[len(cls.name) + 2:]
+        raise ConfigError(f"cell {cls.name!r}: {msg}") from None
     return options
 
 

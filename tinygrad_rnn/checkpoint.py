@@ -37,9 +37,29 @@ def save(path, meta, arrays):
     payload["__meta__"] = np.frombuffer(header.encode("utf-8"), np.uint8)
     try:
         safeio.check_writable(path, "checkpoint")
+        safeio.check_existing(path, "checkpoint", is_checkpoint, NOUN)
     except safeio.OutputError as e:
         raise CheckpointError(f"cannot save: {e}") from None
     safeio.atomic_write(path, lambda f: np.savez(f, **payload), error=CheckpointError)
+
+
+NOUN = "a tinygrad_rnn checkpoint"
+
+
+def is_checkpoint(path):
+    """Whether ``path`` is a checkpoint (of any version): an .npz whose header names the format.
+    Reads only the header member, so it is cheap enough to ask before every save."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("__meta__.npy")
+            if info.file_size > 2 ** 24:
+                return False
+            with zf.open(info) as member:
+                raw = np.lib.format.read_array(member, allow_pickle=False)
+        meta = json.loads(raw.tobytes().decode("utf-8")) if raw.dtype == np.uint8 else None
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, NotImplementedError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def load(path):
@@ -138,12 +158,27 @@ RUN_FIELDS = {  # config key -> (check, what it must be)
 REQUIRED = ("cell", "task", "seq_len", "hidden", "layers", "batch", "optimizer", "lr", "seed")
 
 
+HEADER = ("format", "version", "step", "config", "rng", "init_rng", "scheduler", "early_stop")
+EARLY_STOP = {  # the early-stopping record: key -> (check, what it must be)
+    "best": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v),
+             "a number (Infinity before the first evaluation)"),
+    "best_step": (lambda v: v is None or _int(v, 0), "null or an integer >= 0"),
+    "bad": (lambda v: _int(v, 0), "an integer >= 0"),
+}
+
+
+def _option_value(v):
+    return isinstance(v, (str, bool, numbers.Real)) and not (isinstance(v, float) and not math.isfinite(v))
+
+
 def validate_run(meta, arrays, path):
-    """Check a training checkpoint's header (step, RNG states, run config) and its
-    optimiser entries' names; raise CheckpointError naming the first bad field."""
+    """Check a training checkpoint's header (step, RNG states, run config, early-stopping
+    record) and its optimiser entries' names; raise CheckpointError naming the first bad
+    field. Unknown keys are refused: a hand edit that does nothing must not look as if it did."""
     missing = [k for k in ("config", "step", "rng", "init_rng") if k not in meta]
     if missing or not isinstance(meta["config"], dict):
         raise CheckpointError(f"{path!r} is incomplete: no {', '.join(missing) or 'config'}")
+    _no_unknown(path, "header", meta, HEADER)
     if not _int(meta["step"], 0):
         raise CheckpointError(f"{path!r}: header field 'step' must be an integer >= 0, got {meta['step']!r}")
     for key in ("rng", "init_rng"):
@@ -153,9 +188,25 @@ def validate_run(meta, arrays, path):
     absent = [k for k in REQUIRED if k not in config]
     if absent:
         raise CheckpointError(f"{path!r} has an unusable config: missing {', '.join(map(repr, absent))}")
+    _no_unknown(path, "config", config, RUN_FIELDS)
     for key, (check, what) in RUN_FIELDS.items():
         if key in config and not check(config[key]):
             raise CheckpointError(f"{path!r}: config field {key!r} must be {what}, got {config[key]!r}")
+    for key, value in config.get("cell_options", {}).items():
+        if not _option_value(value):
+            raise CheckpointError(f"{path!r}: config field 'cell_options' entry {key!r} must be text, a finite "
+                                  f"number or true/false, got {value!r}")
+    if "early_stop" in meta:
+        early = meta["early_stop"]
+        if not isinstance(early, dict) or set(early) != set(EARLY_STOP):
+            raise CheckpointError(f"{path!r}: header field 'early_stop' must be an object with keys "
+                                  f"{', '.join(EARLY_STOP)}, got {early!r}")
+        for key, (check, what) in EARLY_STOP.items():
+            if not check(early[key]):
+                raise CheckpointError(f"{path!r}: early_stop field {key!r} must be {what}, got {early[key]!r}")
+        if early["best_step"] is not None and early["best_step"] > meta["step"]:
+            raise CheckpointError(f"{path!r}: early_stop field 'best_step' ({early['best_step']}) is past the "
+                                  f"checkpoint's step {meta['step']}")
     for key in ("optim/steps", "optim/lr"):
         if key not in arrays or arrays[key].shape != ():
             raise CheckpointError(f"{path!r}: optimizer state has no scalar {key[6:]!r}")
@@ -165,6 +216,46 @@ def validate_run(meta, arrays, path):
     if not _num(lr, 0):  # 0 is where a cosine schedule ends
         raise CheckpointError(f"{path!r}: optimizer state 'lr' must be a finite number >= 0, got {lr!r}")
     return config
+
+
+def _no_unknown(path, what, fields, known):
+    unknown = sorted(set(fields) - set(known), key=str)
+    if unknown:
+        raise CheckpointError(f"{path!r}: unknown {what} field(s) {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(known)})")
+
+
+# Scheduler state entries whose range is narrower than "a number >= 0" (an integer where the
+# schedule has one); a bad one would divide by zero or grow the rate.
+SCHEDULER_FIELDS = {
+    "step_size": (lambda v: _int(v, 1), "an integer >= 1"), "T_max": (lambda v: _int(v, 1), "an integer >= 1"),
+    "gamma": (lambda v: _num(v, 0, open_lo=True) and v <= 1, "a number in (0, 1]"),
+    "factor": (lambda v: _num(v, 0, open_lo=True) and v <= 1, "a number in (0, 1]"),
+    "best": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v),
+             "a number (Infinity before the first evaluation)"),
+}
+
+
+def check_scheduler(path, state, sched):
+    """Check a saved schedule state against the run's scheduler ``sched``: the same keys, each
+    an integer >= 0 where the scheduler holds an integer, else a finite number >= 0 (or as
+    SCHEDULER_FIELDS says)."""
+    expected = sched.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path!r}: header field 'scheduler' must be an object, got {state!r}")
+    _no_unknown(path, f"scheduler ({type(sched).__name__})", state, expected)
+    absent = [k for k in expected if k not in state]
+    if absent:
+        raise CheckpointError(f"{path!r}: scheduler state is missing {', '.join(map(repr, absent))}")
+    for key, now in expected.items():
+        if key in SCHEDULER_FIELDS:
+            check, what = SCHEDULER_FIELDS[key]
+        elif isinstance(now, int):
+            check, what = (lambda v: _int(v, 0)), "an integer >= 0"
+        else:
+            check, what = (lambda v: _num(v, 0)), "a finite number >= 0"
+        if not check(state[key]):
+            raise CheckpointError(f"{path!r}: scheduler field {key!r} must be {what}, got {state[key]!r}")
 
 
 # ---- a training run, saved and restored ---------------------------------------------------
@@ -190,14 +281,28 @@ def snapshot(step, settings, model, opt, sched, rng, early, carried=None, cursor
     return meta, arrays
 
 
-def restore(path, meta, arrays, model, opt, rng):
-    """Load a checkpoint's model and optimiser states and both generators into a run; an
-    entry that does not fit is a CheckpointError naming ``path``. Returns the saved step."""
+def check_parameters(path, arrays):
+    """Refuse parameters that are not float arrays: an integer array would load with every
+    weight truncated to the model's float type."""
+    for name, value in section(arrays, "param").items():
+        if value.dtype.kind != "f":
+            raise CheckpointError(f"{path!r}: parameter {name!r} holds {value.dtype} values, not floats")
+
+
+def restore(path, meta, arrays, model, opt, rng, sched=None):
+    """Load a checkpoint's model and optimiser states, both generators and the schedule
+    (``sched``) into a run; an entry that does not fit is a CheckpointError naming ``path``.
+    Returns the saved step."""
+    check_parameters(path, arrays)
+    if sched is not None and "scheduler" in meta:
+        check_scheduler(path, meta["scheduler"], sched)
     try:
         model.load_state_dict(section(arrays, "param"))
         opt.load_state_dict(section(arrays, "optim"))
         rng.bit_generator.state = meta["rng"]
         init.set_rng_state(meta["init_rng"])
+        if sched is not None and "scheduler" in meta:
+            sched.load_state_dict(meta["scheduler"])
     except (KeyError, ValueError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"{path!r} does not fit this model: {msg}") from None

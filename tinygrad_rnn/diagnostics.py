@@ -54,7 +54,7 @@ def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
     params = rnn.parameters()
     saved = _saved_grads(params)
     try:
-        out, _ = rnn(x, state, probe=True)
+        out, _ = rnn(x, _tracked_state(rnn, x) if state is None else state, probe=True)
         loss = loss_fn(out)
         if not isinstance(loss, Tensor) or loss.size != 1:
             raise ValueError("loss_fn(out) must return a scalar Tensor")
@@ -225,6 +225,15 @@ def sparkline(values, width=50, scale=None):
     return "".join(" " if np.isnan(l) else bars[int(round((l - lo) / span * 7))] for l in logs)
 
 
+def _tracked_state(rnn, x):
+    """Zero initial states that require grad, so that every step's state is on the tape:
+    dL/dh_t exists even for a cell without parameters, whose states would otherwise be
+    constants that backward never reaches."""
+    shape = (rnn.num_directions * rnn.num_layers, x.shape[1], rnn.hidden_size)
+    return tuple(Tensor(np.zeros(shape, rnn.dtype), requires_grad=True, device=x.device)
+                 for _ in range(rnn.num_states))
+
+
 def diagnose_cell(model, task, x, y):
     """Every measure for one model on one batch: a JSON-able dict."""
     rnn = model.rnn
@@ -233,7 +242,7 @@ def diagnose_cell(model, task, x, y):
     params = model.parameters()
     saved = _saved_grads(params)
     try:
-        out, _ = rnn(x, probe=True)
+        out, _ = rnn(x, _tracked_state(rnn, x), probe=True)
         _check_output(rnn, out)
         loss_fn(out).backward()
         norms = rnn.step_grad_norms(0)

@@ -2,6 +2,7 @@
 the estimate, not a MemoryError (or a swapping machine) minutes later."""
 import math
 import os
+import stat
 
 import numpy as np
 
@@ -34,6 +35,25 @@ def available_memory():
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 2 ** 62
+
+
+# generate samples one character per forward step (about 10^4 a second): a million is
+# minutes of work; more is a mistake, not a sample anyone reads.
+MAX_GENERATE_LENGTH = 10 ** 6
+
+
+def check_data_file(path, what, bytes_per_byte):
+    """Refuse, before reading, a data file that is not a regular file (``/dev/zero`` never
+    ends, a pipe cannot be read twice) or whose contents would not fit in memory once loaded
+    (``bytes_per_byte``: the memory one byte of the file takes once parsed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # the reader reports a missing or unreadable file in its own words
+    if not stat.S_ISREG(st.st_mode):
+        raise ResourceError(f"{what} {path!r} is not a regular file (a device, pipe or socket); "
+                            "give a file that ends")
+    check_fits(st.st_size * bytes_per_byte, f"{what} {path!r} ({human_bytes(st.st_size)})")
 
 
 def check_fits(nbytes, what, limit=None):

@@ -99,8 +99,12 @@ def _fail(info, msg, explicit):
     _state.warn(text + " (skipped)")
 
 
+def _is_path(spec):
+    return spec.endswith(".py") or os.sep in spec or "/" in spec
+
+
 def _import_spec(spec):
-    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+    if _is_path(spec):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such file {spec!r}")
@@ -156,6 +160,14 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     except PLUGIN_FAILURES as e:
         _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
         return
+    unknown = _unknown_hooks(plugin)
+    if unknown:
+        _state.pm.unregister(name=name)
+        known = ", ".join(sorted(c.name for c in vars(_state.pm.hook).values()
+                                 if isinstance(c, pluggy.HookCaller) and c.has_spec()))
+        _fail(info, f"@tr.hookimpl {', '.join(unknown)}: no hook has that name (misspelt?); "
+                    f"the hooks are: {known}", explicit)
+        return
     _state.plugins[name] = info
     staged = {kind: {} for _, kind in HOOKS}
     for hook, kind in HOOKS:
@@ -175,6 +187,14 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     for _, kind in HOOKS:
         getattr(_state, kind).update(staged[kind])
         getattr(info, kind).extend(sorted({e.cls.name for e in staged[kind].values()}))
+
+
+def _unknown_hooks(plugin):
+    """Names of ``plugin``'s hookimpls that implement no hook of the spec (what pluggy's
+    ``check_pending`` would raise for, later and for every plugin at once)."""
+    return sorted({impl.function.__name__ for caller in _state.pm.get_hookcallers(plugin) or []
+                   if not caller.has_spec() for impl in caller.get_hookimpls()
+                   if impl.plugin is plugin and not impl.optionalhook})
 
 
 def _registers_nothing(plugin):
@@ -225,6 +245,17 @@ def load_plugin(spec):
     if _state.pm is not None:
         with _plugin_output():
             _load_spec(spec, "explicit", explicit=True)
+
+
+def plugin_files():
+    """(where, path) of each plugin's source file: the ``--plugin`` and ``TINYGRAD_RNN_PLUGINS``
+    paths and the files of the plugin modules loaded, which an output must never overwrite."""
+    files = [("--plugin", s) for s in _state.explicit if _is_path(s)]
+    files += [("TINYGRAD_RNN_PLUGINS", s) for s in os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)
+              if _is_path(s)]
+    if _state.pm is not None:
+        files += [("plugin", p.__file__) for p in _state.pm.get_plugins() if getattr(p, "__file__", None)]
+    return files
 
 
 def register_plugin(plugin, name=None):

@@ -2,7 +2,8 @@
 
 ``check_outputs`` runs before training: an output that names an input (``--save`` on
 the ``--data`` file), two outputs on one file, or a folder that is missing or not
-writable is a one-line error naming the path as the user gave it. ``atomic_write``
+writable, or an existing file that is not what the option writes (``--save`` over a
+data file or a plugin's source) is a one-line error naming the path as the user gave it. ``atomic_write``
 writes through a temporary file in the destination's folder, then renames it over
 the destination: a crash leaves the old file whole. The destination keeps its
 permissions, a symlink is followed (the link stays, its target is replaced), and a
@@ -33,13 +34,18 @@ def same_file(a, b):
 APPENDED = ("--log",)  # outputs opened for appending: a device or pipe is fine there
 
 
-def check_outputs(outputs, inputs=()):
+def check_outputs(outputs, inputs=(), existing=None):
     """Refuse, before any work, outputs that cannot be written or that would destroy an input.
 
     ``outputs`` and ``inputs`` are (option, path) pairs such as ("--save", "run.npz");
     pairs whose path is None are ignored. Options in APPENDED are appended to, the others
-    replaced (atomically, so they must be regular files).
+    replaced (atomically, so they must be regular files). ``existing`` maps an option to
+    ``(recognise, noun)``: a non-empty regular file already at its path must pass
+    ``recognise(path)`` (be a checkpoint, a log), else it is refused as not being ``noun``.
     """
+    for option, path in outputs:
+        if path == "":
+            raise OutputError(f"{option}: the path is empty; give a file name")
     outputs = [(o, p) for o, p in outputs if p]
     for option, path in outputs:
         for in_option, in_path in inputs:
@@ -51,6 +57,43 @@ def check_outputs(outputs, inputs=()):
             if same_file(path, other_path):
                 raise OutputError(f"{option} and {other} both name {path!r}; give them different paths")
         check_writable(path, option, replace=option not in APPENDED)
+        if existing and option in existing:
+            check_existing(path, option, *existing[option])
+
+
+def check_existing(path, option, recognise, noun):
+    """Refuse a non-empty regular file at ``path`` that ``recognise(path)`` does not accept:
+    writing there would replace (or append to) something that is not ``noun``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # no file yet (check_writable has reported any other problem)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or recognise(path):
+        return
+    verb = "append to it" if option in APPENDED else "replace it"
+    raise OutputError(f"{option} {path!r} already exists and is not {noun} (it holds {describe(path)}); "
+                      f"choose another path, or delete the file if you mean to {verb}")
+
+
+def describe(path):
+    """What a file holds, in a few words, from its first bytes and its name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"something unreadable: {e.strerror}"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array"
+    if head.startswith(b"PK"):
+        return "a zip archive (.npz)"
+    if path.endswith(".py"):
+        return "Python source"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return "binary data"
+    return "text"
 
 
 def check_writable(path, option, replace=True):
@@ -169,6 +212,63 @@ def atomic_write(path, write, error=OutputError):
         if isinstance(e, OSError):
             raise error(f"cannot write {path!r}: {e.strerror or e}") from None
         raise
+
+
+# ---- JSON Lines logs (train --log) -----------------------------------------------------------
+LOG_KINDS = {"loss", "eval_loss", "grad_norm_per_step"}  # a record has its step and one of these
+_LONGEST_LINE = 2 ** 26  # a --diagnose-every record of a long sequence is some MB; a data file has no lines
+
+
+def read_log(path):
+    """``(lines, torn)`` of a tinygrad_rnn JSON Lines log: each complete line (bytes) with
+    its record's step, and whether a last line was cut short (a killed run). None if the
+    file holds anything else: a line that is not a JSON object with an integer "step" and
+    a loss, an eval loss or per-step norms."""
+    lines = []
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(_LONGEST_LINE)
+            if not line:
+                return lines, False
+            if not line.endswith(b"\n"):  # the end of the file, or a line too long for a log
+                return (lines, True) if len(line) < _LONGEST_LINE and line.startswith(b'{"step"') else None
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return None
+            step = record.get("step") if isinstance(record, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool) or not LOG_KINDS & set(record):
+                return None
+            lines.append((line, step))
+
+
+def is_log(path):
+    return read_log(path) is not None
+
+
+def trim_log(path, last_step):
+    """Drop the last run's records past ``last_step`` (a run resumed from an earlier
+    checkpoint replays those steps) and a torn last line, atomically; returns the records
+    dropped. The last run is the log's tail whose steps never go back: earlier runs
+    appended to the same file keep every record."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return 0
+        found = read_log(path)
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise OutputError(f"--log {path!r}: cannot read ({e.strerror})") from None
+    if found is None:
+        raise OutputError(f"--log {path!r} is not a tinygrad_rnn log")
+    lines, torn = found
+    start = len(lines) - 1
+    while start > 0 and lines[start - 1][1] <= lines[start][1]:
+        start -= 1
+    keep = [line for i, (line, step) in enumerate(lines) if i < start or last_step is None or step <= last_step]
+    if len(keep) < len(lines) or torn:
+        atomic_write(path, lambda f: f.writelines(keep))
+    return len(lines) - len(keep)
 
 
 def json_safe(value, path="", found=None):

@@ -13,6 +13,10 @@ from . import limits, ops
 from .errors import Error
 from .hookspecs import hookimpl
 
+# Memory per byte of a data file once read: text as a str, a list of indices and an int64
+# array; CSV as lists of Python floats (a few characters each) and a float64 array.
+TEXT_BYTES_PER_BYTE = 32
+CSV_BYTES_PER_BYTE = 24
 EVAL_SEED = 20131  # eval sets are fixed: the same for every run and every cell
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
@@ -225,6 +229,7 @@ class Text(_Stream):
     def __init__(self, seq_len=100, data=None, vocab=None, **options):
         super().__init__(seq_len, data, **options)
         path = data or os.path.join(DATA_DIR, "tiny_corpus.txt")
+        limits.check_data_file(path, "task 'text': data file", TEXT_BYTES_PER_BYTE)
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -303,6 +308,7 @@ class Series(_Stream):
 def load_series(path):
     """Read (N,) or (N, F) numbers from .npy or .csv; NaN/Inf is an error naming the position."""
     ext = os.path.splitext(path)[1].lower()
+    limits.check_data_file(path, "series file", CSV_BYTES_PER_BYTE if ext == ".csv" else 1)
     try:
         if ext == ".npy":
             with open(path, "rb") as f:  # a header claiming 10^11 elements is refused before allocating

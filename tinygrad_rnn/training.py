@@ -18,7 +18,7 @@ from . import checkpoint, diagnostics, init, limits, optim, safeio
 from .cell_options import check_cell_options
 from .errors import ConfigError, Error
 from .model import SequenceModel
-from .plugins import get_cell, get_task, raise_if_user_code
+from .plugins import get_cell, get_task, plugin_files, raise_if_user_code
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -325,8 +325,11 @@ class _Run:
         if settings.get("dropout") and settings["layers"] == 1 and not meta:
             print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
                   file=sys.stderr)
-        safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)], [("--data", settings.get("data"))])
+        existing = {"--save": (checkpoint.is_checkpoint, checkpoint.NOUN),
+                    "--log": (safeio.is_log, "a tinygrad_rnn JSON Lines log")}
         safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
+        safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)],
+                             [("--data", settings.get("data")), *plugin_files()], existing)
         self.task, self.model = build(settings)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
@@ -348,10 +351,8 @@ class _Run:
 
     def _resume(self, meta, arrays):
         cfg = self.config
-        self.start = checkpoint.restore(cfg.resume, meta, arrays, self.model, self.opt, self.rng)
+        self.start = checkpoint.restore(cfg.resume, meta, arrays, self.model, self.opt, self.rng, self.sched)
         self.cursors, self.carried = _stream_position(cfg.resume, arrays, self.model, self.task, self.settings)
-        if "scheduler" in meta:
-            self.sched.load_state_dict(meta["scheduler"])
         self.early = meta.get("early_stop", self.early)
         if self.schedule["patience"] and self.early["best_step"] is not None:
             self.best = meta, arrays  # with --patience, checkpoints are written at the best step
@@ -368,6 +369,8 @@ class _Run:
         self.losses, self.window, self.clipped, self.skipped = [], [], 0, 0
         self.eval_note, self.stopped_at, self.completed, self.interrupted = "", None, self.start, []
         self.progress = _print_progress if cfg.progress is True else cfg.progress or None
+        if cfg.log:
+            self._trim_log()
         self.log_file = open(cfg.log, "a", encoding="utf-8") if cfg.log else None
         restore_sigint = _finish_step_on_sigint(self.interrupted) if cfg.save and cfg.parallel is None else None
         t0 = time.perf_counter()
@@ -387,6 +390,15 @@ class _Run:
             if self.log_file:
                 _close_log(self.log_file)
         self.seconds = time.perf_counter() - t0
+
+    def _trim_log(self):
+        """A resumed run replays the steps after its checkpoint: the log's records of them,
+        written by the run that went on past it, are dropped so that no step is logged twice."""
+        cfg = self.config
+        dropped = safeio.trim_log(cfg.log, self.start if cfg.resume else None)
+        if dropped:
+            print(f"note: --log {cfg.log!r}: dropped {dropped} record(s) past step {self.start}, where "
+                  "the run resumes (they are logged again as the steps are replayed)", file=sys.stderr)
 
     def _batch(self):
         """This step's (x, y): a fresh batch, or the next chunk of every sequence (``bptt``)."""
@@ -502,6 +514,7 @@ class _Run:
         summary = {
             "cell": s["cell"], "task": s["task"], "seq_len": s["seq_len"],
             "hidden": s["hidden"], "layers": s["layers"], "steps": cfg.steps, "start_step": self.start,
+            "steps_run": self.step - self.start if self.step else 0,  # in this call: a resumed run starts late
             "train_loss": float(np.mean(self.window)) if self.window else None,
             "eval_loss": eval_loss, "baseline_loss": float(self.task.baseline()),
             "seconds": seconds, "steps_per_second": done / seconds if seconds > 0 and done else 0.0,
@@ -522,9 +535,24 @@ class _Run:
         return TrainResult(summary, self.model, self.task)
 
 
+def _validated_run(meta, arrays, path):
+    """``checkpoint.validate_run`` and the fields it cannot check alone: the init scheme and
+    the cell options (against the registered cell)."""
+    config = checkpoint.validate_run(meta, arrays, path)
+    if config.get("init", "pytorch") not in INIT_SCHEMES:
+        raise checkpoint.CheckpointError(f"{path!r}: config field 'init' must be one of "
+                                         f"{', '.join(INIT_SCHEMES)}, got {config['init']!r}")
+    try:
+        check_cell_options(config["cell"], config.get("cell_options") or {})
+    except ConfigError as e:
+        raise checkpoint.CheckpointError(f"{path!r}: config field 'cell_options' {config['cell_options']!r} "
+                                         f"does not fit the cell: {e}") from None
+    return config
+
+
 def _resumed_settings(cfg, given, meta, arrays):
     """The checkpoint's settings, continued; an explicit option that says otherwise is an error."""
-    resumed = checkpoint.validate_run(meta, arrays, cfg.resume)
+    resumed = _validated_run(meta, arrays, cfg.resume)
     _check_resume_conflicts(resumed, given, cfg.explicit, cfg.resume)
     _check_layer_option_conflicts(cfg.resume, resumed, given, cfg.lr_step_size)
     settings = dict(resumed, device=cfg.device)
@@ -657,19 +685,23 @@ def _model_input(task, tokens, dtype):
 def generate(path, prime="", length=200, temperature=1.0, seed=0):
     """Sample ``length`` characters from a text checkpoint, after feeding ``prime``."""
     meta, arrays = checkpoint.load(path)
-    config = checkpoint.validate_run(meta, arrays, path)
+    config = _validated_run(meta, arrays, path)
     if config.get("task") != "text":
         raise ConfigError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
     if not isinstance(temperature, numbers.Real) or not temperature > 0 or math.isinf(temperature):
         raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
     _positive("seed", seed, allow_zero=True)
     _positive("length", length, allow_zero=True)
+    if length > limits.MAX_GENERATE_LENGTH:
+        raise ConfigError(f"length {length} is more than the {limits.MAX_GENERATE_LENGTH} characters generate "
+                          "makes at once")
     config = dict(config, device="cpu")
     if config.get("vocab"):  # the model's own character mapping: no training file needed
         task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
         model = build_model(config, task)
     else:  # checkpoints from before vocabularies were stored: rebuild it from the file
         task, model = build(config)
+    checkpoint.check_parameters(path, arrays)
     try:
         model.load_state_dict(checkpoint.section(arrays, "param"))
     except (KeyError, ValueError) as e:
