@@ -365,3 +365,23 @@ def test_an_unusable_cache_dir_warns_once_and_still_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "(2, 1, 3)" in result.stdout
     assert result.stderr.count("cannot use the kernel cache") == 1
+
+
+class NoParam(tr.Cell):
+    """No parameters, and an input that needs no gradient: nothing but the probe asks for one."""
+
+    name = "noparam"
+
+    def step(self, x, state):
+        return ((state[0] + x.sum(axis=-1, keepdims=True)).tanh(),)
+
+
+def test_probe_measures_a_cell_without_parameters_on_both_paths():
+    norms = []
+    for fused in (True, False):
+        rnn = tr.nn.RNN(NoParam, 2, 3, dtype="float64", fused=fused)
+        out, _ = rnn(np.ones((4, 2, 2)), probe=True)
+        (out * out).sum().backward()
+        norms.append(rnn.step_grad_norms())
+    assert norms[0].shape == (1, 4) and (norms[0] > 0).all()
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-12)

@@ -136,15 +136,17 @@ def test_error_classes_keep_their_builtin_meaning():
     assert str(tr.errors.UnknownNameError("unknown cell 'x'")) == "unknown cell 'x'"
 
 
-def test_a_cell_whose_constructor_raises_names_the_cell(tmp_path):
+@pytest.mark.parametrize("command", [("train", "--task", "sum", "--steps", "1"), ("compile",),
+                                     ("diagnose", "--seq-len", "3")])
+def test_a_cell_whose_constructor_raises_names_the_cell(tmp_path, command):
     path = tmp_path / "badinit.py"
     path.write_text(CELL.format(num_states=1, body="        return state\n").replace(
         "        super().__init__(i, h)\n", "        super().__init__(i, h)\n        1 / 0\n"))
-    result = run("--plugin", str(path), "train", "--cell", "faulty", "--task", "sum", "--steps", "1")
+    result = run("--plugin", str(path), command[0], "--cell", "faulty", *command[1:])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         f"Error: cell 'faulty' (plugin 'badinit', {path}:9, in __init__) raised ZeroDivisionError: "
-        "division by zero while building the model"]
+        "division by zero while building the layer"]
 
 
 def test_a_task_that_raises_in_diagnose_names_the_task(tmp_path):

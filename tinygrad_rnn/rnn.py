@@ -5,7 +5,7 @@ from . import ops
 from .cell import Cell
 from .compiler import CompileError, compile_cell, run_layer
 from .module import Module, dropout
-from .plugins import get_cell
+from .plugins import get_cell, raise_if_user_code
 from .tensor import Tensor
 
 
@@ -105,8 +105,12 @@ class RNN(Module):
         self.bidirectional, self.dropout = bool(bidirectional), float(dropout)
         self.num_directions = 2 if self.bidirectional else 1
         layer_input = [input_size] + [hidden_size * self.num_directions] * (self.num_layers - 1)
-        self.cells = [cls(i, hidden_size, **cell_options) for i in layer_input]
-        self.reverse_cells = [cls(i, hidden_size, **cell_options) for i in layer_input] if self.bidirectional else []
+        try:
+            self.cells = [cls(i, hidden_size, **cell_options) for i in layer_input]
+            self.reverse_cells = [cls(i, hidden_size, **cell_options) for i in layer_input] if self.bidirectional else []
+        except Exception as e:  # a plugin's constructor failing is its author's bug, told in one line
+            raise_if_user_code(e, "cell", cls, "while building the layer")
+            raise
         for l, suffix, c in self._directions():
             c.__dict__["_init_options"] = dict(cell_options)  # the compiler re-makes cells at probe sizes
             object.__setattr__(self, f"_cell{l}{suffix}", c)
@@ -163,7 +167,9 @@ class RNN(Module):
         if T == 0 or B == 0:
             raise ValueError(f"RNN: empty input of shape {x.shape}")
         mask = _mask(lengths, T, B, self.dtype)
-        state = self._initial_state(state, B, x.device)
+        # probing: the default initial state is on the tape, so dL/dh_t is measured even
+        # when nothing else the layer reads needs a gradient (a cell without parameters)
+        state = self._initial_state(state, B, x.device, requires_grad=probe)
         self.probes = [] if probe else None
         x, finals = self._layers(x, state, mask, probe)
         out = x.transpose(1, 0, 2) if self.batch_first else x
@@ -220,11 +226,11 @@ class RNN(Module):
             raise RuntimeError("call rnn(x, probe=True) and backward() before step_grad_norms()")
         return np.stack([p.result(self.num_states)[which] for p in self.probes])
 
-    def _initial_state(self, state, B, device):
+    def _initial_state(self, state, B, device, requires_grad=False):
         shape = (self.num_directions * self.num_layers, B, self.hidden_size)
         if state is None:
             zeros = np.zeros(shape, self.dtype)
-            return tuple(Tensor(zeros, device=device) for _ in range(self.num_states))
+            return tuple(Tensor(zeros, device=device, requires_grad=requires_grad) for _ in range(self.num_states))
         if isinstance(state, Tensor) or not isinstance(state, (tuple, list)):
             state = (state,)
         if len(state) != self.num_states:
