@@ -2,8 +2,9 @@
 
 Measurements only, of a model it is given: per-step and per-parameter gradient norms,
 step-Jacobian spectra, gate saturation, verdicts and sparklines. Everything here is
-exact: per-step norms come from the fused backward (built-in cells) or from
-``retain_grad`` on every step's state (any plugin cell), and step Jacobians are built
+exact: per-step norms come from the generated backward kernels (every compiled cell,
+built-in or plugin) or from ``retain_grad`` on every step's state (a cell that does not
+compile, or ``fused=False``), and step Jacobians are built
 row by row with one batched vector-Jacobian product. ``report.py`` builds the models,
 trains them and collects these measurements into ``tinygrad-rnn diagnose``'s report.
 """
