@@ -35,7 +35,8 @@ class Compiled:
     def cuda_source(self):
         """The same kernels for numba.cuda (``cuda_codegen``)."""
         from .cuda_codegen import render_cuda
-        return render_cuda(self.plan, self.dtype, self.header, self.sizes)
+        return _rendered(self.plan.graph.cell_name, " CUDA", render_cuda, self.plan, self.dtype, self.header,
+                         self.sizes)
 
     @property
     def cuda_module(self):
@@ -64,13 +65,25 @@ def compile_cell(cell, dtype=None):
         return hit
     try:
         graph_text, plan, header, sizes = _generate_parts(cell, dtype)
+        source = _rendered(cell.name, "", render, plan, dtype, header, sizes)
     except CompileError as e:
         cache[key] = e
         raise
-    source = render(plan, dtype, header, sizes)
     compiled = Compiled(graph_text, plan, source, load_source(source), dtype, header, sizes)
     cache[key] = compiled
     return compiled
+
+
+def _rendered(cell_name, target, renderer, *args):
+    """The generated source; a failure of the generator itself (a bug, not the cell's
+    doing) becomes a CompileError, so the layer still runs on the step path."""
+    try:
+        return renderer(*args)
+    except CompileError:
+        raise
+    except Exception as e:
+        raise CompileError(f"cell {cell_name!r}: the{target} code generator failed ({type(e).__name__}: {e}); "
+                           "the cell runs its step op by op (please report this)") from e
 
 
 def _settings(cell):
