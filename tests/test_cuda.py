@@ -171,7 +171,6 @@ a2, a3, a4 = ("float32[:, :]", "float32[:, :, :]", "float32[:, :, :, :]")
 kernels["_gemm_kernel"] = (cuda_runtime._gemm_kernel.py_func, f"void({a2}, {a2}, {a2}, boolean, boolean, boolean)")
 kernels["_stack_prev_kernel"] = (cuda_runtime._stack_prev_kernel.py_func, f"void({a2}, {a4}, int64, int64, {a3})")
 kernels["_copy3_kernel"] = (cuda_runtime._copy3_kernel.py_func, f"void({a3}, {a3})")
-kernels["_fill_kernel"] = (cuda_runtime._fill_kernel.py_func, "void(float64[::1])")
 for cell, options in (("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}), ("mgu", {}),
                       ("peephole_lstm", {}), ("indrnn", {}), ("ln_lstm", {}), (KitchenSink, {})):
     for dtype in ("float32", "float64"):  # float64: what diagnostics run in

@@ -18,6 +18,7 @@ Layout of the generated module (all arrays C-contiguous):
   that vectorises (FACTS.md: one transcendental per loop).
 """
 import re
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -642,28 +643,44 @@ class Generator:
         args = head[head.index("(") + 1:head.rindex(")")]
         return f"{name}({args})"
 
-    def render_module(self, header):
+    def stage_kernels(self):
+        """({stage: forward kernel source}, {stage: backward kernel source}), storage planned."""
         self.plan_storage()
         fwd = {k: self.render_forward_kernel(k) for k in range(self.top + 1)
                if self.kernel_eqns[k] or k == self.top}
-        bwd_src = self.render_backward()
-        bwd = dict(zip([k for k in range(self.top, -1, -1) if self.kernel_eqns[k] or k == self.top], bwd_src))
-        S, H = len(self.states), "H"
+        bwd = dict(zip([k for k in range(self.top, -1, -1) if self.kernel_eqns[k] or k == self.top],
+                       self.render_backward()))
+        return fwd, bwd
+
+    def array_names(self):
+        """The names the drivers give their arrays (the module docstring's layout), shared by
+        the CPU and CUDA renderers."""
         weights = sorted({self.aux.index(e.ins[1]) for e in self.gemms})
-        x_args = [f"X{n}" for n in range(len(self.hoisted))]
-        a_args = [f"A{n}" for n in range(len(self.aux))]
-        at_args = [f"AT{n}" for n in weights]
-        s0_args = [f"S0_{i}" for i in range(S)]
-        r_args = [f"R{v.id}" for v in self.residuals]
-        g_args = [f"G{n}" for n in range(len(self.gemms))]
+        return SimpleNamespace(
+            weights=weights,
+            s0=[f"S0_{i}" for i in range(len(self.states))],
+            x=[f"X{n}" for n in range(len(self.hoisted))],
+            a=[f"A{n}" for n in range(len(self.aux))],
+            r=[f"R{v.id}" for v in self.residuals],
+            g=[f"G{n}" for n in range(len(self.gemms))],
+            dx=[f"DX{n}" for n in range(len(self.hoisted))],
+            da=[f"DA{n}" for n in range(len(self.aux))],
+            gd=[f"GD{n}" for n in range(len(self.gemms))],
+            gl=[f"GL{n}" for n in range(len(self.gemms))],
+            carry=[c for c in self._carry_names() if not c.startswith("GL")],
+            ext=self._ext_names(),
+            flat=[f"    A{n} = A{n}.reshape(-1)" for n in range(len(self.aux)) if n not in weights])
+
+    def render_module(self, header):
+        fwd, bwd = self.stage_kernels()
+        S, H = len(self.states), "H"
+        names = self.array_names()
+        weights, s0_args, x_args, a_args, r_args, g_args = (names.weights, names.s0, names.x, names.a, names.r,
+                                                             names.g)
+        dx_args, da_args, gd_args, gl_args, carry, ext, flat = (names.dx, names.da, names.gd, names.gl, names.carry,
+                                                                names.ext, names.flat)
+        at_args = [f"AT{w}" for w in weights]
         fwd_loop_args = ["T", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
-        carry = self._carry_names()
-        ext = self._ext_names()
-        dx_args = [f"DX{n}" for n in range(len(self.hoisted))]
-        da_args = [f"DA{n}" for n in range(len(self.aux))]
-        gd_args = [f"GD{n}" for n in range(len(self.gemms))]
-        gl_args = [f"GL{n}" for n in range(len(self.gemms))]
-        carry = [c for c in carry if not c.startswith("GL")]
         bwd_loop_args = ["T", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
@@ -701,7 +718,6 @@ class Generator:
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
         allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
         allocs += [f"    G{n} = np.empty((T, B, {self.W(e.out)}), DT)" for n, e in enumerate(self.gemms)]
-        flat = [f"    A{n} = A{n}.reshape(-1)" for n in range(len(self.aux)) if n not in weights]
         out += [f"def forward(jit_loop, I, H, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    Y = np.empty((T, {S}, B, {H}), DT)", *allocs,

@@ -198,25 +198,13 @@ class _CudaModule:
 
     def render(self, header):
         g = self.g
-        g.plan_storage()
-        order_f = [k for k in range(g.top + 1) if g.kernel_eqns[k] or k == g.top]
-        order_b = [k for k in range(g.top, -1, -1) if g.kernel_eqns[k] or k == g.top]
-        fwd_cpu = {k: g.render_forward_kernel(k) for k in order_f}
-        bwd_cpu = dict(zip(order_b, g.render_backward()))
-        fwd = {k: cudaize(s) for k, s in fwd_cpu.items()}
-        bwd = {k: cudaize(s) for k, s in bwd_cpu.items()}
+        fwd_cpu, bwd_cpu = g.stage_kernels()
+        fwd = {k: cudaize(src) for k, src in fwd_cpu.items()}
+        bwd = {k: cudaize(src) for k, src in bwd_cpu.items()}
         S = len(g.states)
-        weights = sorted({g.aux.index(e.ins[1]) for e in g.gemms})
-        s0 = [f"S0_{i}" for i in range(S)]
-        xs = [f"X{n}" for n in range(len(g.hoisted))]
-        As = [f"A{n}" for n in range(len(g.aux))]
-        rs = [f"R{v.id}" for v in g.residuals]
-        gs = [f"G{n}" for n in range(len(g.gemms))]
-        carry = [c for c in g._carry_names() if not c.startswith("GL")]
-        gl = [f"GL{n}" for n in range(len(g.gemms))]
-        ext = g._ext_names()
-        dxs = [f"DX{n}" for n in range(len(g.hoisted))]
-        das = [f"DA{n}" for n in range(len(g.aux))]
+        names = g.array_names()
+        s0, xs, As, rs, gs = names.s0, names.x, names.a, names.r, names.g
+        gl, carry, ext, dxs, das, flat = names.gl, names.carry, names.ext, names.dx, names.da, names.flat
         runtime_hash = hashlib.sha256(inspect.getsource(cuda_runtime).encode()).hexdigest()[:12]
         out = [f'"""{header}"""', f"# cuda_runtime {runtime_hash}", "import math", "",
                "import numpy as np", "from numba import cuda", "",
@@ -231,7 +219,6 @@ class _CudaModule:
             out += [bwd[k][0], "", ""]
         widths = sorted({g.W(v) for v in (*g.states, *(e.out for e in g.plan.step_eqns))})
         nt = f"rt.threads_for(max({', '.join(widths)}, 1))"
-        flat = [f"    A{n} = A{n}.reshape(-1)" for n in range(len(g.aux)) if n not in weights]
         to_dev = [f"    {a} = rt.api.device({a})" for a in (*s0, *xs, *As)]
 
         def scratch(kernels):

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ..backend.cuda import SIMULATOR, TILE, CudaArray
+from ..backend.cuda import SIMULATOR, TILE, CudaArray, zeros
 
 # One block per batch row; its threads stride over the row. The simulator runs each
 # thread as a Python thread: a few threads still exercise striding and barriers.
@@ -89,10 +89,7 @@ class _Device:
         return cuda.device_array(shape, dtype)
 
     def zeros(self, shape, dtype):
-        out = cuda.device_array(shape, dtype)
-        if out.size:
-            _fill(out)
-        return out
+        return zeros(shape, dtype).buf.reshape(shape)
 
     def launch(self, kernel, blocks, threads, args):
         if blocks:
@@ -124,18 +121,6 @@ class _Device:
 
     def host(self, a):
         return a.copy_to_host()
-
-
-def _fill(out):
-    flat = out.reshape(-1)
-    _fill_kernel[max(1, (flat.size + 255) // 256), 256](flat)
-
-
-@cuda.jit
-def _fill_kernel(out):
-    i = cuda.grid(1)
-    if i < out.size:
-        out[i] = 0
 
 
 class _Recorder:
