@@ -264,6 +264,17 @@ def _scheduler_address(scheduler):
     return address
 
 
+def _check_scheme(address):
+    """A scheme Dask has no transport for is a mistake in the address: say so at once.
+    (Left to the client, it fails later, and sometimes only as a bare AssertionError.)"""
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.registry import get_backend
+    try:
+        get_backend(parse_address(address)[0])
+    except ValueError as e:
+        raise SweepError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
+
+
 @contextlib.contextmanager
 def connect(workers=None, scheduler=None):
     """A Dask client: on ``scheduler`` (an address, or a scheduler file) if given, else on a
@@ -276,7 +287,9 @@ def connect(workers=None, scheduler=None):
     cluster = None
     try:
         if scheduler:
-            client = Client(_scheduler_address(scheduler), timeout="10s")
+            address = _scheduler_address(scheduler)
+            _check_scheme(address)
+            client = Client(address, timeout="10s")
         else:
             # Ctrl-C is for this process, which stops the sweep and the cluster: the worker
             # processes, started now, inherit SIGINT ignored and stay quiet.
