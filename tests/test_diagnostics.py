@@ -194,6 +194,5 @@ def test_diagnose_and_gradcheck_of_a_cell_without_parameters(tmp_path):
     assert min(json.loads(result.stdout)["cells"][0]["grad_norm_per_step"][0]) > 0
     result = CliRunner().invoke(cli.main, ["--plugin", str(plugin), "gradcheck", "--cell", "noparam"])
     assert "Traceback" not in result.output and "Error" not in result.output
-    assert "PASS  compiled kernels equal the step path" in result.stdout
-    assert "PASS  gradient w.r.t. input x matches finite differences" in result.stdout
-    assert "FAIL  has parameters: none" in result.stdout and result.exit_code == 1  # the contract's one complaint
+    assert "PASS  compiled_matches_step" in result.stdout and "PASS  gradcheck" in result.stdout
+    assert result.exit_code == 0  # a cell without parameters meets the contract
