@@ -29,6 +29,11 @@ BUG_NOTE = ("This is a bug in tinygrad-rnn (or in a plugin it loaded), not a mis
 class App(click.Group):
     """Turns ``tr.Error`` into a one-line message; anything else is a bug, shown in full."""
 
+    def parse_args(self, ctx, args):
+        """``--plugin`` is the group's option, but it may also come after the subcommand
+        (``tinygrad-rnn train --plugin my_cell.py --cell mine``): move it to the front."""
+        return super().parse_args(ctx, _plugins_first(list(args)))
+
     def invoke(self, ctx):
         debug = ctx.params.get("show_traceback") or os.environ.get("TINYGRAD_RNN_DEBUG") == "1"
         try:
@@ -53,6 +58,23 @@ class App(click.Group):
             traceback.print_exc()
             click.echo(BUG_NOTE, err=True)
             ctx.exit(1)
+
+
+def _plugins_first(args):
+    """``args`` with every ``--plugin X`` / ``--plugin=X`` before the rest (none after ``--``)."""
+    front, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a == "--plugin" and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        (front if a.startswith("--plugin=") else rest).append(a)
+        i += 1
+    return front + rest
 
 
 def _one_line(e):
@@ -108,7 +130,9 @@ def _known(kind):
             try:
                 lookup(v)
             except KeyError as e:
-                raise click.BadParameter(e.args[0]) from None
+                hint = f"; a {kind} of your own loads with --plugin FILE.py" if not ctx.find_root().params.get(
+                    "plugin_specs") else ""
+                raise click.BadParameter(e.args[0] + hint) from None
         return value
     return check
 
@@ -358,8 +382,10 @@ def _print_diagnosis(report):
                f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
     stages = [("init", lambda c: c)] + ([(f"step {report['steps']}", lambda c: c["after_training"])]
                                         if report["steps"] else [])
+    losses = bool(report["steps"])  # after training: the losses it reached, next to the measures
     click.echo(f"{'cell':14} {'when':10} {'verdict':10} {'rate/step':>9} {'horizon':>8} "
-               f"{'|g_0|/|g_T|':>11} {'|J| mean':>8} {'gate sat':>8}")
+               f"{'|g_0|/|g_T|':>11} {'|J| mean':>8} {'gate sat':>8}"
+               + (f" {'train loss':>10} {'eval loss':>10}" if losses else ""))
     for c in report["cells"]:
         for label, get in stages:
             d = get(c)
@@ -367,7 +393,9 @@ def _print_diagnosis(report):
             click.echo(f"{c['cell']:14} {label:10} {d['verdict']:10} {_fmt(d['decay_rate'], '.3f'):>9} "
                        f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
                        f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
-                       f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
+                       f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}"
+                       + (f" {_fmt(d.get('train_loss'), '.4g'):>10} {_fmt(d.get('eval_loss'), '.4g'):>10}"
+                          if losses else ""))
             if "reverse" in d:
                 r = d["reverse"]
                 click.echo(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "

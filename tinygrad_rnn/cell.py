@@ -30,8 +30,20 @@ class Cell(Module):
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
 
     def param(self, shape, init="uniform"):
-        """A new trainable parameter of ``shape``, drawn by the named initialiser."""
-        return Parameter(_init.make(init, shape, self.hidden_size), dtype=np.float32)
+        """A new trainable parameter of ``shape``, drawn by ``init``: a scheme's name
+        (``tr.init.INITS``) or a function ``init(rng, shape, dtype) -> array`` that draws
+        from the NumPy generator ``rng`` (seeded by ``tr.manual_seed``), e.g. JANET's chrono
+        initialisation of a forget-gate bias::
+
+            def chrono(rng, shape, dtype, t_max=100):
+                return np.log(rng.uniform(1, t_max - 1, shape)).astype(dtype)
+
+            self.b_f = self.param((hidden_size,), init=chrono)
+        """
+        try:
+            return Parameter(_init.make(init, shape, self.hidden_size, np.float32), dtype=np.float32)
+        except ConfigError as e:  # a bad name or a bad array: say which cell asked for it
+            raise ConfigError(f"{type(self).__name__}.param({tuple(shape)}): {e}") from None
 
     def reset_parameters(self, scheme):
         """Re-initialise every parameter by a named scheme (``tinygrad-rnn train --init``).
@@ -66,10 +78,12 @@ class Cell(Module):
         """``step`` with its result checked against the contract; an exception raised in a
         plugin cell's ``step`` becomes a one-line ``tr.errors.UserCodeError`` naming the
         cell, its plugin file and line, and the time step ``t``."""
+        ops.last_split[0] = None  # a split hint names a split of this step only
         try:
             new = self.step(x, state)
         except (Exception, SystemExit) as e:  # sys.exit() in a step must not end the run silently
-            wrapped = wrap_user_code(e, "cell", self, provider_of(type(self)), f"at time step {t}")
+            wrapped = wrap_user_code(e, "cell", self, provider_of(type(self)), f"at time step {t}",
+                                     unpack_hint=ops.split_hint())
             if wrapped is None:
                 raise
             raise wrapped from e
@@ -116,7 +130,9 @@ def _checked_state(cell, new, old, t):
         new = (new,)
     if not isinstance(new, (tuple, list)) or len(new) != cell.num_states:
         got = len(new) if isinstance(new, (tuple, list)) else type(new).__name__
-        fail(f"step() must return a tuple of num_states={cell.num_states} tensors, got {got}")
+        hint = ops.split_hint(result=new)
+        fail(f"step() must return a tuple of num_states={cell.num_states} tensors, got {got}"
+             + (f" ({hint})" if hint else ""))
     for i, (n, o) in enumerate(zip(new, old)):
         if not isinstance(n, ops.Tensor):
             fail(f"state {i} is a {type(n).__name__}, not a Tensor")

@@ -78,10 +78,11 @@ def is_builtin(cls):
     return (getattr(cls, "__module__", "") or "").split(".")[0] == "tinygrad_rnn"
 
 
-def wrap_user_code(exc, kind, obj, plugin, where, require_frame=False):
+def wrap_user_code(exc, kind, obj, plugin, where, require_frame=False, unpack_hint=None):
     """A ``UserCodeError`` for ``exc`` raised inside ``obj`` (a cell or task) of ``plugin``,
     or None when ``exc`` is already a ``tr.Error`` or ``obj`` is built in (then it is our bug).
-    With ``require_frame``, also None unless the traceback passes through ``obj``'s file."""
+    With ``require_frame``, also None unless the traceback passes through ``obj``'s file.
+    ``unpack_hint`` replaces the num_states hint of a "values to unpack" error."""
     cls = obj if inspect.isclass(obj) else type(obj)
     if isinstance(exc, Error) or is_builtin(cls):
         return None
@@ -92,7 +93,9 @@ def wrap_user_code(exc, kind, obj, plugin, where, require_frame=False):
     at = f"{frame[0]}:{frame[1]}, in {frame[2]}" if frame else (path or cls.__module__)
     msg = str(exc).splitlines()[0] if str(exc) else ""
     hint = ""
-    if kind == "cell" and isinstance(exc, ValueError) and "values to unpack" in msg:
+    if kind == "cell" and isinstance(exc, ValueError) and "values to unpack" in msg and unpack_hint:
+        hint = f" ({unpack_hint})"
+    elif kind == "cell" and isinstance(exc, ValueError) and "values to unpack" in msg:
         n = getattr(cls, "num_states", "?")
         hint = (f" (the cell declares num_states={n}, so step() gets a tuple of {n} state "
                 "tensor(s): check num_states and how step unpacks state)")

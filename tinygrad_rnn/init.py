@@ -3,6 +3,8 @@ import contextlib
 
 import numpy as np
 
+from .errors import ConfigError
+
 _rng = [np.random.default_rng(0)]
 
 
@@ -116,7 +118,31 @@ INITS = {f.__name__: f for f in (zeros, ones, uniform, normal, xavier_uniform, x
                                  kaiming_uniform, kaiming_normal, orthogonal, identity)}
 
 
-def make(name, shape, hidden_size):
-    if name not in INITS:
-        raise ValueError(f"unknown init {name!r}; choose from {', '.join(INITS)}")
-    return INITS[name](tuple(shape), hidden_size)
+def make(name, shape, hidden_size, dtype=np.float32):
+    """An array of ``shape`` from the scheme ``name``, or from ``name(rng, shape, dtype)`` when
+    it is a function: any initialiser of your own, drawing from ``rng`` (the generator
+    ``manual_seed`` seeds, so runs stay reproducible), returning an array of that shape."""
+    shape = tuple(int(n) for n in shape)
+    if callable(name):
+        return _custom(name, shape, np.dtype(dtype))
+    if not isinstance(name, str) or name not in INITS:
+        raise ConfigError(f"unknown init {name!r}; choose from {', '.join(INITS)}, "
+                         "or pass a function init(rng, shape, dtype) -> array")
+    return INITS[name](shape, hidden_size)
+
+
+def _custom(fn, shape, dtype):
+    label = getattr(fn, "__qualname__", None) or repr(fn)
+    arr = fn(rng(), shape, dtype)
+    try:
+        arr = np.asarray(arr)
+    except Exception as e:  # a Tensor, a list of lists, ...: anything NumPy reads is fine
+        raise ConfigError(f"init function {label} returned {type(arr).__name__}, not an array ({e})") from None
+    if arr.shape != shape:
+        raise ConfigError(f"init function {label} returned shape {arr.shape} for a parameter of shape {shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ConfigError(f"init function {label} returned {arr.dtype} values, not numbers")
+    if not np.isfinite(arr).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise ConfigError(f"init function {label} returned {arr[bad]} at index {bad}; parameters must be finite")
+    return arr

@@ -296,23 +296,45 @@ def getitem(a, index):
     return apply(OPS["getitem"], a, index=_index_data(index))
 
 
+# The latest split: (input shape, sections, axis, piece count, id of the list returned).
+# A cell that unpacks the pieces wrongly gets an error naming these shapes (cell.py).
+last_split = [None]
+
+
 def split(a, sections, axis=0):
-    """Split into pieces of size ``sections`` (an int) or at the sizes listed."""
+    """Split into pieces of size ``sections`` (an int, as ``torch.split``; not a count of
+    pieces as ``np.split``) or of the sizes listed."""
     axis = _axis(axis, a.ndim, "split")
     n = a.shape[axis]
-    if isinstance(sections, int):
+    if isinstance(sections, (int, np.integer)) and not isinstance(sections, bool):
         if sections <= 0:
-            raise ValueError(f"split: section size must be positive, got {sections}")
-        sizes = [sections] * (n // sections) + ([n % sections] if n % sections else [])
+            raise ValueError(f"split: the piece size must be positive, got {sections} "
+                             f"(splitting shape {a.shape} along axis {axis})")
+        sizes = [int(sections)] * (n // sections) + ([n % sections] if n % sections else [])
     else:
         sizes = list(sections)
         if np.sum(sizes) != n:
-            raise ValueError(f"split: sizes {sizes} do not add up to {n} along axis {axis}")
+            raise ValueError(f"split: sizes {sizes} add up to {int(np.sum(sizes))}, but axis {axis} of "
+                             f"shape {a.shape} has length {n}")
     lead, start, pieces = (slice(None),) * axis, 0, []
     for size in sizes:
         pieces.append(getitem(a, lead + (slice(start, start + size),)))
         start += size
+    last_split[0] = (a.shape, sections, axis, len(pieces), id(pieces))
     return pieces
+
+
+def split_hint(count=None, result=None):
+    """A sentence on the latest split for an error about a wrong number of values, or ""."""
+    record = last_split[0]
+    if record is None:
+        return ""
+    shape, sections, axis, pieces, ident = record
+    if result is not None and id(result) != ident:
+        return ""
+    what = f"pieces of size {sections}" if isinstance(sections, (int, np.integer)) else f"sizes {list(sections)}"
+    return (f"the last tr.split cut shape {shape} along axis {axis} into {pieces} {what}; "
+            "tr.split takes the size of each piece (as torch.split), not the number of pieces (as np.split)")
 
 
 def _same_rank(op, tensors, axis, stacking):

@@ -311,8 +311,18 @@ def _listing(table_name):
             seen.add(entry.cls.name)
             dist = _state.plugins[entry.plugin].distribution if entry.plugin in _state.plugins else ""
             out.append({"name": entry.cls.name, "plugin": entry.plugin, "distribution": dist,
-                        "aliases": list(entry.aliases), "doc": (entry.cls.__doc__ or "").strip().split("\n")[0]})
+                        "aliases": list(entry.aliases), "doc": _description(entry.cls)})
     return out
+
+
+def _description(cls):
+    """The first line of the class docstring; for a class without one, its name and (for a
+    cell) its state count, so that no listing shows a blank."""
+    doc = (cls.__dict__.get("__doc__") or "").strip()
+    if doc:
+        return doc.split("\n")[0]
+    states = getattr(cls, "num_states", None)
+    return f"{cls.__name__} ({states} state{'s' if states != 1 else ''})" if states else cls.__name__
 
 
 def list_cells():

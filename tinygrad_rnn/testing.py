@@ -446,7 +446,7 @@ def _cuda_in_simulator(cell, case):
 
 def _cuda_child(spec):
     import importlib
-    from . import list_cells
+    from .plugins import list_cells
     list_cells()  # loads the plugins (TINYGRAD_RNN_PLUGINS too), whose modules a class may live in
     try:
         module = sys.modules.get(spec["module"]) or importlib.import_module(spec["module"])
