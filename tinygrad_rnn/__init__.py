@@ -6,6 +6,7 @@ from .tape import no_grad
 from .tensor import Tensor
 from .ops import cat, stack, where, embedding, cross_entropy, mse, split, defop
 from .init import manual_seed
+from .functional import grad, value_and_grad, jacobian
 from .hookspecs import hookimpl
 from . import nn, ops, testing
 from .cell import Cell
@@ -17,7 +18,7 @@ from .training import train
 from ._version import __version__
 
 __all__ = ["Error", "errors", "Tensor", "no_grad", "cat", "stack", "where", "embedding", "cross_entropy", "mse",
-           "split", "defop", "manual_seed", "hookimpl", "nn", "ops", "testing", "Cell",
+           "split", "defop", "manual_seed", "grad", "value_and_grad", "jacobian", "hookimpl", "nn", "ops", "testing", "Cell",
            "get_cell", "list_cells", "load_plugin", "get_task", "list_tasks", "checkpoint",
            "diagnostics", "init", "optim", "report", "tasks", "training", "train", "compiler", "CompileError",
            "__version__"]
