@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, limits, plugins, safeio
+from tinygrad_rnn import checkpoint, diagnostics, limits, plugins, safeio, scaffold
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
@@ -303,6 +303,28 @@ def gradcheck(cell, seq_len, hidden, cell_option_pairs):
                                        **_cell_options(cell, cell_option_pairs))
     click.echo(str(report))
     sys.exit(0 if report.ok else 1)
+
+
+@main.command("new-cell")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), metavar="PATH",
+              help="Folder to write the package to (new or empty). Default: ./tinygrad-rnn-NAME.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def new_cell(name, directory, as_json):
+    """Write an installable plugin package for a new cell NAME: pyproject.toml with the
+    entry point, a module with a small working cell, tests/ running the contract checks,
+    and a README."""
+    try:
+        made = scaffold.new_cell(name, directory)
+    except scaffold.ScaffoldError as e:
+        raise click.BadParameter(str(e), param_hint="--dir" if e.what == "dir" else "NAME") from None
+
+    def human(made):
+        click.echo(f"wrote cell {made['name']!r} (class {made['class']}) to {made['path']}:")
+        for f in made["files"]:
+            click.echo(f"  {f}")
+        click.echo("next:\n" + "\n".join(f"  {c}" for c in made["commands"]))
+    _emit(made, as_json, human)
 
 
 INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each cell's own init "
