@@ -297,7 +297,10 @@ def compile_cmd(cell, input_size, hidden, dtype, source_only, target, cell_optio
 @click.option("--hidden", type=click.IntRange(min=1), default=4, show_default=True, help="Hidden size.")
 @cell_option
 def gradcheck(cell, seq_len, hidden, cell_option_pairs):
-    """Check a cell against the plugin contract with float64 finite differences."""
+    """Run the cell contract checks on a cell (the checks of tr.testing.parametrize_with_checks):
+    shapes, determinism, batch independence, lengths, float64 finite-difference gradients,
+    compiled against step, CUDA against CPU, float32 against float64, state_dict and
+    checkpoint round trips. One PASS, SKIP or FAIL line each; exit 1 if one fails."""
     with compile_notice():
         report = tr.testing.check_cell(cell, hidden_size=hidden, seq_len=seq_len,
                                        **_cell_options(cell, cell_option_pairs))
