@@ -578,7 +578,7 @@ def parametrize_with_checks(cells, *, expected_failed_checks=None, **sizes):
             check(cell)
 
     ``cells`` are ``tr.Cell`` subclasses, registered names, or ``(either, {options})`` for a
-    cell's constructor options. Ids read ``<cell>-<check>`` (``mycell-gradcheck``, so
+    cell's constructor options; the test gets the class (``(class, options)``). Ids read ``<cell>-<check>`` (``mycell-gradcheck``, so
     ``pytest -k gradcheck`` runs one check for every cell). ``expected_failed_checks`` maps a
     check name (or ``<cell>-<check>`` for one cell) to the reason it fails: those tests are
     strict xfails (one that starts passing is reported, so the entry can go). ``sizes``:
@@ -598,7 +598,10 @@ def parametrize_with_checks(cells, *, expected_failed_checks=None, **sizes):
                          f"checks are {', '.join(CHECK_NAMES)} (or <cell>-<check> for one cell)")
     params = []
     for cell, cid in zip(cells, ids):
-        _resolve(cell)  # a typo in a name fails at collection, naming it
+        # Names are looked up now, at collection: a typo fails here, naming it, and the tests
+        # get the class itself, whatever happens to the registry before they run.
+        cls, options = _resolve(cell)
+        cell = (cls, options) if options else cls
         for fn in CHECKS:
             check = CellCheck(fn, sizes)
             reason = expected.get(f"{cid}-{check.name}", expected.get(check.name))
