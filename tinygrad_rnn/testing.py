@@ -154,18 +154,14 @@ def cell_id(cell):
     return "_".join([str(name), *(str(v) for v in options.values())])
 
 
-def _run(rnn, x, states, lengths=None, probe=False, weights=None):
-    """Forward and backward through ``rnn``: the loss reads every output and final state
-    (weighted by ``weights`` or squared). Returns named arrays: what two runs must agree on."""
+def _run(rnn, x, states, lengths=None, probe=False, device="cpu"):
+    """Forward and backward through ``rnn`` with a loss that reads every output and final
+    state (squared). Returns named NumPy arrays: what two runs must agree on."""
     rnn.zero_grad()
-    xt = Tensor(x, requires_grad=True)
-    st = tuple(Tensor(s, requires_grad=True) for s in states)
+    xt = Tensor(x, device=device, requires_grad=True)
+    st = tuple(Tensor(s, device=device, requires_grad=True) for s in states)
     out, final = rnn(xt, st, lengths=lengths, probe=probe)
-    if weights is None:
-        loss = (out * out).sum() + sum((f * f).sum() for f in final)
-    else:
-        loss = (out * weights[0]).sum() + sum((f * w).sum() for f, w in zip(final, weights[1:]))
-    loss.backward()
+    ((out * out).sum() + sum((f * f).sum() for f in final)).backward()
     got = {"output": out.numpy(), **{f"final state {i}": f.numpy() for i, f in enumerate(final)},
            "gradient of the input": _grad(xt),
            **{f"gradient of initial state {i}": _grad(s) for i, s in enumerate(st)},
@@ -408,16 +404,7 @@ def _cuda_compare(case):
     if not ok:
         raise CheckSkipped(f"no CUDA device or simulator: {why}")
     want = _run(case.rnn(), case.x, case.states, case.lengths, probe=True)
-    rnn = case.rnn().to("cuda")
-    xt = Tensor(case.x, device="cuda", requires_grad=True)
-    st = tuple(Tensor(s, device="cuda", requires_grad=True) for s in case.states)
-    out, final = rnn(xt, st, lengths=case.lengths, probe=True)
-    ((out * out).sum() + sum((f * f).sum() for f in final)).backward()
-    got = {"output": out.numpy(), **{f"final state {i}": f.numpy() for i, f in enumerate(final)},
-           "gradient of the input": _grad(xt),
-           **{f"gradient of initial state {i}": _grad(s) for i, s in enumerate(st)},
-           **{f"gradient of {n}": _grad(p) for n, p in rnn.named_parameters()},
-           **{f"per-step norms of state {i}": rnn.step_grad_norms(i) for i in range(rnn.num_states)}}
+    got = _run(case.rnn().to("cuda"), case.x, case.states, case.lengths, probe=True, device="cuda")
     _compare(case, "cuda_matches_cpu", got, want, 1e-10, labels=("cuda", "cpu"))
 
 
