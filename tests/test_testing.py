@@ -176,3 +176,42 @@ def test_the_cuda_check_skips_unless_asked(monkeypatch):
 def test_the_cuda_check_runs_in_the_simulator_when_asked(monkeypatch):
     monkeypatch.setenv(testing.CUDASIM_ENV, "1")
     testing.check_cuda_matches_cpu("rnn", hidden_size=2, batch=2, seq_len=2, input_size=2)
+
+
+DEVICE_DEPENDENT = """
+import tinygrad_rnn as tr
+
+
+class DeviceDependent(tr.Cell):
+    \"\"\"Scales its update by 1.1 on the GPU only (by hand: the compiler would see one device).\"\"\"
+    name = "device_dependent"
+
+    def __init__(self, i, h):
+        super().__init__(i, h)
+        self.w = self.param((i, h), init="xavier_uniform")
+
+    def step(self, x, state):
+        return ((x @ self.w + state[0]).tanh() * (1.1 if x.device == "cuda" else 1.0),)
+
+    def forward_sequence(self, x, state, mask=None, probe=None):
+        return tr.Cell.forward_sequence(self, x, state, mask, probe)
+
+
+@tr.hookimpl
+def register_cells(register):
+    register(DeviceDependent)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+@pytest.mark.usefixtures("clean_plugins")
+def test_the_simulator_subprocess_reports_what_differed(monkeypatch, tmp_path):
+    """A --plugin file's cell travels to the subprocess, and its failure comes back as one line."""
+    path = tmp_path / "devdep.py"
+    path.write_text(DEVICE_DEPENDENT)
+    tr.load_plugin(str(path))
+    monkeypatch.setenv(testing.CUDASIM_ENV, "1")
+    with pytest.raises(AssertionError, match=r"^cuda_matches_cpu \[cell 'device_dependent'.*output differs by "
+                                             r".* \(cuda .*, cpu .*\)"):
+        testing.check_cuda_matches_cpu("device_dependent", hidden_size=2, seq_len=2)

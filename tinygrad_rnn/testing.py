@@ -448,7 +448,7 @@ def _cuda_child(spec):
         print(f"SKIP {e}")
         return
     except AssertionError as e:
-        sys.exit(f"AssertionError: {e}".replace("\n", " "))
+        sys.exit(str(e).replace("\n", " "))  # the parent raises it again, from the last line
     print("PASS")
 
 
