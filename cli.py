@@ -32,7 +32,12 @@ class App(click.Group):
     def parse_args(self, ctx, args):
         """``--plugin`` is the group's option, but it may also come after the subcommand
         (``tinygrad-rnn train --plugin my_cell.py --cell mine``): move it to the front."""
-        return super().parse_args(ctx, _plugins_first(list(args)))
+        try:
+            args = _plugins_first(list(args))
+        except click.UsageError as e:
+            e.ctx = ctx
+            raise
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         debug = ctx.params.get("show_traceback") or os.environ.get("TINYGRAD_RNN_DEBUG") == "1"
@@ -68,7 +73,9 @@ def _plugins_first(args):
         if a == "--":
             rest += args[i:]
             break
-        if a == "--plugin" and i + 1 < len(args):
+        if a == "--plugin":
+            if i + 1 == len(args):
+                raise click.UsageError("--plugin needs a value: a plugin's .py file or module name")
             front += args[i:i + 2]
             i += 2
             continue

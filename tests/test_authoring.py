@@ -135,6 +135,12 @@ def test_plugin_works_after_the_subcommand(tmp_path):
     assert json.loads(result.stdout)["cells"][0]["cell"] == "janet_t"
 
 
+def test_plugin_without_a_value_is_a_usage_error():
+    for args in (["cells", "--plugin"], ["--plugin"]):
+        result = run(*args)
+        assert result.exit_code == 2 and "--plugin needs a value" in result.stderr
+
+
 def test_an_unknown_cell_says_how_to_load_one():
     result = run("diagnose", "--cell", "janet_x")
     assert result.exit_code == 2
