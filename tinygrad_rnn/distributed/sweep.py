@@ -17,11 +17,12 @@ import logging
 import math
 import os
 import signal
+import stat
 import statistics
 import threading
 import time
 
-from .. import optim, report, training
+from .. import optim, report, safeio, training
 from ..errors import Error
 from ..plugins import get_cell, get_task, load_plugin
 
@@ -203,47 +204,129 @@ def warm_up_point(point):
 class Results:
     """The ``--out`` file: finished points read back, new ones appended one line at a time.
 
-    Each line goes out in one ``os.write`` on an ``O_APPEND`` descriptor, so a crash or a
-    Ctrl-C leaves whole lines; a torn last line (power loss, a full disk) is cut off when
-    the file is opened again. An exclusive lock keeps two sweeps from writing one file.
+    Each line goes out whole on an ``O_APPEND`` descriptor (a short write is finished, a
+    failed one is cut back off), so a crash, a Ctrl-C or a full disk leaves whole lines.
+    The file is checked before anything in it changes: a file that is not a results file
+    (a checkpoint, a text) is refused untouched. A torn last line (power loss) is then cut
+    off, and a damaged line (a record cut short with another appended to it, a record
+    edited by hand) is skipped: its point runs again. An exclusive lock keeps two sweeps
+    from writing one file. A file the sweep created and wrote nothing to is removed.
     """
 
     def __init__(self, path):
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path, self.notes, self.readonly = path, [], None
+        created = not os.path.lexists(path)
+        try:  # O_NONBLOCK: a FIFO is refused below, not waited on
+            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        except PermissionError as e:  # a complete, read-only results file can still be tabulated
+            self.fd, self.readonly = self._open_read_only(path, e), e.strerror
         except OSError as e:
             raise SweepError(f"cannot open {path!r} for the results: {e.strerror}") from None
+        self.created = created
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise SweepError(f"--out {path!r} is not a regular file (a device, pipe or socket); give a file name")
+            os.set_blocking(self.fd, True)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise SweepError(f"another sweep is writing {path!r}; wait for it or use another --out") from None
+            self.records = self._read()
+        except BaseException:
             os.close(self.fd)
-            raise SweepError(f"another sweep is writing {path!r}; wait for it or use another --out") from None
-        self.records = self._read()
+            raise
+
+    @staticmethod
+    def _open_read_only(path, error):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            raise SweepError(f"cannot open {path!r} for the results: {error.strerror}") from None
 
     def _read(self):
-        with open(self.path, "rb") as f:
-            data = f.read()
+        size = os.fstat(self.fd).st_size
+        if size > MAX_RESULTS_BYTES:
+            raise SweepError(f"{self.path} holds {size / 2 ** 20:.0f} MB: too large for a sweep results file; "
+                             "use another --out")
+        data = os.pread(self.fd, size, 0)
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line: drop it, its point runs again
-            os.ftruncate(self.fd, end)
-            data = data[:end]
-        records = {}
-        for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-            try:
-                rec = json.loads(line)
+        records, damaged = {}, []
+        for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+            if not line.strip():
+                continue  # a blank line (a hand edit): nothing lost
+            rec = _record(line)
+            if rec is not None:
                 records[key(rec["point"])] = rec
-            except (ValueError, KeyError, TypeError):
-                raise SweepError(f"{self.path}:{n} is not a sweep result line; use another --out") from None
+            elif line.startswith(RECORD_START):
+                damaged.append(n)
+            else:  # refused before anything in the file changes
+                raise SweepError(f"{self.path}:{n} is not a sweep result line; use another --out")
+        tail = data[end:]
+        if tail and not (tail.startswith(RECORD_START) or RECORD_START.startswith(tail)):
+            line_number = data.count(b"\n") + 1
+            raise SweepError(f"{self.path}:{line_number} is not a sweep result line; use another --out")
+        if damaged:
+            self.notes.append(f"note: {self.path}: line(s) {', '.join(map(str, damaged))} are damaged records; "
+                              "their points run again")
+        if tail and self.readonly is None:  # a torn last line (power loss): drop it, its point runs again
+            os.ftruncate(self.fd, end)
         return records
 
     def add(self, point, result):
+        """Append one record, whole, or raise SweepError with the file as it was."""
         rec = {"point": point, "result": result}
-        os.write(self.fd, (json.dumps(rec) + "\n").encode())
+        line = (_dumps(rec) + "\n").encode()
+        if self.readonly is not None:
+            raise SweepError(f"cannot write {self.path!r}: {self.readonly}")
+        before = os.fstat(self.fd).st_size
+        try:
+            written = 0
+            while written < len(line):  # a short write (a disk almost full) is finished, not dropped
+                written += os.write(self.fd, line[written:])
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, before)  # no half line left behind
+            except OSError:
+                pass
+            raise SweepError(f"cannot write the results to {self.path!r}: {e.strerror}; {len(self.records)} "
+                             "points are in it; run the same command again to do the rest") from None
         self.records[key(point)] = rec
 
     def close(self):
+        if self.created and not self.records:
+            try:  # still locked: nobody else can have written to it
+                if os.fstat(self.fd).st_size == 0:
+                    os.unlink(self.path)
+            except OSError:
+                pass
         os.close(self.fd)
+
+
+RECORD_START = b'{"point"'
+MAX_RESULTS_BYTES = 2 ** 30  # a million points' records are some hundred MB; /dev/zero is endless
+
+
+def _record(line):
+    """The record a results line holds, or None: a JSON object with a "point" object and a
+    "result" that ``summarise`` can read (an error, a training summary, a diagnosis)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(rec, dict) and isinstance(rec.get("point"), dict) and isinstance(rec.get("result"), dict)):
+        return None
+    result = rec["result"]
+    if "error" in result:
+        return rec
+    if "eval_loss" in result:
+        return rec if "baseline_loss" in result else None
+    final = result.get("after_training", result)
+    return rec if isinstance(final, dict) and "horizon" in final and "final_verdict" in result else None
+
+
+def _dumps(value):
+    """JSON that is JSON: a non-finite number (a diverged loss) is written as null."""
+    return safeio.dumps(value)
 
 
 # ---- running a sweep -----------------------------------------------------------------------
@@ -325,7 +408,13 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
     log = log or (lambda msg: None)
     plugins = tuple(os.path.abspath(s) if s.endswith(".py") else s for s in plugins)
     results = Results(out)
+    for note in results.notes:
+        log(note)
     todo = list({key(p): p for p in points if key(p) not in results.records}.values())
+    if todo and results.readonly is not None:
+        results.close()
+        raise SweepError(f"cannot write {out!r} ({results.readonly}) and {len(todo)} of its {len(points)} points "
+                         "are still to run; make it writable or use another --out")
     stats = {"points": len(points), "skipped": len(points) - len(todo), "ran": 0, "errors": 0, "failed": 0,
              "compiled_warm_up": 0, "compiled_tasks": 0, "seconds": 0.0}
     t0 = time.perf_counter()
@@ -403,15 +492,20 @@ def describe(point, keys=GRID + ("seed",)):
     return " ".join(f"{k}={point[k]}" for k in keys if k in point)
 
 
+def _loss(result):
+    """A result's eval loss; a non-finite one is written as null (JSON has no Infinity)."""
+    return math.inf if result["eval_loss"] is None else result["eval_loss"]
+
+
 def solved(result):
-    return "eval_loss" in result and result["eval_loss"] < SOLVED_FRACTION * result["baseline_loss"]
+    return "eval_loss" in result and _loss(result) < SOLVED_FRACTION * result["baseline_loss"]
 
 
 def headline(result):
     if "error" in result:
         return result["error"]
     if "eval_loss" in result:
-        return (f"eval loss {result['eval_loss']:.4g} (baseline {result['baseline_loss']:.3g})"
+        return (f"eval loss {_loss(result):.4g} (baseline {result['baseline_loss']:.3g})"
                 f"{', solved' if solved(result) else ''}, {result['seconds']:.1f} s")
     return f"{result['final_verdict']}, horizon {result.get('after_training', result)['horizon']}"
 
@@ -435,7 +529,7 @@ def summarise(records):
         ok = [x for x in results if "error" not in x]
         row = dict(g, n=len(results), errors=len(results) - len(ok))
         if ok and "eval_loss" in ok[0]:
-            row.update(eval_loss=statistics.median(x["eval_loss"] for x in ok),
+            row.update(eval_loss=statistics.median(_loss(x) for x in ok),
                        baseline=ok[0]["baseline_loss"], solved=sum(solved(x) for x in ok))
         elif ok:
             final = [x.get("after_training", x) for x in ok]

