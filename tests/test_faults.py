@@ -65,3 +65,44 @@ def test_blank_and_damaged_lines_are_skipped_and_their_points_run_again(tmp_path
         assert results.notes and "line(s) 3, 4" in results.notes[0]
     finally:
         results.close()
+
+
+# ---- 4: a full disk under --out ------------------------------------------------------------
+
+def test_a_short_write_is_finished_not_dropped(tmp_path, monkeypatch):
+    real_write = os.write
+    monkeypatch.setattr(sweep.os, "write", lambda fd, data: real_write(fd, data[:7]))  # space comes back slowly
+    out = tmp_path / "r.jsonl"
+    results = sweep.Results(str(out))
+    try:
+        for seed in range(3):
+            results.add(dict(POINT, seed=seed), {"eval_loss": 1.0, "baseline_loss": 2.0, "seconds": 0.1})
+    finally:
+        results.close()
+    monkeypatch.undo()
+    again = sweep.Results(str(out))
+    try:
+        assert len(again.records) == 3 and not again.notes
+    finally:
+        again.close()
+
+
+def test_a_full_disk_is_one_line_and_leaves_whole_lines(tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    out.write_text(record(POINT) + "\n")
+    real_write = os.write
+    calls = []
+
+    def full(fd, data):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_write(fd, data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(sweep.os, "write", full)
+    results = sweep.Results(str(out))
+    try:
+        with pytest.raises(sweep.SweepError, match="No space left on device; 1 points are in it"):
+            results.add(dict(POINT, seed=1), {"eval_loss": 1.0, "baseline_loss": 2.0, "seconds": 0.1})
+    finally:
+        results.close()
+    assert out.read_text() == record(POINT) + "\n"
