@@ -592,7 +592,7 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
     if plot_path:
         sweep_mod.pyplot()  # fail before the sweep, not after it
     records, stats = sweep_mod.run(points, out, workers, scheduler, ctx.find_root().params["plugin_specs"],
-                                   log=lambda msg: click.echo(msg, err=True))
+                                   log=lambda msg: click.echo(msg, err=True), plot=plot_path)
     for line in sweep_mod.table(records):
         click.echo(line)
     errors = f" ({stats['errors']} ended in an error)" if stats["errors"] else ""

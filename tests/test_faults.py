@@ -106,3 +106,16 @@ def test_a_full_disk_is_one_line_and_leaves_whole_lines(tmp_path, monkeypatch):
     finally:
         results.close()
     assert out.read_text() == record(POINT) + "\n"
+
+
+# ---- 6: --plot on the --out file -----------------------------------------------------------
+
+def test_plot_on_the_results_file_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "results.png"  # a name matplotlib would write
+    out.write_text(record(POINT) + "\n")
+    link = tmp_path / "link.png"
+    link.symlink_to(out)  # also through another name
+    for plot in (out, link):
+        result = invoke("sweep", "--cell", "rnn", "--steps", "1", "--out", out, "--plot", plot)
+        assert result.exit_code == 1 and "both name" in result.output, result.output
+        assert out.read_text() == record(POINT) + "\n"

@@ -24,7 +24,7 @@ import time
 
 from .. import optim, report, safeio, training
 from ..errors import Error
-from ..plugins import get_cell, get_task, load_plugin
+from ..plugins import get_cell, get_task, load_plugin, plugin_files
 
 GRID = ("cell", "task", "seq_len", "hidden", "init", "lr", "optimizer", "clip_norm")
 MODES = ("train", "diagnose")
@@ -398,8 +398,17 @@ def connect(workers=None, scheduler=None):
             cluster.close()
 
 
-def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
+def check_outputs(out, plot=None):
+    """Refuse, before any work, ``--out`` and ``--plot`` on one file (the plot would replace
+    the results), either on a plugin's source, or ``--out`` on something that is not a
+    regular file (a FIFO would wait for a writer, a device never ends)."""
+    safeio.check_outputs([("--out", out), ("--plot", plot)], plugin_files())
+
+
+def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=None):
     """Run the points not yet in ``out`` on Dask and append each result as it finishes.
+
+    ``plot``: the path the caller will plot to, checked against ``out`` first.
 
     Returns ``(records, stats)``: every point's record (read back or new) in grid order,
     and counts (skipped, ran, failed, kernels compiled in warm-up and in tasks, seconds).
@@ -407,6 +416,7 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
     """
     log = log or (lambda msg: None)
     plugins = tuple(os.path.abspath(s) if s.endswith(".py") else s for s in plugins)
+    check_outputs(out, plot)
     results = Results(out)
     for note in results.notes:
         log(note)
