@@ -7,6 +7,8 @@ is guaranteed: the files are whole, the message is one line, the command ends.
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -119,3 +121,38 @@ def test_plot_on_the_results_file_is_refused_before_any_work(tmp_path):
         result = invoke("sweep", "--cell", "rnn", "--steps", "1", "--out", out, "--plot", plot)
         assert result.exit_code == 1 and "both name" in result.output, result.output
         assert out.read_text() == record(POINT) + "\n"
+
+
+# ---- 5: two runs on one --save or --log -----------------------------------------------------
+
+@pytest.mark.parametrize("option", ["--save", "--log"])
+def test_a_second_run_on_the_same_output_is_refused_before_training(tmp_path, option):
+    path = tmp_path / ("run.npz" if option == "--save" else "log.jsonl")
+    other = subprocess.Popen([sys.executable, "-c", LOCK_AND_WAIT, option, str(path)], stdout=subprocess.PIPE,
+                             stdin=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        result = invoke("train", "--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "3", "--steps", "2",
+                        option, path)
+        assert result.exit_code == 1, result.output
+        assert f"is being written by another run (process {other.pid})" in result.output
+        assert not path.exists()
+    finally:
+        other.communicate("")
+    train(**{option[2:]: str(path)}, **TINY)  # free again once the other run has ended
+    assert path.exists() and not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
+
+
+LOCK_AND_WAIT = """
+import sys
+from tinygrad_rnn import safeio
+with safeio.lock_outputs([(sys.argv[1], sys.argv[2])]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_lock_file_left_by_a_killed_run_does_not_block(tmp_path):
+    (tmp_path / ".run.npz.lock").write_text("99999999\n")
+    train(save=str(tmp_path / "run.npz"), **TINY)
+    assert (tmp_path / "run.npz").exists()

@@ -296,6 +296,8 @@ def fit(config):
             if run.task is not None:
                 _raise_from_task_code(e, type(run.task), f"at training step {run.step}")
             raise
+        finally:
+            run.locks.release()
 
 
 def _raise_from_task_code(exc, task_cls, where):
@@ -311,6 +313,7 @@ class _Run:
         self.config = config
         self.task = None
         self.step = 0            # the step under way (0 before the first)
+        self.locks = safeio.OutputLocks()
 
     # ---- before the first step ----------------------------------------------------------
     def setup(self):
@@ -330,6 +333,8 @@ class _Run:
         safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
         safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)],
                              [("--data", settings.get("data")), *plugin_files()], existing)
+        if cfg.parallel is None or cfg.parallel.root:  # one writer per output: a second run is refused
+            self.locks = safeio.lock_outputs([("--save", cfg.save), ("--log", cfg.log)])
         self.task, self.model = build(settings)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
