@@ -156,3 +156,35 @@ def test_a_lock_file_left_by_a_killed_run_does_not_block(tmp_path):
     (tmp_path / ".run.npz.lock").write_text("99999999\n")
     train(save=str(tmp_path / "run.npz"), **TINY)
     assert (tmp_path / "run.npz").exists()
+
+
+# ---- 2, 3: checkpoints under MPI ---------------------------------------------------------------
+
+from test_distributed import MPI_ENV, MPIEXEC, ROOT, needs_mpi, run as run_in_session  # noqa: E402
+
+TEXT_BPTT = ["--cell", "gru", "--task", "text", "--seq-len", "20", "--bptt", "10", "--hidden", "8", "--batch", "6",
+             "--dtype", "float64"]
+
+
+def mpmd(tmp_path, *args, n=2):
+    """``mpiexec`` with each rank in its own folder (rank r in tmp_path/r): what a rank
+    writes is seen apart from what rank 0 writes."""
+    cmd = [MPIEXEC, "-iface", "lo"]
+    for rank in range(n):
+        (tmp_path / str(rank)).mkdir(exist_ok=True)
+        cmd += [":"] * (rank > 0) + ["-n", "1", "-wdir", str(tmp_path / str(rank)), sys.executable,
+                                     os.path.join(ROOT, "cli.py"), "train", "--distributed", *map(str, args)]
+    return cmd
+
+
+@needs_mpi
+def test_mpi_bptt_snapshots_hold_the_whole_batch_and_rank_0_alone_writes_them(tmp_path):
+    """--patience keeps (and writes) the best snapshot: it must hold every shard's carried
+    state, so that it resumes; rank 1 writes nothing."""
+    r = run_in_session(mpmd(tmp_path, *TEXT_BPTT, "--steps", "6", "--eval-every", "2", "--patience", "9",
+                            "--save", "best.npz"), timeout=180, env=MPI_ENV)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(tmp_path / "1") == []
+    resumed = train(cell="gru", task="text", seq_len=20, bptt=10, hidden=8, batch=6, dtype="float64", steps=8,
+                    eval_every=2, patience=9, resume=str(tmp_path / "0" / "best.npz"))
+    assert resumed["start_step"] == 6
