@@ -7,6 +7,7 @@ is guaranteed: the files are whole, the message is one line, the command ends.
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -188,3 +189,28 @@ def test_mpi_bptt_snapshots_hold_the_whole_batch_and_rank_0_alone_writes_them(tm
     resumed = train(cell="gru", task="text", seq_len=20, bptt=10, hidden=8, batch=6, dtype="float64", steps=8,
                     eval_every=2, patience=9, resume=str(tmp_path / "0" / "best.npz"))
     assert resumed["start_step"] == 6
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_ctrl_c_under_mpi_stops_every_rank_at_one_step_and_saves_it(tmp_path):
+    from test_distributed import popen, wait_for
+    log = tmp_path / "log.jsonl"
+    cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
+           "--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "3", "--batch", "4", "--steps", "10000000",
+           "--save", "x.npz", "--log", str(log), "--log-every", "20"]
+    p = popen(cmd, env=MPI_ENV, cwd=str(tmp_path))
+    try:
+        wait_for(lambda: log.exists() and log.stat().st_size > 0, 120, "the first log record")
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process gets it
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 1, err
+    assert "Traceback" not in err and "assert" not in err
+    stopped = int(err.split("interrupted at step ")[1].split()[0])
+    resumed = train(cell="rnn", task="sum", seq_len=4, hidden=3, batch=4, steps=stopped + 1,
+                    resume=str(tmp_path / "x.npz"))
+    assert resumed["start_step"] == stopped

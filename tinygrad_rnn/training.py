@@ -429,6 +429,8 @@ class _Run:
             loss.backward()
         if cfg.parallel is not None:
             loss_value = cfg.parallel.allreduce(loss_value, params)
+            if cfg.parallel.interrupted and not self.interrupted:  # Ctrl-C on some rank: all stop after this step
+                self.interrupted.append(True)
         norm = optim.grad_norm(params)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             if cfg.on_nonfinite == "skip":

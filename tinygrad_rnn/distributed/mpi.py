@@ -8,8 +8,11 @@ so the sum is exactly the single-process mean. Clipping and the optimiser step t
 on identical numbers on every rank, so the parameters stay identical without ever being
 sent. Rank 0 alone writes logs and checkpoints and prints.
 """
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -45,6 +48,8 @@ class DataParallel:
     def __init__(self, comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
         self.root = self.rank == 0
+        self.sigint = False       # Ctrl-C reached this rank
+        self.interrupted = False  # ...reached some rank before this step's Allreduce: all stop after it
 
     def _slice(self, n):
         if n < self.size:
@@ -79,21 +84,47 @@ class DataParallel:
         One Allreduce of one float64 buffer per step (float32 gradients are summed in
         float64, then cast back). A rank whose local loss was not finite has no gradients:
         it sends zeros, and its NaN or inf loss reaches every rank, so all of them skip or
-        stop together.
+        stop together. The buffer's last slot carries Ctrl-C: a rank that got it tells the
+        others, and every rank sets ``interrupted`` at the same step.
         """
         params = list(params)
         grads = [p.grad.numpy() if p.grad is not None else np.zeros(p.shape, p.dtype) for p in params]
         ends = np.cumsum([g.size for g in grads]).astype(int)
-        buf = np.empty(int(ends[-1]) + 1 if grads else 1)
+        buf = np.empty(int(ends[-1]) + 2 if grads else 2)
         for g, a, b in zip(grads, ends - [g.size for g in grads], ends):
             buf[a:b] = g.ravel()
-        buf[-1] = loss_value
-        buf *= self.weight
+        buf[-2] = loss_value
+        buf[:-1] *= self.weight
+        buf[-1] = float(self.sigint)
         total = np.empty_like(buf)
         self.comm.Allreduce(buf, total)
         for p, g, a, b in zip(params, grads, ends - [g.size for g in grads], ends):
             p.grad = Tensor(total[a:b].reshape(g.shape).astype(g.dtype), device=p.device)
-        return float(total[-1])
+        self.interrupted = bool(total[-1])
+        return float(total[-2])
+
+    @contextlib.contextmanager
+    def stop_together_on_sigint(self):
+        """Ctrl-C (which reaches every rank, or only some) stops all ranks after the same
+        step, which is then saved; a second one ends the job at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.sigint:
+                if self.root:
+                    print("\nstopped at once: the checkpoint is the last one written", file=sys.stderr, flush=True)
+                self.comm.Abort(130)
+            self.sigint = True
+            if self.root:
+                print("\ninterrupted: every process finishes this step, then it is saved (Ctrl-C again to stop at "
+                      "once)", file=sys.stderr, flush=True)
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def train(**kwargs):
@@ -112,7 +143,12 @@ def train(**kwargs):
     if not parallel.root:
         kwargs.update(log=None, progress=False)
     try:
-        summary = training.train(parallel=parallel, **kwargs)
+        with parallel.stop_together_on_sigint() if kwargs.get("save") else contextlib.nullcontext():
+            summary = training.train(parallel=parallel, **kwargs)
+    except training.TrainingInterrupted:
+        if parallel.root:
+            raise  # every rank stopped at the same step and rank 0 saved it: it says so, once
+        sys.exit(1)
     except Exception as e:
         if parallel.size == 1:
             raise
