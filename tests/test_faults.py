@@ -214,3 +214,44 @@ def test_ctrl_c_under_mpi_stops_every_rank_at_one_step_and_saves_it(tmp_path):
     resumed = train(cell="rnn", task="sum", seq_len=4, hidden=3, batch=4, steps=stopped + 1,
                     resume=str(tmp_path / "x.npz"))
     assert resumed["start_step"] == stopped
+
+
+# ---- 10: FIFOs and devices ---------------------------------------------------------------------
+
+def _in_time(args, timeout=60):
+    """The CLI in a subprocess, which must end (a hang fails the test instead of the suite)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("where", ["fifo", "/dev/zero", "/dev/full"])
+def test_sweep_out_on_a_fifo_or_a_device_is_refused(tmp_path, where):
+    if where == "fifo":
+        where = tmp_path / "fifo"
+        os.mkfifo(where)
+    r = _in_time(["sweep", "--cell", "rnn", "--steps", "1", "--out", where])
+    assert r.returncode == 1 and "is not a regular file" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sweep_scheduler_file_on_a_fifo_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    r = _in_time(["sweep", "--cell", "rnn", "--steps", "1", "--out", tmp_path / "r.jsonl",
+                  "--scheduler", tmp_path / "fifo"])
+    assert r.returncode == 1 and "is not a regular file" in r.stderr, r.stderr
+
+
+def test_train_log_on_a_fifo_nobody_reads_is_refused_and_one_with_a_reader_is_written(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args = ["train", "--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "3", "--steps", "2",
+            "--log", fifo]
+    r = _in_time(args)
+    assert r.returncode == 1 and "no process is reading" in r.stderr, r.stderr
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the pipe's buffer holds the short log
+    try:
+        r = _in_time(args)
+        assert r.returncode == 0, r.stderr
+        assert b'"step": 2' in os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)

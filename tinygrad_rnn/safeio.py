@@ -9,6 +9,7 @@ the destination: a crash leaves the old file whole. The destination keeps its
 permissions, a symlink is followed (the link stays, its target is replaced), and a
 temporary file left by a killed run is removed by the next write to the same path.
 """
+import errno
 import fcntl
 import glob
 import json
@@ -116,6 +117,8 @@ def check_writable(path, option, replace=True):
         if replace:
             raise OutputError(f"{option} {path!r} is not a regular file (a device, pipe or socket); "
                               "give a file name")
+        if stat.S_ISFIFO(st.st_mode):
+            _check_fifo_has_reader(path, option)
         return
     folder = os.path.dirname(real) or "."
     if not os.path.isdir(folder):
@@ -130,6 +133,19 @@ def check_writable(path, option, replace=True):
                           f"({e.strerror})") from None
     os.close(probe)
     os.unlink(os.path.join(folder, f".{os.path.basename(real)}.{os.getpid()}.probe"))
+
+
+def _check_fifo_has_reader(path, option):
+    """Opening a FIFO for writing waits, without a word, for a process to read it: refuse
+    one that nobody reads instead."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OutputError(f"{option} {path!r} is a named pipe that no process is reading; start its reader "
+                              "first, or give a file name") from None
+        raise OutputError(f"{option} {path!r}: {e.strerror}") from None
+    os.close(fd)
 
 
 def check_space(path, nbytes, option):

@@ -336,6 +336,8 @@ def _scheduler_address(scheduler):
     if "://" in scheduler or not (os.sep in scheduler or scheduler.endswith(".json") or os.path.isfile(scheduler)):
         return scheduler
     try:
+        if not stat.S_ISREG(os.stat(scheduler).st_mode):  # a FIFO would wait for a writer
+            raise SweepError(f"the scheduler file {scheduler!r} is not a regular file")
         with open(scheduler, encoding="utf-8") as f:
             address = json.load(f).get("address")
     except OSError as e:
