@@ -255,3 +255,80 @@ def test_train_log_on_a_fifo_nobody_reads_is_refused_and_one_with_a_reader_is_wr
         assert b'"step": 2' in os.read(reader, 1 << 16)
     finally:
         os.close(reader)
+
+
+# ---- 7, 8: workers lost during the warm-up or all at once ------------------------------------
+
+from test_distributed import needs_dask  # noqa: E402
+
+CRASHES_AT_WARM_UP_SIZE = '''
+import os
+import tinygrad_rnn as tr
+
+
+class Crashy(tr.Cell):
+    """An Elman cell whose process dies at hidden size 2 (the sweep's warm-up size)."""
+    name = "crashy"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        if hidden_size == 2:
+            os._exit(3)
+        self.weight_ih = self.param((hidden_size, input_size))
+        self.weight_hh = self.param((hidden_size, hidden_size))
+
+    def step(self, x, state):
+        (h,) = state
+        return ((x @ self.weight_ih.T + h @ self.weight_hh.T).tanh(),)
+
+
+@tr.hookimpl
+def register_cells(register):
+    register(Crashy)
+'''
+
+
+@needs_dask
+@pytest.mark.slow
+def test_a_worker_that_dies_in_the_warm_up_does_not_hang_the_sweep(tmp_path):
+    plugin = tmp_path / "crashy.py"
+    plugin.write_text(CRASHES_AT_WARM_UP_SIZE)
+    out = tmp_path / "r.jsonl"
+    r = _in_time(["--plugin", plugin, "sweep", "--cell", "crashy", "--task", "sum", "--seq-len", "4", "--hidden", "3",
+                  "--steps", "2", "--batch", "4", "--workers", "1", "--out", out], timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "warm-up stopped" in r.stderr and "Traceback" not in r.stderr
+    assert "eval_loss" in json.loads(out.read_text())["result"]
+
+
+@needs_dask
+@pytest.mark.slow
+def test_every_worker_killed_mid_sweep_is_said_and_ends_the_sweep(tmp_path, monkeypatch):
+    import threading
+    from test_distributed import Procs, lines, wait_for
+    monkeypatch.setattr(sweep, "WORKERLESS_NOTE", 1)
+    monkeypatch.setattr(sweep, "WORKERLESS_WAIT", 4)
+    procs = Procs()
+    try:
+        sched_file = str(tmp_path / "scheduler.json")
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if "OPENBLAS_CORETYPE" not in os.environ:
+            env["TINYGRAD_RNN_NO_BLAS_TUNING"] = "1"
+        procs.start([os.path.join(os.path.dirname(sys.executable), "dask"), "scheduler", "--host", "127.0.0.1",
+                     "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file], env=env)
+        wait_for(lambda: os.path.exists(sched_file), 60, "the scheduler file")
+        worker = procs.start([sys.executable, "-m", "tinygrad_rnn.distributed.worker", "--scheduler-file", sched_file,
+                              "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--dashboard-address",
+                              "127.0.0.1:0"], env=env)
+        out = str(tmp_path / "r.jsonl")
+        points = sweep.grid("train", cell=["rnn"], task=["sum"], seq_len=[4], hidden=[3], steps=40, batch=4, seeds=30)
+        killer = threading.Thread(target=lambda: (wait_for(lambda: os.path.exists(out) and lines(out), 120,
+                                                           "a first result"), procs.kill(worker)), daemon=True)
+        killer.start()
+        said = []
+        with pytest.raises(sweep.SweepError, match="no Dask worker for 4 s: .* points written to"):
+            sweep.run(points, out, scheduler=sched_file, log=said.append)
+        assert any("no Dask worker is left" in s for s in said)
+        assert 1 <= len(lines(out)) < 30
+    finally:
+        procs.close()

@@ -446,28 +446,66 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=No
     return [results.records[key(p)] for p in points if key(p) in results.records], stats
 
 
-def _sweep(client, todo, results, plugins, stats, log):
-    from dask.distributed import as_completed
+WORKERLESS_WAIT = 60  # seconds without any worker before the sweep gives up (as at start-up)
+WORKERLESS_NOTE = 5  # ...and before it says so (a nanny restarts a worker in about 2 s)
+POLL = 1.0  # seconds between looks at the cluster while waiting for tasks
 
+
+class _Watch:
+    """Waits on futures while watching the cluster: says when no worker is left, gives up
+    after WORKERLESS_WAIT seconds of that, and says when one joins again."""
+
+    def __init__(self, client, results, stats, log):
+        self.client, self.results, self.stats, self.log = client, results, stats, log
+        self.alone_since, self.said = None, False
+
+    def workers(self):
+        return self.client.scheduler_info()["workers"]
+
+    def wait(self, futures, gone=None):
+        """The futures done among ``futures`` (at least one), watching the cluster meanwhile;
+        an empty set as soon as ``gone()`` is true."""
+        from distributed import wait
+        while True:
+            try:
+                done, _ = wait(futures, timeout=POLL, return_when="FIRST_COMPLETED")
+                if done:
+                    return done
+            except TimeoutError:  # nothing finished in this look
+                pass
+            self.check()
+            if gone is not None and gone():
+                return set()
+
+    def check(self):
+        if self.workers():
+            if self.said:
+                self.log("a Dask worker joined: going on")
+            self.alone_since, self.said = None, False
+            return
+        now = time.monotonic()
+        if self.alone_since is None:
+            self.alone_since = now
+        elif now - self.alone_since > WORKERLESS_NOTE and not self.said:  # not a nanny's quick restart
+            self.said = True
+            self.log(f"no Dask worker is left on the scheduler at {self.client.scheduler.address}; waiting up to "
+                     f"{WORKERLESS_WAIT} s for one to join")
+        elif now - self.alone_since > WORKERLESS_WAIT:
+            raise SweepError(f"no Dask worker for {WORKERLESS_WAIT} s: {self.stats['ran']} points written to "
+                             f"{self.results.path}; start workers and run the same command again to do the rest")
+
+
+def _sweep(client, todo, results, plugins, stats, log):
     info = client.scheduler_info()["workers"]
     if not info:
         try:
-            client.wait_for_workers(1, timeout=60)
+            client.wait_for_workers(1, timeout=WORKERLESS_WAIT)
         except TimeoutError:
             raise SweepError(f"no Dask worker joined the scheduler at {client.scheduler.address} "
-                             "within 60 s") from None
+                             f"within {WORKERLESS_WAIT} s") from None
         info = client.scheduler_info()["workers"]
-    # Compile once per machine before the sweep fans out: one worker per host runs each
-    # distinct code path at toy sizes and fills the Numba cache the others then load.
-    hosts = {}
-    for addr, w in sorted(info.items()):
-        hosts.setdefault(w.get("host", addr), addr)
-    warm = list({key(warm_up_point(p)): warm_up_point(p) for p in todo}.values())
-    for addr in hosts.values():
-        for p in warm:
-            _, facts = client.submit(run_point, p, plugins, workers=[addr], allow_other_workers=True,
-                                     pure=False).result()
-            stats["compiled_warm_up"] += facts["compiled"]
+    watch = _Watch(client, results, stats, log)
+    _warm_up(client, todo, plugins, stats, log, info, watch)
     cores = client.run(blas_core)
     odd = sorted(a for a, core in cores.items() if core != blas_core())
     if odd:
@@ -477,20 +515,50 @@ def _sweep(client, todo, results, plugins, stats, log):
     futures = {client.submit(run_point, p, plugins, pure=False, key=f"point-{i}-{hash(key(p)) & 0xffffffff:x}"): p
                for i, p in enumerate(todo)}
     keys = varying(todo) or ["cell", "seq_len"]
-    for fut in as_completed(futures):
-        p = futures.pop(fut)
-        try:
-            result, facts = fut.result()
-        except Exception as e:  # noqa: BLE001 (a worker lost more often than Dask allows, say)
-            stats["failed"] += 1
-            log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: not run: "
-                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
-            continue
-        results.add(p, result)
-        stats["ran"] += 1
-        stats["errors"] += "error" in result
-        stats["compiled_tasks"] += facts["compiled"]
-        log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: {headline(result)}")
+    while futures:
+        for fut in watch.wait(list(futures)):
+            p = futures.pop(fut)
+            try:
+                result, facts = fut.result()
+            except Exception as e:  # noqa: BLE001 (a worker lost more often than Dask allows, say)
+                stats["failed"] += 1
+                log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: not run: "
+                    f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+                continue
+            results.add(p, result)
+            stats["ran"] += 1
+            stats["errors"] += "error" in result
+            stats["compiled_tasks"] += facts["compiled"]
+            log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: {headline(result)}")
+
+
+def _warm_up(client, todo, plugins, stats, log, info, watch):
+    """Compile once per machine before the sweep fans out: one worker per host runs each
+    distinct code path at toy sizes and fills the Numba cache the others then load.
+
+    Only a head start: if the worker dies (a plugin that crashes its process, a nanny's
+    restart) or a warm-up task fails, the warm-up on that host stops there, with a note,
+    and the points (which survive what Dask survives) compile their own kernels."""
+    hosts = {}
+    for addr, w in sorted(info.items()):
+        hosts.setdefault(w.get("host", addr), addr)
+    warm = list({key(warm_up_point(p)): warm_up_point(p) for p in todo}.values())
+    for addr in hosts.values():
+        for p in warm:
+            fut = client.submit(run_point, p, plugins, workers=[addr], allow_other_workers=True, pure=False)
+            # tied to one worker: if it goes, Dask may never run the task again
+            if not watch.wait([fut], gone=lambda: addr not in watch.workers()):
+                why = f"its worker {addr} is gone"
+            else:
+                try:
+                    _, facts = fut.result()
+                    stats["compiled_warm_up"] += facts["compiled"]
+                    continue
+                except Exception as e:  # noqa: BLE001 (a worker killed while warming up, say)
+                    why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            fut.cancel()
+            log(f"note: warm-up stopped ({why}); the points compile their own kernels")
+            return
 
 
 # ---- reading results ---------------------------------------------------------------------
