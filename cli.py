@@ -29,6 +29,15 @@ BUG_NOTE = ("This is a bug in tinygrad-rnn (or in a plugin it loaded), not a mis
 class App(click.Group):
     """Turns ``tr.Error`` into a one-line message; anything else is a bug, shown in full."""
 
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as e:
+            if e.code and "--distributed" in sys.argv[1:]:  # the other ranks must not wait for this one
+                from tinygrad_rnn.distributed import mpi
+                mpi.report_early_failure(f"exit status {e.code}; its error is above")
+            raise
+
     def invoke(self, ctx):
         debug = ctx.params.get("show_traceback") or os.environ.get("TINYGRAD_RNN_DEBUG") == "1"
         try:
@@ -470,9 +479,11 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
           lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, dtype, distributed, progress):
     """Train a cell on a sequence task."""
     run = training.train
+    from tinygrad_rnn.distributed import mpi
     if distributed:
-        from tinygrad_rnn.distributed import mpi
         run = mpi.train  # every rank trains; rank 0 alone logs, saves and prints
+    else:
+        mpi.refuse_without_distributed()
     show = sys.stderr.isatty() if progress is None else progress
     with _progress_bar(show, steps) as on_step, compile_notice():
         summary = run(

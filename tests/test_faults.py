@@ -332,3 +332,54 @@ def test_every_worker_killed_mid_sweep_is_said_and_ends_the_sweep(tmp_path, monk
         assert 1 <= len(lines(out)) < 30
     finally:
         procs.close()
+
+
+# ---- 9, 13: ranks that fail alone or differ ---------------------------------------------------
+
+SUM = ["--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "3", "--steps", "3"]
+
+
+def mpmd_each(tmp_path, *per_rank):
+    """``mpiexec`` with rank r running ``train --distributed`` + per_rank[r] in tmp_path/r."""
+    cmd = [MPIEXEC, "-iface", "lo"]
+    for rank, args in enumerate(per_rank):
+        (tmp_path / str(rank)).mkdir(exist_ok=True)
+        cmd += [":"] * (rank > 0) + ["-n", "1", "-wdir", str(tmp_path / str(rank)), sys.executable,
+                                     os.path.join(ROOT, "cli.py"), "train", "--distributed", *map(str, args)]
+    return run_in_session(cmd, timeout=120, env=MPI_ENV)
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank_1, named", [(["--lr", "0.01"], "--lr is 0.01 on rank 1 but 0.001 on rank 0"),
+                                           (["--hidden", "5"], "--hidden is 5 on rank 1 but 3 on rank 0")])
+def test_ranks_started_with_different_settings_all_stop_with_one_line(tmp_path, rank_1, named):
+    r = mpmd_each(tmp_path, SUM, SUM + rank_1)
+    assert r.returncode != 0
+    assert named in r.stderr and r.stderr.count("Error:") == 1, r.stderr
+    assert "Message truncated" not in r.stderr and "BAD TERMINATION" not in r.stdout + r.stderr
+
+
+@needs_mpi
+def test_ranks_reading_different_data_all_stop(tmp_path):
+    text = ["--task", "text", "--data", "corpus.txt", "--cell", "rnn", "--seq-len", "8", "--hidden", "3",
+            "--steps", "2"]
+    for rank, words in enumerate(["the quick brown fox ", "jumps over the lazy dog "]):
+        (tmp_path / str(rank)).mkdir()
+        (tmp_path / str(rank) / "corpus.txt").write_text(words * 40)
+    r = mpmd_each(tmp_path, text, text)
+    assert r.returncode != 0 and "data contents is" in r.stderr, r.stderr
+
+
+@needs_mpi
+def test_a_rank_that_fails_before_mpi_starts_ends_the_job(tmp_path):
+    r = mpmd_each(tmp_path, SUM, SUM + ["--no-such-option"])
+    assert r.returncode != 0
+    assert "No such option" in r.stderr and "rank 1 failed before training" in r.stderr, r.stderr
+
+
+@needs_mpi
+def test_mpiexec_without_distributed_is_refused_on_every_rank(tmp_path):
+    r = run_in_session([MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train",
+                        *SUM, "--save", "x.npz"], timeout=120, env=MPI_ENV, cwd=str(tmp_path))
+    assert r.returncode != 0 and "without --distributed" in r.stderr, r.stderr
+    assert not (tmp_path / "x.npz").exists()

@@ -9,6 +9,7 @@ on identical numbers on every rank, so the parameters stay identical without eve
 sent. Rank 0 alone writes logs and checkpoints and prints.
 """
 import contextlib
+import hashlib
 import os
 import signal
 import sys
@@ -33,6 +34,100 @@ def world():
     except ImportError:
         raise DistributedError("--distributed needs mpi4py and an MPI: pip install 'tinygrad-rnn[mpi]'") from None
     return MPI.COMM_WORLD
+
+
+# ---- start-up: every rank says it is ready, with its settings, before any training ------------
+
+LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH's Hydra (and Slurm's PMI), Open MPI
+ENVIRONMENT = ("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", "TINYGRAD_RNN_PLUGINS", "TINYGRAD_RNN_NO_PLUGINS")  # change results
+
+
+def launched_size():
+    """How many processes an MPI launcher (``mpiexec -n N``) started, from the environment
+    it gives each one; 1 outside a launcher."""
+    for name in LAUNCHER_SIZE:
+        try:
+            return max(1, int(os.environ[name]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def refuse_without_distributed():
+    """Under ``mpiexec -n N`` (N > 1) without ``--distributed``, every process would run the
+    whole job, all racing on one ``--save`` and logging each record N times."""
+    n = launched_size()
+    if n > 1:
+        raise DistributedError(f"started by an MPI launcher as one of {n} processes, without --distributed: each "
+                               "would run the whole job and they would overwrite each other's outputs; add "
+                               "--distributed, or run it without mpiexec")
+
+
+def _file_digest(path):
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            return digest.hexdigest()[:16]  # enough to tell two files apart
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+
+
+def settings_of(kwargs):
+    """What must be the same on every rank: the run's options, the contents of the files
+    it reads (data, checkpoint, plugins) and the environment variables that change results."""
+    from ..plugins import plugin_files
+    found = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in kwargs.items()
+             if k not in ("progress", "log") and not callable(v)}
+    for option in ("data", "resume"):
+        if kwargs.get(option):
+            found[f"{option} contents"] = _file_digest(kwargs[option])
+    for where, path in plugin_files():
+        found[f"plugin {os.path.basename(path)}"] = _file_digest(path)
+    for name in ENVIRONMENT:
+        found[name] = os.environ.get(name)
+    return {k: repr(v) for k, v in found.items()}
+
+
+def _start_together(comm, status):
+    """The first collective of a run: every rank's ``status`` (its settings, or the error
+    that stopped it before training) to every rank."""
+    return comm.allgather(status)
+
+
+def check_start(comm, settings):
+    """Stop every rank, with one line on rank 0 and no MPI_Abort, if a rank failed before
+    training (``report_early_failure``) or runs other settings than rank 0."""
+    statuses = _start_together(comm, {"settings": settings})
+    failed = [(r, s["failed"]) for r, s in enumerate(statuses) if "failed" in s]
+    if failed:
+        rank, why = failed[0]
+        raise DistributedError(f"rank {rank} failed before training ({why}); every rank stops")
+    for rank, status in enumerate(statuses[1:], 1):
+        theirs, ours = status["settings"], statuses[0]["settings"]
+        differ = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
+        if differ:
+            k = differ[0]
+            name = f"--{k.replace('_', '-')}" if k in ours and " " not in k and not k.isupper() else k
+            raise DistributedError(f"the ranks were started with different settings: {name} is {theirs.get(k)} "
+                                   f"on rank {rank} but {ours.get(k)} on rank 0"
+                                   f"{f' (and {len(differ) - 1} more)' if len(differ) > 1 else ''}; give every "
+                                   "rank the same command line, files and environment")
+
+
+def report_early_failure(why):
+    """Called on a rank whose command failed before training (a usage error, a plugin file
+    missing on its host) under ``mpiexec -n N --distributed``: the other ranks wait for it
+    in the start-up exchange, so it joins the exchange with its failure and they all stop.
+    Does nothing outside a launcher or once MPI is up (the failure is then handled there)."""
+    if launched_size() < 2 or "mpi4py.MPI" in sys.modules:  # importing mpi4py.MPI starts MPI: up already
+        return
+    try:
+        from mpi4py import MPI
+        _start_together(MPI.COMM_WORLD, {"failed": why})
+    except Exception:  # noqa: BLE001 (no mpi4py, no MPI: nothing to tell)
+        pass
 
 
 def split(n, size):
@@ -136,8 +231,15 @@ def train(**kwargs):
     if kwargs.get("dropout"):
         raise DistributedError("--dropout with --distributed is not supported yet: each process would draw "
                                "its own dropout masks, so the run would not equal the single-process one")
+    settings = settings_of(kwargs)
     comm = world()
     parallel = DataParallel(comm)
+    try:
+        check_start(comm, settings)
+    except DistributedError:
+        if parallel.root:
+            raise  # the same on every rank: rank 0 says it, once; no MPI_Abort
+        sys.exit(1)
     if parallel.size == 1 and parallel.root:
         print("note: --distributed with one process; run it under `mpiexec -n N` to use N", file=sys.stderr)
     if not parallel.root:
