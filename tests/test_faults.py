@@ -383,3 +383,78 @@ def test_mpiexec_without_distributed_is_refused_on_every_rank(tmp_path):
                         *SUM, "--save", "x.npz"], timeout=120, env=MPI_ENV, cwd=str(tmp_path))
     assert r.returncode != 0 and "without --distributed" in r.stderr, r.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+# ---- 16, 17: JSON, names, empty and read-only files, paths ---------------------------------------
+
+def test_a_non_finite_result_is_written_as_null_with_nonfinite_as_train_json_does(tmp_path):
+    out = tmp_path / "r.jsonl"
+    results = sweep.Results(str(out))
+    try:
+        results.add(POINT, {"eval_loss": float("inf"), "baseline_loss": 2.0, "seconds": 0.1})
+    finally:
+        results.close()
+    text = out.read_text()
+    assert "Infinity" not in text
+    assert json.loads(text)["result"] == {"eval_loss": None, "baseline_loss": 2.0, "seconds": 0.1,
+                                          "nonfinite": ["eval_loss"]}
+    again = sweep.Results(str(out))
+    try:
+        assert sweep.table(list(again.records.values()))[1].split()[3] == "inf"  # tabulated, not a traceback
+    finally:
+        again.close()
+
+
+def test_cell_names_and_aliases_are_one_cell():
+    points = sweep.grid("train", cell=["lstm", "LSTM", "rnn", "elman"], steps=1)
+    assert [p["cell"] for p in points] == ["lstm", "rnn"]
+
+
+def test_an_empty_scheduler_address_is_refused(tmp_path):
+    with pytest.raises(sweep.SweepError, match="the address is empty"):
+        sweep.run([POINT], str(tmp_path / "r.jsonl"), scheduler="")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_sweep_that_cannot_connect_leaves_no_empty_out(tmp_path):
+    with pytest.raises(sweep.SweepError, match="cannot reach"):
+        sweep.run([POINT], str(tmp_path / "r.jsonl"), scheduler="nosuchscheme://127.0.0.1:1")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_read_only_complete_results_file_is_tabulated(tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    out.write_text(record(POINT) + "\n")
+    out.chmod(0o444)
+    real_open = os.open
+
+    def read_only(path, flags, *mode):  # as a user sees it (root may write anyway)
+        if os.fspath(path) == str(out) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_open(path, flags, *mode)
+    monkeypatch.setattr(sweep.os, "open", read_only)
+    records, stats = sweep.run([POINT], str(out))
+    assert len(records) == 1 and stats["skipped"] == 1
+    with pytest.raises(sweep.SweepError, match="still to run"):
+        sweep.run([POINT, dict(POINT, seed=1)], str(out))
+
+
+def test_a_dangling_symlink_save_names_its_target(tmp_path):
+    (tmp_path / "dangling.npz").symlink_to(tmp_path / "nodir" / "x.npz")
+    with pytest.raises(safeio.OutputError, match="is a symlink to .*nodir/x.npz.*whose folder does not exist"):
+        train(save=str(tmp_path / "dangling.npz"), **TINY)
+
+
+def test_local_workers_are_capped_at_the_points_to_run(tmp_path, monkeypatch):
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_connect(workers, scheduler):
+        asked.append(workers)
+        raise Stop
+    monkeypatch.setattr(sweep, "connect", fake_connect)
+    with pytest.raises(Stop):
+        sweep.run([POINT, dict(POINT, seed=1)], str(tmp_path / "r.jsonl"), workers=32)
+    assert asked == [2]

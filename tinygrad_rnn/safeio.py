@@ -122,6 +122,9 @@ def check_writable(path, option, replace=True):
         return
     folder = os.path.dirname(real) or "."
     if not os.path.isdir(folder):
+        if os.path.islink(path):  # a dangling symlink: the missing folder is its target's
+            raise OutputError(f"{option} {path!r} is a symlink to {os.readlink(path)!r}, whose folder "
+                              "does not exist")
         raise OutputError(f"{option} {path!r}: the folder {os.path.dirname(path) or '.'!r} does not exist")
     if os.path.exists(real) and not os.access(real, os.W_OK):
         raise OutputError(f"{option} {path!r} is not writable")

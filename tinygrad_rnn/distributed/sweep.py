@@ -127,6 +127,9 @@ def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **optio
                 "clip_norm": [DEFAULTS[mode]["clip_norm"]]}
     names = [n for n in GRID if not (mode == "diagnose" and n == "optimizer")]
     lists = [list(options.get(n) or defaults[n]) for n in names]
+    for i, n in enumerate(names):  # "LSTM" and "lstm", an alias and its name: one cell, run once
+        if n in ("cell", "task"):
+            lists[i] = list(dict.fromkeys(_canonical(n, v) for v in lists[i]))
     steps = DEFAULTS[mode]["steps"] if steps is None else steps
     points = []
     for combo in itertools.product(*lists, range(seeds)):
@@ -135,6 +138,14 @@ def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **optio
             p["cell_options"] = dict(cell_options)
         points.append(p)
     return points
+
+
+def _canonical(kind, name):
+    """The registered name of a cell or task given by any of its names (case, aliases)."""
+    try:
+        return (get_cell if kind == "cell" else get_task)(name).name
+    except (KeyError, AttributeError, TypeError):
+        return name  # not registered here: run_point says so, as the point's error
 
 
 def key(point):
@@ -324,9 +335,14 @@ def _record(line):
     return rec if isinstance(final, dict) and "horizon" in final and "final_verdict" in result else None
 
 
-def _dumps(value):
-    """JSON that is JSON: a non-finite number (a diverged loss) is written as null."""
-    return safeio.dumps(value)
+def _dumps(record):
+    """JSON that is JSON, as ``train --json`` writes it: a non-finite number (a diverged
+    loss) is null, and the result's ``nonfinite`` lists where."""
+    found = []
+    result = safeio.json_safe(record["result"], found=found)
+    if found and isinstance(result, dict):
+        result["nonfinite"] = found
+    return json.dumps(dict(record, result=result), allow_nan=False)
 
 
 # ---- running a sweep -----------------------------------------------------------------------
@@ -417,6 +433,9 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=No
     ``log(message)`` gets one progress line per finished point.
     """
     log = log or (lambda msg: None)
+    if scheduler is not None and not scheduler.strip():
+        raise SweepError("--scheduler: the address is empty; give tcp://host:port or a scheduler file, "
+                         "or leave --scheduler out for a local cluster")
     plugins = tuple(os.path.abspath(s) if s.endswith(".py") else s for s in plugins)
     check_outputs(out, plot)
     results = Results(out)
@@ -433,7 +452,8 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=No
     try:
         if todo:
             log(f"{stats['skipped']} of {len(points)} points already in {out}; running {len(todo)}")
-            with connect(workers, scheduler) as client:
+            # no more local workers than points: the others would only start and wait
+            with connect(min(workers or os.cpu_count() or 1, len(todo)), scheduler) as client:
                 _sweep(client, todo, results, plugins, stats, log)
         else:
             log(f"all {len(points)} points already in {out}")
