@@ -585,10 +585,12 @@ def _grid_values(ctx, param, value):
               help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
 @click.option("--plot", "plot_path", type=PlotPath(),
               help="Heatmap over seq_len x cell (needs matplotlib).")
+@click.option("--retry-failed", is_flag=True,
+              help="Run again the points in --out whose result is an error (a full disk, a plugin since fixed).")
 @cell_option
 @click.pass_context
 def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seeds, steps, batch, mode, out,
-          workers, scheduler, plot_path, cell_option_pairs):
+          workers, scheduler, plot_path, cell_option_pairs, retry_failed):
     """Run a grid of train or diagnose runs on Dask, one task per point."""
     from tinygrad_rnn.distributed import sweep as sweep_mod
     if workers and scheduler:
@@ -603,7 +605,8 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
     if plot_path:
         sweep_mod.pyplot()  # fail before the sweep, not after it
     records, stats = sweep_mod.run(points, out, workers, scheduler, ctx.find_root().params["plugin_specs"],
-                                   log=lambda msg: click.echo(msg, err=True), plot=plot_path)
+                                   log=lambda msg: click.echo(msg, err=True), plot=plot_path,
+                                   retry_failed=retry_failed)
     for line in sweep_mod.table(records):
         click.echo(line)
     errors = f" ({stats['errors']} ended in an error)" if stats["errors"] else ""

@@ -4,6 +4,7 @@ Each test provokes one fault (a foreign file under --out, a short or failed writ
 runs on one output, a FIFO, a killed worker, a rank that fails alone) and checks what
 is guaranteed: the files are whole, the message is one line, the command ends.
 """
+import contextlib
 import errno
 import json
 import os
@@ -310,16 +311,8 @@ def test_every_worker_killed_mid_sweep_is_said_and_ends_the_sweep(tmp_path, monk
     monkeypatch.setattr(sweep, "WORKERLESS_WAIT", 4)
     procs = Procs()
     try:
-        sched_file = str(tmp_path / "scheduler.json")
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        if "OPENBLAS_CORETYPE" not in os.environ:
-            env["TINYGRAD_RNN_NO_BLAS_TUNING"] = "1"
-        procs.start([os.path.join(os.path.dirname(sys.executable), "dask"), "scheduler", "--host", "127.0.0.1",
-                     "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file], env=env)
-        wait_for(lambda: os.path.exists(sched_file), 60, "the scheduler file")
-        worker = procs.start([sys.executable, "-m", "tinygrad_rnn.distributed.worker", "--scheduler-file", sched_file,
-                              "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--dashboard-address",
-                              "127.0.0.1:0"], env=env)
+        sched_file, _ = _cluster(procs, tmp_path)
+        worker = procs.procs[1]
         out = str(tmp_path / "r.jsonl")
         points = sweep.grid("train", cell=["rnn"], task=["sum"], seq_len=[4], hidden=[3], steps=40, batch=4, seeds=30)
         killer = threading.Thread(target=lambda: (wait_for(lambda: os.path.exists(out) and lines(out), 120,
@@ -458,3 +451,64 @@ def test_local_workers_are_capped_at_the_points_to_run(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         sweep.run([POINT, dict(POINT, seed=1)], str(tmp_path / "r.jsonl"), workers=32)
     assert asked == [2]
+
+
+# ---- 15: --retry-failed -------------------------------------------------------------------------
+
+def test_retry_failed_runs_the_failed_points_again_and_keeps_the_new_result(tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"point": POINT, "result": {"error": "OSError: No space left on device"}}) + "\n")
+    ran = []
+
+    def fake_sweep(client, todo, results, plugins, stats, log):
+        ran.extend(todo)
+        for p in todo:
+            results.add(p, {"eval_loss": 0.5, "baseline_loss": 2.0, "seconds": 0.1})
+            stats["ran"] += 1
+    monkeypatch.setattr(sweep, "connect", lambda workers, scheduler: contextlib.nullcontext())
+    monkeypatch.setattr(sweep, "_sweep", fake_sweep)
+    records, stats = sweep.run([POINT], str(out))
+    assert ran == [] and "error" in records[0]["result"]  # without the flag: done is done
+    records, stats = sweep.run([POINT], str(out), retry_failed=True)
+    assert ran == [POINT] and records[0]["result"]["eval_loss"] == 0.5
+    records, _ = sweep.run([POINT], str(out), retry_failed=True)
+    assert ran == [POINT] and records[0]["result"]["eval_loss"] == 0.5  # read back: the new record wins
+
+
+# ---- 14: the scheduler killed ---------------------------------------------------------------------
+
+@needs_dask
+@pytest.mark.slow
+def test_a_killed_scheduler_mid_sweep_is_one_line_without_tracebacks(tmp_path):
+    from test_distributed import Procs, lines, wait_for
+    procs = Procs()
+    try:
+        sched_file, env = _cluster(procs, tmp_path)
+        out = tmp_path / "r.jsonl"
+        client = procs.start([sys.executable, os.path.join(ROOT, "cli.py"), "sweep", "--scheduler", sched_file,
+                              "--out", str(out), "--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "3",
+                              "--steps", "40", "--batch", "4", "--seeds", "30"], env=env)
+        wait_for(lambda: out.exists() and lines(out) or client.poll() is not None, 120, "a first result")
+        procs.kill(procs.procs[0])  # the scheduler
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 1, err
+        assert "Traceback" not in err and "ERROR" not in err, err
+        assert 1 <= len(lines(out)) < 30
+    finally:
+        procs.close()
+
+
+def _cluster(procs, tmp_path):
+    """A ``dask scheduler`` and one worker without a nanny (so that a kill is for good)."""
+    from test_distributed import wait_for
+    sched_file = str(tmp_path / "scheduler.json")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if "OPENBLAS_CORETYPE" not in os.environ:
+        env["TINYGRAD_RNN_NO_BLAS_TUNING"] = "1"
+    procs.start([os.path.join(os.path.dirname(sys.executable), "dask"), "scheduler", "--host", "127.0.0.1",
+                 "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file], env=env)
+    wait_for(lambda: os.path.exists(sched_file), 60, "the scheduler file")
+    procs.start([sys.executable, "-m", "tinygrad_rnn.distributed.worker", "--scheduler-file", sched_file,
+                 "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--dashboard-address", "127.0.0.1:0"],
+                env=env)
+    return sched_file, env

@@ -408,12 +408,21 @@ def connect(workers=None, scheduler=None):
     except Exception as e:  # noqa: BLE001 (Dask's many ways of saying "not there": OSError, AssertionError...)
         where = f"the Dask scheduler at {scheduler!r}" if scheduler else "a local Dask cluster"
         raise SweepError(f"cannot reach {where}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    quiet = [logging.getLogger(name) for name in ("distributed.client", "distributed.core", "distributed.comm")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # a lost scheduler is said once, by the sweep, not as chained tracebacks
+        q.setLevel(logging.CRITICAL)
     try:
         yield client
     finally:
-        client.close()
+        try:
+            client.close(timeout=10)
+        except Exception:  # noqa: BLE001 (closing a client whose scheduler is gone)
+            pass
         if cluster is not None:
             cluster.close()
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
 def check_outputs(out, plot=None):
@@ -423,10 +432,12 @@ def check_outputs(out, plot=None):
     safeio.check_outputs([("--out", out), ("--plot", plot)], plugin_files())
 
 
-def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=None):
+def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=None, retry_failed=False):
     """Run the points not yet in ``out`` on Dask and append each result as it finishes.
 
     ``plot``: the path the caller will plot to, checked against ``out`` first.
+    ``retry_failed``: run again the points whose result is an error (a full disk, a plugin
+    bug since fixed); the new record is appended and is the one read back.
 
     Returns ``(records, stats)``: every point's record (read back or new) in grid order,
     and counts (skipped, ran, failed, kernels compiled in warm-up and in tasks, seconds).
@@ -441,7 +452,10 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=No
     results = Results(out)
     for note in results.notes:
         log(note)
-    todo = list({key(p): p for p in points if key(p) not in results.records}.values())
+    def done(p):
+        rec = results.records.get(key(p))
+        return rec is not None and not (retry_failed and "error" in rec["result"])
+    todo = list({key(p): p for p in points if not done(p)}.values())
     if todo and results.readonly is not None:
         results.close()
         raise SweepError(f"cannot write {out!r} ({results.readonly}) and {len(todo)} of its {len(points)} points "
@@ -454,7 +468,14 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=No
             log(f"{stats['skipped']} of {len(points)} points already in {out}; running {len(todo)}")
             # no more local workers than points: the others would only start and wait
             with connect(min(workers or os.cpu_count() or 1, len(todo)), scheduler) as client:
-                _sweep(client, todo, results, plugins, stats, log)
+                try:
+                    _sweep(client, todo, results, plugins, stats, log)
+                except (SweepError, KeyboardInterrupt):
+                    raise
+                except Exception:  # a call to a scheduler that is gone (in the warm-up, say): one line
+                    if client.status == "running":
+                        raise
+                    _Watch(client, results, stats, log).lost()
         else:
             log(f"all {len(points)} points already in {out}")
     except KeyboardInterrupt:
@@ -480,7 +501,14 @@ class _Watch:
         self.alone_since, self.said = None, False
 
     def workers(self):
-        return self.client.scheduler_info()["workers"]
+        try:
+            return self.client.scheduler_info()["workers"]
+        except Exception:  # noqa: BLE001 (the scheduler gone: OSError, CommClosedError, TimeoutError...)
+            self.lost()
+
+    def lost(self):
+        raise SweepError(f"lost the Dask scheduler at {self.client.scheduler.address}: {self.stats['ran']} points "
+                         f"written to {self.results.path}; run the same command again to do the rest") from None
 
     def wait(self, futures, gone=None):
         """The futures done among ``futures`` (at least one), watching the cluster meanwhile;
@@ -493,6 +521,10 @@ class _Watch:
                     return done
             except TimeoutError:  # nothing finished in this look
                 pass
+            except Exception:  # noqa: BLE001 (futures cancelled: by a lost scheduler, or by hand)
+                if self.client.status != "running":
+                    self.lost()
+                return {f for f in futures if f.done()}
             self.check()
             if gone is not None and gone():
                 return set()
