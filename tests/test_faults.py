@@ -512,3 +512,12 @@ def _cluster(procs, tmp_path):
                  "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--dashboard-address", "127.0.0.1:0"],
                 env=env)
     return sched_file, env
+
+
+@needs_mpi
+def test_an_error_of_every_rank_in_the_set_up_is_one_line_without_mpi_abort(tmp_path):
+    r = run_in_session([MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train",
+                        "--distributed", *SUM, "--batch", "1"], timeout=120, env=MPI_ENV, cwd=str(tmp_path))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("cannot be split across 2 processes") == 1, r.stderr
+    assert "BAD TERMINATION" not in r.stdout + r.stderr and "Abort" not in r.stderr

@@ -137,14 +137,32 @@ def split(n, size):
     return [(int(starts[r]), int(starts[r + 1])) for r in range(size)]
 
 
+class PeerFailed(DistributedError):
+    """A rank failed before the first collective of training (the same error on every rank,
+    or one rank's): every rank stops, one line on rank 0, no MPI_Abort."""
+
+
 class DataParallel:
     """The seam ``training.train(parallel=...)`` calls: shard the batch, sum the gradients."""
 
     def __init__(self, comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
         self.root = self.rank == 0
+        self.started = False      # the first collective of training is done: failures now end the job
         self.sigint = False       # Ctrl-C reached this rank
         self.interrupted = False  # ...reached some rank before this step's Allreduce: all stop after it
+
+    def start(self, failure=None):
+        """The first collective of training, before any other: each rank's failure in the
+        set-up (None if it has none) reaches every rank, and all stop together if one failed
+        (a batch that cannot be split, a file missing on one host) instead of aborting."""
+        self.started = True
+        statuses = self.comm.allgather(failure)
+        failed = [(rank, why) for rank, why in enumerate(statuses) if why is not None]
+        if failed:
+            rank, why = failed[0]
+            everywhere = len(failed) == self.size and all(w == why for _, w in failed)
+            raise PeerFailed(why if everywhere else f"rank {rank}: {why}")
 
     def _slice(self, n):
         if n < self.size:
@@ -168,6 +186,8 @@ class DataParallel:
 
     def gather_state(self, state):
         """The inverse of ``shard_state`` (collective): every rank gets the full-batch state."""
+        if not self.started:
+            self.start()
         if state is None:
             return None
         return tuple(Tensor(np.concatenate(self.comm.allgather(t.numpy()), axis=1), device=t.device)
@@ -182,6 +202,8 @@ class DataParallel:
         stop together. The buffer's last slot carries Ctrl-C: a rank that got it tells the
         others, and every rank sets ``interrupted`` at the same step.
         """
+        if not self.started:
+            self.start()
         params = list(params)
         grads = [p.grad.numpy() if p.grad is not None else np.zeros(p.shape, p.dtype) for p in params]
         ends = np.cumsum([g.size for g in grads]).astype(int)
@@ -254,6 +276,15 @@ def train(**kwargs):
     except Exception as e:
         if parallel.size == 1:
             raise
+        try:
+            if isinstance(e, PeerFailed):
+                raise
+            if not parallel.started:  # the others wait in the first collective: tell them, stop together
+                parallel.start((str(e).splitlines() or [type(e).__name__])[0])
+        except PeerFailed as peer:
+            if parallel.root:
+                raise DistributedError(str(peer)) from None
+            sys.exit(1)
         # One rank failing alone would leave the others waiting in Allreduce forever: end
         # them all. A usage error fails on every rank alike: rank 0 says it, once; a rank
         # failing alone says it after a pause (rank 0 failing too ends it before that).
