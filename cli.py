@@ -39,6 +39,15 @@ class App(click.Group):
             raise
         return super().parse_args(ctx, args)
 
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as e:
+            if e.code and "--distributed" in sys.argv[1:]:  # the other ranks must not wait for this one
+                from tinygrad_rnn.distributed import mpi
+                mpi.report_early_failure(f"exit status {e.code}; its error is above")
+            raise
+
     def invoke(self, ctx):
         debug = ctx.params.get("show_traceback") or os.environ.get("TINYGRAD_RNN_DEBUG") == "1"
         try:
@@ -530,9 +539,11 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
           lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, dtype, distributed, progress):
     """Train a cell on a sequence task."""
     run = training.train
+    from tinygrad_rnn.distributed import mpi
     if distributed:
-        from tinygrad_rnn.distributed import mpi
         run = mpi.train  # every rank trains; rank 0 alone logs, saves and prints
+    else:
+        mpi.refuse_without_distributed()
     show = sys.stderr.isatty() if progress is None else progress
     with _progress_bar(show, steps) as on_step, compile_notice():
         summary = run(
@@ -634,10 +645,12 @@ def _grid_values(ctx, param, value):
               help="Run on an existing Dask cluster: tcp://host:port or a scheduler file.")
 @click.option("--plot", "plot_path", type=PlotPath(),
               help="Heatmap over seq_len x cell (needs matplotlib).")
+@click.option("--retry-failed", is_flag=True,
+              help="Run again the points in --out whose result is an error (a full disk, a plugin since fixed).")
 @cell_option
 @click.pass_context
 def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seeds, steps, batch, mode, out,
-          workers, scheduler, plot_path, cell_option_pairs):
+          workers, scheduler, plot_path, cell_option_pairs, retry_failed):
     """Run a grid of train or diagnose runs on Dask, one task per point."""
     from tinygrad_rnn.distributed import sweep as sweep_mod
     if workers and scheduler:
@@ -652,7 +665,8 @@ def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seed
     if plot_path:
         sweep_mod.pyplot()  # fail before the sweep, not after it
     records, stats = sweep_mod.run(points, out, workers, scheduler, ctx.find_root().params["plugin_specs"],
-                                   log=lambda msg: click.echo(msg, err=True))
+                                   log=lambda msg: click.echo(msg, err=True), plot=plot_path,
+                                   retry_failed=retry_failed)
     for line in sweep_mod.table(records):
         click.echo(line)
     errors = f" ({stats['errors']} ended in an error)" if stats["errors"] else ""

@@ -167,7 +167,7 @@ def test_bad_grid_values_are_usage_errors(tmp_path, args, message):
 def test_results_file_drops_a_torn_last_line_and_refuses_foreign_files(tmp_path):
     point = sweep.grid("train", cell=["rnn"], steps=1)[0]
     out = tmp_path / "r.jsonl"
-    out.write_text(json.dumps({"point": point, "result": {"eval_loss": 1}}) + "\n" + '{"point": {"cell": "ls')
+    out.write_text(json.dumps({"point": point, "result": {"eval_loss": 1, "baseline_loss": 2}}) + "\n" + '{"point": {"cell": "ls')
     results = sweep.Results(str(out))
     assert list(results.records) == [sweep.key(point)]
     with pytest.raises(sweep.SweepError, match="another sweep"):

@@ -9,6 +9,8 @@ the destination: a crash leaves the old file whole. The destination keeps its
 permissions, a symlink is followed (the link stays, its target is replaced), and a
 temporary file left by a killed run is removed by the next write to the same path.
 """
+import errno
+import fcntl
 import glob
 import json
 import math
@@ -115,9 +117,14 @@ def check_writable(path, option, replace=True):
         if replace:
             raise OutputError(f"{option} {path!r} is not a regular file (a device, pipe or socket); "
                               "give a file name")
+        if stat.S_ISFIFO(st.st_mode):
+            _check_fifo_has_reader(path, option)
         return
     folder = os.path.dirname(real) or "."
     if not os.path.isdir(folder):
+        if os.path.islink(path):  # a dangling symlink: the missing folder is its target's
+            raise OutputError(f"{option} {path!r} is a symlink to {os.readlink(path)!r}, whose folder "
+                              "does not exist")
         raise OutputError(f"{option} {path!r}: the folder {os.path.dirname(path) or '.'!r} does not exist")
     if os.path.exists(real) and not os.access(real, os.W_OK):
         raise OutputError(f"{option} {path!r} is not writable")
@@ -129,6 +136,19 @@ def check_writable(path, option, replace=True):
                           f"({e.strerror})") from None
     os.close(probe)
     os.unlink(os.path.join(folder, f".{os.path.basename(real)}.{os.getpid()}.probe"))
+
+
+def _check_fifo_has_reader(path, option):
+    """Opening a FIFO for writing waits, without a word, for a process to read it: refuse
+    one that nobody reads instead."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OutputError(f"{option} {path!r} is a named pipe that no process is reading; start its reader "
+                              "first, or give a file name") from None
+        raise OutputError(f"{option} {path!r}: {e.strerror}") from None
+    os.close(fd)
 
 
 def check_space(path, nbytes, option):
@@ -143,6 +163,84 @@ def check_space(path, nbytes, option):
     if free < nbytes:
         raise OutputError(f"{option} {path!r}: the checkpoint needs about {nbytes / 2 ** 20:.1f} MB, "
                           f"the folder has {free / 2 ** 20:.1f} MB free")
+
+
+class OutputLocks:
+    """Exclusive locks on output paths (``lock_outputs``), released together."""
+
+    def __init__(self):
+        self.held = []  # (lock file path, descriptor)
+
+    def release(self):
+        for lock_path, fd in reversed(self.held):
+            try:  # unlinked while still locked: a run waiting on this file sees it go, and retries
+                os.unlink(lock_path)
+            except OSError:
+                pass
+            os.close(fd)
+        self.held = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_outputs(outputs):
+    """Lock each (option, path) for this process, or raise OutputError naming the option,
+    the path and the process holding it: two runs writing one checkpoint or one log lose
+    a model or interleave their records without a word.
+
+    The lock is ``flock`` on ``.NAME.lock`` beside the file (the file itself is replaced
+    by a rename on every save, so a lock on it would not last). The lock file is removed
+    on release; one left by a killed run holds no lock and is reused. Devices and pipes
+    (``--log /dev/stdout``) are not locked.
+    """
+    locks = OutputLocks()
+    try:
+        for option, path in outputs:
+            if not path:
+                continue
+            real = os.path.realpath(path)
+            try:
+                if not stat.S_ISREG(os.stat(real).st_mode):
+                    continue
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise OutputError(f"{option} {path!r}: {e.strerror}") from None
+            lock_path = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+            locks.held.append((lock_path, _lock(lock_path, option, path)))
+    except BaseException:
+        locks.release()
+        raise
+    return locks
+
+
+def _lock(lock_path, option, path):
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"{option} {path!r}: cannot lock it ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise OutputError(f"{option} {path!r} is being written by another run"
+                              f"{f' (process {holder})' if holder.isdigit() else ''}; wait for it to end or "
+                              "choose another path") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed it between our open and our lock: take the new one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
 
 
 def _default_mode():

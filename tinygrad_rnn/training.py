@@ -296,6 +296,8 @@ def fit(config):
             if run.task is not None:
                 _raise_from_task_code(e, type(run.task), f"at training step {run.step}")
             raise
+        finally:
+            run.locks.release()
 
 
 def _raise_from_task_code(exc, task_cls, where):
@@ -311,6 +313,7 @@ class _Run:
         self.config = config
         self.task = None
         self.step = 0            # the step under way (0 before the first)
+        self.locks = safeio.OutputLocks()
 
     # ---- before the first step ----------------------------------------------------------
     def setup(self):
@@ -330,6 +333,8 @@ class _Run:
         safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
         safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)],
                              [("--data", settings.get("data")), *plugin_files()], existing)
+        if cfg.parallel is None or cfg.parallel.root:  # one writer per output: a second run is refused
+            self.locks = safeio.lock_outputs([("--save", cfg.save), ("--log", cfg.log)])
         self.task, self.model = build(settings)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
@@ -424,6 +429,8 @@ class _Run:
             loss.backward()
         if cfg.parallel is not None:
             loss_value = cfg.parallel.allreduce(loss_value, params)
+            if cfg.parallel.interrupted and not self.interrupted:  # Ctrl-C on some rank: all stop after this step
+                self.interrupted.append(True)
         norm = optim.grad_norm(params)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             if cfg.on_nonfinite == "skip":
@@ -464,7 +471,7 @@ class _Run:
         if evaluated:
             self._evaluated(eval_loss)
         if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            checkpoint.save(cfg.save, *self.snapshot(step))
+            self._save(self.snapshot(step))
         self.completed = step
         if self.progress:
             self.progress(step, steps, loss_value, norm, self.eval_note)
@@ -477,7 +484,7 @@ class _Run:
             if patience:
                 self.best = self.snapshot(step)
                 if cfg.save:  # now, so that an interrupted run keeps its best model too
-                    checkpoint.save(cfg.save, *self.best)
+                    self._save(self.best)
         else:
             self.early = early = dict(early, bad=early["bad"] + 1)
         if self.log_file:
@@ -488,9 +495,16 @@ class _Run:
             self.stopped_at = step
 
     def snapshot(self, step):
-        """The run as it stands, as ``checkpoint.save`` takes it."""
+        """The run as it stands, as ``checkpoint.save`` takes it. Under MPI a collective
+        (every rank, at the same step): the carried state is gathered from all shards."""
+        carried = self.carried if self.config.parallel is None else self.config.parallel.gather_state(self.carried)
         return checkpoint.snapshot(step, self.settings, self.model, self.opt, self.sched, self.rng, self.early,
-                                   self.carried, self.cursors)
+                                   carried, self.cursors)
+
+    def _save(self, snapshot):
+        """Write ``snapshot`` to ``save``: under MPI, rank 0 alone (the others hold the same)."""
+        if self.config.parallel is None or self.config.parallel.root:
+            checkpoint.save(self.config.save, *snapshot)
 
     # ---- after the last step ------------------------------------------------------------
     def finish(self):
@@ -500,12 +514,9 @@ class _Run:
         if self.best is not None:  # --patience keeps the best model, in memory and on disk
             self.model.load_state_dict(checkpoint.section(self.best[1], "param"))
         save = cfg.save
-        if save and cfg.parallel is not None:
-            self.carried = cfg.parallel.gather_state(self.carried)  # collective: every process, the root saves
-            save = save if cfg.parallel.root else None
         if save:
             at = self.completed if self.interrupted else (cfg.steps if done or self.start == cfg.steps else self.start)
-            checkpoint.save(save, *(self.best or self.snapshot(at)))
+            self._save(self.best or self.snapshot(at))
         if self.interrupted:
             raise TrainingInterrupted(f"interrupted at step {self.completed} of {cfg.steps}; the run up to it is "
                                       f"saved in {save!r}: --resume {save} to continue")

@@ -10,6 +10,10 @@ import os
 
 from numba import njit
 
+from .. import kernel_cache
+
+kernel_cache.install()  # checksummed cache entries, and a full disk is a warning (see kernel_cache.py)
+
 FASTMATH = set({"nsz", "arcp", "contract", "afn", "reassoc"})
 JIT = dict(cache=os.environ.get("TINYGRAD_RNN_NO_CACHE") != "1", fastmath=FASTMATH,
            error_model="numpy", nogil=True)

@@ -8,8 +8,12 @@ so the sum is exactly the single-process mean. Clipping and the optimiser step t
 on identical numbers on every rank, so the parameters stay identical without ever being
 sent. Rank 0 alone writes logs and checkpoints and prints.
 """
+import contextlib
+import hashlib
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -32,11 +36,110 @@ def world():
     return MPI.COMM_WORLD
 
 
+# ---- start-up: every rank says it is ready, with its settings, before any training ------------
+
+LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH's Hydra (and Slurm's PMI), Open MPI
+ENVIRONMENT = ("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", "TINYGRAD_RNN_PLUGINS", "TINYGRAD_RNN_NO_PLUGINS")  # change results
+
+
+def launched_size():
+    """How many processes an MPI launcher (``mpiexec -n N``) started, from the environment
+    it gives each one; 1 outside a launcher."""
+    for name in LAUNCHER_SIZE:
+        try:
+            return max(1, int(os.environ[name]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def refuse_without_distributed():
+    """Under ``mpiexec -n N`` (N > 1) without ``--distributed``, every process would run the
+    whole job, all racing on one ``--save`` and logging each record N times."""
+    n = launched_size()
+    if n > 1:
+        raise DistributedError(f"started by an MPI launcher as one of {n} processes, without --distributed: each "
+                               "would run the whole job and they would overwrite each other's outputs; add "
+                               "--distributed, or run it without mpiexec")
+
+
+def _file_digest(path):
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            return digest.hexdigest()[:16]  # enough to tell two files apart
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+
+
+def settings_of(kwargs):
+    """What must be the same on every rank: the run's options, the contents of the files
+    it reads (data, checkpoint, plugins) and the environment variables that change results."""
+    from ..plugins import plugin_files
+    found = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in kwargs.items()
+             if k not in ("progress", "log") and not callable(v)}
+    for option in ("data", "resume"):
+        if kwargs.get(option):
+            found[f"{option} contents"] = _file_digest(kwargs[option])
+    for where, path in plugin_files():
+        found[f"plugin {os.path.basename(path)}"] = _file_digest(path)
+    for name in ENVIRONMENT:
+        found[name] = os.environ.get(name)
+    return {k: repr(v) for k, v in found.items()}
+
+
+def _start_together(comm, status):
+    """The first collective of a run: every rank's ``status`` (its settings, or the error
+    that stopped it before training) to every rank."""
+    return comm.allgather(status)
+
+
+def check_start(comm, settings):
+    """Stop every rank, with one line on rank 0 and no MPI_Abort, if a rank failed before
+    training (``report_early_failure``) or runs other settings than rank 0."""
+    statuses = _start_together(comm, {"settings": settings})
+    failed = [(r, s["failed"]) for r, s in enumerate(statuses) if "failed" in s]
+    if failed:
+        rank, why = failed[0]
+        raise DistributedError(f"rank {rank} failed before training ({why}); every rank stops")
+    for rank, status in enumerate(statuses[1:], 1):
+        theirs, ours = status["settings"], statuses[0]["settings"]
+        differ = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
+        if differ:
+            k = differ[0]
+            name = f"--{k.replace('_', '-')}" if k in ours and " " not in k and not k.isupper() else k
+            raise DistributedError(f"the ranks were started with different settings: {name} is {theirs.get(k)} "
+                                   f"on rank {rank} but {ours.get(k)} on rank 0"
+                                   f"{f' (and {len(differ) - 1} more)' if len(differ) > 1 else ''}; give every "
+                                   "rank the same command line, files and environment")
+
+
+def report_early_failure(why):
+    """Called on a rank whose command failed before training (a usage error, a plugin file
+    missing on its host) under ``mpiexec -n N --distributed``: the other ranks wait for it
+    in the start-up exchange, so it joins the exchange with its failure and they all stop.
+    Does nothing outside a launcher or once MPI is up (the failure is then handled there)."""
+    if launched_size() < 2 or "mpi4py.MPI" in sys.modules:  # importing mpi4py.MPI starts MPI: up already
+        return
+    try:
+        from mpi4py import MPI
+        _start_together(MPI.COMM_WORLD, {"failed": why})
+    except Exception:  # noqa: BLE001 (no mpi4py, no MPI: nothing to tell)
+        pass
+
+
 def split(n, size):
     """Start and stop of each rank's slice of ``n`` items: the first ``n % size`` ranks get one more."""
     counts = [n // size + (r < n % size) for r in range(size)]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     return [(int(starts[r]), int(starts[r + 1])) for r in range(size)]
+
+
+class PeerFailed(DistributedError):
+    """A rank failed before the first collective of training (the same error on every rank,
+    or one rank's): every rank stops, one line on rank 0, no MPI_Abort."""
 
 
 class DataParallel:
@@ -45,6 +148,21 @@ class DataParallel:
     def __init__(self, comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
         self.root = self.rank == 0
+        self.started = False      # the first collective of training is done: failures now end the job
+        self.sigint = False       # Ctrl-C reached this rank
+        self.interrupted = False  # ...reached some rank before this step's Allreduce: all stop after it
+
+    def start(self, failure=None):
+        """The first collective of training, before any other: each rank's failure in the
+        set-up (None if it has none) reaches every rank, and all stop together if one failed
+        (a batch that cannot be split, a file missing on one host) instead of aborting."""
+        self.started = True
+        statuses = self.comm.allgather(failure)
+        failed = [(rank, why) for rank, why in enumerate(statuses) if why is not None]
+        if failed:
+            rank, why = failed[0]
+            everywhere = len(failed) == self.size and all(w == why for _, w in failed)
+            raise PeerFailed(why if everywhere else f"rank {rank}: {why}")
 
     def _slice(self, n):
         if n < self.size:
@@ -68,6 +186,8 @@ class DataParallel:
 
     def gather_state(self, state):
         """The inverse of ``shard_state`` (collective): every rank gets the full-batch state."""
+        if not self.started:
+            self.start()
         if state is None:
             return None
         return tuple(Tensor(np.concatenate(self.comm.allgather(t.numpy()), axis=1), device=t.device)
@@ -79,21 +199,49 @@ class DataParallel:
         One Allreduce of one float64 buffer per step (float32 gradients are summed in
         float64, then cast back). A rank whose local loss was not finite has no gradients:
         it sends zeros, and its NaN or inf loss reaches every rank, so all of them skip or
-        stop together.
+        stop together. The buffer's last slot carries Ctrl-C: a rank that got it tells the
+        others, and every rank sets ``interrupted`` at the same step.
         """
+        if not self.started:
+            self.start()
         params = list(params)
         grads = [p.grad.numpy() if p.grad is not None else np.zeros(p.shape, p.dtype) for p in params]
         ends = np.cumsum([g.size for g in grads]).astype(int)
-        buf = np.empty(int(ends[-1]) + 1 if grads else 1)
+        buf = np.empty(int(ends[-1]) + 2 if grads else 2)
         for g, a, b in zip(grads, ends - [g.size for g in grads], ends):
             buf[a:b] = g.ravel()
-        buf[-1] = loss_value
-        buf *= self.weight
+        buf[-2] = loss_value
+        buf[:-1] *= self.weight
+        buf[-1] = float(self.sigint)
         total = np.empty_like(buf)
         self.comm.Allreduce(buf, total)
         for p, g, a, b in zip(params, grads, ends - [g.size for g in grads], ends):
             p.grad = Tensor(total[a:b].reshape(g.shape).astype(g.dtype), device=p.device)
-        return float(total[-1])
+        self.interrupted = bool(total[-1])
+        return float(total[-2])
+
+    @contextlib.contextmanager
+    def stop_together_on_sigint(self):
+        """Ctrl-C (which reaches every rank, or only some) stops all ranks after the same
+        step, which is then saved; a second one ends the job at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.sigint:
+                if self.root:
+                    print("\nstopped at once: the checkpoint is the last one written", file=sys.stderr, flush=True)
+                self.comm.Abort(130)
+            self.sigint = True
+            if self.root:
+                print("\ninterrupted: every process finishes this step, then it is saved (Ctrl-C again to stop at "
+                      "once)", file=sys.stderr, flush=True)
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def train(**kwargs):
@@ -105,17 +253,38 @@ def train(**kwargs):
     if kwargs.get("dropout"):
         raise DistributedError("--dropout with --distributed is not supported yet: each process would draw "
                                "its own dropout masks, so the run would not equal the single-process one")
+    settings = settings_of(kwargs)
     comm = world()
     parallel = DataParallel(comm)
+    try:
+        check_start(comm, settings)
+    except DistributedError:
+        if parallel.root:
+            raise  # the same on every rank: rank 0 says it, once; no MPI_Abort
+        sys.exit(1)
     if parallel.size == 1 and parallel.root:
         print("note: --distributed with one process; run it under `mpiexec -n N` to use N", file=sys.stderr)
     if not parallel.root:
         kwargs.update(log=None, progress=False)
     try:
-        summary = training.train(parallel=parallel, **kwargs)
+        with parallel.stop_together_on_sigint() if kwargs.get("save") else contextlib.nullcontext():
+            summary = training.train(parallel=parallel, **kwargs)
+    except training.TrainingInterrupted:
+        if parallel.root:
+            raise  # every rank stopped at the same step and rank 0 saved it: it says so, once
+        sys.exit(1)
     except Exception as e:
         if parallel.size == 1:
             raise
+        try:
+            if isinstance(e, PeerFailed):
+                raise
+            if not parallel.started:  # the others wait in the first collective: tell them, stop together
+                parallel.start((str(e).splitlines() or [type(e).__name__])[0])
+        except PeerFailed as peer:
+            if parallel.root:
+                raise DistributedError(str(peer)) from None
+            sys.exit(1)
         # One rank failing alone would leave the others waiting in Allreduce forever: end
         # them all. A usage error fails on every rank alike: rank 0 says it, once; a rank
         # failing alone says it after a pause (rank 0 failing too ends it before that).

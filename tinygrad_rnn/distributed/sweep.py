@@ -17,13 +17,14 @@ import logging
 import math
 import os
 import signal
+import stat
 import statistics
 import threading
 import time
 
-from .. import optim, report, training
+from .. import optim, report, safeio, training
 from ..errors import Error
-from ..plugins import get_cell, get_task, load_plugin
+from ..plugins import get_cell, get_task, load_plugin, plugin_files
 
 GRID = ("cell", "task", "seq_len", "hidden", "init", "lr", "optimizer", "clip_norm")
 MODES = ("train", "diagnose")
@@ -126,6 +127,9 @@ def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **optio
                 "clip_norm": [DEFAULTS[mode]["clip_norm"]]}
     names = [n for n in GRID if not (mode == "diagnose" and n == "optimizer")]
     lists = [list(options.get(n) or defaults[n]) for n in names]
+    for i, n in enumerate(names):  # "LSTM" and "lstm", an alias and its name: one cell, run once
+        if n in ("cell", "task"):
+            lists[i] = list(dict.fromkeys(_canonical(n, v) for v in lists[i]))
     steps = DEFAULTS[mode]["steps"] if steps is None else steps
     points = []
     for combo in itertools.product(*lists, range(seeds)):
@@ -134,6 +138,14 @@ def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **optio
             p["cell_options"] = dict(cell_options)
         points.append(p)
     return points
+
+
+def _canonical(kind, name):
+    """The registered name of a cell or task given by any of its names (case, aliases)."""
+    try:
+        return (get_cell if kind == "cell" else get_task)(name).name
+    except (KeyError, AttributeError, TypeError):
+        return name  # not registered here: run_point says so, as the point's error
 
 
 def key(point):
@@ -203,47 +215,134 @@ def warm_up_point(point):
 class Results:
     """The ``--out`` file: finished points read back, new ones appended one line at a time.
 
-    Each line goes out in one ``os.write`` on an ``O_APPEND`` descriptor, so a crash or a
-    Ctrl-C leaves whole lines; a torn last line (power loss, a full disk) is cut off when
-    the file is opened again. An exclusive lock keeps two sweeps from writing one file.
+    Each line goes out whole on an ``O_APPEND`` descriptor (a short write is finished, a
+    failed one is cut back off), so a crash, a Ctrl-C or a full disk leaves whole lines.
+    The file is checked before anything in it changes: a file that is not a results file
+    (a checkpoint, a text) is refused untouched. A torn last line (power loss) is then cut
+    off, and a damaged line (a record cut short with another appended to it, a record
+    edited by hand) is skipped: its point runs again. An exclusive lock keeps two sweeps
+    from writing one file. A file the sweep created and wrote nothing to is removed.
     """
 
     def __init__(self, path):
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path, self.notes, self.readonly = path, [], None
+        created = not os.path.lexists(path)
+        try:  # O_NONBLOCK: a FIFO is refused below, not waited on
+            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        except PermissionError as e:  # a complete, read-only results file can still be tabulated
+            self.fd, self.readonly = self._open_read_only(path, e), e.strerror
         except OSError as e:
             raise SweepError(f"cannot open {path!r} for the results: {e.strerror}") from None
+        self.created = created
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise SweepError(f"--out {path!r} is not a regular file (a device, pipe or socket); give a file name")
+            os.set_blocking(self.fd, True)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise SweepError(f"another sweep is writing {path!r}; wait for it or use another --out") from None
+            self.records = self._read()
+        except BaseException:
             os.close(self.fd)
-            raise SweepError(f"another sweep is writing {path!r}; wait for it or use another --out") from None
-        self.records = self._read()
+            raise
+
+    @staticmethod
+    def _open_read_only(path, error):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            raise SweepError(f"cannot open {path!r} for the results: {error.strerror}") from None
 
     def _read(self):
-        with open(self.path, "rb") as f:
-            data = f.read()
+        size = os.fstat(self.fd).st_size
+        if size > MAX_RESULTS_BYTES:
+            raise SweepError(f"{self.path} holds {size / 2 ** 20:.0f} MB: too large for a sweep results file; "
+                             "use another --out")
+        data = os.pread(self.fd, size, 0)
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line: drop it, its point runs again
-            os.ftruncate(self.fd, end)
-            data = data[:end]
-        records = {}
-        for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-            try:
-                rec = json.loads(line)
+        records, damaged = {}, []
+        for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+            if not line.strip():
+                continue  # a blank line (a hand edit): nothing lost
+            rec = _record(line)
+            if rec is not None:
                 records[key(rec["point"])] = rec
-            except (ValueError, KeyError, TypeError):
-                raise SweepError(f"{self.path}:{n} is not a sweep result line; use another --out") from None
+            elif line.startswith(RECORD_START):
+                damaged.append(n)
+            else:  # refused before anything in the file changes
+                raise SweepError(f"{self.path}:{n} is not a sweep result line; use another --out")
+        tail = data[end:]
+        if tail and not (tail.startswith(RECORD_START) or RECORD_START.startswith(tail)):
+            line_number = data.count(b"\n") + 1
+            raise SweepError(f"{self.path}:{line_number} is not a sweep result line; use another --out")
+        if damaged:
+            self.notes.append(f"note: {self.path}: line(s) {', '.join(map(str, damaged))} are damaged records; "
+                              "their points run again")
+        if tail and self.readonly is None:  # a torn last line (power loss): drop it, its point runs again
+            os.ftruncate(self.fd, end)
         return records
 
     def add(self, point, result):
+        """Append one record, whole, or raise SweepError with the file as it was."""
         rec = {"point": point, "result": result}
-        os.write(self.fd, (json.dumps(rec) + "\n").encode())
+        line = (_dumps(rec) + "\n").encode()
+        if self.readonly is not None:
+            raise SweepError(f"cannot write {self.path!r}: {self.readonly}")
+        before = os.fstat(self.fd).st_size
+        try:
+            written = 0
+            while written < len(line):  # a short write (a disk almost full) is finished, not dropped
+                written += os.write(self.fd, line[written:])
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, before)  # no half line left behind
+            except OSError:
+                pass
+            raise SweepError(f"cannot write the results to {self.path!r}: {e.strerror}; {len(self.records)} "
+                             "points are in it; run the same command again to do the rest") from None
         self.records[key(point)] = rec
 
     def close(self):
+        if self.created and not self.records:
+            try:  # still locked: nobody else can have written to it
+                if os.fstat(self.fd).st_size == 0:
+                    os.unlink(self.path)
+            except OSError:
+                pass
         os.close(self.fd)
+
+
+RECORD_START = b'{"point"'
+MAX_RESULTS_BYTES = 2 ** 30  # a million points' records are some hundred MB; /dev/zero is endless
+
+
+def _record(line):
+    """The record a results line holds, or None: a JSON object with a "point" object and a
+    "result" that ``summarise`` can read (an error, a training summary, a diagnosis)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(rec, dict) and isinstance(rec.get("point"), dict) and isinstance(rec.get("result"), dict)):
+        return None
+    result = rec["result"]
+    if "error" in result:
+        return rec
+    if "eval_loss" in result:
+        return rec if "baseline_loss" in result else None
+    final = result.get("after_training", result)
+    return rec if isinstance(final, dict) and "horizon" in final and "final_verdict" in result else None
+
+
+def _dumps(record):
+    """JSON that is JSON, as ``train --json`` writes it: a non-finite number (a diverged
+    loss) is null, and the result's ``nonfinite`` lists where."""
+    found = []
+    result = safeio.json_safe(record["result"], found=found)
+    if found and isinstance(result, dict):
+        result["nonfinite"] = found
+    return json.dumps(dict(record, result=result), allow_nan=False)
 
 
 # ---- running a sweep -----------------------------------------------------------------------
@@ -253,6 +352,8 @@ def _scheduler_address(scheduler):
     if "://" in scheduler or not (os.sep in scheduler or scheduler.endswith(".json") or os.path.isfile(scheduler)):
         return scheduler
     try:
+        if not stat.S_ISREG(os.stat(scheduler).st_mode):  # a FIFO would wait for a writer
+            raise SweepError(f"the scheduler file {scheduler!r} is not a regular file")
         with open(scheduler, encoding="utf-8") as f:
             address = json.load(f).get("address")
     except OSError as e:
@@ -307,33 +408,74 @@ def connect(workers=None, scheduler=None):
     except Exception as e:  # noqa: BLE001 (Dask's many ways of saying "not there": OSError, AssertionError...)
         where = f"the Dask scheduler at {scheduler!r}" if scheduler else "a local Dask cluster"
         raise SweepError(f"cannot reach {where}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    quiet = [logging.getLogger(name) for name in ("distributed.client", "distributed.core", "distributed.comm")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # a lost scheduler is said once, by the sweep, not as chained tracebacks
+        q.setLevel(logging.CRITICAL)
     try:
         yield client
     finally:
-        client.close()
+        try:
+            client.close(timeout=10)
+        except Exception:  # noqa: BLE001 (closing a client whose scheduler is gone)
+            pass
         if cluster is not None:
             cluster.close()
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
-def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
+def check_outputs(out, plot=None):
+    """Refuse, before any work, ``--out`` and ``--plot`` on one file (the plot would replace
+    the results), either on a plugin's source, or ``--out`` on something that is not a
+    regular file (a FIFO would wait for a writer, a device never ends)."""
+    safeio.check_outputs([("--out", out), ("--plot", plot)], plugin_files())
+
+
+def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=None, retry_failed=False):
     """Run the points not yet in ``out`` on Dask and append each result as it finishes.
+
+    ``plot``: the path the caller will plot to, checked against ``out`` first.
+    ``retry_failed``: run again the points whose result is an error (a full disk, a plugin
+    bug since fixed); the new record is appended and is the one read back.
 
     Returns ``(records, stats)``: every point's record (read back or new) in grid order,
     and counts (skipped, ran, failed, kernels compiled in warm-up and in tasks, seconds).
     ``log(message)`` gets one progress line per finished point.
     """
     log = log or (lambda msg: None)
+    if scheduler is not None and not scheduler.strip():
+        raise SweepError("--scheduler: the address is empty; give tcp://host:port or a scheduler file, "
+                         "or leave --scheduler out for a local cluster")
     plugins = tuple(os.path.abspath(s) if s.endswith(".py") else s for s in plugins)
+    check_outputs(out, plot)
     results = Results(out)
-    todo = list({key(p): p for p in points if key(p) not in results.records}.values())
+    for note in results.notes:
+        log(note)
+    def done(p):
+        rec = results.records.get(key(p))
+        return rec is not None and not (retry_failed and "error" in rec["result"])
+    todo = list({key(p): p for p in points if not done(p)}.values())
+    if todo and results.readonly is not None:
+        results.close()
+        raise SweepError(f"cannot write {out!r} ({results.readonly}) and {len(todo)} of its {len(points)} points "
+                         "are still to run; make it writable or use another --out")
     stats = {"points": len(points), "skipped": len(points) - len(todo), "ran": 0, "errors": 0, "failed": 0,
              "compiled_warm_up": 0, "compiled_tasks": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     try:
         if todo:
             log(f"{stats['skipped']} of {len(points)} points already in {out}; running {len(todo)}")
-            with connect(workers, scheduler) as client:
-                _sweep(client, todo, results, plugins, stats, log)
+            # no more local workers than points: the others would only start and wait
+            with connect(min(workers or os.cpu_count() or 1, len(todo)), scheduler) as client:
+                try:
+                    _sweep(client, todo, results, plugins, stats, log)
+                except (SweepError, KeyboardInterrupt):
+                    raise
+                except Exception:  # a call to a scheduler that is gone (in the warm-up, say): one line
+                    if client.status == "running":
+                        raise
+                    _Watch(client, results, stats, log).lost()
         else:
             log(f"all {len(points)} points already in {out}")
     except KeyboardInterrupt:
@@ -345,28 +487,77 @@ def run(points, out, workers=None, scheduler=None, plugins=(), log=None):
     return [results.records[key(p)] for p in points if key(p) in results.records], stats
 
 
-def _sweep(client, todo, results, plugins, stats, log):
-    from dask.distributed import as_completed
+WORKERLESS_WAIT = 60  # seconds without any worker before the sweep gives up (as at start-up)
+WORKERLESS_NOTE = 5  # ...and before it says so (a nanny restarts a worker in about 2 s)
+POLL = 1.0  # seconds between looks at the cluster while waiting for tasks
 
+
+class _Watch:
+    """Waits on futures while watching the cluster: says when no worker is left, gives up
+    after WORKERLESS_WAIT seconds of that, and says when one joins again."""
+
+    def __init__(self, client, results, stats, log):
+        self.client, self.results, self.stats, self.log = client, results, stats, log
+        self.alone_since, self.said = None, False
+
+    def workers(self):
+        try:
+            return self.client.scheduler_info()["workers"]
+        except Exception:  # noqa: BLE001 (the scheduler gone: OSError, CommClosedError, TimeoutError...)
+            self.lost()
+
+    def lost(self):
+        raise SweepError(f"lost the Dask scheduler at {self.client.scheduler.address}: {self.stats['ran']} points "
+                         f"written to {self.results.path}; run the same command again to do the rest") from None
+
+    def wait(self, futures, gone=None):
+        """The futures done among ``futures`` (at least one), watching the cluster meanwhile;
+        an empty set as soon as ``gone()`` is true."""
+        from distributed import wait
+        while True:
+            try:
+                done, _ = wait(futures, timeout=POLL, return_when="FIRST_COMPLETED")
+                if done:
+                    return done
+            except TimeoutError:  # nothing finished in this look
+                pass
+            except Exception:  # noqa: BLE001 (futures cancelled: by a lost scheduler, or by hand)
+                if self.client.status != "running":
+                    self.lost()
+                return {f for f in futures if f.done()}
+            self.check()
+            if gone is not None and gone():
+                return set()
+
+    def check(self):
+        if self.workers():
+            if self.said:
+                self.log("a Dask worker joined: going on")
+            self.alone_since, self.said = None, False
+            return
+        now = time.monotonic()
+        if self.alone_since is None:
+            self.alone_since = now
+        elif now - self.alone_since > WORKERLESS_NOTE and not self.said:  # not a nanny's quick restart
+            self.said = True
+            self.log(f"no Dask worker is left on the scheduler at {self.client.scheduler.address}; waiting up to "
+                     f"{WORKERLESS_WAIT} s for one to join")
+        elif now - self.alone_since > WORKERLESS_WAIT:
+            raise SweepError(f"no Dask worker for {WORKERLESS_WAIT} s: {self.stats['ran']} points written to "
+                             f"{self.results.path}; start workers and run the same command again to do the rest")
+
+
+def _sweep(client, todo, results, plugins, stats, log):
     info = client.scheduler_info()["workers"]
     if not info:
         try:
-            client.wait_for_workers(1, timeout=60)
+            client.wait_for_workers(1, timeout=WORKERLESS_WAIT)
         except TimeoutError:
             raise SweepError(f"no Dask worker joined the scheduler at {client.scheduler.address} "
-                             "within 60 s") from None
+                             f"within {WORKERLESS_WAIT} s") from None
         info = client.scheduler_info()["workers"]
-    # Compile once per machine before the sweep fans out: one worker per host runs each
-    # distinct code path at toy sizes and fills the Numba cache the others then load.
-    hosts = {}
-    for addr, w in sorted(info.items()):
-        hosts.setdefault(w.get("host", addr), addr)
-    warm = list({key(warm_up_point(p)): warm_up_point(p) for p in todo}.values())
-    for addr in hosts.values():
-        for p in warm:
-            _, facts = client.submit(run_point, p, plugins, workers=[addr], allow_other_workers=True,
-                                     pure=False).result()
-            stats["compiled_warm_up"] += facts["compiled"]
+    watch = _Watch(client, results, stats, log)
+    _warm_up(client, todo, plugins, stats, log, info, watch)
     cores = client.run(blas_core)
     odd = sorted(a for a, core in cores.items() if core != blas_core())
     if odd:
@@ -376,20 +567,50 @@ def _sweep(client, todo, results, plugins, stats, log):
     futures = {client.submit(run_point, p, plugins, pure=False, key=f"point-{i}-{hash(key(p)) & 0xffffffff:x}"): p
                for i, p in enumerate(todo)}
     keys = varying(todo) or ["cell", "seq_len"]
-    for fut in as_completed(futures):
-        p = futures.pop(fut)
-        try:
-            result, facts = fut.result()
-        except Exception as e:  # noqa: BLE001 (a worker lost more often than Dask allows, say)
-            stats["failed"] += 1
-            log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: not run: "
-                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
-            continue
-        results.add(p, result)
-        stats["ran"] += 1
-        stats["errors"] += "error" in result
-        stats["compiled_tasks"] += facts["compiled"]
-        log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: {headline(result)}")
+    while futures:
+        for fut in watch.wait(list(futures)):
+            p = futures.pop(fut)
+            try:
+                result, facts = fut.result()
+            except Exception as e:  # noqa: BLE001 (a worker lost more often than Dask allows, say)
+                stats["failed"] += 1
+                log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: not run: "
+                    f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+                continue
+            results.add(p, result)
+            stats["ran"] += 1
+            stats["errors"] += "error" in result
+            stats["compiled_tasks"] += facts["compiled"]
+            log(f"[{stats['ran'] + stats['failed']}/{len(todo)}] {describe(p, keys)}: {headline(result)}")
+
+
+def _warm_up(client, todo, plugins, stats, log, info, watch):
+    """Compile once per machine before the sweep fans out: one worker per host runs each
+    distinct code path at toy sizes and fills the Numba cache the others then load.
+
+    Only a head start: if the worker dies (a plugin that crashes its process, a nanny's
+    restart) or a warm-up task fails, the warm-up on that host stops there, with a note,
+    and the points (which survive what Dask survives) compile their own kernels."""
+    hosts = {}
+    for addr, w in sorted(info.items()):
+        hosts.setdefault(w.get("host", addr), addr)
+    warm = list({key(warm_up_point(p)): warm_up_point(p) for p in todo}.values())
+    for addr in hosts.values():
+        for p in warm:
+            fut = client.submit(run_point, p, plugins, workers=[addr], allow_other_workers=True, pure=False)
+            # tied to one worker: if it goes, Dask may never run the task again
+            if not watch.wait([fut], gone=lambda: addr not in watch.workers()):
+                why = f"its worker {addr} is gone"
+            else:
+                try:
+                    _, facts = fut.result()
+                    stats["compiled_warm_up"] += facts["compiled"]
+                    continue
+                except Exception as e:  # noqa: BLE001 (a worker killed while warming up, say)
+                    why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            fut.cancel()
+            log(f"note: warm-up stopped ({why}); the points compile their own kernels")
+            return
 
 
 # ---- reading results ---------------------------------------------------------------------
@@ -403,15 +624,20 @@ def describe(point, keys=GRID + ("seed",)):
     return " ".join(f"{k}={point[k]}" for k in keys if k in point)
 
 
+def _loss(result):
+    """A result's eval loss; a non-finite one is written as null (JSON has no Infinity)."""
+    return math.inf if result["eval_loss"] is None else result["eval_loss"]
+
+
 def solved(result):
-    return "eval_loss" in result and result["eval_loss"] < SOLVED_FRACTION * result["baseline_loss"]
+    return "eval_loss" in result and _loss(result) < SOLVED_FRACTION * result["baseline_loss"]
 
 
 def headline(result):
     if "error" in result:
         return result["error"]
     if "eval_loss" in result:
-        return (f"eval loss {result['eval_loss']:.4g} (baseline {result['baseline_loss']:.3g})"
+        return (f"eval loss {_loss(result):.4g} (baseline {result['baseline_loss']:.3g})"
                 f"{', solved' if solved(result) else ''}, {result['seconds']:.1f} s")
     return f"{result['final_verdict']}, horizon {result.get('after_training', result)['horizon']}"
 
@@ -435,7 +661,7 @@ def summarise(records):
         ok = [x for x in results if "error" not in x]
         row = dict(g, n=len(results), errors=len(results) - len(ok))
         if ok and "eval_loss" in ok[0]:
-            row.update(eval_loss=statistics.median(x["eval_loss"] for x in ok),
+            row.update(eval_loss=statistics.median(_loss(x) for x in ok),
                        baseline=ok[0]["baseline_loss"], solved=sum(solved(x) for x in ok))
         elif ok:
             final = [x.get("after_training", x) for x in ok]
