@@ -78,11 +78,11 @@ def test_bad_values_are_usage_errors(args, message):
 
 @pytest.mark.parametrize("args,message", [
     (["--task", "text", "--bidirectional"], "--bidirectional cannot train on task 'text'"),
-    (["--task", "adding", "--embed", "8"], "--embed needs a task whose inputs are tokens"),
+    (["--task", "adding", "--embed", "8"], "--embed 8 needs a task whose inputs are tokens"),
     (["--lr-schedule", "plateau"], "give --eval-every N"),
-    (["--patience", "2"], "--patience counts evaluations"),
-    (["--warmup", "50"], "--warmup (50) must be below --steps (5)"),
-    (["--save-every", "2"], "--save-every needs --save PATH"),
+    (["--patience", "2"], "--patience 2 counts evaluations: give --eval-every N"),
+    (["--warmup", "50"], "--warmup 50 must be below --steps 5"),
+    (["--save-every", "2"], "--save-every 2 needs --save PATH"),
 ])
 def test_incompatible_options_are_one_line_errors(args, message):
     r = run("train", *SMALL, "--steps", "5", *args)
@@ -94,7 +94,7 @@ def test_resume_with_conflicting_options(tmp_path):
     ck = str(tmp_path / "ck.npz")
     assert run("train", "--task", "sum", *SMALL, "--steps", "2", "--save", ck).exit_code == 0
     r = run("train", "--steps", "4", "--resume", ck, "--bidirectional")
-    assert r.exit_code == 1 and "--bidirectional True conflicts with the resumed run's bidirectional False" in r.output
+    assert r.exit_code == 1 and "--bidirectional conflicts with the resumed run's bidirectional False" in r.output
     r = run("train", "--steps", "4", "--resume", ck, "--lr-schedule", "cosine")
     assert r.exit_code == 1 and "--lr-schedule 'cosine' conflicts with the resumed run's lr_schedule 'constant'" in r.output
     assert run("train", "--steps", "4", "--resume", ck).exit_code == 0

@@ -149,7 +149,7 @@ def test_grid_from_repeated_and_comma_separated_values():
     (["--seq-len", "10,abc"], "'abc'"),
     (["--seq-len", "1"], ">= 2"),
     (["--cell", "nope"], "nope"),
-    (["--lr", "-1"], ">= 0"),
+    (["--lr", "-1"], "> 0"),
     (["--lr", "nan"], "finite"),
     (["--init", "bogus"], "choose from"),
     (["--cell", "rnn,,gru"], "empty"),
