@@ -49,10 +49,37 @@ class App(click.Group):
             if debug:
                 traceback.print_exc()
             raise click.ClickException("out of memory: use smaller sizes (--hidden, --batch, --seq-len)") from None
-        except Exception:
-            traceback.print_exc()
-            click.echo(BUG_NOTE, err=True)
+        except KeyboardInterrupt:
+            raise  # Ctrl-C, from plugin code or ours: click stops as it does for any Ctrl-C
+        except BaseException as e:  # noqa: B036 (a plugin may raise SystemExit, GeneratorExit, BaseException)
+            where = _plugin_frame(e)
+            if where is None and isinstance(e, SystemExit):
+                raise  # our own exit status
+            if debug or where is None:
+                traceback.print_exc()
+            if where is None:
+                click.echo(BUG_NOTE, err=True)
+            else:
+                click.echo(f"Error: plugin code ({where}) raised {_one_line_of(e)}", err=True)
             ctx.exit(1)
+
+
+def _plugin_frame(exc):
+    """``file:line, in function`` of the innermost traceback frame of ``exc`` in a plugin's
+    source file (not this package's), or None: then ``exc`` is ours."""
+    package = os.path.dirname(os.path.realpath(tr.__file__)) + os.sep
+    files = {os.path.realpath(path) for _, path in plugins.plugin_files()}
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        real = os.path.realpath(frame.filename)
+        if real in files and not real.startswith(package):
+            found = f"{frame.filename}:{frame.lineno}, in {frame.name}"
+    return found
+
+
+def _one_line_of(e):
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _one_line(e):

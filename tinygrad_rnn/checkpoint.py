@@ -275,11 +275,18 @@ def restore(path, meta, arrays, model, opt, rng, sched=None):
     try:
         model.load_state_dict(section(arrays, "param"))
         opt.load_state_dict(section(arrays, "optim"))
-        rng.bit_generator.state = meta["rng"]
-        init.set_rng_state(meta["init_rng"])
         if sched is not None and "scheduler" in meta:
             sched.load_state_dict(meta["scheduler"])
     except (KeyError, ValueError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"{path!r} does not fit this model: {msg}") from None
+    for key in ("rng", "init_rng"):
+        try:
+            if key == "rng":
+                rng.bit_generator.state = meta["rng"]
+            else:
+                init.set_rng_state(meta["init_rng"])
+        except (KeyError, ValueError, TypeError, OverflowError) as e:  # OverflowError: a state past its bits
+            raise CheckpointError(f"{path!r}: header field {key!r} is not a valid random generator state "
+                                  f"({e.args[0] if isinstance(e, KeyError) and e.args else e})") from None
     return int(meta["step"])

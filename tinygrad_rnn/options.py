@@ -296,7 +296,7 @@ def resume_conflict(option, chosen, saved, path):
 
 
 _PY_NAME = re.compile(r"(?<![\w\-.'\"])(" + "|".join(sorted((o.name for o in OPTIONS), key=len, reverse=True))
-                      + r")=(True\b|\S?)")
+                      + r")=(True\b|[^\s,;:)]?)")
 
 
 def to_flags(message):

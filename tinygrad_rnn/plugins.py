@@ -17,7 +17,7 @@ import sys
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, options
 from .cell import Cell
 from .errors import Error, UnknownNameError, wrap_user_code
 from .registry import Entry, PluginInfo, _state, provider_of  # noqa: F401  (provider_of: public here too)
@@ -26,6 +26,9 @@ from .tasks import Task
 BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
             "tinygrad_rnn.tasks")
 ENTRY_POINT_GROUP = "tinygrad_rnn"
+# A cell's state is a tuple of this many tensors at most: the built-ins have 1 or 2, and
+# compile --cell with num_states = 10**9 built a billion-entry tuple for minutes.
+MAX_NUM_STATES = 64
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
@@ -34,10 +37,15 @@ class PluginError(Error):
 
 
 # What a plugin's import or hook may raise and still be skipped (or reported): anything
-# but KeyboardInterrupt. SystemExit too: a plugin calling sys.exit() must not end the CLI.
-PLUGIN_FAILURES = (Exception, SystemExit)
+# but KeyboardInterrupt (Ctrl-C stops the program, plugin or not). SystemExit, GeneratorExit
+# and a bare BaseException too: a plugin calling sys.exit() must not end the CLI.
+PLUGIN_FAILURES = BaseException
 
 
+def reraise_interrupt(e):
+    """Re-raise ``e`` if it is Ctrl-C: the one exception out of plugin code that is not the plugin's error."""
+    if isinstance(e, KeyboardInterrupt):
+        raise e
 
 
 def _manager():
@@ -79,6 +87,7 @@ def _load_installed():
         try:
             module = ep.load()
         except PLUGIN_FAILURES as e:  # a broken third-party plugin must not take the CLI down
+            reraise_interrupt(e)
             _fail(PluginInfo(ep.name, "entry point", dist), f"failed to import {ep.value!r}: {_brief(e)}", False)
             continue
         _add(module, ep.name, "entry point", dist, explicit=False, alt_name=f"{ep.name} ({dist or ep.value})")
@@ -126,6 +135,7 @@ def _load_spec(spec, source, explicit):
     try:
         module = _import_spec(spec)
     except PLUGIN_FAILURES as e:
+        reraise_interrupt(e)
         _fail(PluginInfo(name, source), f"failed to import {spec!r}: {_brief(e)}", explicit)
         return
     _add(module, name, source, "", explicit, alt_name=spec)
@@ -158,6 +168,7 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     try:
         _state.pm.register(plugin, name=name)
     except PLUGIN_FAILURES as e:
+        reraise_interrupt(e)
         _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
         return
     unknown = _unknown_hooks(plugin)
@@ -176,6 +187,7 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
             try:
                 impl.function(register=_registrar(staged[kind], table, name, kind))
             except PLUGIN_FAILURES as e:
+                reraise_interrupt(e)
                 _state.pm.unregister(name=name)
                 _fail(info, str(e) if isinstance(e, PluginError) else f"{hook} raised {_brief(e)}", explicit)
                 return
@@ -231,8 +243,9 @@ def _validate(cls, plugin, kind):
         raise PluginError(f"{label}.name must be a lower-case identifier, got {name!r}")
     if kind == "cells":
         n = getattr(cls, "num_states", None)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise PluginError(f"{label}.num_states must be a positive integer, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_NUM_STATES:
+            raise PluginError(f"{label}.num_states must be an integer from 1 to {MAX_NUM_STATES} (the state "
+                              f"tensors step() gets: 1 for an RNN, 2 for an LSTM), got {options.shown(n)}")
         if cls.step is Cell.step:
             raise PluginError(f"{label} does not define step(self, x, state)")
 

@@ -18,7 +18,7 @@ from . import checkpoint, diagnostics, init, limits, optim, options, safeio
 from .cell_options import check_cell_options
 from .errors import ConfigError, Error
 from .model import SequenceModel
-from .plugins import get_cell, get_task, plugin_files, raise_if_user_code
+from .plugins import get_cell, get_task, plugin_files, raise_if_user_code, reraise_interrupt
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -79,10 +79,11 @@ SCHEDULE_KEYS = ("lr_schedule", "warmup", "lr_step_size", "lr_gamma", "lr_patien
 def build(config):
     """Task and model from a config dict (what checkpoints store)."""
     task_cls = get_task(config["task"])
-    options = {"vocab": config["vocab"]} if config.get("vocab") else {}
+    vocab = {"vocab": config["vocab"]} if config.get("vocab") else {}
     try:
-        task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **options)
-    except Exception as e:
+        task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **vocab)
+    except BaseException as e:  # a plugin task may raise SystemExit or a bare BaseException too
+        reraise_interrupt(e)
         _raise_from_task_code(e, task_cls, "while building the task")
         raise
     return task, build_model(config, task)
@@ -106,7 +107,8 @@ def build_model(config, task):
                                        dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
         if config.get("init", "pytorch") != "pytorch":
             model.rnn.reset_parameters(config["init"])
-    except Exception as e:
+    except BaseException as e:  # a plugin cell may raise SystemExit or a bare BaseException too
+        reraise_interrupt(e)
         raise_if_user_code(e, "cell", cell_cls, "while building the model")
         raise
     if config.get("device", "cpu") != "cpu":
