@@ -6,7 +6,7 @@ import os
 import pytest
 
 import tinygrad_rnn as tr
-from test_cli import ROOT, fresh_registry, run  # noqa: F401  (the autouse fixture and helper)
+from test_cli import ROOT, expected_verdict, fresh_registry, run  # noqa: F401  (the autouse fixture and helper)
 
 SMALL = ["--seq-len", "8", "--hidden", "8", "--batch", "4"]
 
@@ -52,9 +52,13 @@ def test_diagnose_bidirectional_table_and_json():
     assert r.exit_code == 0, r.output
     assert "  reverse      init" in r.stdout and "reverse: the reverse direction" in r.stdout
     r = run("diagnose", "--cell", "gru", "--seq-len", "10", "--hidden", "8", "--bidirectional", "--json")
-    c = json.loads(r.stdout)["cells"][0]
+    report = json.loads(r.stdout)
+    c = report["cells"][0]
     assert len(c["grad_norm_per_step"][0]) == len(c["grad_norm_per_step_reverse"][0]) == 10
-    assert c["reverse"]["verdict"] in ("vanishing", "exploding", "healthy") and "final_reverse_verdict" in c
+    # the reverse direction processes t = T-1 first: its verdict reads its norms backwards
+    reverse = c["grad_norm_per_step_reverse"][0][::-1]
+    assert c["reverse"]["verdict"] == expected_verdict(reverse, report["thresholds"]) == c["final_reverse_verdict"]
+    assert c["verdict"] == expected_verdict(c["grad_norm_per_step"][0], report["thresholds"])
 
 
 @pytest.mark.parametrize("args,message", [

@@ -407,3 +407,11 @@ def test_sweep_refuses_a_bad_cell_option_before_starting():
                                            "--out", "never.jsonl"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert not os.path.exists("never.jsonl")
+
+
+def test_distributed_dropout_is_refused_not_silently_different():
+    pytest.importorskip("mpi4py")
+    from tinygrad_rnn.distributed import mpi
+    from tinygrad_rnn.errors import Error
+    with pytest.raises(Error, match="--dropout with --distributed"):
+        mpi.train(cell="gru", task="adding", seq_len=5, hidden=4, layers=2, dropout=0.2, steps=1)

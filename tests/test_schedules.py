@@ -200,3 +200,17 @@ def test_checkpoints_from_before_these_options_still_resume(tmp_path):
                        "lr_patience", "eval_every", "patience")}
     checkpoint.save(ck, meta, arrays)
     assert _run(steps=8, resume=ck)["eval_loss"] == straight["eval_loss"]
+
+
+def test_a_finished_cosine_run_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    tiny = ["--hidden", "4", "--seq-len", "5", "--batch", "4"]
+    ck = str(tmp_path / "cos.npz")
+    first = CliRunner().invoke(cli.main, ["train", "--cell", "gru", "--steps", "6", "--lr-schedule", "cosine",
+                                          "--save", ck, *tiny])
+    assert first.exit_code == 0, first.output
+    assert checkpoint.load(ck)[1]["optim/lr"].item() == 0.0     # where a cosine schedule ends
+    again = CliRunner().invoke(cli.main, ["train", "--resume", ck, "--steps", "8"])
+    assert again.exit_code == 0, again.output

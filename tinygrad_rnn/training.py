@@ -363,7 +363,7 @@ class _Run:
             raise TrainingError(_nonfinite_message(self.step, loss_value, self.model))
         after = norm
         if s["clip_norm"] is not None:
-            optim.clip_grad_norm(params, s["clip_norm"])
+            optim.clip_grad_norm(params, s["clip_norm"], norm=norm)
             after = min(norm, s["clip_norm"])
             self.clipped += norm > s["clip_norm"]
         if s["clip_value"] is not None:
