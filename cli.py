@@ -283,7 +283,7 @@ def main(plugin_specs, show_traceback):
     for spec in plugin_specs:
         tr.load_plugin(spec)
     if plugin_specs:
-        plugins._manager()  # load now, so a broken explicit plugin fails before the command
+        plugins.load_all()  # now, so a broken explicit plugin fails before the command
 
 
 @main.command()

@@ -78,3 +78,12 @@ def test_generate_length_is_capped(tmp_path):
     train(cell="rnn", task="text", seq_len=8, hidden=4, steps=1, save=path)
     with pytest.raises(ConfigError, match="length 1000001 is more than the 1000000 characters generate makes at once"):
         generate(path, length=limits.MAX_GENERATE_LENGTH + 1)
+
+
+def test_the_estimate_counts_each_cells_own_matrices_and_leaves_the_generator_alone():
+    from tinygrad_rnn import init
+    from tinygrad_rnn.plugins import get_cell
+    from tinygrad_rnn.training import _gates
+    state = init.get_rng_state()
+    assert [_gates(get_cell(c), {}) for c in ("rnn", "gru", "lstm", "mgu")] == [1, 3, 4, 2]  # mgu: a plugin
+    assert init.get_rng_state() == state

@@ -48,6 +48,12 @@ def reraise_interrupt(e):
         raise e
 
 
+def load_all():
+    """Build the registry now (built-ins, installed and named plugins), so that a broken
+    explicit plugin fails here, not at the first lookup."""
+    _manager()
+
+
 def _manager():
     if _state.pm is None:
         with _plugin_output():

@@ -63,17 +63,34 @@ def setting(config, key):
 
 
 def _check_model_size(config, task):
-    """Refuse, before allocating, a model or batch that cannot fit in memory."""
+    """Refuse, before allocating, a model or batch that cannot fit in memory: first as if
+    the cell held one matrix (nothing built), then with its own count (two tiny cells built)."""
     itemsize = np.dtype(config.get("dtype", "float32")).itemsize
-    cls = get_cell(config["cell"])
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cls.name, 4)  # a plugin cell: assume LSTM-sized
-    need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
-                              config.get("batch", 1), task.output_size, gates, itemsize)
-    limits.check_fits(need, f"hidden={config['hidden']} layers={config['layers']} "
-                            f"seq_len={config['seq_len']} batch={config.get('batch', 1)}")
+    sizes = f"hidden={config['hidden']} layers={config['layers']} seq_len={config['seq_len']} " \
+            f"batch={config.get('batch', 1)}"
+    for gates in (1, None):
+        gates = gates or _gates(get_cell(config["cell"]), config.get("cell_options") or {})
+        need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
+                                  config.get("batch", 1), task.output_size, gates, itemsize)
+        limits.check_fits(need, sizes)
 
 
 SCHEDULE_KEYS = ("lr_schedule", "warmup", "lr_step_size", "lr_gamma", "lr_patience", "eval_every", "patience")
+
+
+def _gates(cls, cell_options):
+    """How many hidden x hidden matrices the cell holds per layer and direction (1 for an
+    Elman RNN, 3 a GRU, 4 an LSTM): its parameter count's h^2 coefficient, measured by
+    building it at hidden sizes 4 and 8 (input size 1), with the initialisers' generator
+    left as it was. A cell that cannot be built that small counts as an LSTM."""
+    counts = []
+    try:
+        with init.seeded(0):
+            for hidden in (4, 8):
+                counts.append(sum(p.data.size for p in cls(1, hidden, **cell_options).parameters()))
+    except Exception:  # noqa: BLE001 (building the model reports the cell's own error)
+        return 4
+    return max(1, round((counts[1] - 2 * counts[0]) / 32))  # a h^2 + b h: (c(8) - 2 c(4)) / (64 - 32) = a
 
 
 def build(config):
