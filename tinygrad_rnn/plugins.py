@@ -17,7 +17,7 @@ import sys
 
 import pluggy
 
-from . import hookspecs, options
+from . import hookspecs
 from .cell import Cell
 from .errors import Error, UnknownNameError, wrap_user_code
 from .registry import Entry, PluginInfo, _state, provider_of  # noqa: F401  (provider_of: public here too)
@@ -251,7 +251,7 @@ def _validate(cls, plugin, kind):
         n = getattr(cls, "num_states", None)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_NUM_STATES:
             raise PluginError(f"{label}.num_states must be an integer from 1 to {MAX_NUM_STATES} (the state "
-                              f"tensors step() gets: 1 for an RNN, 2 for an LSTM), got {options.shown(n)}")
+                              f"tensors step() gets: 1 for an RNN, 2 for an LSTM), got {n!r:.40}")
         if cls.step is Cell.step:
             raise PluginError(f"{label} does not define step(self, x, state)")
 
