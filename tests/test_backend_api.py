@@ -13,10 +13,21 @@ import tinygrad_rnn as tr
 from tinygrad_rnn import backend, ops, tape, tensor
 from tinygrad_rnn.backend import api, cpu, cuda_available
 
-needs_cuda = pytest.mark.skipif(not cuda_available()[0], reason=f"no CUDA device or simulator: {cuda_available()[1]}")
+_skip_without_cuda = pytest.mark.skipif(not cuda_available()[0],
+                                       reason=f"no CUDA device or simulator: {cuda_available()[1]}")
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+CUDA_MARKS = [_skip_without_cuda, pytest.mark.cuda, pytest.mark.slow]  # the simulator is slow
+
+
+def needs_cuda(test):
+    """A CUDA test: skipped without a GPU or the simulator, marked ``cuda`` and ``slow``."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_MARKS)])
 def test_each_backend_provides_the_whole_contract(device):
     k = backend.get(device)
     example = k.asarray(np.ones((2, 3), np.float32))
@@ -122,7 +133,7 @@ _FUSED_CASES = [("tanh", {}), ("sigmoid", {}), ("leaky_relu", {"slope": 0.0}), (
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_MARKS)])
 def test_fused_vjps_match_the_table(device, dtype):
     k = backend.get(device)
     rng = np.random.default_rng(0)

@@ -77,6 +77,7 @@ def test_diagnose_human_output_and_training():
     assert "gru" in result.stdout and "step 3" in result.stdout and "▁" in result.stdout
 
 
+@pytest.mark.slow
 def test_diagnose_plot(tmp_path):
     out = tmp_path / "g.png"
     result = run("diagnose", "--cell", "rnn", "--seq-len", "10", "--hidden", "4", "--plot", str(out))

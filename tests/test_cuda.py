@@ -14,7 +14,8 @@ import pytest
 import tinygrad_rnn as tr
 from tinygrad_rnn.backend import cuda_available
 
-pytestmark = pytest.mark.skipif(not cuda_available()[0], reason=f"no CUDA device or simulator: {cuda_available()[1]}")
+pytestmark = [pytest.mark.skipif(not cuda_available()[0], reason=f"no CUDA device or simulator: {cuda_available()[1]}"),
+              pytest.mark.cuda, pytest.mark.slow]  # the simulator runs every thread in Python
 
 R = np.random.default_rng(0)
 A, B3, V = R.standard_normal((2, 3)), R.standard_normal((3,)), R.standard_normal((2, 3, 2))

@@ -114,6 +114,7 @@ def test_the_temporary_file_is_removed_on_any_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next_save(tmp_path):
     code = ("import os, numpy as np, tinygrad_rnn.checkpoint as c\n"
             "np.savez = lambda f, **k: (f.write(b'partial'), f.flush(), os.kill(os.getpid(), 9))\n"
