@@ -75,7 +75,7 @@ def _new_pm():
 def _build():
     _state.pm, _state.plugins, _state.cells, _state.tasks = _new_pm(), {}, {}, {}
     for modname in BUILTINS:
-        _add(importlib.import_module(modname), modname, "builtin", "tinygrad-rnn", explicit=True)
+        _add(importlib.import_module(modname), PluginInfo(modname, "builtin", "tinygrad-rnn"), explicit=True)
     if os.environ.get("TINYGRAD_RNN_NO_PLUGINS") != "1":
         _load_installed()
     for spec in _state.explicit:  # asked for by name: loaded even with TINYGRAD_RNN_NO_PLUGINS=1
@@ -96,7 +96,8 @@ def _load_installed():
             reraise_interrupt(e)
             _fail(PluginInfo(ep.name, "entry point", dist), f"failed to import {ep.value!r}: {_brief(e)}", False)
             continue
-        _add(module, ep.name, "entry point", dist, explicit=False, alt_name=f"{ep.name} ({dist or ep.value})")
+        _add(module, PluginInfo(ep.name, "entry point", dist), explicit=False,
+             alt_name=f"{ep.name} ({dist or ep.value})")
     for spec in filter(None, os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)):
         _load_spec(spec, "env", explicit=False)
 
@@ -144,7 +145,7 @@ def _load_spec(spec, source, explicit):
         reraise_interrupt(e)
         _fail(PluginInfo(name, source), f"failed to import {spec!r}: {_brief(e)}", explicit)
         return
-    _add(module, name, source, "", explicit, alt_name=spec)
+    _add(module, PluginInfo(name, source), explicit, alt_name=spec)
 
 
 def _same_file_loaded(plugin):
@@ -159,8 +160,9 @@ def _same_file_loaded(plugin):
 HOOKS = (("register_cells", "cells"), ("register_tasks", "tasks"))
 
 
-def _add(plugin, name, source, distribution, explicit, alt_name=None):
-    """Register one plugin with pluggy and run its hooks with a register callback.
+def _add(plugin, info, explicit, alt_name=None):
+    """Register one plugin (``info``: its name, source and distribution) with pluggy and run
+    its hooks with a register callback.
 
     All of a plugin's registrations (cells and tasks) take effect, or none of them.
     A plugin whose name is taken by a different plugin (a ``--plugin mgu.py`` next to an
@@ -168,43 +170,47 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     """
     if _state.pm.is_registered(plugin) or _same_file_loaded(plugin):
         return  # the same module or source file, installed and also named with --plugin: one plugin
-    if name in _state.plugins or _state.pm.has_plugin(name):
-        name = alt_name if alt_name and alt_name not in _state.plugins else f"{name}#{len(_state.plugins)}"
-    info = PluginInfo(name, source, distribution)
+    if info.name in _state.plugins or _state.pm.has_plugin(info.name):
+        info.name = alt_name if alt_name and alt_name not in _state.plugins else f"{info.name}#{len(_state.plugins)}"
     try:
-        _state.pm.register(plugin, name=name)
+        _state.pm.register(plugin, name=info.name)
     except PLUGIN_FAILURES as e:
         reraise_interrupt(e)
-        _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
-        return
-    unknown = _unknown_hooks(plugin)
-    if unknown:
-        _state.pm.unregister(name=name)
-        known = ", ".join(sorted(c.name for c in vars(_state.pm.hook).values()
-                                 if isinstance(c, pluggy.HookCaller) and c.has_spec()))
-        _fail(info, f"@tr.hookimpl {', '.join(unknown)}: no hook has that name (misspelt?); "
-                    f"the hooks are: {known}", explicit)
-        return
-    _state.plugins[name] = info
-    staged = {kind: {} for _, kind in HOOKS}
-    for hook, kind in HOOKS:
-        table = getattr(_state, kind)
-        for impl in [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]:
-            try:
-                impl.function(register=_registrar(staged[kind], table, name, kind))
-            except PLUGIN_FAILURES as e:
-                reraise_interrupt(e)
-                _state.pm.unregister(name=name)
-                _fail(info, str(e) if isinstance(e, PluginError) else f"{hook} raised {_brief(e)}", explicit)
-                return
-    useless = "" if any(staged.values()) else _registers_nothing(plugin)
-    if useless:
-        _state.pm.unregister(name=name)
-        _fail(info, useless, explicit)
-        return
+        return _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
+    try:
+        staged = _staged(plugin, info.name)
+    except PluginError as e:
+        _state.pm.unregister(name=info.name)
+        return _fail(info, str(e), explicit)
+    _state.plugins[info.name] = info
     for _, kind in HOOKS:
         getattr(_state, kind).update(staged[kind])
         getattr(info, kind).extend(sorted({e.cls.name for e in staged[kind].values()}))
+
+
+def _staged(plugin, name):
+    """What registered plugin ``name``'s hooks register, {kind: {key: Entry}}, not yet in the
+    tables; a PluginError saying why the plugin is unusable instead."""
+    unknown = _unknown_hooks(plugin)
+    if unknown:
+        known = ", ".join(sorted(c.name for c in vars(_state.pm.hook).values()
+                                 if isinstance(c, pluggy.HookCaller) and c.has_spec()))
+        raise PluginError(f"@tr.hookimpl {', '.join(unknown)}: no hook has that name (misspelt?); "
+                          f"the hooks are: {known}")
+    staged = {kind: {} for _, kind in HOOKS}
+    for hook, kind in HOOKS:
+        for impl in [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]:
+            try:
+                impl.function(register=_registrar(staged[kind], getattr(_state, kind), name, kind))
+            except PluginError:
+                raise
+            except PLUGIN_FAILURES as e:
+                reraise_interrupt(e)
+                raise PluginError(f"{hook} raised {_brief(e)}") from None
+    useless = "" if any(staged.values()) else _registers_nothing(plugin)
+    if useless:
+        raise PluginError(useless)
+    return staged
 
 
 def _unknown_hooks(plugin):
@@ -281,8 +287,9 @@ def register_plugin(plugin, name=None):
     """Register an already-imported plugin object (tests, notebooks)."""
     _manager()
     name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
-    _add(plugin, name, "direct", "", explicit=True)
-    return name
+    info = PluginInfo(name, "direct")
+    _add(plugin, info, explicit=True)
+    return info.name
 
 
 def unregister_plugin(name):
