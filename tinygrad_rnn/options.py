@@ -51,6 +51,7 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
              "vectors zeros.")
 
 KINDS = ("int", "float", "choice", "name", "path", "flag", "options")
+PYTHON_TYPES = {"int": int, "float": float, "choice": str, "name": str, "path": str, "flag": bool, "options": dict}
 
 
 @dataclass(frozen=True)

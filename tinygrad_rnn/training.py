@@ -174,7 +174,7 @@ class _TrainConfigMethods:
 
 TrainConfig = make_dataclass(
     "TrainConfig",
-    [(o.name, object, field(default=o.default)) for o in options.OPTIONS] + [
+    [(o.name, options.PYTHON_TYPES[o.kind], field(default=o.default)) for o in options.OPTIONS] + [
         ("progress", object, field(default=False)),  # True (a line on stderr) or progress(step, steps, loss, norm, note)
         ("explicit", frozenset, field(default=frozenset())),  # the arguments chosen, not defaulted
         ("parallel", object, field(default=None)),  # distributed.mpi.DataParallel, or None
