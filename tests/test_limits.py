@@ -18,7 +18,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_estimate(monkeypatch, option
     assert result.exit_code == 1
     line, = result.stderr.strip().splitlines()
     assert line.startswith("Error: --hidden") and f"{option} {value}" in line
-    assert "needs about" in line and estimate in line and "available" in line
+    assert "needs at least about" in line and estimate in line and "available" in line
 
 
 def test_layers_past_the_limit_are_refused_before_any_work(monkeypatch):

@@ -72,7 +72,7 @@ def test_to_flags_rewrites_python_arguments_only(python, flags):
 
 def test_the_library_names_python_arguments_and_the_cli_flags(tmp_path):
     small = dict(cell="rnn", task="sum", seq_len=5, steps=1)
-    with pytest.raises(ResourceError, match=r"^hidden=100000000 layers=1 seq_len=5 batch=10000 needs about"):
+    with pytest.raises(ResourceError, match=r"^hidden=100000000 layers=1 seq_len=5 batch=10000 needs at least about 142 PB"):
         training.train(**small, hidden=10 ** 8, batch=10 ** 4)
     with pytest.raises(Exception, match=r"^save= '/nonexistent/x.ckpt': the folder '/nonexistent' does not exist"):
         training.train(**small, save="/nonexistent/x.ckpt")
