@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, limits, plugins, safeio, scaffold
+from tinygrad_rnn import checkpoint, diagnostics, limits, options, plugins, safeio, scaffold
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
@@ -57,20 +57,29 @@ class App(click.Group):
         except training.TrainingInterrupted as e:  # Ctrl-C, asked for: what was kept, not an error
             if debug:
                 traceback.print_exc()
-            click.echo(_one_line(e), err=True)
+            click.echo(options.to_flags(_one_line(e)), err=True)
             ctx.exit(1)
         except tr.Error as e:
             if debug:
                 traceback.print_exc()
                 ctx.exit(1)
-            raise click.ClickException(_one_line(e)) from None
+            raise click.ClickException(options.to_flags(_one_line(e))) from None
         except MemoryError:
             if debug:
                 traceback.print_exc()
             raise click.ClickException("out of memory: use smaller sizes (--hidden, --batch, --seq-len)") from None
-        except Exception:
-            traceback.print_exc()
-            click.echo(BUG_NOTE, err=True)
+        except KeyboardInterrupt:
+            raise  # Ctrl-C, from plugin code or ours: click stops as it does for any Ctrl-C
+        except BaseException as e:  # noqa: B036 (a plugin may raise SystemExit, GeneratorExit, BaseException)
+            where = _plugin_frame(e)
+            if where is None and isinstance(e, SystemExit):
+                raise  # our own exit status
+            if debug or where is None:
+                traceback.print_exc()
+            if where is None:
+                click.echo(BUG_NOTE, err=True)
+            else:
+                click.echo(f"Error: plugin code ({where}) raised {_one_line_of(e)}", err=True)
             ctx.exit(1)
 
 
@@ -91,6 +100,24 @@ def _plugins_first(args):
         (front if a.startswith("--plugin=") else rest).append(a)
         i += 1
     return front + rest
+
+
+def _plugin_frame(exc):
+    """``file:line, in function`` of the innermost traceback frame of ``exc`` in a plugin's
+    source file (not this package's), or None: then ``exc`` is ours."""
+    package = os.path.dirname(os.path.realpath(tr.__file__)) + os.sep
+    files = {os.path.realpath(path) for _, path in plugins.plugin_files()}
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        real = os.path.realpath(frame.filename)
+        if real in files and not real.startswith(package):
+            found = f"{frame.filename}:{frame.lineno}, in {frame.name}"
+    return found
+
+
+def _one_line_of(e):
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _one_line(e):
@@ -224,6 +251,55 @@ class Number(click.FloatRange):
         return rv
 
 
+class Int(click.IntRange):
+    """An integer in a range that fits a C long: a larger one overflows NumPy's conversions."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if rv > options.MAX_INT:
+            self.fail(f"{value!r} is too large (the most is 2**63 - 1)", param, ctx)
+        return rv
+
+
+def _click_type(option):
+    if option.kind == "int":
+        return Int(min=option.lo, max=option.hi)
+    if option.kind == "float":
+        return Number(min=option.lo, max=option.hi, min_open=option.lo_open, max_open=option.hi_open)
+    if option.kind == "choice":
+        return click.Choice(list(option.choices))
+    return FilePath() if option.kind == "path" else None
+
+
+def _click_option(option, command):
+    """The click option of a row of the run-option table, as ``command`` takes it."""
+    if option.kind == "options":
+        return cell_option
+    if command == "sweep" and option.grid:
+        return click.option(option.flag, option.key, multiple=True, callback=_grid_values, help=option.help)
+    kw = dict(default=option.default, show_default=option.show_default, help=option.help, multiple=option.multiple)
+    if option.metavar:
+        kw["metavar"] = option.metavar
+    if option.kind == "name":
+        kw.update(callback=_known(option.name), shell_complete=_complete(option.name))
+    elif option.kind == "flag":
+        kw["is_flag"] = True
+    else:
+        kw["type"] = _click_type(option)
+    if option.name == "device":
+        kw["callback"] = _device
+    return click.option(option.flag, option.name, **kw)
+
+
+def _run_options(command):
+    """Decorate ``command`` with the click options of its rows in ``tinygrad_rnn.options``."""
+    def decorate(f):
+        for option in reversed(options.of(command)):
+            f = _click_option(option, command)(f)
+        return f
+    return decorate
+
+
 def _device(ctx, param, value):
     if value == "cuda":
         from tinygrad_rnn.backend import cuda_available
@@ -247,7 +323,7 @@ def main(plugin_specs, show_traceback):
     for spec in plugin_specs:
         tr.load_plugin(spec)
     if plugin_specs:
-        plugins._manager()  # load now, so a broken explicit plugin fails before the command
+        plugins.load_all()  # now, so a broken explicit plugin fails before the command
 
 
 @main.command()
@@ -346,41 +422,14 @@ def new_cell(name, directory, as_json):
     _emit(made, as_json, human)
 
 
-INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each cell's own init "
-             "(PyTorch's for the built-ins; a plugin cell's self.param(init=...)); any other scheme "
-             "goes to the recurrent (*hh*) weights, other matrices get xavier_uniform (or the scheme), "
-             "vectors zeros.")
-
-
 @main.command(cls=_ListsRegistry)
-@click.option("--cell", "cell_names", multiple=True, callback=_known("cell"), shell_complete=_complete("cell"),
-              help="Cell to diagnose (repeatable). Default: rnn, lstm and gru.")
-@click.option("--task", default="adding", show_default=True, callback=_known("task"),
-              shell_complete=_complete("task"), help="Task whose loss the gradients are taken of.")
-@click.option("--data", type=FilePath(), help="Data file for the text and series tasks.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Sequence length T.")
-@click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
-              show_default=True, help=INIT_HELP)
-@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also diagnose after this many Adam steps (lr 1e-3, clip-norm 1).")
-@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size.")
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Stacked layers.")
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Sequences in the measured batch.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed for initialisation and data (an integer >= 0).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
-              help="Where the model runs (per-sample measures always run on the CPU).")
+@_run_options("diagnose")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--plot", "plot_path", type=PlotPath(),
               help="Write a PNG of ||dL/dh_t|| against t (needs matplotlib).")
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
-@click.option("--bidirectional", is_flag=True, help="Bidirectional layers: norms for each direction.")
-@cell_option
-def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers, batch, seed, device,
-             as_json, plot_path, fail_on, bidirectional, cell_option_pairs):
+def diagnose(as_json, plot_path, fail_on, cell_option_pairs, **run):
     """Gradient norm per time step for each cell, with a verdict."""
     fail_set = {v.strip() for v in fail_on.split(",") if v.strip()}
     bad = fail_set - {"vanishing", "exploding", "healthy"}
@@ -391,12 +440,10 @@ def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
-        safeio.check_outputs([("--plot", plot_path)], [("--data", data), *plugins.plugin_files()])
-    cell_names = cell_names or ("rnn", "lstm", "gru")
+        safeio.check_outputs([("--plot", plot_path)], [("--data", run["data"]), *plugins.plugin_files()])
+    cell_names = run.pop("cell") or ("rnn", "lstm", "gru")
     with compile_notice():
-        report = tr.report.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
-                                  device=device, data=data, bidirectional=bidirectional,
-                                  cell_options=_cell_options(cell_names, cell_option_pairs))
+        report = tr.report.diagnose(cell_names, cell_options=_cell_options(cell_names, cell_option_pairs), **run)
     if plot_path:
         tr.report.plot(report, plot_path)
     _emit(report, as_json, _print_diagnosis)
@@ -462,100 +509,26 @@ def _print_diagnosis(report):
 
 
 @main.command(cls=_ListsRegistry)
-@click.option("--cell", default="lstm", show_default=True, callback=_known("cell"), shell_complete=_complete("cell"),
-              help="Registered cell name (see below).")
-@click.option("--task", default="adding", show_default=True, callback=_known("task"),
-              shell_complete=_complete("task"), help="Registered task name (see below).")
-@click.option("--data", type=FilePath(), help="Data file for the text and series tasks.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Sequence length T of each training example.")
-@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size.")
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Stacked layers.")
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Sequences per step.")
-@click.option("--steps", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Total steps; a resumed run continues up to it.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "rmsprop"]), default="adam", show_default=True,
-              help="Optimiser.")
-@click.option("--lr", type=Number(min=0, min_open=True, max=1e6), default=1e-3, show_default=True,
-              help="Learning rate (> 0).")
-@click.option("--clip-norm", type=Number(min=0, max=1e12), default=None,
-              help="Scale gradients down to this global L2 norm.")
-@click.option("--clip-value", type=Number(min=0, max=1e12), default=None,
-              help="Clamp every gradient element into [-X, X].")
-@click.option("--init", "init_scheme", type=click.Choice(training.INIT_SCHEMES), default="pytorch",
-              show_default=True, help=INIT_HELP)
-@click.option("--weight-decay", type=Number(min=0, max=1e6), default=0.0, help="L2 penalty.")
-@click.option("--l1", type=Number(min=0, max=1e6), default=0.0, help="L1 penalty.")
-@click.option("--bptt", type=click.IntRange(min=1), default=None, help="Truncated BPTT chunk length (text, series).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed for initialisation and batches (an integer >= 0).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", callback=_device,
-              help="Where the model trains.")
-@click.option("--save", type=FilePath(),
-              help="Write a checkpoint here at the end (it may replace a checkpoint, never another file).")
-@click.option("--resume", type=FilePath(),
-              help="Continue this checkpoint's run (its model, task and settings) up to --steps.")
-@click.option("--log", type=FilePath(),
-              help="Append JSON Lines records here (a resumed run first drops the records past its step).")
-@click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Steps between --log records.")
-@click.option("--diagnose-every", type=click.IntRange(min=1), default=None,
-              help="Also log per-step and per-parameter gradient norms every N steps.")
-@click.option("--on-nonfinite", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="On a NaN/Inf loss or gradient: stop naming the step, or skip the update.")
+@_run_options("train")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@cell_option
-@click.option("--bidirectional", is_flag=True, help="Bidirectional layers (not for next-step tasks).")
-@click.option("--dropout", type=Number(min=0, max=1, max_open=True), default=0.0,
-              help="Dropout on the input of every layer but the first (training only).")
-@click.option("--embed", type=click.IntRange(min=1), default=None, metavar="DIM",
-              help="Learn a DIM-wide embedding of the input tokens instead of one-hot (text).")
-@click.option("--lr-schedule", type=click.Choice(list(tr.optim.SCHEDULES)), default="constant", show_default=True,
-              help="Learning-rate schedule (PyTorch's StepLR, CosineAnnealingLR, ReduceLROnPlateau).")
-@click.option("--warmup", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Ramp the learning rate up linearly over the first N steps.")
-@click.option("--lr-step-size", type=click.IntRange(min=1), default=None, metavar="N",
-              help="step schedule: every N steps (default: a third of the steps after warmup).")
-@click.option("--lr-gamma", type=Number(min=0, max=1, min_open=True), default=0.1, show_default=True,
-              help="step and plateau schedules: the factor the rate is multiplied by.")
-@click.option("--lr-patience", type=click.IntRange(min=0), default=10, show_default=True,
-              help="plateau schedule: evaluations without improvement before lowering the rate.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Measure the eval loss every N steps (log and progress).")
-@click.option("--patience", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Stop when the eval loss has not improved for K evaluations; keep the best model.")
-@click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Also write the --save checkpoint every N steps.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="Floating-point precision of the model and its training.")
 @click.option("--distributed", is_flag=True,
               help="Data-parallel over MPI: run under `mpiexec -n N` (pip install 'tinygrad-rnn[mpi]').")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr. Default: when stderr is a terminal.")
 @click.pass_context
-def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
-          init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every, diagnose_every,
-          on_nonfinite, as_json, cell_option_pairs, bidirectional, dropout, embed, lr_schedule, warmup,
-          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, dtype, distributed, progress):
+def train(ctx, as_json, distributed, progress, cell_option_pairs, **run):
     """Train a cell on a sequence task."""
-    run = training.train
+    trainer = training.train
     from tinygrad_rnn.distributed import mpi
     if distributed:
-        run = mpi.train  # every rank trains; rank 0 alone logs, saves and prints
+        trainer = mpi.train  # every rank trains; rank 0 alone logs, saves and prints
     else:
         mpi.refuse_without_distributed()
     show = sys.stderr.isatty() if progress is None else progress
-    with _progress_bar(show, steps) as on_step, compile_notice():
-        summary = run(
-            cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers, batch=batch,
-            steps=steps, optimizer=optimizer, lr=lr, clip_norm=clip_norm, clip_value=clip_value,
-            init_scheme=init_scheme, weight_decay=weight_decay, l1=l1, bptt=bptt, seed=seed, device=device,
-            save=save, resume=resume, log=log, log_every=log_every, on_nonfinite=on_nonfinite,
-            progress=on_step, diagnose_every=diagnose_every, explicit=_explicit(ctx), dtype=dtype,
-            cell_options=_cell_options(_resumed_cell(ctx, cell, resume), cell_option_pairs),
-            bidirectional=bidirectional, dropout=dropout,
-            embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
-            lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
+    resume, save = run["resume"], run["save"]
+    run["cell_options"] = _cell_options(_resumed_cell(ctx, run["cell"], resume), cell_option_pairs)
+    with _progress_bar(show, run["steps"]) as on_step, compile_notice():
+        summary = trainer(**run, progress=on_step, explicit=_explicit(ctx))
     if summary is None:
         return  # an MPI rank other than 0: rank 0 prints
 
@@ -623,21 +596,10 @@ def _grid_values(ctx, param, value):
 
 
 @main.command()
-@click.option("--cell", multiple=True, callback=_grid_values,
-              help="Cells (repeatable or a,b,c). Default: rnn,lstm,gru.")
-@click.option("--task", multiple=True, callback=_grid_values, help="Tasks. Default: adding.")
-@click.option("--seq-len", multiple=True, callback=_grid_values, help="Sequence lengths. Default: 100.")
-@click.option("--hidden", multiple=True, callback=_grid_values, help="Hidden sizes. Default: 64.")
-@click.option("--init", multiple=True, callback=_grid_values, help="Init schemes. Default: pytorch.")
-@click.option("--lr", multiple=True, callback=_grid_values, help="Learning rates. Default: 1e-3.")
-@click.option("--optimizer", multiple=True, callback=_grid_values, help="Optimizers (train). Default: adam.")
-@click.option("--clip-norm", multiple=True, callback=_grid_values,
-              help="Gradient-norm clips, or none. Default: none (train), 1 (diagnose).")
+@_run_options("sweep")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds 0 .. N-1 per point.")
-@click.option("--steps", type=click.IntRange(min=0), default=None,
-              help="Steps per point. Default: 1000 (train), 0 (diagnose).")
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--mode", type=click.Choice(["train", "diagnose"]), default="train", show_default=True)
+@click.option("--mode", type=click.Choice(["train", "diagnose"]), default="train", show_default=True,
+              help="Train each point, or diagnose its cell.")
 @click.option("--out", required=True, type=FilePath(),
               help="JSON Lines results, one per point; a re-run skips the points already in it.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster size. Default: the CPU count.")
@@ -647,19 +609,16 @@ def _grid_values(ctx, param, value):
               help="Heatmap over seq_len x cell (needs matplotlib).")
 @click.option("--retry-failed", is_flag=True,
               help="Run again the points in --out whose result is an error (a full disk, a plugin since fixed).")
-@cell_option
 @click.pass_context
-def sweep(ctx, cell, task, seq_len, hidden, init, lr, optimizer, clip_norm, seeds, steps, batch, mode, out,
-          workers, scheduler, plot_path, cell_option_pairs, retry_failed):
+def sweep(ctx, steps, batch, seeds, mode, out, workers, scheduler, plot_path, cell_option_pairs, retry_failed,
+          **axes):
     """Run a grid of train or diagnose runs on Dask, one task per point."""
     from tinygrad_rnn.distributed import sweep as sweep_mod
     if workers and scheduler:
         raise click.BadParameter("--workers sizes a local cluster; drop it with --scheduler", param_hint="--workers")
-    cell_options = _cell_options(list(cell or ("rnn", "lstm", "gru")), cell_option_pairs)
+    cell_options = _cell_options(list(axes["cell"] or ("rnn", "lstm", "gru")), cell_option_pairs)
     try:
-        points = sweep_mod.grid(mode, seeds, steps, batch, cell_options=cell_options, cell=cell, task=task,
-                                seq_len=seq_len, hidden=hidden, init=init, lr=lr, optimizer=optimizer,
-                                clip_norm=clip_norm)
+        points = sweep_mod.grid(mode, seeds, steps, batch, cell_options=cell_options, **axes)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if plot_path:

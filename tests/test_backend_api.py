@@ -13,10 +13,21 @@ import tinygrad_rnn as tr
 from tinygrad_rnn import backend, ops, tape, tensor
 from tinygrad_rnn.backend import api, cpu, cuda_available
 
-needs_cuda = pytest.mark.skipif(not cuda_available()[0], reason=f"no CUDA device or simulator: {cuda_available()[1]}")
+_skip_without_cuda = pytest.mark.skipif(not cuda_available()[0],
+                                       reason=f"no CUDA device or simulator: {cuda_available()[1]}")
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+CUDA_MARKS = [_skip_without_cuda, pytest.mark.cuda, pytest.mark.slow]  # the simulator is slow
+
+
+def needs_cuda(test):
+    """A CUDA test: skipped without a GPU or the simulator, marked ``cuda`` and ``slow``."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_MARKS)])
 def test_each_backend_provides_the_whole_contract(device):
     k = backend.get(device)
     example = k.asarray(np.ones((2, 3), np.float32))
@@ -122,7 +133,7 @@ _FUSED_CASES = [("tanh", {}), ("sigmoid", {}), ("leaky_relu", {"slope": 0.0}), (
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_MARKS)])
 def test_fused_vjps_match_the_table(device, dtype):
     k = backend.get(device)
     rng = np.random.default_rng(0)
@@ -180,22 +191,54 @@ def test_tensor_comparisons_on_cuda():
 
 
 @needs_cuda
-def test_training_a_small_model_on_cuda_makes_no_host_round_trip():
+def test_training_a_small_model_on_cuda_makes_no_host_round_trip(monkeypatch):
+    """A whole training step (forward, backward, the gradient norm, clipping, an Adam step)
+    copies nothing to the host but scalars (the norm), once the cell is compiled (tracing
+    reads the parameters once)."""
     from tinygrad_rnn.backend import cuda
+    downloads = []
+    to_numpy = cuda.to_numpy
+    monkeypatch.setattr(cuda, "to_numpy", lambda x: downloads.append(getattr(x, "size", 1)) or to_numpy(x))
     cuda.HOST_ROUND_TRIPS.clear()
     tr.manual_seed(0)
     rng = np.random.default_rng(0)
     rnn = tr.nn.RNN("gru", 2, 3, dtype="float64").to("cuda")
     head = tr.nn.Linear(3, 4, dtype="float64").to("cuda")
+    params = rnn.parameters() + head.parameters()
+    opt = tr.optim.Adam(params, lr=0.1)
     x = tr.Tensor(rng.standard_normal((3, 2, 2)), device="cuda")
-    out, _ = rnn(x)
-    logits = head(out)
-    loss = tr.cross_entropy(logits, np.array([[0, 1], [2, 3], [1, 1]])) + \
-        tr.mse(out.tanh() * out.sigmoid(), tr.Tensor(np.zeros((3, 2, 3)), device="cuda")) + \
-        tr.where(out > 0, out, out * 0.1).relu().softmax(-1).sum()
-    loss.backward()
-    assert all(p.grad is not None for p in rnn.parameters())
+
+    def step():
+        opt.zero_grad()
+        out, _ = rnn(x)
+        logits = head(out)
+        loss = tr.cross_entropy(logits, np.array([[0, 1], [2, 3], [1, 1]])) + \
+            tr.mse(out.tanh() * out.sigmoid(), tr.Tensor(np.zeros((3, 2, 3)), device="cuda")) + \
+            tr.where(out > 0, out, out * 0.1).relu().softmax(-1).sum()
+        loss.backward()
+        norm = tr.optim.grad_norm(params)
+        assert tr.optim.clip_grad_norm(params, 0.01, norm=norm) == norm > 0.01
+        opt.step()
+    step()  # compiles the cell
+    before = [p.numpy().copy() for p in params]
+    downloads.clear()
+    step()
     assert sum(cuda.HOST_ROUND_TRIPS.values()) == 0, dict(cuda.HOST_ROUND_TRIPS)
+    assert downloads and set(downloads) == {1}, downloads  # the norm's total, a scalar
+    host = [p.grad.numpy() for p in params]
+    assert abs(np.sqrt(sum((g * g).sum() for g in host)) - 0.01) < 1e-6  # clipped on the device
+    assert all(not np.array_equal(b, p.numpy()) for b, p in zip(before, params))  # the step happened
+
+
+@needs_cuda
+def test_a_cuda_array_has_numpy_truthiness():
+    a = tr.Tensor(np.array([1.0, 2.0]), device="cuda").data
+    with pytest.raises(ValueError, match="truth value of an array with more than one element is ambiguous"):
+        bool(a)
+    with pytest.raises(ValueError, match="ambiguous"):
+        a in [a.copy()]  # noqa: B015 (list membership compares with ==, whose result is an array)
+    assert bool(tr.Tensor(np.array([3.0]), device="cuda").data == 3.0)
+    assert not bool(tr.Tensor(np.array([3.0]), device="cuda").data == 2.0)
 
 
 @needs_cuda

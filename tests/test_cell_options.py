@@ -67,3 +67,24 @@ def test_a_relu_rnn_from_options_trains():
     assert s["steps"] == 3
     with pytest.raises(ValueError, match="sigmoid"):
         tr.train(cell="rnn", task="sum", seq_len=8, steps=1, cell_options={"nonlinearity": "sigmoid"})
+
+
+def test_cell_options_on_resume_are_checked_against_the_checkpoints_cell(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    tiny = ["--hidden", "4", "--seq-len", "5", "--batch", "4"]
+    ck = str(tmp_path / "relu.npz")
+
+    def invoke(*args):
+        return CliRunner().invoke(cli.main, list(args))
+    assert invoke("train", "--cell", "rnn", "--cell-option", "nonlinearity=relu", "--steps", "2", "--save", ck,
+                  *tiny).exit_code == 0
+    same = invoke("train", "--resume", ck, "--steps", "3", "--cell-option", "nonlinearity=relu")
+    assert same.exit_code == 0, same.output
+    other = invoke("train", "--resume", ck, "--steps", "4", "--cell-option", "nonlinearity=tanh")
+    assert other.exit_code == 1
+    assert other.stderr.strip() == (
+        f"Error: --cell-option {{'nonlinearity': 'tanh'}} conflicts with the resumed run's cell_options "
+        f"{{'nonlinearity': 'relu'}} in {ck!r}; drop --cell-option to continue that run, or start a new one "
+        "without --resume")

@@ -61,7 +61,7 @@ def test_progress_flag_overrides_the_terminal_check():
 def test_negative_seed_is_refused_clearly():
     result = run("train", "--seed", "-1", "--steps", "1")
     assert result.exit_code == 2 and "Invalid value for '--seed': -1 is not in the range x>=0" in result.stderr
-    with pytest.raises(ConfigError, match="seed must be a non-negative integer, got -1"):
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0, got -1"):
         training.train(cell="rnn", task="sum", seq_len=4, hidden=2, batch=2, steps=1, seed=-1)
 
 

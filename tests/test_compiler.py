@@ -194,6 +194,7 @@ def test_cli_cells_says_which_cells_compile():
     assert "compiled" in line
 
 
+@pytest.mark.slow
 def test_a_damaged_cached_module_is_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_RNN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(runtime, "_modules", {})          # nothing loaded yet in this process
@@ -210,6 +211,7 @@ def test_a_damaged_cached_module_is_rewritten(tmp_path, monkeypatch):
         assert f.read() == source
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers,lengths", [(1, None), (2, [5, 2, 4])])
 def test_kitchen_sink_cell_compiles_exactly(layers, lengths):
     assert compile_status(KitchenSink)[0], compile_status(KitchenSink)[1]
@@ -222,6 +224,7 @@ def test_kitchen_sink_cell_compiles_exactly(layers, lengths):
     assert_close(run(rnn, x, states, lengths, fused=True), run(rnn, x, states, lengths, fused=False), 1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", ADVERSARIAL, ids=[c.name for c in ADVERSARIAL])
 def test_cells_written_to_break_the_compiler_compile_exactly(cls):
     assert compile_status(cls)[0], compile_status(cls)[1]
@@ -298,6 +301,7 @@ def test_steps_that_read_values_or_sizes_or_keep_state_are_refused(body, why):
         np.testing.assert_array_equal(auto.numpy(), rnn(x)[0].numpy())
 
 
+@pytest.mark.slow
 def test_a_constant_sized_like_the_trace_batch_still_compiles():
     cls = _elman_like("eyes", _eye_constant)
     for hidden in (3, 5):                                         # 3 and 5 are the trace batch sizes
@@ -308,6 +312,7 @@ def test_a_constant_sized_like_the_trace_batch_still_compiles():
         assert_close(compiled, run(rnn, x, [np.zeros((1, 4, hidden))], None, False), 1e-10)
 
 
+@pytest.mark.slow
 def test_training_mode_and_attributes_are_part_of_the_compiled_step():
     def zoneout_like(self, pre, h):
         new = pre.tanh()
@@ -336,6 +341,7 @@ def test_fused_must_be_none_true_or_false():
         tr.nn.RNN("gru", 2, 3, fused=0)
 
 
+@pytest.mark.slow
 def test_a_damaged_numba_cache_is_compiled_afresh(tmp_path):
     import subprocess
     import sys
@@ -354,6 +360,7 @@ def test_a_damaged_numba_cache_is_compiled_afresh(tmp_path):
     assert again.stdout == first.stdout
 
 
+@pytest.mark.slow
 def test_an_unusable_cache_dir_warns_once_and_still_runs(tmp_path):
     import subprocess
     import sys
@@ -376,6 +383,7 @@ class NoParam(tr.Cell):
         return ((state[0] + x.sum(axis=-1, keepdims=True)).tanh(),)
 
 
+@pytest.mark.slow
 def test_probe_measures_a_cell_without_parameters_on_both_paths():
     norms = []
     for fused in (True, False):

@@ -149,7 +149,7 @@ def test_grid_from_repeated_and_comma_separated_values():
     (["--seq-len", "10,abc"], "'abc'"),
     (["--seq-len", "1"], ">= 2"),
     (["--cell", "nope"], "nope"),
-    (["--lr", "-1"], ">= 0"),
+    (["--lr", "-1"], "> 0"),
     (["--lr", "nan"], "finite"),
     (["--init", "bogus"], "choose from"),
     (["--cell", "rnn,,gru"], "empty"),
@@ -181,6 +181,7 @@ def test_results_file_drops_a_torn_last_line_and_refuses_foreign_files(tmp_path)
 
 # ---- sweeps on Dask --------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_dask
 def test_sweep_on_a_local_cluster_of_2_equals_serial_runs_and_resumes(tmp_path, monkeypatch):
     out = str(tmp_path / "results.jsonl")
@@ -206,6 +207,7 @@ def test_sweep_on_a_local_cluster_of_2_equals_serial_runs_and_resumes(tmp_path, 
     assert len(rows) == 1 + 4 and "solved" in rows[0]
 
 
+@pytest.mark.slow
 @needs_dask
 def test_local_cluster_listens_on_loopback_only():
     import psutil
@@ -217,6 +219,7 @@ def test_local_cluster_listens_on_loopback_only():
     assert len(tree) >= 3 and ips == {"127.0.0.1"}
 
 
+@pytest.mark.slow
 @needs_dask
 def test_diagnose_sweep_equals_the_cells_record_of_diagnose(tmp_path):
     out = str(tmp_path / "d.jsonl")
@@ -228,6 +231,7 @@ def test_diagnose_sweep_equals_the_cells_record_of_diagnose(tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @needs_dask
 def test_ctrl_c_then_the_same_command_loses_and_repeats_nothing(tmp_path, procs):
     out = str(tmp_path / "r.jsonl")
@@ -248,6 +252,7 @@ def test_ctrl_c_then_the_same_command_loses_and_repeats_nothing(tmp_path, procs)
     assert len(got) == 12 and len({sweep.key(r["point"]) for r in got}) == 12
 
 
+@pytest.mark.slow
 @needs_dask
 @pytest.mark.parametrize("where, message", [
     ("tcp://127.0.0.1:9", "cannot reach the Dask scheduler"),  # nothing listens there: a 10 s timeout
@@ -267,6 +272,7 @@ def test_bad_scheduler_is_one_line(tmp_path, where, message):
     assert result.output.strip().splitlines()[-1].startswith("Error: ")
 
 
+@pytest.mark.slow
 @needs_dask
 def test_sweep_on_a_scheduler_and_2_workers_survives_a_killed_worker(tmp_path, procs):
     sched_file = str(tmp_path / "scheduler.json")
@@ -308,6 +314,7 @@ def test_split_covers_the_batch_in_order():
     assert mpi.split(4, 1) == [(0, 4)]
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_mpiexec_2_equals_the_single_process_run_and_resumes(tmp_path):
     common = ["--cell", "lstm", "--task", "adding", "--seq-len", "12", "--hidden", "8", "--batch", "9",
@@ -335,6 +342,7 @@ def test_mpiexec_2_equals_the_single_process_run_and_resumes(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["half.npz", "log.jsonl"]
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_mpiexec_2_with_truncated_bptt_saves_the_whole_batchs_state(tmp_path):
     """Each rank carries its shard's state across chunks; the checkpoint gathers all of it,
@@ -365,6 +373,7 @@ if comm.Get_rank() == 0:
 """
 
 
+@pytest.mark.slow
 @needs_mpi
 @pytest.mark.skipif(not importlib.util.find_spec("psutil"), reason="needs psutil (comes with the distributed extra)")
 def test_mpi_ranks_listen_on_loopback_only(tmp_path):
@@ -374,6 +383,7 @@ def test_mpi_ranks_listen_on_loopback_only(tmp_path):
     assert r.stdout.strip() == "[['127.0.0.1'], ['127.0.0.1']]"
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_distributed_batch_smaller_than_the_ranks_is_one_line(tmp_path):
     cmd = [MPIEXEC, "-iface", "lo", "-n", "2", sys.executable, os.path.join(ROOT, "cli.py"), "train", "--distributed",
@@ -407,3 +417,11 @@ def test_sweep_refuses_a_bad_cell_option_before_starting():
                                            "--out", "never.jsonl"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert not os.path.exists("never.jsonl")
+
+
+def test_distributed_dropout_is_refused_not_silently_different():
+    pytest.importorskip("mpi4py")
+    from tinygrad_rnn.distributed import mpi
+    from tinygrad_rnn.errors import Error
+    with pytest.raises(Error, match="--dropout with --distributed"):
+        mpi.train(cell="gru", task="adding", seq_len=5, hidden=4, layers=2, dropout=0.2, steps=1)

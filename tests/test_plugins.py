@@ -47,6 +47,7 @@ def test_builtins_register_through_the_hook():
     assert tr.get_cell("elman") is tr.get_cell("rnn")
 
 
+@pytest.mark.slow
 def test_nothing_is_loaded_at_import_time():
     code = "import tinygrad_rnn, tinygrad_rnn.plugins as p; print(p._state.pm is None)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -146,6 +147,7 @@ def test_step_returning_wrong_states_names_cell_plugin_and_step(tmp_path, ret, m
         tr.nn.RNN("wrong", 2, 3)(np.ones((3, 2, 2), np.float32))
 
 
+@pytest.mark.slow
 def test_entry_points_are_discovered_and_deduplicated(tmp_path):
     # A real distribution on sys.path: what `pip install` leaves behind, without pip.
     site = tmp_path / "site"
@@ -234,6 +236,7 @@ def test_check_cell_reports_a_wrong_gradient(tmp_path):
         del tr.ops.OPS["bad_tanh"]
 
 
+@pytest.mark.slow
 def test_check_cell_passes_for_every_registered_cell():
     for info in tr.list_cells():
         report = tr.testing.check_cell(info["name"])

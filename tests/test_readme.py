@@ -16,6 +16,7 @@ def test_the_readme_has_python_snippets():
     assert len(SNIPPETS) >= 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(SNIPPETS)))
 def test_readme_snippet_runs_as_printed(i, capsys):
     code = SNIPPETS[i]

@@ -74,7 +74,7 @@ def test_a_read_only_folder_is_refused_before_training(tmp_path, monkeypatch):
             return real_open(path, *a, **k)
         monkeypatch.setattr(safeio.os, "open", refuse)
     try:
-        with pytest.raises(safeio.OutputError, match=r"--save '.*ro/x.npz': cannot write in folder .*Permission denied"):
+        with pytest.raises(safeio.OutputError, match=r"save= '.*ro/x.npz': cannot write in folder .*Permission denied"):
             train(**TINY, save=str(ro / "x.npz"))
     finally:
         ro.chmod(0o700)
@@ -114,6 +114,7 @@ def test_the_temporary_file_is_removed_on_any_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next_save(tmp_path):
     code = ("import os, numpy as np, tinygrad_rnn.checkpoint as c\n"
             "np.savez = lambda f, **k: (f.write(b'partial'), f.flush(), os.kill(os.getpid(), 9))\n"
@@ -134,14 +135,14 @@ def test_json_safe_replaces_non_finite_numbers_and_says_where():
 
 
 def test_a_device_or_a_symlink_loop_is_refused_before_training(tmp_path):
-    with pytest.raises(safeio.OutputError, match=r"--save '/dev/null' is not a regular file"):
+    with pytest.raises(safeio.OutputError, match=r"save= '/dev/null' is not a regular file"):
         train(**TINY, save="/dev/null")
     with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
         checkpoint.save("/dev/null", {"step": 1}, {"a": np.ones(2)})
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    with pytest.raises(safeio.OutputError, match="--save '.*a': Too many levels of symbolic links"):
+    with pytest.raises(safeio.OutputError, match="save= '.*a': Too many levels of symbolic links"):
         train(**TINY, save=str(tmp_path / "a"))
     train(**TINY, log="/dev/null")  # appending to a device is fine
 
@@ -149,7 +150,7 @@ def test_a_device_or_a_symlink_loop_is_refused_before_training(tmp_path):
 def test_log_may_not_append_to_the_resumed_checkpoint_but_save_may_replace_it(tmp_path):
     path = str(tmp_path / "run.npz")
     train(**TINY, save=path)
-    with pytest.raises(safeio.OutputError, match="--log .* is the --resume file"):
+    with pytest.raises(safeio.OutputError, match="log= .* is the resume= file"):
         train(**dict(TINY, steps=3), resume=path, log=path)
     checkpoint.load(path)  # still a checkpoint
     train(**dict(TINY, steps=3), resume=path, save=path)
@@ -177,7 +178,7 @@ def test_a_save_folder_without_room_for_the_checkpoint_is_refused_before_trainin
     import collections
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(safeio.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
-    with pytest.raises(safeio.OutputError, match=r"--save '.*run.npz': the checkpoint needs about .* MB, "
+    with pytest.raises(safeio.OutputError, match=r"save= '.*run.npz': the checkpoint needs about .* MB, "
                                                  r"the folder has 0.0 MB free"):
         train(**dict(TINY, steps=10 ** 9), save=str(tmp_path / "run.npz"))  # would take forever if it started
 

@@ -152,14 +152,14 @@ def test_patience_stops_after_k_evaluations_without_improvement(tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(lr_schedule="plateau"), "plateau lowers the rate when the eval loss stalls: give --eval-every"),
-    (dict(patience=3), "--patience counts evaluations: give --eval-every"),
-    (dict(warmup=10, steps=10), r"--warmup \(10\) must be below --steps \(10\)"),
-    (dict(lr_schedule="linear"), "unknown lr schedule 'linear'"),
+    (dict(lr_schedule="plateau"), "lr_schedule='plateau' lowers the rate when the eval loss stalls: give eval_every=N"),
+    (dict(patience=3), "patience=3 counts evaluations: give eval_every=N"),
+    (dict(warmup=10, steps=10), "warmup=10 must be below steps=10"),
+    (dict(lr_schedule="linear"), "lr_schedule must be one of constant, step, cosine, plateau, got 'linear'"),
     (dict(dropout=1.0), r"dropout must be a number in \[0, 1\)"),
-    (dict(embed=8), r"--embed needs a task whose inputs are tokens \(text\), not 'adding'"),
-    (dict(bidirectional=True, task="sine"), "--bidirectional cannot train on task 'sine'"),
-    (dict(embed=0), "embed must be a positive integer"),
+    (dict(embed=8), r"embed=8 needs a task whose inputs are tokens \(text\), not 'adding'"),
+    (dict(bidirectional=True, task="sine"), "bidirectional=True cannot train on task 'sine'"),
+    (dict(embed=0), "embed must be null or an integer >= 1, got 0"),
 ])
 def test_bad_training_options_are_clear(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -169,9 +169,9 @@ def test_bad_training_options_are_clear(kw, match):
 def test_resume_with_conflicting_options_is_an_error(tmp_path):
     ck = str(tmp_path / "ck.npz")
     _run(steps=4, save=ck, dropout=0.2, layers=2)
-    with pytest.raises(ValueError, match=r"--dropout 0.5 conflicts with the resumed run's dropout 0.2"):
+    with pytest.raises(ValueError, match=r"dropout=0.5 conflicts with the resumed run's dropout 0.2"):
         _run(steps=6, resume=ck, dropout=0.5)
-    with pytest.raises(ValueError, match="--bidirectional True conflicts with the resumed run's bidirectional False"):
+    with pytest.raises(ValueError, match="bidirectional=True conflicts with the resumed run's bidirectional False"):
         _run(steps=6, resume=ck, bidirectional=True)
     assert _run(steps=6, resume=ck, dropout=0.2)["start_step"] == 4  # repeating the setting is fine
 
@@ -200,3 +200,17 @@ def test_checkpoints_from_before_these_options_still_resume(tmp_path):
                        "lr_patience", "eval_every", "patience")}
     checkpoint.save(ck, meta, arrays)
     assert _run(steps=8, resume=ck)["eval_loss"] == straight["eval_loss"]
+
+
+def test_a_finished_cosine_run_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    tiny = ["--hidden", "4", "--seq-len", "5", "--batch", "4"]
+    ck = str(tmp_path / "cos.npz")
+    first = CliRunner().invoke(cli.main, ["train", "--cell", "gru", "--steps", "6", "--lr-schedule", "cosine",
+                                          "--save", ck, *tiny])
+    assert first.exit_code == 0, first.output
+    assert checkpoint.load(ck)[1]["optim/lr"].item() == 0.0     # where a cosine schedule ends
+    again = CliRunner().invoke(cli.main, ["train", "--resume", ck, "--steps", "8"])
+    assert again.exit_code == 0, again.output

@@ -36,6 +36,7 @@ def test_ten_thousand_op_chain_has_no_recursion_limit():
     np.testing.assert_allclose(x.grad.numpy(), [1.0001 ** 10_000], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_five_thousand_step_unrolled_recurrence():
     rng = np.random.default_rng(0)
     w = tr.Tensor(rng.standard_normal((4, 4)) * 0.3, requires_grad=True)
@@ -71,6 +72,7 @@ def test_saved_arrays_are_freed_after_backward():
     assert node.out is None and node.inputs == ()
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_many_training_steps():
     rng = np.random.default_rng(0)
     w = tr.Tensor(rng.standard_normal((16, 16)) * 0.1, requires_grad=True)

@@ -152,9 +152,9 @@ def test_tbptt_resume_is_bit_exact(tmp_path):
 
 def test_nonfinite_loss_stops_with_the_step_or_skips(tmp_path):
     with pytest.raises(TrainingError, match=r"step \d+: (the loss is inf|non-finite gradient in parameter)"):
-        _run(tmp_path, steps=3, lr=1e30, clip_norm=None, optimizer="sgd", init_scheme="identity",
+        _run(tmp_path, steps=3, lr=1e6, clip_norm=None, optimizer="sgd", init_scheme="identity",
              cell="rnn", task="sum")  # overflow
-    s = _run(tmp_path, steps=4, lr=1e30, clip_norm=None, optimizer="sgd", cell="rnn", task="sum",
+    s = _run(tmp_path, steps=4, lr=1e6, clip_norm=None, optimizer="sgd", cell="rnn", task="sum",
              on_nonfinite="skip")
     assert s["skipped_steps"] >= 1
 
@@ -224,3 +224,37 @@ def test_init_schemes_follow_the_hh_naming():
     for g in range(4):  # each gate block is orthogonal
         block = w[4 * g:4 * g + 4]
         np.testing.assert_allclose(block @ block.T, np.eye(4), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_and_saves_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    import cli
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tiny = ["--hidden", "4", "--seq-len", "5", "--batch", "4"]
+    ck, log = tmp_path / "int.npz", tmp_path / "int.jsonl"
+    proc = subprocess.Popen([sys.executable, os.path.join(root, "cli.py"), "train", "--cell", "gru",
+                             "--steps", "1000000", "--save", str(ck), "--log", str(log), "--log-every", "1",
+                             *tiny], cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    step = checkpoint.load(str(ck))[0]["step"]
+    assert step >= 3
+    resumed = CliRunner().invoke(cli.main, ["train", "--resume", str(ck), "--steps", str(step + 2)])
+    assert resumed.exit_code == 0, resumed.output

@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from . import init, limits, optim, safeio
+from . import init, limits, optim, options, safeio
 from .errors import Error, ResourceError
 
 FORMAT = "tinygrad-rnn-checkpoint"
@@ -115,7 +115,9 @@ def _check_members(path):
 
 # ---- training checkpoints: every field checked by type and range -----------------------
 def _int(v, lo=None):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and (lo is None or v >= lo)
+    """An integer >= ``lo`` that fits a C long (a larger one overflows NumPy's conversions)."""
+    return (isinstance(v, numbers.Integral) and not isinstance(v, bool) and (lo is None or v >= lo)
+            and abs(v) <= options.MAX_INT)
 
 
 def _num(v, lo=None, open_lo=False):
@@ -123,38 +125,11 @@ def _num(v, lo=None, open_lo=False):
     return ok and (lo is None or (v > lo if open_lo else v >= lo))
 
 
-RUN_FIELDS = {  # config key -> (check, what it must be)
-    "cell": (lambda v: isinstance(v, str) and v != "", "a cell name"),
-    "task": (lambda v: isinstance(v, str) and v != "", "a task name"),
-    "seq_len": (lambda v: _int(v, 2), "an integer >= 2"),
-    "hidden": (lambda v: _int(v, 1), "an integer >= 1"),
-    "layers": (lambda v: _int(v, 1), "an integer >= 1"),
-    "batch": (lambda v: _int(v, 1), "an integer >= 1"),
-    "optimizer": (lambda v: v in optim.OPTIMIZERS, f"one of {', '.join(optim.OPTIMIZERS)}"),
-    "lr": (lambda v: _num(v, 0, open_lo=True), "a finite number > 0"),
-    "clip_norm": (lambda v: v is None or _num(v, 0), "null or a finite number >= 0"),
-    "clip_value": (lambda v: v is None or _num(v, 0), "null or a finite number >= 0"),
-    "weight_decay": (lambda v: _num(v, 0), "a finite number >= 0"),
-    "l1": (lambda v: _num(v, 0), "a finite number >= 0"),
-    "bptt": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
-    "seed": (lambda v: _int(v, 0), "an integer >= 0"),
-    "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
-    "init": (lambda v: isinstance(v, str), "an init scheme name"),
-    "data": (lambda v: v is None or isinstance(v, str), "null or a file path"),
-    "cell_options": (lambda v: isinstance(v, dict), "an object"),
-    "vocab": (lambda v: v is None or (isinstance(v, str) and len(set(v)) == len(v) >= 2),
-              "null or a string of distinct characters"),
-    "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
-    "dropout": (lambda v: _num(v, 0) and v < 1, "a number in [0, 1)"),
-    "embed": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
-    "lr_schedule": (lambda v: v in optim.SCHEDULES, f"one of {', '.join(optim.SCHEDULES)}"),
-    "warmup": (lambda v: _int(v, 0), "an integer >= 0"),
-    "lr_step_size": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
-    "lr_gamma": (lambda v: _num(v, 0, open_lo=True) and v <= 1, "a number in (0, 1]"),
-    "lr_patience": (lambda v: _int(v, 0), "an integer >= 0"),
-    "eval_every": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
-    "patience": (lambda v: v is None or _int(v, 1), "null or an integer >= 1"),
-}
+# config key -> (check, what it must be): every option the run table marks saved, and the
+# text task's character mapping
+RUN_FIELDS = {**options.run_fields(),
+              "vocab": (lambda v: v is None or (isinstance(v, str) and len(set(v)) == len(v) >= 2),
+                        lambda v=None: "null or a string of distinct characters")}
 REQUIRED = ("cell", "task", "seq_len", "hidden", "layers", "batch", "optimizer", "lr", "seed")
 
 
@@ -180,7 +155,7 @@ def validate_run(meta, arrays, path):
         raise CheckpointError(f"{path!r} is incomplete: no {', '.join(missing) or 'config'}")
     _no_unknown(path, "header", meta, HEADER)
     if not _int(meta["step"], 0):
-        raise CheckpointError(f"{path!r}: header field 'step' must be an integer >= 0, got {meta['step']!r}")
+        raise CheckpointError(f"{path!r}: header field 'step' must be an integer >= 0, got {options.shown(meta['step'])}")
     for key in ("rng", "init_rng"):
         if not isinstance(meta[key], dict) or "bit_generator" not in meta[key]:
             raise CheckpointError(f"{path!r}: header field {key!r} is not a random generator state")
@@ -191,7 +166,8 @@ def validate_run(meta, arrays, path):
     _no_unknown(path, "config", config, RUN_FIELDS)
     for key, (check, what) in RUN_FIELDS.items():
         if key in config and not check(config[key]):
-            raise CheckpointError(f"{path!r}: config field {key!r} must be {what}, got {config[key]!r}")
+            raise CheckpointError(f"{path!r}: config field {key!r} must be {what(config[key])}, "
+                                  f"got {options.shown(config[key])}")
     for key, value in config.get("cell_options", {}).items():
         if not _option_value(value):
             raise CheckpointError(f"{path!r}: config field 'cell_options' entry {key!r} must be text, a finite "
@@ -203,7 +179,7 @@ def validate_run(meta, arrays, path):
                                   f"{', '.join(EARLY_STOP)}, got {early!r}")
         for key, (check, what) in EARLY_STOP.items():
             if not check(early[key]):
-                raise CheckpointError(f"{path!r}: early_stop field {key!r} must be {what}, got {early[key]!r}")
+                raise CheckpointError(f"{path!r}: early_stop field {key!r} must be {what}, got {options.shown(early[key])}")
         if early["best_step"] is not None and early["best_step"] > meta["step"]:
             raise CheckpointError(f"{path!r}: early_stop field 'best_step' ({early['best_step']}) is past the "
                                   f"checkpoint's step {meta['step']}")
@@ -255,7 +231,7 @@ def check_scheduler(path, state, sched):
         else:
             check, what = (lambda v: _num(v, 0)), "a finite number >= 0"
         if not check(state[key]):
-            raise CheckpointError(f"{path!r}: scheduler field {key!r} must be {what}, got {state[key]!r}")
+            raise CheckpointError(f"{path!r}: scheduler field {key!r} must be {what}, got {options.shown(state[key])}")
 
 
 # ---- a training run, saved and restored ---------------------------------------------------
@@ -299,11 +275,18 @@ def restore(path, meta, arrays, model, opt, rng, sched=None):
     try:
         model.load_state_dict(section(arrays, "param"))
         opt.load_state_dict(section(arrays, "optim"))
-        rng.bit_generator.state = meta["rng"]
-        init.set_rng_state(meta["init_rng"])
         if sched is not None and "scheduler" in meta:
             sched.load_state_dict(meta["scheduler"])
     except (KeyError, ValueError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"{path!r} does not fit this model: {msg}") from None
+    for key in ("rng", "init_rng"):
+        try:
+            if key == "rng":
+                rng.bit_generator.state = meta["rng"]
+            else:
+                init.set_rng_state(meta["init_rng"])
+        except (KeyError, ValueError, TypeError, OverflowError) as e:  # OverflowError: a state past its bits
+            raise CheckpointError(f"{path!r}: header field {key!r} is not a valid random generator state "
+                                  f"({e.args[0] if isinstance(e, KeyError) and e.args else e})") from None
     return int(meta["step"])

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import ops
-from .errors import DataError, NonFiniteError
+from .errors import DataError, NonFiniteError, UserCodeError
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -129,6 +129,18 @@ def _check_output(rnn, out):
                              "be measured (check its step, --init and --hidden)")
 
 
+def _off_tape(cell):
+    """The error for a cell whose new state does not depend on its previous state through
+    Tensor ops (its step left the tape), with where the compiler's trace saw it leave."""
+    from .compiler import compile_status
+    from .plugins import provider_of
+    _, why = compile_status(type(cell), **getattr(cell, "_init_options", {}))
+    why = why.replace("; keep step in Tensor ops", "")
+    return UserCodeError(f"cell {type(cell).name!r} (plugin {provider_of(type(cell))!r}): its new state does not "
+                         "depend on the previous state through Tensor ops, so no gradient flows through time"
+                         f"{f' ({why})' if why else ''}; keep step in Tensor ops")
+
+
 def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
     """Spectral norm of the step Jacobian d s_t / d s_{t-1} along one sequence's trajectory.
 
@@ -150,9 +162,13 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
         out = cell.checked_step(x_t, inputs, t)
         total = sum((o * Tensor(eye[:, i * H:(i + 1) * H])).sum() for i, o in enumerate(out))
         params = cell.parameters()
+        if not total.requires_grad:
+            raise _off_tape(cell)
         saved = _saved_grads(params)
         total.backward()
         _restore_grads(params, saved)
+        if any(s.grad is None for s in inputs):
+            raise _off_tape(cell)
         J = np.concatenate([s.grad.numpy() for s in inputs], axis=1)  # row k: d out_k / d state
         if not np.isfinite(J).all():
             raise NonFiniteError(f"cell {rnn.cell_class.name!r}: the step Jacobian at time step {t} (layer {layer}) "

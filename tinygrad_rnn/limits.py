@@ -56,12 +56,13 @@ def check_data_file(path, what, bytes_per_byte):
     check_fits(st.st_size * bytes_per_byte, f"{what} {path!r} ({human_bytes(st.st_size)})")
 
 
-def check_fits(nbytes, what, limit=None):
-    """Raise ResourceError if ``nbytes`` exceeds the memory available (or ``limit``)."""
+def check_fits(nbytes, what, limit=None, at_least=False):
+    """Raise ResourceError if ``nbytes`` exceeds the memory available (or ``limit``);
+    ``at_least``: ``nbytes`` is a lower bound, and the message says so."""
     limit = available_memory() if limit is None else limit
     if nbytes > limit:
-        raise ResourceError(f"{what} needs about {human_bytes(nbytes)} of memory, more than the "
-                            f"{human_bytes(limit)} available")
+        raise ResourceError(f"{what} needs {'at least ' if at_least else ''}about {human_bytes(nbytes)} of memory, "
+                            f"more than the {human_bytes(limit)} available")
 
 
 def model_bytes(input_size, hidden, layers, seq_len, batch, output_size=1, gates=4, itemsize=4, steps_kept=1):

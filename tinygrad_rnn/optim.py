@@ -143,17 +143,23 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
 
 
 def grad_norm(params):
-    """Global L2 norm of all gradients (float64), ignoring parameters without one."""
-    total = 0.0
+    """Global L2 norm of all gradients (float64), ignoring parameters without one.
+
+    Each device sums its gradients' squares where they are: a GPU's gradients are never
+    copied to the host, only the one float64 total of that device is."""
+    totals = {}  # backend -> its float64 sum of squares (a 0-d array on that device)
     for p in params:
         if p.grad is not None:
-            g = p.grad.numpy().astype(np.float64)
-            total += float((g * g).sum())
-    return math.sqrt(total)
+            g = p.grad.data.astype(np.float64)
+            owner = backend.of(g)
+            part = (g * g).sum()
+            totals[owner] = part if owner not in totals else totals[owner] + part
+    return math.sqrt(sum(float(np.asarray(owner.to_numpy(t)).reshape(())) for owner, t in totals.items()))
 
 
-def clip_grad_norm(params, max_norm, error_if_nonfinite=False):
+def clip_grad_norm(params, max_norm, error_if_nonfinite=False, norm=None):
     """Scale gradients so their global norm is at most ``max_norm``; return the norm before.
+    ``norm``: the gradients' ``grad_norm``, when the caller has it already (not computed again).
 
     Unlike PyTorch, a negative or NaN ``max_norm`` is rejected: PyTorch silently
     reverses the gradients there.
@@ -161,7 +167,7 @@ def clip_grad_norm(params, max_norm, error_if_nonfinite=False):
     if not _is_number(max_norm) or not max_norm >= 0:
         raise ConfigError(f"clip_grad_norm: max_norm must be a number >= 0, got {max_norm!r}")
     params = [p for p in params if p.grad is not None]
-    norm = grad_norm(params)
+    norm = grad_norm(params) if norm is None else norm
     if not math.isfinite(norm):
         if error_if_nonfinite:
             raise FloatingPointError(f"clip_grad_norm: the total gradient norm is {norm}")

@@ -26,6 +26,9 @@ from .tasks import Task
 BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
             "tinygrad_rnn.tasks")
 ENTRY_POINT_GROUP = "tinygrad_rnn"
+# A cell's state is a tuple of this many tensors at most: the built-ins have 1 or 2, and
+# compile --cell with num_states = 10**9 built a billion-entry tuple for minutes.
+MAX_NUM_STATES = 64
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
@@ -34,10 +37,21 @@ class PluginError(Error):
 
 
 # What a plugin's import or hook may raise and still be skipped (or reported): anything
-# but KeyboardInterrupt. SystemExit too: a plugin calling sys.exit() must not end the CLI.
-PLUGIN_FAILURES = (Exception, SystemExit)
+# but KeyboardInterrupt (Ctrl-C stops the program, plugin or not). SystemExit, GeneratorExit
+# and a bare BaseException too: a plugin calling sys.exit() must not end the CLI.
+PLUGIN_FAILURES = BaseException
 
 
+def reraise_interrupt(e):
+    """Re-raise ``e`` if it is Ctrl-C: the one exception out of plugin code that is not the plugin's error."""
+    if isinstance(e, KeyboardInterrupt):
+        raise e
+
+
+def load_all():
+    """Build the registry now (built-ins, installed and named plugins), so that a broken
+    explicit plugin fails here, not at the first lookup."""
+    _manager()
 
 
 def _manager():
@@ -61,7 +75,7 @@ def _new_pm():
 def _build():
     _state.pm, _state.plugins, _state.cells, _state.tasks = _new_pm(), {}, {}, {}
     for modname in BUILTINS:
-        _add(importlib.import_module(modname), modname, "builtin", "tinygrad-rnn", explicit=True)
+        _add(importlib.import_module(modname), PluginInfo(modname, "builtin", "tinygrad-rnn"), explicit=True)
     if os.environ.get("TINYGRAD_RNN_NO_PLUGINS") != "1":
         _load_installed()
     for spec in _state.explicit:  # asked for by name: loaded even with TINYGRAD_RNN_NO_PLUGINS=1
@@ -79,9 +93,11 @@ def _load_installed():
         try:
             module = ep.load()
         except PLUGIN_FAILURES as e:  # a broken third-party plugin must not take the CLI down
+            reraise_interrupt(e)
             _fail(PluginInfo(ep.name, "entry point", dist), f"failed to import {ep.value!r}: {_brief(e)}", False)
             continue
-        _add(module, ep.name, "entry point", dist, explicit=False, alt_name=f"{ep.name} ({dist or ep.value})")
+        _add(module, PluginInfo(ep.name, "entry point", dist), explicit=False,
+             alt_name=f"{ep.name} ({dist or ep.value})")
     for spec in filter(None, os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)):
         _load_spec(spec, "env", explicit=False)
 
@@ -126,9 +142,10 @@ def _load_spec(spec, source, explicit):
     try:
         module = _import_spec(spec)
     except PLUGIN_FAILURES as e:
+        reraise_interrupt(e)
         _fail(PluginInfo(name, source), f"failed to import {spec!r}: {_brief(e)}", explicit)
         return
-    _add(module, name, source, "", explicit, alt_name=spec)
+    _add(module, PluginInfo(name, source), explicit, alt_name=spec)
 
 
 def _same_file_loaded(plugin):
@@ -143,8 +160,9 @@ def _same_file_loaded(plugin):
 HOOKS = (("register_cells", "cells"), ("register_tasks", "tasks"))
 
 
-def _add(plugin, name, source, distribution, explicit, alt_name=None):
-    """Register one plugin with pluggy and run its hooks with a register callback.
+def _add(plugin, info, explicit, alt_name=None):
+    """Register one plugin (``info``: its name, source and distribution) with pluggy and run
+    its hooks with a register callback.
 
     All of a plugin's registrations (cells and tasks) take effect, or none of them.
     A plugin whose name is taken by a different plugin (a ``--plugin mgu.py`` next to an
@@ -152,41 +170,47 @@ def _add(plugin, name, source, distribution, explicit, alt_name=None):
     """
     if _state.pm.is_registered(plugin) or _same_file_loaded(plugin):
         return  # the same module or source file, installed and also named with --plugin: one plugin
-    if name in _state.plugins or _state.pm.has_plugin(name):
-        name = alt_name if alt_name and alt_name not in _state.plugins else f"{name}#{len(_state.plugins)}"
-    info = PluginInfo(name, source, distribution)
+    if info.name in _state.plugins or _state.pm.has_plugin(info.name):
+        info.name = alt_name if alt_name and alt_name not in _state.plugins else f"{info.name}#{len(_state.plugins)}"
     try:
-        _state.pm.register(plugin, name=name)
+        _state.pm.register(plugin, name=info.name)
     except PLUGIN_FAILURES as e:
-        _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
-        return
-    unknown = _unknown_hooks(plugin)
-    if unknown:
-        _state.pm.unregister(name=name)
-        known = ", ".join(sorted(c.name for c in vars(_state.pm.hook).values()
-                                 if isinstance(c, pluggy.HookCaller) and c.has_spec()))
-        _fail(info, f"@tr.hookimpl {', '.join(unknown)}: no hook has that name (misspelt?); "
-                    f"the hooks are: {known}", explicit)
-        return
-    _state.plugins[name] = info
-    staged = {kind: {} for _, kind in HOOKS}
-    for hook, kind in HOOKS:
-        table = getattr(_state, kind)
-        for impl in [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]:
-            try:
-                impl.function(register=_registrar(staged[kind], table, name, kind))
-            except PLUGIN_FAILURES as e:
-                _state.pm.unregister(name=name)
-                _fail(info, str(e) if isinstance(e, PluginError) else f"{hook} raised {_brief(e)}", explicit)
-                return
-    useless = "" if any(staged.values()) else _registers_nothing(plugin)
-    if useless:
-        _state.pm.unregister(name=name)
-        _fail(info, useless, explicit)
-        return
+        reraise_interrupt(e)
+        return _fail(info, f"is not a valid plugin: {_brief(e)}", explicit)
+    try:
+        staged = _staged(plugin, info.name)
+    except PluginError as e:
+        _state.pm.unregister(name=info.name)
+        return _fail(info, str(e), explicit)
+    _state.plugins[info.name] = info
     for _, kind in HOOKS:
         getattr(_state, kind).update(staged[kind])
         getattr(info, kind).extend(sorted({e.cls.name for e in staged[kind].values()}))
+
+
+def _staged(plugin, name):
+    """What registered plugin ``name``'s hooks register, {kind: {key: Entry}}, not yet in the
+    tables; a PluginError saying why the plugin is unusable instead."""
+    unknown = _unknown_hooks(plugin)
+    if unknown:
+        known = ", ".join(sorted(c.name for c in vars(_state.pm.hook).values()
+                                 if isinstance(c, pluggy.HookCaller) and c.has_spec()))
+        raise PluginError(f"@tr.hookimpl {', '.join(unknown)}: no hook has that name (misspelt?); "
+                          f"the hooks are: {known}")
+    staged = {kind: {} for _, kind in HOOKS}
+    for hook, kind in HOOKS:
+        for impl in [i for i in getattr(_state.pm.hook, hook).get_hookimpls() if i.plugin_name == name]:
+            try:
+                impl.function(register=_registrar(staged[kind], getattr(_state, kind), name, kind))
+            except PluginError:
+                raise
+            except PLUGIN_FAILURES as e:
+                reraise_interrupt(e)
+                raise PluginError(f"{hook} raised {_brief(e)}") from None
+    useless = "" if any(staged.values()) else _registers_nothing(plugin)
+    if useless:
+        raise PluginError(useless)
+    return staged
 
 
 def _unknown_hooks(plugin):
@@ -231,8 +255,9 @@ def _validate(cls, plugin, kind):
         raise PluginError(f"{label}.name must be a lower-case identifier, got {name!r}")
     if kind == "cells":
         n = getattr(cls, "num_states", None)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise PluginError(f"{label}.num_states must be a positive integer, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_NUM_STATES:
+            raise PluginError(f"{label}.num_states must be an integer from 1 to {MAX_NUM_STATES} (the state "
+                              f"tensors step() gets: 1 for an RNN, 2 for an LSTM), got {n!r:.40}")
         if cls.step is Cell.step:
             raise PluginError(f"{label} does not define step(self, x, state)")
 
@@ -262,8 +287,9 @@ def register_plugin(plugin, name=None):
     """Register an already-imported plugin object (tests, notebooks)."""
     _manager()
     name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
-    _add(plugin, name, "direct", "", explicit=True)
-    return name
+    info = PluginInfo(name, "direct")
+    _add(plugin, info, explicit=True)
+    return info.name
 
 
 def unregister_plugin(name):

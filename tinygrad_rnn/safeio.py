@@ -33,7 +33,7 @@ def same_file(a, b):
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-APPENDED = ("--log",)  # outputs opened for appending: a device or pipe is fine there
+APPENDED = ("--log", "log=")  # outputs opened for appending: a device or pipe is fine there
 
 
 def check_outputs(outputs, inputs=(), existing=None):

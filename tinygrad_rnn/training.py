@@ -10,20 +10,19 @@ import numbers
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 
 import numpy as np
 
-from . import checkpoint, diagnostics, init, limits, optim, safeio
+from . import checkpoint, diagnostics, init, limits, optim, options, safeio
 from .cell_options import check_cell_options
 from .errors import ConfigError, Error
 from .model import SequenceModel
-from .plugins import get_cell, get_task, plugin_files, raise_if_user_code
+from .plugins import get_cell, get_task, plugin_files, raise_if_user_code, reraise_interrupt
 from .tape import no_grad
 from .tensor import Tensor
 
-INIT_SCHEMES = ("pytorch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
-                "orthogonal", "identity")
+INIT_SCHEMES = options.INIT_SCHEMES
 
 
 class TrainingError(Error, RuntimeError):
@@ -34,66 +33,74 @@ class TrainingInterrupted(TrainingError):
     """Ctrl-C: the run stopped after its last whole step (and saved it, with ``save``)."""
 
 
-def _positive(name, v, allow_zero=False):
-    ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
-    if not ok:
-        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+def _chosen(cfg, option):
+    """Whether the run asks for ``option``'s value: named in ``explicit`` or not its default."""
+    value = getattr(cfg, option.name)
+    if option.name == "lr_step_size" and value is None:
+        return False  # None asks for the computed default, which the checkpoint holds
+    return option.name in cfg.explicit or value != option.default
 
 
-def _nonneg(name, v, positive=False):
-    if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not v >= 0 or math.isinf(v)
-                          or (positive and v == 0)):
-        raise ConfigError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {v!r}")
-
-
-# train() argument -> the run-config key it sets: what --resume refuses to change silently
-RUN_ARGS = {"cell": "cell", "task": "task", "seq_len": "seq_len", "data": "data", "hidden": "hidden",
-            "layers": "layers", "batch": "batch", "optimizer": "optimizer", "lr": "lr",
-            "clip_norm": "clip_norm", "clip_value": "clip_value", "init_scheme": "init",
-            "weight_decay": "weight_decay", "l1": "l1", "bptt": "bptt", "seed": "seed", "dtype": "dtype",
-            "cell_options": "cell_options"}
-
-
-def _check_resume_conflicts(config, given, explicit, path):
-    """An explicit option that differs from the resumed run's setting is an error naming it."""
-    for arg in explicit:
-        key = RUN_ARGS.get(arg)
-        if key is None or given.get(key) == config.get(key):
+def _check_resume_conflicts(cfg, resumed, path):
+    """An option chosen now (``_chosen``) that a resumed run may not change and that differs
+    from the checkpoint's setting is an error naming it."""
+    for option in options.OPTIONS:
+        if not option.saved or option.resumable or not _chosen(cfg, option):
             continue
-        mine, theirs = given.get(key), config.get(key)
-        if key == "data" and mine and theirs and (safeio.same_file(mine, theirs) or not os.path.exists(theirs)):
+        mine, theirs = getattr(cfg, option.name), resumed.get(option.key, option.checkpoint_default)
+        if option.kind == "options":
+            mine, theirs = mine or {}, theirs or {}
+        if mine == theirs:
+            continue
+        if option.name == "data" and mine and theirs and (safeio.same_file(mine, theirs) or not os.path.exists(theirs)):
             continue  # the same file, or the run's file has moved: its vocabulary still guards the mapping
-        if key == "cell_options" and not mine and not theirs:
-            continue
-        option = "--" + arg.replace("init_scheme", "init").replace("_", "-")
-        raise ConfigError(f"{option} {mine!r} conflicts with the resumed run's {key} {theirs!r} in {path!r}; "
-                          f"drop {option} to continue that run, or start a new one without --resume")
+        raise options.resume_conflict(option, mine, theirs, path)
+
+
+def setting(config, key):
+    """A checkpoint's setting ``key``, or what runs did before it was recorded."""
+    return config.get(key, options.BY_KEY[key].checkpoint_default)
 
 
 def _check_model_size(config, task):
-    """Refuse, before allocating, a model or batch that cannot fit in memory."""
+    """Refuse, before allocating, a model or batch that cannot fit in memory: first as if
+    the cell held one matrix (nothing built), then with its own count (two tiny cells built)."""
     itemsize = np.dtype(config.get("dtype", "float32")).itemsize
-    cls = get_cell(config["cell"])
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cls.name, 4)  # a plugin cell: assume LSTM-sized
-    need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
-                              config.get("batch", 1), task.output_size, gates, itemsize)
-    limits.check_fits(need, f"--hidden {config['hidden']} --layers {config['layers']} "
-                            f"--seq-len {config['seq_len']} --batch {config.get('batch', 1)}")
+    sizes = f"hidden={config['hidden']} layers={config['layers']} seq_len={config['seq_len']} " \
+            f"batch={config.get('batch', 1)}"
+    for gates in (1, None):
+        gates = gates or _gates(get_cell(config["cell"]), config.get("cell_options") or {})
+        need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
+                                  config.get("batch", 1), task.output_size, gates, itemsize)
+        limits.check_fits(need, sizes, at_least=gates == 1)
 
 
-# Options added after the first checkpoints: their defaults are what older runs did.
-MODEL_DEFAULTS = dict(bidirectional=False, dropout=0.0, embed=None, cell_options={})
-SCHEDULE_DEFAULTS = dict(lr_schedule="constant", warmup=0, lr_step_size=None, lr_gamma=0.1, lr_patience=10,
-                         eval_every=None, patience=None)
+SCHEDULE_KEYS = ("lr_schedule", "warmup", "lr_step_size", "lr_gamma", "lr_patience", "eval_every", "patience")
+
+
+def _gates(cls, cell_options):
+    """How many hidden x hidden matrices the cell holds per layer and direction (1 for an
+    Elman RNN, 3 a GRU, 4 an LSTM): its parameter count's h^2 coefficient, measured by
+    building it at hidden sizes 4 and 8 (input size 1), with the initialisers' generator
+    left as it was. A cell that cannot be built that small counts as an LSTM."""
+    counts = []
+    try:
+        with init.seeded(0):
+            for hidden in (4, 8):
+                counts.append(sum(p.data.size for p in cls(1, hidden, **cell_options).parameters()))
+    except Exception:  # noqa: BLE001 (building the model reports the cell's own error)
+        return 4
+    return max(1, round((counts[1] - 2 * counts[0]) / 32))  # a h^2 + b h: (c(8) - 2 c(4)) / (64 - 32) = a
 
 
 def build(config):
     """Task and model from a config dict (what checkpoints store)."""
     task_cls = get_task(config["task"])
-    options = {"vocab": config["vocab"]} if config.get("vocab") else {}
+    vocab = {"vocab": config["vocab"]} if config.get("vocab") else {}
     try:
-        task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **options)
-    except Exception as e:
+        task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **vocab)
+    except BaseException as e:  # a plugin task may raise SystemExit or a bare BaseException too
+        reraise_interrupt(e)
         _raise_from_task_code(e, task_cls, "while building the task")
         raise
     return task, build_model(config, task)
@@ -102,11 +109,11 @@ def build(config):
 def build_model(config, task):
     """The model of a config dict for ``task`` (sizes checked before anything is allocated)."""
     cell_cls = get_cell(config["cell"])
-    opts = {k: config.get(k, v) for k, v in MODEL_DEFAULTS.items()}
+    opts = {k: setting(config, k) for k in ("bidirectional", "dropout", "embed", "cell_options")}
     if opts["embed"] and not task.tokens:
-        raise ConfigError(f"--embed needs a task whose inputs are tokens (text), not {task.name!r}")
+        raise ConfigError(f"embed={opts['embed']} needs a task whose inputs are tokens (text), not {task.name!r}")
     if opts["bidirectional"] and task.forecast:
-        raise ConfigError(f"--bidirectional cannot train on task {task.name!r}: its target at step t is "
+        raise ConfigError(f"bidirectional=True cannot train on task {task.name!r}: its target at step t is "
                           "the input at t+1, which the reverse direction would read")
     task.token_input = bool(opts["embed"])
     _check_model_size(config, task)
@@ -117,7 +124,8 @@ def build_model(config, task):
                                        dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
         if config.get("init", "pytorch") != "pytorch":
             model.rnn.reset_parameters(config["init"])
-    except Exception as e:
+    except BaseException as e:  # a plugin cell may raise SystemExit or a bare BaseException too
+        reraise_interrupt(e)
         raise_if_user_code(e, "cell", cell_cls, "while building the model")
         raise
     if config.get("device", "cpu") != "cpu":
@@ -138,101 +146,43 @@ def evaluate(model, task, device="cpu"):
         model.train(was_training)
 
 
-@dataclass
-class TrainConfig:
-    """One training run, as ``tinygrad-rnn train``'s options: ``train(**fields)`` is
-    ``fit(TrainConfig(**fields)).summary``. ``check()`` validates it; ``settings()`` is the
-    part a checkpoint stores (what ``build`` reads back)."""
-
-    cell: str = "lstm"                  # the model and its task
-    task: str = "adding"
-    seq_len: int = 100
-    data: str = None
-    hidden: int = 64
-    layers: int = 1
-    batch: int = 32                     # the optimisation
-    steps: int = 1000                   # the total: a resumed run continues up to it
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    clip_norm: float = None
-    clip_value: float = None
-    init_scheme: str = "pytorch"
-    weight_decay: float = 0.0
-    l1: float = 0.0
-    bptt: int = None
-    seed: int = 0
-    device: str = "cpu"
-    save: str = None                    # files: checkpoint, resume from, JSON Lines log
-    resume: str = None
-    log: str = None
-    log_every: int = 50
-    on_nonfinite: str = "error"         # or "skip" the update
-    progress: object = False            # True (a line on stderr) or progress(step, steps, loss, norm, note)
-    diagnose_every: int = None
-    dtype: str = "float32"
-    cell_options: dict = None
-    bidirectional: bool = False
-    dropout: float = 0.0
-    embed: int = None
-    lr_schedule: str = "constant"       # the learning-rate schedule and early stopping
-    warmup: int = 0
-    lr_step_size: int = None
-    lr_gamma: float = 0.1
-    lr_patience: int = 10
-    eval_every: int = None
-    patience: int = None
-    save_every: int = None
-    explicit: frozenset = frozenset()   # the arguments chosen, not defaulted (resume conflicts)
-    parallel: object = None             # distributed.mpi.DataParallel, or None
-
+class _TrainConfigMethods:
     def check(self):
         """Raise ConfigError naming the first invalid or conflicting field."""
-        for name in ("steps", "batch", "hidden", "layers", "seq_len", "log_every"):
-            _positive(name, getattr(self, name), allow_zero=name == "steps")
-        for name in ("lr", "clip_norm", "clip_value", "weight_decay", "l1"):
-            _nonneg(name, getattr(self, name), positive=name == "lr")
-        _positive("seed", self.seed, allow_zero=True)
-        for name in ("bptt", "diagnose_every", "embed", "lr_step_size", "eval_every", "patience", "save_every"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-        _positive("warmup", self.warmup, allow_zero=True)
-        _positive("lr_patience", self.lr_patience, allow_zero=True)
-        dropout, lr_gamma = self.dropout, self.lr_gamma
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
-            raise ConfigError(f"lr_gamma must be a number in (0, 1], got {lr_gamma!r}")
-        if self.lr_schedule not in optim.SCHEDULES:
-            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose from {', '.join(optim.SCHEDULES)}")
+        for option in options.OPTIONS:
+            options.check(option.name, getattr(self, option.name))
         if self.lr_schedule == "plateau" and not self.eval_every:
-            raise ConfigError("--lr-schedule plateau lowers the rate when the eval loss stalls: give --eval-every N")
+            raise ConfigError("lr_schedule='plateau' lowers the rate when the eval loss stalls: give eval_every=N")
         if self.patience and not self.eval_every:
-            raise ConfigError("--patience counts evaluations: give --eval-every N")
+            raise ConfigError(f"patience={self.patience} counts evaluations: give eval_every=N")
         if self.save_every and (not self.save or self.patience):
-            raise ConfigError("--save-every needs --save PATH" if not self.save else
-                              "--save-every and --patience both write --save (which then holds the best model); "
+            raise ConfigError(f"save_every={self.save_every} needs save=PATH" if not self.save else
+                              "save_every= and patience= both write save= (which then holds the best model); "
                               "use one")
         if self.warmup and self.steps and self.warmup >= self.steps:
-            raise ConfigError(f"--warmup ({self.warmup}) must be below --steps ({self.steps})")
-        if self.optimizer not in optim.OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
-        if self.init_scheme not in INIT_SCHEMES:
-            raise ConfigError(f"unknown init {self.init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
-        if self.on_nonfinite not in ("error", "skip"):
-            raise ConfigError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+            raise ConfigError(f"warmup={self.warmup} must be below steps={self.steps}")
 
     def settings(self):
-        """The run's settings as a checkpoint stores them (``init``, not ``init_scheme``)."""
-        return dict(cell=self.cell, task=self.task, seq_len=self.seq_len, data=self.data, hidden=self.hidden,
-                    layers=self.layers, batch=self.batch, optimizer=self.optimizer, lr=self.lr,
-                    clip_norm=self.clip_norm, clip_value=self.clip_value, init=self.init_scheme,
-                    weight_decay=self.weight_decay, l1=self.l1, bptt=self.bptt, seed=self.seed,
-                    dtype=self.dtype, cell_options=self.cell_options or {}, device=self.device,
-                    bidirectional=bool(self.bidirectional), dropout=float(self.dropout), embed=self.embed,
-                    lr_schedule=self.lr_schedule, warmup=self.warmup,
-                    lr_step_size=self.lr_step_size or max(1, (self.steps - self.warmup) // 3),
-                    lr_gamma=float(self.lr_gamma), lr_patience=self.lr_patience, eval_every=self.eval_every,
-                    patience=self.patience)
+        """The run's settings as a checkpoint stores them (under their keys: ``init``, not
+        ``init_scheme``), and the device."""
+        s = {o.key: getattr(self, o.name) for o in options.OPTIONS if o.saved}
+        s.update(cell_options=self.cell_options or {}, device=self.device, bidirectional=bool(self.bidirectional),
+                 dropout=float(self.dropout), lr_gamma=float(self.lr_gamma),
+                 lr_step_size=self.lr_step_size or max(1, (self.steps - self.warmup) // 3))
+        return s
+
+
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [(o.name, options.PYTHON_TYPES[o.kind], field(default=o.default)) for o in options.OPTIONS] + [
+        ("progress", object, field(default=False)),  # True (a line on stderr) or progress(step, steps, loss, norm, note)
+        ("explicit", frozenset, field(default=frozenset())),  # the arguments chosen, not defaulted
+        ("parallel", object, field(default=None)),  # distributed.mpi.DataParallel, or None
+    ], bases=(_TrainConfigMethods,), namespace={"__module__": __name__})
+TrainConfig.__doc__ = """One training run: a field per run option (``tinygrad_rnn.options.OPTIONS``, the
+options of ``tinygrad-rnn train``), and ``progress``, ``explicit`` and ``parallel`` (see
+``train``). ``train(**fields)`` is ``fit(TrainConfig(**fields)).summary``. ``check()``
+validates it; ``settings()`` is the part a checkpoint stores (what ``build`` reads back)."""
 
 
 @dataclass
@@ -247,11 +197,8 @@ class TrainResult:
 def train(*args, **kwargs):
     """Train ``cell`` on ``task``; return a summary dict (what ``train --json`` prints).
 
-    Keyword arguments as in ``tinygrad-rnn train`` (the fields of ``TrainConfig``): cell,
-    task, seq_len, data, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
-    init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every,
-    on_nonfinite, diagnose_every, dtype, cell_options, bidirectional, dropout, embed,
-    lr_schedule, warmup, lr_step_size, lr_gamma, lr_patience, eval_every, patience. ``steps``
+    Keyword arguments as in ``tinygrad-rnn train`` (the fields of ``TrainConfig``, one per
+    row of ``tinygrad_rnn.options.OPTIONS``, with its type, range, default and help). ``steps``
     is the total: a resumed run continues from its checkpoint up to it. ``bptt=K`` (stream
     tasks: text, series) trains on consecutive K-step chunks, carrying each sequence's state
     across chunks (detached). ``fit(TrainConfig(...))`` returns the trained model too.
@@ -328,13 +275,13 @@ class _Run:
         if settings.get("dropout") and settings["layers"] == 1 and not meta:
             print("warning: --dropout acts between layers; with one layer it does nothing (as in PyTorch)",
                   file=sys.stderr)
-        existing = {"--save": (checkpoint.is_checkpoint, checkpoint.NOUN),
-                    "--log": (safeio.is_log, "a tinygrad_rnn JSON Lines log")}
-        safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
-        safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)],
-                             [("--data", settings.get("data")), *plugin_files()], existing)
+        existing = {"save=": (checkpoint.is_checkpoint, checkpoint.NOUN),
+                    "log=": (safeio.is_log, "a tinygrad_rnn JSON Lines log")}
+        safeio.check_outputs([("log=", cfg.log)], [("resume=", cfg.resume)])  # save= may replace resume='s file
+        safeio.check_outputs([("save=", cfg.save), ("log=", cfg.log)],
+                             [("data=", settings.get("data")), *plugin_files()], existing)
         if cfg.parallel is None or cfg.parallel.root:  # one writer per output: a second run is refused
-            self.locks = safeio.lock_outputs([("--save", cfg.save), ("--log", cfg.log)])
+            self.locks = safeio.lock_outputs([("save=", cfg.save), ("log=", cfg.log)])
         self.task, self.model = build(settings)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
@@ -342,12 +289,12 @@ class _Run:
         self.settings = settings
         self.opt = optim.OPTIMIZERS[settings["optimizer"]](self.model.parameters(), lr=settings["lr"],
                                                            weight_decay=settings["weight_decay"], l1=settings["l1"])
-        self.schedule = {k: settings.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
+        self.schedule = {k: setting(settings, k) for k in SCHEDULE_KEYS}
         self.sched = _scheduler(self.opt, self.schedule, cfg.steps)
         self.early = {"best": math.inf, "best_step": None, "bad": 0}  # eval-loss bookkeeping (--patience)
         self.rng = np.random.default_rng(settings["seed"])
         safeio.check_space(cfg.save, 3 * sum(p.numpy().nbytes for p in self.model.parameters()) + 2 ** 16,
-                           "--save")
+                           "save=")
         self.start, self.carried, self.cursors, self.best = 0, None, None, None
         if meta:
             self._resume(meta, arrays)
@@ -362,7 +309,7 @@ class _Run:
         if self.schedule["patience"] and self.early["best_step"] is not None:
             self.best = meta, arrays  # with --patience, checkpoints are written at the best step
         if self.start > cfg.steps:
-            raise ConfigError(f"the checkpoint is already at step {self.start}, beyond --steps {cfg.steps}")
+            raise ConfigError(f"the checkpoint is already at step {self.start}, beyond steps={cfg.steps}")
 
     # ---- the loop -----------------------------------------------------------------------
     def loop(self):
@@ -440,7 +387,7 @@ class _Run:
             raise TrainingError(_nonfinite_message(self.step, loss_value, self.model))
         after = norm
         if s["clip_norm"] is not None:
-            optim.clip_grad_norm(params, s["clip_norm"])
+            optim.clip_grad_norm(params, s["clip_norm"], norm=norm)
             after = min(norm, s["clip_norm"])
             self.clipped += norm > s["clip_norm"]
         if s["clip_value"] is not None:
@@ -519,7 +466,7 @@ class _Run:
             self._save(self.best or self.snapshot(at))
         if self.interrupted:
             raise TrainingInterrupted(f"interrupted at step {self.completed} of {cfg.steps}; the run up to it is "
-                                      f"saved in {save!r}: --resume {save} to continue")
+                                      f"saved in {save!r}: resume={save} to continue")
         eval_loss = evaluate(self.model, self.task, cfg.device)
         seconds = self.seconds
         summary = {
@@ -564,8 +511,7 @@ def _validated_run(meta, arrays, path):
 def _resumed_settings(cfg, given, meta, arrays):
     """The checkpoint's settings, continued; an explicit option that says otherwise is an error."""
     resumed = _validated_run(meta, arrays, cfg.resume)
-    _check_resume_conflicts(resumed, given, cfg.explicit, cfg.resume)
-    _check_layer_option_conflicts(cfg.resume, resumed, given, cfg.lr_step_size)
+    _check_resume_conflicts(cfg, resumed, cfg.resume)
     settings = dict(resumed, device=cfg.device)
     if "data" in cfg.explicit and cfg.data:
         settings["data"] = cfg.data  # the same file, or where the run's file has moved to
@@ -574,11 +520,11 @@ def _resumed_settings(cfg, given, meta, arrays):
 
 def _check_bptt(settings, task):
     if settings["bptt"] and not task.stream:
-        raise ConfigError(f"--bptt applies to stream tasks (text, series), not {task.name!r}")
+        raise ConfigError(f"bptt={settings['bptt']} applies to stream tasks (text, series), not {task.name!r}")
     if settings["bptt"] and len(task.train) // settings["batch"] < settings["bptt"] + 2:
-        raise ConfigError(f"--bptt {settings['bptt']} is longer than each sequence's share of the training data "
-                          f"({len(task.train)} steps over --batch {settings['batch']}: "
-                          f"{len(task.train) // settings['batch']} each); lower --bptt or --batch")
+        raise ConfigError(f"bptt={settings['bptt']} is longer than each sequence's share of the training data "
+                          f"({len(task.train)} steps over batch={settings['batch']}: "
+                          f"{len(task.train) // settings['batch']} each); lower bptt= or batch=")
 
 
 def _finish_step_on_sigint(flag):
@@ -626,8 +572,8 @@ def _nonfinite_message(step, loss_value, model):
     for name, p in model.named_parameters():
         if p.grad is not None and not np.isfinite(p.grad.numpy()).all():
             return (f"step {step}: non-finite gradient in parameter {name!r} (loss {loss_value}); "
-                    "lower --lr, add --clip-norm, or pass --on-nonfinite skip")
-    return f"step {step}: the loss is {loss_value}; lower --lr, add --clip-norm, or pass --on-nonfinite skip"
+                    "lower lr=, add clip_norm=, or pass on_nonfinite='skip'")
+    return f"step {step}: the loss is {loss_value}; lower lr=, add clip_norm=, or pass on_nonfinite='skip'"
 
 
 def _tbptt_batch(task, rng, batch, k, cursors):
@@ -653,14 +599,14 @@ def _write(f, record):
         f.write(safeio.dumps(record) + "\n")
         f.flush()
     except OSError as e:  # a full disk, say: the run's own error, not a bug
-        raise safeio.OutputError(f"--log {f.name!r}: cannot write ({e.strerror or e})") from None
+        raise safeio.OutputError(f"log={f.name!r}: cannot write ({e.strerror or e})") from None
 
 
 def _close_log(f):
     try:
         f.close()
     except OSError as e:  # close() flushes what a failed write left in the buffer
-        raise safeio.OutputError(f"--log {f.name!r}: cannot write ({e.strerror or e})") from None
+        raise safeio.OutputError(f"log={f.name!r}: cannot write ({e.strerror or e})") from None
 
 
 def _scheduler(opt, run, steps):
@@ -672,19 +618,6 @@ def _scheduler(opt, run, steps):
     if kind == "plateau":
         return optim.ReduceLROnPlateau(opt, run["lr_gamma"], run["lr_patience"], warmup=warmup)
     return optim.ConstantLR(opt, warmup=warmup)
-
-
-def _check_layer_option_conflicts(path, saved, requested, lr_step_size):
-    """A resumed run continues the checkpoint's settings; an option given now that says
-    otherwise is an error, not something silently ignored."""
-    defaults = dict(MODEL_DEFAULTS, **SCHEDULE_DEFAULTS)
-    for key, default in defaults.items():
-        want = lr_step_size if key == "lr_step_size" else requested[key]
-        have = saved.get(key, default)
-        if want not in (default, have):
-            option = "--" + key.replace("_", "-")
-            raise ConfigError(f"{option} {want!r} conflicts with the resumed run's {key} {have!r} in {path!r}; "
-                              f"drop {option} to continue that run, or start a new one without --resume")
 
 
 def _model_input(task, tokens, dtype):
@@ -701,8 +634,9 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
         raise ConfigError(f"{path!r} holds a model for task {config.get('task')!r}; generate needs a text model")
     if not isinstance(temperature, numbers.Real) or not temperature > 0 or math.isinf(temperature):
         raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
-    _positive("seed", seed, allow_zero=True)
-    _positive("length", length, allow_zero=True)
+    options.check("seed", seed)
+    if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length < 0:
+        raise ConfigError(f"length must be an integer >= 0, got {length!r}")
     if length > limits.MAX_GENERATE_LENGTH:
         raise ConfigError(f"length {length} is more than the {limits.MAX_GENERATE_LENGTH} characters generate "
                           "makes at once")

@@ -359,6 +359,14 @@ class CudaArray:
     def __len__(self):
         return self.shape[0]
 
+    def __bool__(self):
+        # As NumPy: without this, ``x in some_list`` (which compares with ==) was always true.
+        if self.size != 1:
+            raise ValueError("The truth value of an array with more than one element is ambiguous. "
+                             "Use a.any() or a.all()" if self.size else "The truth value of an empty array is "
+                             "ambiguous")
+        return bool(to_numpy(self).reshape(()))
+
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         shape = tuple(int(s) for s in shape)

@@ -22,11 +22,12 @@ import statistics
 import threading
 import time
 
-from .. import optim, report, safeio, training
+from .. import options, report, safeio, training
 from ..errors import Error
 from ..plugins import get_cell, get_task, load_plugin, plugin_files
 
-GRID = ("cell", "task", "seq_len", "hidden", "init", "lr", "optimizer", "clip_norm")
+GRID = ("cell", "task", "seq_len", "hidden", "init", "lr", "optimizer", "clip_norm")  # the order of a point's keys
+assert set(GRID) == {o.key for o in options.OPTIONS if o.grid}
 MODES = ("train", "diagnose")
 DEFAULTS = {"train": {"steps": 1000, "clip_norm": None}, "diagnose": {"steps": 0, "clip_norm": 1.0}}
 SOLVED_FRACTION = 0.05  # "solved": eval loss below 5 % of the trivial baseline (adding: MSE < 0.0083)
@@ -39,57 +40,6 @@ class SweepError(Error, RuntimeError):
 
 # ---- the grid --------------------------------------------------------------------------
 
-def _int(lo):
-    def conv(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise ValueError("not an integer") from None
-        if v < lo:
-            raise ValueError(f"must be an integer >= {lo}")
-        return v
-    return conv
-
-
-def _number(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise ValueError("not a number") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise ValueError("must be a finite number >= 0")
-    return v
-
-
-def _positive_number(s):
-    v = _number(s)
-    if v == 0:
-        raise ValueError("must be a finite number > 0")
-    return v
-
-
-def _choice(options):
-    def conv(s):
-        if s not in options:
-            raise ValueError(f"choose from {', '.join(options)}")
-        return s
-    return conv
-
-
-def _registered(lookup):
-    def conv(s):
-        lookup(s)  # KeyError naming the known ones
-        return s
-    return conv
-
-
-CONVERT = {
-    "cell": _registered(get_cell), "task": _registered(get_task), "seq_len": _int(2), "hidden": _int(1),
-    "init": _choice(training.INIT_SCHEMES), "lr": _positive_number, "optimizer": _choice(tuple(optim.OPTIMIZERS)),
-    "clip_norm": lambda s: None if s.lower() == "none" else _number(s),
-}
-
-
 def parse_values(name, raw):
     """Values of grid option ``name`` from repeated and/or comma-separated strings, in order,
     without repeats. Raises ValueError naming the option and the bad value."""
@@ -100,7 +50,7 @@ def parse_values(name, raw):
             if not s:
                 raise ValueError(f"--{name.replace('_', '-')}: empty value in {chunk!r}")
             try:
-                v = CONVERT[name](s)
+                v = options.parse(options.BY_KEY[name].name, s)
             except (ValueError, KeyError) as e:
                 why = e.args[0] if e.args else "invalid"
                 raise ValueError(f"--{name.replace('_', '-')}: {s!r}: {why}") from None
@@ -188,11 +138,8 @@ def run_point(point, plugins=()):
 
 
 def _run(p):
-    if p["mode"] == "train":
-        return training.train(cell=p["cell"], task=p["task"], seq_len=p["seq_len"], hidden=p["hidden"],
-                              batch=p["batch"], steps=p["steps"], optimizer=p["optimizer"], lr=p["lr"],
-                              clip_norm=p["clip_norm"], init_scheme=p["init"], seed=p["seed"],
-                              cell_options=p.get("cell_options"))
+    if p["mode"] == "train":  # the point's keys are checkpoint keys: init, not init_scheme
+        return training.train(**{options.BY_KEY[k].name: v for k, v in p.items() if k != "mode"})
     found = report.diagnose((p["cell"],), p["task"], p["seq_len"], p["init"], p["steps"], p["hidden"],
                             batch=p["batch"], seed=p["seed"], lr=p["lr"], clip_norm=p["clip_norm"],
                             cell_options=p.get("cell_options"))
