@@ -313,9 +313,14 @@ INIT_HELP = ("Re-initialise before training. 'pytorch' (the default) keeps each 
 @click.option("--fail-on", default="", metavar="LIST",
               help="Exit 3 if a listed verdict is found, e.g. vanishing,exploding.")
 @click.option("--bidirectional", is_flag=True, help="Bidirectional layers: norms for each direction.")
+@click.option("--remat", is_flag=True, default=None,
+              help="Recompute activations in the backward, about sqrt(T) steps at a time (less memory, "
+                   "the same numbers). Default: on when the activations would not fit in memory.")
+@click.option("--remat-every", type=click.IntRange(min=1), metavar="K",
+              help="Recompute K steps at a time (implies --remat).")
 @cell_option
 def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers, batch, seed, device,
-             as_json, plot_path, fail_on, bidirectional, cell_option_pairs):
+             as_json, plot_path, fail_on, bidirectional, remat, remat_every, cell_option_pairs):
     """Gradient norm per time step for each cell, with a verdict."""
     fail_set = {v.strip() for v in fail_on.split(",") if v.strip()}
     bad = fail_set - {"vanishing", "exploding", "healthy"}
@@ -331,7 +336,8 @@ def diagnose(cell_names, task, data, seq_len, init_scheme, steps, hidden, layers
     with compile_notice():
         report = tr.report.diagnose(cell_names, task, seq_len, init_scheme, steps, hidden, layers, batch, seed,
                                   device=device, data=data, bidirectional=bidirectional,
-                                  cell_options=_cell_options(cell_names, cell_option_pairs))
+                                  cell_options=_cell_options(cell_names, cell_option_pairs),
+                                  remat=remat_every or remat)
     if plot_path:
         tr.report.plot(report, plot_path)
     _emit(report, as_json, _print_diagnosis)
@@ -345,51 +351,8 @@ def _fmt(v, spec=".3g"):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def _init_label(scheme):
-    """What --init did, in the words of its help: the default keeps each cell's own init."""
-    if scheme == "pytorch":
-        return "pytorch (each cell's own: PyTorch's for the built-ins)"
-    matrices = "xavier_uniform" if scheme in ("identity", "orthogonal") else scheme
-    return f"{scheme} (on *hh* weights; other matrices {matrices}, vectors 0)"
-
-
 def _print_diagnosis(report):
-    click.echo(f"task {report['task']}, T={report['seq_len']}, hidden {report['hidden']}, "
-               f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
-    stages = [("init", lambda c: c)] + ([(f"step {report['steps']}", lambda c: c["after_training"])]
-                                        if report["steps"] else [])
-    click.echo(f"{'cell':14} {'when':10} {'verdict':10} {'rate/step':>9} {'horizon':>8} "
-               f"{'|g_0|/|g_T|':>11} {'|J| mean':>8} {'gate sat':>8}")
-    for c in report["cells"]:
-        for label, get in stages:
-            d = get(c)
-            sat = d["gate_saturation"]
-            click.echo(f"{c['cell']:14} {label:10} {d['verdict']:10} {_fmt(d['decay_rate'], '.3f'):>9} "
-                       f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
-                       f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
-                       f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
-            if "reverse" in d:
-                r = d["reverse"]
-                click.echo(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
-                           f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
-    rows = [get(c)[key][0] for c in report["cells"] for _, get in stages
-            for key in ("grad_norm_per_step", "grad_norm_per_step_reverse") if key in get(c)]
-    scale = diagnostics.sparkline_scale(rows)
-    legend = f": ▁ = {10 ** scale[0]:.1e} .. █ = {10 ** scale[1]:.1e}" if scale else ""
-    click.echo(f"\n||dL/dh_t|| on one log scale for all rows{legend}, t = 0 (left) .. T (right):")
-    for c in report["cells"]:
-        for label, get in stages:
-            click.echo(f"{c['cell']:>8} {label:>9} "
-                       f"{diagnostics.sparkline(get(c)['grad_norm_per_step'][0], scale=scale)}")
-            if "grad_norm_per_step_reverse" in get(c):
-                click.echo(f"{'reverse':>8} {label:>9} "
-                           f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0], scale=scale)}")
-    if report.get("bidirectional"):
-        click.echo("reverse: the reverse direction; its verdict, rate and horizon follow its own order, "
-                   "from t = T (its first step) down to 0")
-    th = report["thresholds"]
-    click.echo(f"\nverdict: vanishing if |g_0|/|g_T| < {th['vanishing_ratio']:g}, exploding if > "
-               f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")
+    click.echo(tr.report.format_report(report))
 
 
 @main.command(cls=_ListsRegistry)
@@ -441,6 +404,11 @@ def _print_diagnosis(report):
               help="Dropout on the input of every layer but the first (training only).")
 @click.option("--embed", type=click.IntRange(min=1), default=None, metavar="DIM",
               help="Learn a DIM-wide embedding of the input tokens instead of one-hot (text).")
+@click.option("--remat", is_flag=True, default=None,
+              help="Recompute activations in the backward, about sqrt(T) steps at a time (less memory, "
+                   "the same gradients). Default: on when the activations would not fit in memory.")
+@click.option("--remat-every", type=click.IntRange(min=1), metavar="K",
+              help="Recompute K steps at a time (implies --remat).")
 @click.option("--lr-schedule", type=click.Choice(list(tr.optim.SCHEDULES)), default="constant", show_default=True,
               help="Learning-rate schedule (PyTorch's StepLR, CosineAnnealingLR, ReduceLROnPlateau).")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, metavar="N",
@@ -467,7 +435,8 @@ def _print_diagnosis(report):
 def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimizer, lr, clip_norm, clip_value,
           init_scheme, weight_decay, l1, bptt, seed, device, save, resume, log, log_every, diagnose_every,
           on_nonfinite, as_json, cell_option_pairs, bidirectional, dropout, embed, lr_schedule, warmup,
-          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, dtype, distributed, progress):
+          lr_step_size, lr_gamma, lr_patience, eval_every, patience, save_every, dtype, distributed, progress,
+          remat, remat_every):
     """Train a cell on a sequence task."""
     run = training.train
     if distributed:
@@ -484,7 +453,8 @@ def train(ctx, cell, task, data, seq_len, hidden, layers, batch, steps, optimize
             cell_options=_cell_options(_resumed_cell(ctx, cell, resume), cell_option_pairs),
             bidirectional=bidirectional, dropout=dropout,
             embed=embed, lr_schedule=lr_schedule, warmup=warmup, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
-            lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every)
+            lr_patience=lr_patience, eval_every=eval_every, patience=patience, save_every=save_every,
+            remat=remat_every or remat)
     if summary is None:
         return  # an MPI rank other than 0: rank 0 prints
 

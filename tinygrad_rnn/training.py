@@ -19,6 +19,7 @@ from .cell_options import check_cell_options
 from .errors import ConfigError, Error
 from .model import SequenceModel
 from .plugins import get_cell, get_task, plugin_files, raise_if_user_code
+from .remat import check_remat
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -70,15 +71,31 @@ def _check_resume_conflicts(config, given, explicit, path):
                           f"drop {option} to continue that run, or start a new one without --resume")
 
 
-def _check_model_size(config, task):
-    """Refuse, before allocating, a model or batch that cannot fit in memory."""
+def _check_model_size(config, task, remat=None):
+    """Refuse, before allocating, a model or batch that cannot fit in memory. Returns the
+    ``remat`` to build with: ``None`` (automatic) becomes True, with a note on stderr,
+    when only recomputation makes the activations fit."""
     itemsize = np.dtype(config.get("dtype", "float32")).itemsize
     cls = get_cell(config["cell"])
     gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cls.name, 4)  # a plugin cell: assume LSTM-sized
     need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
                               config.get("batch", 1), task.output_size, gates, itemsize)
-    limits.check_fits(need, f"--hidden {config['hidden']} --layers {config['layers']} "
-                            f"--seq-len {config['seq_len']} --batch {config.get('batch', 1)}")
+    what = (f"--hidden {config['hidden']} --layers {config['layers']} "
+            f"--seq-len {config['seq_len']} --batch {config.get('batch', 1)}")
+    if remat is None and need > limits.available_memory():
+        T = config["seq_len"]
+        kept = 2 * math.sqrt(T) / T  # remat=True keeps about sqrt(T) steps' values and sqrt(T) states
+        lean = limits.model_bytes(task.input_size, config["hidden"], config["layers"], T, config.get("batch", 1),
+                                  task.output_size, gates, itemsize, steps_kept=kept)
+        if lean <= limits.available_memory():
+            print(f"note: {what} needs about {limits.human_bytes(need)} for activations, more than the "
+                  f"{limits.human_bytes(limits.available_memory())} available: recomputing them (--remat)",
+                  file=sys.stderr)
+            return True
+    limits.check_fits(need if not remat else limits.model_bytes(
+        task.input_size, config["hidden"], config["layers"], config["seq_len"], config.get("batch", 1),
+        task.output_size, gates, itemsize, steps_kept=2 * math.sqrt(config["seq_len"]) / config["seq_len"]), what)
+    return remat
 
 
 # Options added after the first checkpoints: their defaults are what older runs did.
@@ -87,8 +104,9 @@ SCHEDULE_DEFAULTS = dict(lr_schedule="constant", warmup=0, lr_step_size=None, lr
                          eval_every=None, patience=None)
 
 
-def build(config):
-    """Task and model from a config dict (what checkpoints store)."""
+def build(config, remat=None):
+    """Task and model from a config dict (what checkpoints store); ``remat`` as ``tr.nn.RNN``'s
+    (None: switched on when the activations would not fit otherwise)."""
     task_cls = get_task(config["task"])
     options = {"vocab": config["vocab"]} if config.get("vocab") else {}
     try:
@@ -96,10 +114,10 @@ def build(config):
     except Exception as e:
         _raise_from_task_code(e, task_cls, "while building the task")
         raise
-    return task, build_model(config, task)
+    return task, build_model(config, task, remat)
 
 
-def build_model(config, task):
+def build_model(config, task, remat=None):
     """The model of a config dict for ``task`` (sizes checked before anything is allocated)."""
     cell_cls = get_cell(config["cell"])
     opts = {k: config.get(k, v) for k, v in MODEL_DEFAULTS.items()}
@@ -109,7 +127,7 @@ def build_model(config, task):
         raise ConfigError(f"--bidirectional cannot train on task {task.name!r}: its target at step t is "
                           "the input at t+1, which the reverse direction would read")
     task.token_input = bool(opts["embed"])
-    _check_model_size(config, task)
+    remat = _check_model_size(config, task, remat)
     init.manual_seed(config["seed"])
     try:
         model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
@@ -117,6 +135,7 @@ def build_model(config, task):
                                        dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
         if config.get("init", "pytorch") != "pytorch":
             model.rnn.reset_parameters(config["init"])
+        model.rnn.remat = check_remat(remat)
     except Exception as e:
         raise_if_user_code(e, "cell", cell_cls, "while building the model")
         raise
@@ -184,6 +203,7 @@ class TrainConfig:
     save_every: int = None
     explicit: frozenset = frozenset()   # the arguments chosen, not defaulted (resume conflicts)
     parallel: object = None             # distributed.mpi.DataParallel, or None
+    remat: object = None                # recomputation (tr.nn.RNN's remat); None: when memory needs it
 
     def check(self):
         """Raise ConfigError naming the first invalid or conflicting field."""
@@ -218,6 +238,10 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
         if self.init_scheme not in INIT_SCHEMES:
             raise ConfigError(f"unknown init {self.init_scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
+        try:
+            check_remat(self.remat)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
         if self.on_nonfinite not in ("error", "skip"):
             raise ConfigError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
 
@@ -330,7 +354,7 @@ class _Run:
         safeio.check_outputs([("--log", cfg.log)], [("--resume", cfg.resume)])  # --save may replace --resume's file
         safeio.check_outputs([("--save", cfg.save), ("--log", cfg.log)],
                              [("--data", settings.get("data")), *plugin_files()], existing)
-        self.task, self.model = build(settings)
+        self.task, self.model = build(settings, cfg.remat)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
         _check_bptt(settings, self.task)
