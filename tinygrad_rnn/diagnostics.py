@@ -115,9 +115,14 @@ def _layer_inputs(rnn, x, state):
     """(input sequence, initial state, cell) seen by each layer and direction, in the
     order of the final states (no tape; a reverse direction's input is reversed in time)."""
     seen = []
-    with no_grad():
-        x = ops.tensor(x).astype(rnn.dtype)
-        rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
+    kept = rnn.remat
+    rnn.remat = kept or True  # only the states are needed: nothing else of a long sequence is kept
+    try:
+        with no_grad():
+            x = ops.tensor(x).astype(rnn.dtype)
+            rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
+    finally:
+        rnn.remat = kept
     return seen
 
 
@@ -132,8 +137,10 @@ def _check_output(rnn, out):
 
 
 # Jacobian spectra measure at most this many steps of a sequence, evenly spaced (the first
-# and the last included): T = 10^5 would otherwise cost a hundred times T = 1000.
-JACOBIAN_MAX_STEPS = 1000
+# and the last included). Each LSTM-64 step's spectral norm costs about 2 ms of one core
+# (a (128, 128) matrix; power iteration or an SVD alike, measured on 300 steps), so all of
+# T = 1000 would take 2 s of a 5 s budget, and T = 10^5 minutes; 200 points draw the curve.
+JACOBIAN_MAX_STEPS = 200
 # Rows of one batched vector-Jacobian product: (steps per group) x (state size) copies of
 # the step. 4096 rows keep a group's tape near 100 MB for an LSTM of hidden 64 in float64.
 _JACOBIAN_ROWS = 4096
@@ -263,23 +270,35 @@ def recurrent_spectral_radius(rnn):
     return out
 
 
+# Gate values held at once by gate_saturation: 2^20 (row, unit) pairs per step chunk, about
+# 80 MB of a GRU's residuals in float64.
+_SATURATION_ROWS = 2 ** 20
+
+
 def gate_saturation(rnn, x, state=None):
     """For gated cells: share of gates (sigmoid outputs, found in the compiled graph)
     below 0.05 or above 0.95, and of tanh outputs beyond +-0.95, over all layers, steps
     and units. None for cells without sigmoid gates or that do not compile."""
     from .compiler import CompileError, step_values
+    from .remat import all_states
     sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
     for xs, s0, cell in _layer_inputs(rnn, x, state):
-        try:
-            found = step_values(cell, xs, s0)
-        except CompileError:
-            return None
-        for s in found["sigmoid"]:
-            sig += int(((s < 0.05) | (s > 0.95)).sum())
-            n_sig += s.size
-        for th in found["tanh"]:
-            tanh += int((np.abs(th) > 0.95).sum())
-            n_tanh += th.size
+        T, B = xs.shape[:2]
+        chunk = max(1, _SATURATION_ROWS // (B * cell.hidden_size))
+        for a in range(0, T, chunk):  # a chunk of steps at a time: a long sequence's gates would not fit
+            part = Tensor(xs.numpy()[a:a + chunk])
+            try:
+                found = step_values(cell, part, s0)
+            except CompileError:
+                return None
+            for s in found["sigmoid"]:
+                sig += int(((s < 0.05) | (s > 0.95)).sum())
+                n_sig += s.size
+            for th in found["tanh"]:
+                tanh += int((np.abs(th) > 0.95).sum())
+                n_tanh += th.size
+            if a + chunk < T:
+                s0 = tuple(Tensor(y) for y in all_states(cell, part, s0)[-1])
     if not n_sig:
         return None
     return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / max(n_tanh, 1)}

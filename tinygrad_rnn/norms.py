@@ -26,7 +26,7 @@ def l2norm(a):
     elements are representable: 0.0 only for an all-zero array."""
     a = np.asarray(a, np.float64)
     with np.errstate(over="ignore", under="ignore"):
-        sq = float(np.dot(a.ravel(), a.ravel()))
+        sq = float((a * a).sum())  # the formula the norms were taken with before: the same numbers
     lo, hi = _safe_range()
     if lo <= sq <= hi or sq == 0.0 and not a.any():
         return float(np.sqrt(sq))

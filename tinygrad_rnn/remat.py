@@ -185,15 +185,21 @@ ops.defop("remat_step_sequence", _step_fwd, _step_vjp, residuals=True)
 
 # ---- the compiled path --------------------------------------------------------------
 def compiled_sequence(cell, x, state, mask, probe, compiled, every):
-    """``compiler.run_layer`` with recomputation and/or norms that do not underflow (CPU)."""
+    """``compiler.run_layer`` with recomputation (``every``) and/or norms that do not underflow (CPU)."""
     from .compiler import _replayed_inputs
     from .compiler.runtime import JIT_LOOP_MAX_HIDDEN
     T, B, I = x.shape
-    hoisted, aux = _replayed_inputs(cell, x, compiled)
     m = np.ones((T, B), x.dtype) if mask is None else np.ascontiguousarray(mask, dtype=x.dtype)
-    Y = ops.apply(ops.OPS["remat_compiled_sequence"], *state, *hoisted, *aux, module=compiled.module,
-                  sizes=(I, cell.hidden_size), jit_loop=cell.hidden_size <= JIT_LOOP_MAX_HIDDEN,
-                  mask=m, probe=probe, n_states=len(state), n_hoisted=len(hoisted), every=every)
+    jit_loop = cell.hidden_size <= JIT_LOOP_MAX_HIDDEN
+    if every is None:
+        hoisted, aux = _replayed_inputs(cell, x, compiled)
+        Y = ops.apply(ops.OPS["probed_compiled_sequence"], *state, *hoisted, *aux, module=compiled.module,
+                      sizes=(I, cell.hidden_size), jit_loop=jit_loop, mask=m, probe=probe, n_states=len(state),
+                      n_hoisted=len(hoisted))
+    else:
+        Y = ops.apply(ops.OPS["remat_compiled_sequence"], x, *state, *cell.parameters(), cell=cell,
+                      compiled=compiled, jit_loop=jit_loop, mask=m, probe=probe, n_states=len(state), every=every,
+                      need_x=x.requires_grad)
     out = Y[:, 0]
     if mask is not None and not mask.all():
         out = out * Tensor(mask[:, :, None].astype(x.dtype), device=x.device)
@@ -205,50 +211,98 @@ def _split(arrays, n_states, n_hoisted):
     return arrays[:n_states], arrays[n_states:n_states + n_hoisted], arrays[n_states + n_hoisted:]
 
 
-def _c_fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, every):
+def _c_fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
     states, hoisted, aux = _split(arrays, n_states, n_hoisted)
-    if every is None:
-        return module.forward(jit_loop, *sizes, mask, *states, *hoisted, *aux)
-    T, Y = mask.shape[0], None
-    for a, b in segments(T, every):
-        start = states if a == 0 else [Y[a - 1, i] for i in range(n_states)]
-        Ys, _ = module.forward(jit_loop, *sizes, mask[a:b], *start, *(h[a:b] for h in hoisted), *aux)
-        if Y is None:
-            Y = np.empty((T,) + Ys.shape[1:], Ys.dtype)
-        Y[a:b] = Ys
-    return Y, None
+    return module.forward(jit_loop, *sizes, mask, *states, *hoisted, *aux)
 
 
-def _c_vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, every, residuals):
+def _c_vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
     states, hoisted, aux = _split(arrays, n_states, n_hoisted)
     g = np.ascontiguousarray(g, dtype=Y.dtype)
-    if every is None:
-        dx, dstates, daux, norms = module.backward(jit_loop, *sizes, g, Y, residuals, mask, *states,
-                                                   *hoisted, *aux)
-        if probe is not None and not safe_from_squares(np.square(np.asarray(norms, np.float64)), Y.dtype):
+    dx, dstates, daux, norms = module.backward(jit_loop, *sizes, g, Y, residuals, mask, *states, *hoisted, *aux)
+    if probe is not None:
+        if not safe_from_squares(np.square(np.asarray(norms, np.float64)), Y.dtype):
             # a sum of squares left the range where it is exact: measure again, rescaled
             norms = _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, RESCUE_SEGMENT)[3]
-    else:
-        dx, dstates, daux, norms = _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every,
-                                              exact_norms=probe is not None)
-    if probe is not None:
         probe.norms = norms
     daux = [d.reshape(a.shape) for d, a in zip(daux, aux)]
     return (*dstates, *dx, *daux)
 
 
-def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every, exact_norms=True):
+def _lean_fwd(k, x, *arrays, cell, compiled, jit_loop, mask, probe, n_states, every, need_x):
+    """Segment by segment: the hoisted products of the segment's rows, then its kernels;
+    only the states are kept."""
+    from .compiler import _replayed_inputs
+    T, B, I = x.shape
+    states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
+    module, sizes, Y = compiled.module, (I, cell.hidden_size), None
+    with no_grad():
+        for a, b in segments(T, every):
+            start = states if a == 0 else [Y[a - 1, i] for i in range(n_states)]
+            hoisted, aux = _replayed_inputs(cell, Tensor._make(x[a:b]), compiled)
+            Ys, _ = module.forward(jit_loop, *sizes, mask[a:b], *start,
+                                   *(np.ascontiguousarray(t.data) for t in (*hoisted, *aux)))
+            if Y is None:
+                Y = np.empty((T,) + Ys.shape[1:], Ys.dtype)
+            Y[a:b] = Ys
+    return Y
+
+
+def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_states, every, need_x):
+    """From the last segment: the hoisted products again on a fresh tape, the kernels'
+    forward and (rescaled) backward, then that tape's backward, which adds the weight
+    gradients into the parameters as the step path's tape does."""
+    from .compiler import _replayed_inputs
+    T, B, I = x.shape
+    states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
+    module, sizes = compiled.module, (I, cell.hidden_size)
+    g = np.ascontiguousarray(g, dtype=Y.dtype)
+    norms = np.zeros((n_states, T))
+    carry, dxs = None, []
+    was = _recording[0]
+    _recording[0] = True
+    try:
+        for a, b in reversed(segments(T, every)):
+            start = states if a == 0 else [np.ascontiguousarray(Y[a - 1, i]) for i in range(n_states)]
+            xs = Tensor._make(x[a:b])
+            xs.requires_grad = need_x
+            hoisted, aux = _replayed_inputs(cell, xs, compiled)
+            h_arr = [np.ascontiguousarray(t.data) for t in hoisted]
+            a_arr = [np.ascontiguousarray(t.data) for t in aux]
+            dh, carry, daux, ns = _segmented(module, jit_loop, sizes, g[a:b], Y[a:b], mask[a:b], start, h_arr,
+                                             a_arr, b - a, exact_norms=probe is not None, carry=carry)
+            norms[:, a:b] = ns
+            root = None
+            for t, d in zip((*hoisted, *aux), (*dh, *daux)):
+                if t.requires_grad:
+                    term = (t * Tensor._make(np.asarray(d).reshape(t.shape))).sum()
+                    root = term if root is None else root + term
+            if root is not None:
+                root.backward()
+            if need_x:
+                dxs.append(xs.grad.data if xs.grad is not None else np.zeros(xs.shape, x.dtype))
+    finally:
+        _recording[0] = was
+    if probe is not None:
+        probe.norms = norms
+    dx = np.concatenate(dxs[::-1], 0) if need_x else None
+    return (dx, *_unscaled(carry), *([None] * (len(arrays) - n_states)))
+
+
+def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every, exact_norms=True, carry=None):
     """The backward kernels run segment by segment from the last, each segment's forward
     recomputed from the state before it (kept in ``Y``). The gradient entering a segment
     is scaled by 2**-e to a largest element near 1 and its results by 2**e (exact scalings
     of floating-point numbers). With ``exact_norms``, a segment whose scaled sums of
     squares still leave the safe range (the gradient fell by more than about 1e140 inside
     it) is done again as two halves, down to single steps. Returns what the module's
-    ``backward`` returns."""
+    ``backward`` returns, but the state gradient as (arrays, e): the true one is
+    arrays * 2**e. ``carry``, in that form, is the gradient arriving at the last state
+    from after ``Y``'s steps."""
     T, S = mask.shape[0], len(states)
     dx = [np.empty_like(h) for h in hoisted]
     daux, norms = None, np.zeros((S, T))
-    carry, carry_exp = None, 0  # true carried gradient = carry * 2**carry_exp
+    carry, carry_exp = carry if carry is not None else (None, 0)  # true gradient = carry * 2**carry_exp
     todo = segments(T, every)  # taken from the end
     while todo:
         a, b = todo.pop()
@@ -277,8 +331,12 @@ def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every,
         daux = dau if daux is None else [x + y for x, y in zip(daux, dau)]
         norms[:, a:b] = np.ldexp(ns, e)
         carry, carry_exp = list(dst), e
-    dstates = [np.ldexp(c, carry_exp).astype(c.dtype) for c in carry]
-    return dx, dstates, daux, norms
+    return dx, (carry, carry_exp), daux, norms
+
+
+def _unscaled(carry):
+    arrays, e = carry
+    return [np.ldexp(c, e).astype(c.dtype) for c in arrays]
 
 
 _NO_EXPONENT = -(10 ** 6)
@@ -292,7 +350,8 @@ def _exponent(a):
     return int(np.frexp(peak)[1])
 
 
-ops.defop("remat_compiled_sequence", _c_fwd, _c_vjp, residuals=True)
+ops.defop("probed_compiled_sequence", _c_fwd, _c_vjp, residuals=True)
+ops.defop("remat_compiled_sequence", _lean_fwd, _lean_vjp)
 
 
 
