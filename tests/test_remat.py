@@ -85,3 +85,12 @@ def test_remat_switches_itself_on_when_activations_would_not_fit(monkeypatch, ca
     monkeypatch.setattr(limits, "available_memory", lambda: need // 100)
     with pytest.raises(tr.errors.ResourceError):
         training._check_model_size(config, task)
+
+
+def test_copy_and_adding_train_at_long_horizons():
+    for task in ("copy", "adding"):
+        s = tr.train(cell="gru", task=task, seq_len=1000, hidden=3, batch=2, steps=1, seed=0, remat=True)
+        assert np.isfinite(s["train_loss"])
+    eval_x, _ = tr.plugins.get_task("adding")(seq_len=20000).eval_set()
+    assert eval_x.shape[1] == 2 ** 19 // 20000  # a long horizon's eval set has fewer sequences
+    assert tr.plugins.get_task("adding")(seq_len=2000).eval_set()[0].shape[1] == 256
