@@ -331,3 +331,18 @@ def test_bad_state_names_are_a_config_error():
         state_names = ("h",)
     with pytest.raises(tr.errors.ConfigError, match="state_names must be 2 distinct"):
         D.state_names(Bad)
+
+
+def test_compiled_log10_norms_stay_exact_below_float64s_range():
+    T = 16  # dL/dh_0 is about 1e-450: not a float64, but its log10 is measured
+    x = np.random.default_rng(0).uniform(0, 1, (T, 2, 2))
+    rnn = _fading_rnn(None, factor=1e-30)
+    out, _ = rnn(x, probe=True)
+    (out[-1] * out[-1]).sum().backward()
+    logs = rnn.step_grad_norms(0, log10=True)[0]
+    norms = rnn.step_grad_norms(0)[0]
+    assert np.isfinite(logs).all() and -480 < logs[0] < -420 and norms[0] == 0.0
+    steps = np.diff(logs)  # about 30 decades a step
+    assert (steps > 29).all() and (steps < 31.5).all()
+    fine = norms > 1e-300  # where the norm is a float64, its log10 is its log10
+    np.testing.assert_allclose(logs[fine], np.log10(norms[fine]), rtol=1e-12)

@@ -94,3 +94,22 @@ def test_copy_and_adding_train_at_long_horizons():
     eval_x, _ = tr.plugins.get_task("adding")(seq_len=20000).eval_set()
     assert eval_x.shape[1] == 2 ** 19 // 20000  # a long horizon's eval set has fewer sequences
     assert tr.plugins.get_task("adding")(seq_len=2000).eval_set()[0].shape[1] == 256
+
+
+def test_the_cli_takes_remat_on_diagnose_and_train():
+    import json
+    from click.testing import CliRunner
+    import cli
+    runner = CliRunner()
+    tiny = ["--cell", "gru", "--seq-len", "9", "--hidden", "3", "--batch", "2", "--json"]
+    docs = [json.loads(runner.invoke(cli.main, ["diagnose", *tiny, *extra]).output)
+            for extra in ([], ["--remat"], ["--remat-every", "2"])]
+    for doc in docs[1:]:
+        np.testing.assert_allclose(doc["cells"][0]["grad_norm_per_step"], docs[0]["cells"][0]["grad_norm_per_step"],
+                                   rtol=1e-12)
+    train = ["train", "--cell", "lstm", "--task", "sum", "--seq-len", "9", "--hidden", "3", "--batch", "2",
+             "--steps", "2", "--dtype", "float64", "--json"]
+    plain, lean = (json.loads(runner.invoke(cli.main, [*train, *extra]).output) for extra in ([], ["--remat"]))
+    assert lean["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-12)
+    bad = runner.invoke(cli.main, ["diagnose", *tiny, "--remat-every", "0"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

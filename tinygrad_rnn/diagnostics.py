@@ -360,6 +360,7 @@ def diagnose_cell(model, task, x, y, jacobian_max_steps=JACOBIAN_MAX_STEPS):
         _check_output(rnn, out)
         loss_fn(out).backward()
         per_state = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
+        per_state_log = [rnn.step_grad_norms(i, log10=True) for i in range(rnn.num_states)]
         pnorms = param_grad_norms(model)
     finally:
         _restore_grads(params, saved)
@@ -379,15 +380,15 @@ def diagnose_cell(model, task, x, y, jacobian_max_steps=JACOBIAN_MAX_STEPS):
         **_flow_measures(norms[0]),
         "state_names": list(names),
         "grad_norm_per_step": norms[::D].tolist(),
-        "grad_norm_per_step_log10": [log10_norms(r) for r in norms[::D]],
+        "grad_norm_per_step_log10": [log10_norms(r, lg) for r, lg in zip(norms[::D], per_state_log[0][::D])],
         "jacobian_spectral_norm": spectrum,
         "recurrent_spectral_radius": recurrent_spectral_radius(host_rnn),
         "gate_saturation": gate_saturation(host_rnn, host_x),
         "param_grad_norms": pnorms,
     }
-    for name, n in zip(names[1:], per_state[1:]):
+    for name, n, logs in zip(names[1:], per_state[1:], per_state_log[1:]):
         result[f"{name}_grad_norm_per_step"] = n[::D].tolist()
-        result[f"{name}_grad_norm_per_step_log10"] = [log10_norms(r) for r in n[::D]]
+        result[f"{name}_grad_norm_per_step_log10"] = [log10_norms(r, lg) for r, lg in zip(n[::D], logs[::D])]
     if D == 2:  # the reverse direction, per step in time order; its measures read it backwards
         result["grad_norm_per_step_reverse"] = norms[1::2].tolist()
         for name, n in zip(names[1:], per_state[1:]):

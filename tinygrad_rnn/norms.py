@@ -52,12 +52,14 @@ def safe_from_squares(sq, dtype=np.float64):
     return bool(np.all((sq >= lo) & (sq <= hi)))
 
 
-def log10_norms(norms):
-    """log10 of each norm, None for an exact zero (JSON has no -inf)."""
+def log10_norms(norms, logs=None):
+    """log10 of each norm as a list, None for an exact zero (JSON has no -inf); ``logs``,
+    if given, are the log10 values already measured (finite also below float64's range)."""
     norms = np.asarray(norms, np.float64)
-    with np.errstate(divide="ignore"):
-        logs = np.log10(norms)
-    return [None if n == 0 else float(v) for v, n in zip(logs.ravel(), norms.ravel())]
+    if logs is None:
+        with np.errstate(divide="ignore"):
+            logs = np.log10(norms)
+    return [None if not np.isfinite(v) and v < 0 else float(v) for v in np.asarray(logs, np.float64).ravel()]
 
 
 class GradProbe:
@@ -69,6 +71,7 @@ class GradProbe:
 
     def __init__(self, order=None):
         self.norms = None
+        self.log10_norms = None  # set where the kernels' rescaled pass measured them (below float64 too)
         self._states = []
         self.order = order  # a reverse direction's probe: result column t is processing step order[t]
 
@@ -86,6 +89,15 @@ class GradProbe:
         """Array (num_states, T): ||dL/d state_t|| over batch and hidden, in time order."""
         out = self._result(num_states)
         return out if self.order is None else out[:, self.order]
+
+    def result_log10(self, num_states):
+        """Array (num_states, T): log10 of ``result`` (-inf for an exact zero); exact even
+        where the norm itself is below float64's range, when the compiled path measured it."""
+        if self.log10_norms is not None:
+            out = np.asarray(self.log10_norms)
+            return out if self.order is None else out[:, self.order]
+        with np.errstate(divide="ignore"):
+            return np.log10(self.result(num_states))
 
     def _result(self, num_states):
         if self.norms is not None:

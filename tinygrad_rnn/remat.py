@@ -223,7 +223,8 @@ def _c_vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_h
     if probe is not None:
         if not safe_from_squares(np.square(np.asarray(norms, np.float64)), Y.dtype):
             # a sum of squares left the range where it is exact: measure again, rescaled
-            norms = _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, RESCUE_SEGMENT)[3]
+            norms, probe.log10_norms = _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux,
+                                                  RESCUE_SEGMENT)[3:]
         probe.norms = norms
     daux = [d.reshape(a.shape) for d, a in zip(daux, aux)]
     return (*dstates, *dx, *daux)
@@ -257,7 +258,7 @@ def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_stat
     states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
     module, sizes = compiled.module, (I, cell.hidden_size)
     g = np.ascontiguousarray(g, dtype=Y.dtype)
-    norms = np.zeros((n_states, T))
+    norms, logs = np.zeros((n_states, T)), np.zeros((n_states, T))
     carry, dxs = None, []
     was = _recording[0]
     _recording[0] = True
@@ -269,9 +270,9 @@ def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_stat
             hoisted, aux = _replayed_inputs(cell, xs, compiled)
             h_arr = [np.ascontiguousarray(t.data) for t in hoisted]
             a_arr = [np.ascontiguousarray(t.data) for t in aux]
-            dh, carry, daux, ns = _segmented(module, jit_loop, sizes, g[a:b], Y[a:b], mask[a:b], start, h_arr,
+            dh, carry, daux, ns, ls = _segmented(module, jit_loop, sizes, g[a:b], Y[a:b], mask[a:b], start, h_arr,
                                              a_arr, b - a, exact_norms=probe is not None, carry=carry)
-            norms[:, a:b] = ns
+            norms[:, a:b], logs[:, a:b] = ns, ls
             root = None
             for t, d in zip((*hoisted, *aux), (*dh, *daux)):
                 if t.requires_grad:
@@ -284,7 +285,7 @@ def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_stat
     finally:
         _recording[0] = was
     if probe is not None:
-        probe.norms = norms
+        probe.norms, probe.log10_norms = norms, logs
     dx = np.concatenate(dxs[::-1], 0) if need_x else None
     return (dx, *_unscaled(carry), *([None] * (len(arrays) - n_states)))
 
@@ -297,11 +298,12 @@ def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every,
     squares still leave the safe range (the gradient fell by more than about 1e140 inside
     it) is done again as two halves, down to single steps. Returns what the module's
     ``backward`` returns, but the state gradient as (arrays, e): the true one is
-    arrays * 2**e. ``carry``, in that form, is the gradient arriving at the last state
-    from after ``Y``'s steps."""
+    arrays * 2**e (``carry``, in that form, is the gradient arriving at the last state
+    from after ``Y``'s steps), and then log10 of the norms, which stays exact where a
+    gradient falls below float64's range (10^-20000 at T = 10^5)."""
     T, S = mask.shape[0], len(states)
     dx = [np.empty_like(h) for h in hoisted]
-    daux, norms = None, np.zeros((S, T))
+    daux, norms, logs = None, np.zeros((S, T)), np.zeros((S, T))
     carry, carry_exp = carry if carry is not None else (None, 0)  # true gradient = carry * 2**carry_exp
     todo = segments(T, every)  # taken from the end
     while todo:
@@ -330,8 +332,10 @@ def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every,
         dau = [np.ldexp(d, e).astype(d.dtype) for d in dau]
         daux = dau if daux is None else [x + y for x, y in zip(daux, dau)]
         norms[:, a:b] = np.ldexp(ns, e)
+        with np.errstate(divide="ignore"):  # the scaled norms' log, exact below float64's range too
+            logs[:, a:b] = np.log10(ns) + e * math.log10(2)
         carry, carry_exp = list(dst), e
-    return dx, (carry, carry_exp), daux, norms
+    return dx, (carry, carry_exp), daux, norms, logs
 
 
 def _unscaled(carry):

@@ -189,12 +189,16 @@ class RNN(Module):
             return compiled_sequence(cell, x, state, mask, probe, compiled, every)
         return run_layer(cell, x, state, mask, probe, compiled)
 
-    def step_grad_norms(self, which=0):
+    def step_grad_norms(self, which=0, log10=False):
         """After a ``probe=True`` forward and a backward: array (num_directions * num_layers, T),
         rows in the order of the final states (layer 0, layer 0 reverse, layer 1, ...),
-        columns in time order for both directions."""
+        columns in time order for both directions. ``which`` indexes the cell's
+        ``state_names``; ``log10=True`` gives log10 of the norms (-inf for an exact zero),
+        which the compiled path measures exactly even below float64's range."""
         if self.probes is None:
             raise RuntimeError("call rnn(x, probe=True) and backward() before step_grad_norms()")
+        if log10:
+            return np.stack([p.result_log10(self.num_states)[which] for p in self.probes])
         return np.stack([p.result(self.num_states)[which] for p in self.probes])
 
     def _initial_state(self, state, B, device, requires_grad=False):
