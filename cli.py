@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, limits, plugins, safeio
+from tinygrad_rnn import checkpoint, limits, plugins, safeio
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell

@@ -110,23 +110,23 @@ def format_report(report):
     """``tinygrad-rnn diagnose``'s table and sparklines for a report (what ``str(report)`` gives)."""
     lines = []
     lines.append(f"task {report['task']}, T={report['seq_len']}, hidden {report['hidden']}, "
-               f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
+                 f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
     stages = [("init", lambda c: c)] + ([(f"step {report['steps']}", lambda c: c["after_training"])]
                                         if report["steps"] else [])
     lines.append(f"{'cell':14} {'when':10} {'verdict':10} {'rate/step':>9} {'horizon':>8} "
-               f"{'|g_0|/|g_T|':>11} {'|J| mean':>8} {'gate sat':>8}")
+                 f"{'|g_0|/|g_T|':>11} {'|J| mean':>8} {'gate sat':>8}")
     for c in report["cells"]:
         for label, get in stages:
             d = get(c)
             sat = d["gate_saturation"]
             lines.append(f"{c['cell']:14} {label:10} {d['verdict']:10} {_fmt(d['decay_rate'], '.3f'):>9} "
-                       f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
-                       f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
-                       f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
+                         f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
+                         f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
+                         f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}")
             if "reverse" in d:
                 r = d["reverse"]
                 lines.append(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
-                           f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
+                             f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
     rows = [get(c)[key][0] for c in report["cells"] for _, get in stages
             for key in ("grad_norm_per_step", "grad_norm_per_step_reverse") if key in get(c)]
     scale = diagnostics.sparkline_scale(rows)
@@ -135,13 +135,13 @@ def format_report(report):
     for c in report["cells"]:
         for label, get in stages:
             lines.append(f"{c['cell']:>8} {label:>9} "
-                       f"{diagnostics.sparkline(get(c)['grad_norm_per_step'][0], scale=scale)}")
+                         f"{diagnostics.sparkline(get(c)['grad_norm_per_step'][0], scale=scale)}")
             if "grad_norm_per_step_reverse" in get(c):
                 lines.append(f"{'reverse':>8} {label:>9} "
-                           f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0], scale=scale)}")
+                             f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0], scale=scale)}")
     if report.get("bidirectional"):
         lines.append("reverse: the reverse direction; its verdict, rate and horizon follow its own order, "
-                   "from t = T (its first step) down to 0")
+                     "from t = T (its first step) down to 0")
     subsets = {c["cell"]: c["jacobian_spectral_norm"]["measured_steps"] for c in report["cells"]
                if "note" in c["jacobian_spectral_norm"]}
     if subsets:
@@ -149,7 +149,7 @@ def format_report(report):
                      "evenly spaced")
     th = report["thresholds"]
     lines.append(f"\nverdict: vanishing if |g_0|/|g_T| < {th['vanishing_ratio']:g}, exploding if > "
-               f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")
+                 f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")
     return "\n".join(lines)
 
 
