@@ -34,7 +34,7 @@ def test_step_path_gradients_are_bit_identical(cell, case):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("case", [0, 1, 2])
+@pytest.mark.parametrize("case", range(len(CASES)))
 def test_compiled_gradients_equal_to_rounding(cell, case):
     """The compiled path sums per-segment weight gradients in another order: equal to
     float64 rounding, not bit for bit (see remat.py)."""
