@@ -15,7 +15,7 @@ import traceback
 import click
 
 import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, diagnostics, limits, options, plugins, safeio, scaffold
+from tinygrad_rnn import checkpoint, limits, options, plugins, safeio, scaffold
 from tinygrad_rnn import training
 from tinygrad_rnn.cell_options import parse_cell_options
 from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
@@ -443,6 +443,7 @@ def diagnose(as_json, plot_path, fail_on, cell_option_pairs, **run):
         safeio.check_outputs([("--plot", plot_path)], [("--data", run["data"]), *plugins.plugin_files()])
     cell_names = run.pop("cell") or ("rnn", "lstm", "gru")
     with compile_notice():
+        run["remat"] = run.pop("remat_every") or run["remat"]  # tr.nn.RNN's remat: K, True or None
         report = tr.report.diagnose(cell_names, cell_options=_cell_options(cell_names, cell_option_pairs), **run)
     if plot_path:
         tr.report.plot(report, plot_path)
@@ -457,55 +458,8 @@ def _fmt(v, spec=".3g"):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def _init_label(scheme):
-    """What --init did, in the words of its help: the default keeps each cell's own init."""
-    if scheme == "pytorch":
-        return "pytorch (each cell's own: PyTorch's for the built-ins)"
-    matrices = "xavier_uniform" if scheme in ("identity", "orthogonal") else scheme
-    return f"{scheme} (on *hh* weights; other matrices {matrices}, vectors 0)"
-
-
 def _print_diagnosis(report):
-    click.echo(f"task {report['task']}, T={report['seq_len']}, hidden {report['hidden']}, "
-               f"init {_init_label(report['init'])}, batch {report['batch']}; ||dL/dh_t|| of layer 1 (float64)")
-    stages = [("init", lambda c: c)] + ([(f"step {report['steps']}", lambda c: c["after_training"])]
-                                        if report["steps"] else [])
-    losses = bool(report["steps"])  # after training: the losses it reached, next to the measures
-    click.echo(f"{'cell':14} {'when':10} {'verdict':10} {'rate/step':>9} {'horizon':>8} "
-               f"{'|g_0|/|g_T|':>11} {'|J| mean':>8} {'gate sat':>8}"
-               + (f" {'train loss':>10} {'eval loss':>10}" if losses else ""))
-    for c in report["cells"]:
-        for label, get in stages:
-            d = get(c)
-            sat = d["gate_saturation"]
-            click.echo(f"{c['cell']:14} {label:10} {d['verdict']:10} {_fmt(d['decay_rate'], '.3f'):>9} "
-                       f"{d['horizon']:>8} {_fmt(d['ratio_first_last'], '.2e'):>11} "
-                       f"{_fmt(d['jacobian_spectral_norm']['mean'], '.3f'):>8} "
-                       f"{_fmt(sat['sigmoid_saturated'] if sat else None, '.0%'):>8}"
-                       + (f" {_fmt(d.get('train_loss'), '.4g'):>10} {_fmt(d.get('eval_loss'), '.4g'):>10}"
-                          if losses else ""))
-            if "reverse" in d:
-                r = d["reverse"]
-                click.echo(f"{'  reverse':14} {label:10} {r['verdict']:10} {_fmt(r['decay_rate'], '.3f'):>9} "
-                           f"{r['horizon']:>8} {_fmt(r['ratio_first_last'], '.2e'):>11} {'-':>8} {'-':>8}")
-    rows = [get(c)[key][0] for c in report["cells"] for _, get in stages
-            for key in ("grad_norm_per_step", "grad_norm_per_step_reverse") if key in get(c)]
-    scale = diagnostics.sparkline_scale(rows)
-    legend = f": ▁ = {10 ** scale[0]:.1e} .. █ = {10 ** scale[1]:.1e}" if scale else ""
-    click.echo(f"\n||dL/dh_t|| on one log scale for all rows{legend}, t = 0 (left) .. T (right):")
-    for c in report["cells"]:
-        for label, get in stages:
-            click.echo(f"{c['cell']:>8} {label:>9} "
-                       f"{diagnostics.sparkline(get(c)['grad_norm_per_step'][0], scale=scale)}")
-            if "grad_norm_per_step_reverse" in get(c):
-                click.echo(f"{'reverse':>8} {label:>9} "
-                           f"{diagnostics.sparkline(get(c)['grad_norm_per_step_reverse'][0], scale=scale)}")
-    if report.get("bidirectional"):
-        click.echo("reverse: the reverse direction; its verdict, rate and horizon follow its own order, "
-                   "from t = T (its first step) down to 0")
-    th = report["thresholds"]
-    click.echo(f"\nverdict: vanishing if |g_0|/|g_T| < {th['vanishing_ratio']:g}, exploding if > "
-               f"{th['exploding_ratio']:g}; horizon: steps back with |g_t| >= {th['horizon_fraction']:g} |g_T|")
+    click.echo(tr.report.format_report(report))
 
 
 @main.command(cls=_ListsRegistry)

@@ -13,6 +13,7 @@ class LayerNormLSTM(tr.Cell):
 
     name = "ln_lstm"
     num_states = 2
+    state_names = ("h", "c")
 
     def __init__(self, input_size, hidden_size, eps=1e-5):
         super().__init__(input_size, hidden_size)

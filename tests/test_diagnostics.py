@@ -196,3 +196,152 @@ def test_diagnose_and_gradcheck_of_a_cell_without_parameters(tmp_path):
     assert "Traceback" not in result.output and "Error" not in result.output
     assert "PASS  compiled_matches_step" in result.stdout and "PASS  gradcheck" in result.stdout
     assert result.exit_code == 0  # a cell without parameters meets the contract
+
+
+# ---- long horizons: norms that do not underflow, spectra that scale, state names -------
+def test_l2norm_is_exact_far_below_the_square_root_of_the_smallest_float():
+    from tinygrad_rnn.norms import l2norm, log10_norms
+    a = np.array([3e-190, -4e-190, 0.0])
+    assert l2norm(a) == pytest.approx(5e-190, rel=1e-15)
+    assert np.sqrt((a ** 2).sum()) == 0.0  # what a plain sum of squares gives
+    assert l2norm(np.array([3e200, 4e200])) == pytest.approx(5e200, rel=1e-15)
+    assert l2norm(np.zeros(4)) == 0.0
+    g = np.random.default_rng(0).normal(size=50)  # inside the safe range: the plain formula, bit for bit
+    assert l2norm(g) == float(np.sqrt((g ** 2).sum()))
+    assert log10_norms([0.0, 1e-200, 10.0]) == [None, -200.0, 1.0]
+
+
+def _fading_rnn(fused, factor=1e-20, H=3):
+    """tanh RNN whose recurrent weight is factor * I: dL/dh falls by about ``factor`` a step."""
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN("rnn", 2, H, dtype="float64", fused=fused)
+    rnn.cells[0].weight_hh.data = np.eye(H) * factor
+    return rnn
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_step_grad_norms_do_not_underflow(fused):
+    T = 16  # dL/dh_0 is about 1e-300: its squares (1e-600) are far below float64's range
+    x = np.random.default_rng(0).uniform(0, 1, (T, 2, 2))
+    norms = D.step_grad_norms(_fading_rnn(fused), x, lambda out: (out[-1] * out[-1]).sum())[0]
+    assert (norms > 0).all()
+    assert 1e-320 < norms[0] < 1e-250
+    steps = norms[1:] / norms[:-1]  # each step back multiplies by ~1e-20 (times tanh' factors)
+    assert (steps > 1e19).all() and (steps < 1e22).all()
+
+
+def test_compiled_norms_equal_the_step_path_below_the_underflow_threshold():
+    T = 16
+    x = np.random.default_rng(0).uniform(0, 1, (T, 3, 2))
+    loss = lambda out: (out * out).sum()  # noqa: E731
+    compiled = D.step_grad_norms(_fading_rnn(None), x, loss)
+    step = D.step_grad_norms(_fading_rnn(False), x, loss)
+    assert (compiled > 0).all()
+    np.testing.assert_allclose(compiled, step, rtol=1e-12)
+
+
+def test_power_iteration_equals_the_svd():
+    J = np.random.default_rng(0).normal(size=(20, 12, 12)) * np.logspace(-200, 100, 20)[:, None, None]
+    J[3] = 0.0
+    got = D.spectral_norms(J)
+    np.testing.assert_allclose(got, np.linalg.norm(J, 2, axis=(1, 2)), rtol=1e-12)
+    assert got[3] == 0.0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_step_jacobian_norms_equal_an_svd_of_each_step(cell):
+    tr.manual_seed(3)
+    rnn = tr.nn.RNN(cell, 2, 5, dtype="float64")
+    x = np.random.default_rng(1).standard_normal((7, 2, 2))
+    norms = D.step_jacobian_norms(rnn, x)
+    c = rnn.cells[0]
+    S = c.num_states
+    state = tuple(tr.Tensor(np.zeros((1, 5))) for _ in range(S))
+    for t in range(7):  # the Jacobian row by row through the tape, then its SVD
+        rows = []
+        for k in range(S * 5):
+            inputs = tuple(tr.Tensor(s.numpy(), requires_grad=True) for s in state)
+            out = c.step(tr.Tensor(x[t, :1]), inputs)
+            out[k // 5][0, k % 5].backward()
+            rows.append(np.concatenate([s.grad.numpy()[0] for s in inputs]))
+        assert norms[t] == pytest.approx(np.linalg.norm(np.array(rows), 2), rel=1e-10)
+        with tr.no_grad():
+            state = tuple(tr.Tensor(s.numpy()) for s in c.step(tr.Tensor(x[t, :1]), state))
+
+
+def test_jacobians_of_a_long_sequence_are_an_evenly_spaced_subset():
+    assert D.jacobian_steps(5, 10).tolist() == [0, 1, 2, 3, 4]
+    steps = D.jacobian_steps(1001, 11)
+    assert steps.tolist() == list(range(0, 1001, 100))
+    rnn = _relu_rnn_with_recurrent(0.7, H=4)
+    x = np.random.default_rng(0).uniform(0, 1, (40, 2, 2))
+    full = D.step_jacobian_norms(rnn, x)
+    part = D.step_jacobian_norms(rnn, x, max_steps=5)
+    np.testing.assert_array_equal(part, full[D.jacobian_steps(40, 5)])
+
+
+@pytest.mark.usefixtures("clean_plugins")
+def test_every_state_is_reported_under_its_name():
+    import types
+    from tinygrad_rnn import plugins
+
+    class Named(tr.Cell):
+        name = "named_states"
+        num_states = 2
+        state_names = ("y", "z")
+
+        def __init__(self, input_size, hidden_size):
+            super().__init__(input_size, hidden_size)
+            self.w = self.param((input_size, hidden_size), init="xavier_uniform")
+
+        def step(self, x, state):
+            y, z = state
+            z2 = z * 0.5 + (x @ self.w).tanh()
+            return (y * 0.5 + z2 * 0.1, z2)
+
+    class Unnamed(tr.Cell):
+        name = "unnamed_states"
+        num_states = 3
+
+        def step(self, x, state):
+            a, b, c = state
+            return ((a * 0.5 + x.sum(axis=-1, keepdims=True)).tanh(), a * 0.5 + b * 0.2, c * 0.9 + b * 0.1)
+
+    assert tr.Cell.state_names == ("h",) and Unnamed.state_names == ("h", "s1", "s2")
+    assert plugins.get_cell("lstm").state_names == ("h", "c")
+    plugin = types.ModuleType("named_states_plugin")
+    plugin.register_cells = tr.hookimpl(lambda register: (register(Named), register(Unnamed)))
+    plugins.register_plugin(plugin)
+    report = tr.report.diagnose(cells=("named_states", "unnamed_states", "lstm"), seq_len=6, hidden=3, batch=2)
+    named, unnamed, lstm = report["cells"]
+    assert named["state_names"] == ["y", "z"] and "z_grad_norm_per_step" in named
+    assert "c_grad_norm_per_step" not in named
+    assert {"s1_grad_norm_per_step", "s2_grad_norm_per_step", "s2_grad_norm_per_step_log10"} <= set(unnamed)
+    assert "c_grad_norm_per_step" in lstm and lstm["state_names"] == ["h", "c"]
+    for key in ("grad_norm_per_step", "c_grad_norm_per_step"):
+        norms = np.array(lstm[key])
+        np.testing.assert_allclose(np.array(lstm[key + "_log10"], float), np.log10(norms), rtol=1e-12)
+
+
+def test_bad_state_names_are_a_config_error():
+    class Bad(tr.Cell):
+        name = "bad_names"
+        num_states = 2
+        state_names = ("h",)
+    with pytest.raises(tr.errors.ConfigError, match="state_names must be 2 distinct"):
+        D.state_names(Bad)
+
+
+def test_compiled_log10_norms_stay_exact_below_float64s_range():
+    T = 16  # dL/dh_0 is about 1e-450: not a float64, but its log10 is measured
+    x = np.random.default_rng(0).uniform(0, 1, (T, 2, 2))
+    rnn = _fading_rnn(None, factor=1e-30)
+    out, _ = rnn(x, probe=True)
+    (out[-1] * out[-1]).sum().backward()
+    logs = rnn.step_grad_norms(0, log10=True)[0]
+    norms = rnn.step_grad_norms(0)[0]
+    assert np.isfinite(logs).all() and -480 < logs[0] < -420 and norms[0] == 0.0
+    steps = np.diff(logs)  # about 30 decades a step
+    assert (steps > 29).all() and (steps < 31.5).all()
+    fine = norms > 1e-300  # where the norm is a float64, its log10 is its log10
+    np.testing.assert_allclose(logs[fine], np.log10(norms[fine]), rtol=1e-12)

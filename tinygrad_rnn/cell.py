@@ -8,17 +8,26 @@ from .module import Module, Parameter
 from .registry import provider_of
 
 
+class _DefaultStateNames:
+    """``h``, ``s1``, ``s2``, ... for a cell that names no states of its own."""
+
+    def __get__(self, obj, cls):
+        return ("h",) + tuple(f"s{i}" for i in range(1, cls.num_states))
+
+
 class Cell(Module):
     """Base class for recurrent cells; subclass it and write ``step``.
 
-    Class attributes: ``name`` (registry name, lower case) and ``num_states``
-    (1 for (h,), 2 for LSTM's (h, c); the output is always ``state[0]``).
+    Class attributes: ``name`` (registry name, lower case), ``num_states``
+    (1 for (h,), 2 for LSTM's (h, c); the output is always ``state[0]``) and,
+    optionally, ``state_names`` (diagnostics' names for them; default h, s1, ...).
     Create parameters with ``self.param(shape, init=...)``; they are named after
     the attribute they are assigned to.
     """
 
     name = None
     num_states = 1
+    state_names = _DefaultStateNames()  # e.g. ("h", "c"): diagnostics report each state by name
 
     def __init__(self, input_size, hidden_size, **options):
         super().__init__()

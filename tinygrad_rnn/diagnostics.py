@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 from . import ops
-from .errors import DataError, NonFiniteError, UserCodeError
+from .errors import ConfigError, DataError, NonFiniteError, UserCodeError
+from .norms import l2norm, log10_norms
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -46,8 +47,10 @@ def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
     """Array (num_layers, T): ||dL/dh_t|| over (batch, hidden) for each layer and step.
 
     ``loss_fn(out)`` maps the RNN output (T, B, H) to a scalar Tensor. The norm is
-    of the total derivative through later steps and upper layers. ``which=1``
-    gives ||dL/dc_t|| for LSTM-like cells. Parameter gradients are left as they were.
+    of the total derivative through later steps and upper layers, exact whenever the
+    gradient's elements are representable (no underflow of a sum of squares). ``which``
+    indexes the cell's ``state_names``: ``which=1`` gives ||dL/dc_t|| for an LSTM.
+    Parameter gradients are left as they were.
     """
     if not 0 <= which < rnn.num_states:
         raise ValueError(f"which={which}: cell {rnn.cell_class.name!r} has {rnn.num_states} state(s)")
@@ -67,8 +70,7 @@ def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
 
 def param_grad_norms(module):
     """Parameter name -> L2 norm of its current gradient (NaN where it has none)."""
-    return {name: (float(np.sqrt((p.grad.numpy().astype(np.float64) ** 2).sum()))
-                   if p.grad is not None else math.nan)
+    return {name: (l2norm(p.grad.numpy()) if p.grad is not None else math.nan)
             for name, p in module.named_parameters()}
 
 
@@ -113,9 +115,14 @@ def _layer_inputs(rnn, x, state):
     """(input sequence, initial state, cell) seen by each layer and direction, in the
     order of the final states (no tape; a reverse direction's input is reversed in time)."""
     seen = []
-    with no_grad():
-        x = ops.tensor(x).astype(rnn.dtype)
-        rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
+    kept = rnn.remat
+    rnn.remat = kept or True  # only the states are needed: nothing else of a long sequence is kept
+    try:
+        with no_grad():
+            x = ops.tensor(x).astype(rnn.dtype)
+            rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
+    finally:
+        rnn.remat = kept
     return seen
 
 
@@ -141,41 +148,128 @@ def _off_tape(cell):
                          f"{f' ({why})' if why else ''}; keep step in Tensor ops")
 
 
-def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0):
+# Jacobian spectra measure at most this many steps of a sequence, evenly spaced (the first
+# and the last included). Each LSTM-64 step's spectral norm costs about 2 ms of one core
+# (a (128, 128) matrix; power iteration or an SVD alike, measured on 300 steps), so all of
+# T = 1000 would take 2 s of a 5 s budget, and T = 10^5 minutes; 200 points draw the curve.
+JACOBIAN_MAX_STEPS = 200
+# Rows of one batched vector-Jacobian product: (steps per group) x (state size) copies of
+# the step. 4096 rows keep a group's tape near 100 MB for an LSTM of hidden 64 in float64.
+_JACOBIAN_ROWS = 4096
+
+
+def jacobian_steps(T, max_steps=JACOBIAN_MAX_STEPS):
+    """The time steps whose Jacobian is measured: all T, or ``max_steps`` evenly spaced."""
+    if T <= max_steps:
+        return np.arange(T)
+    return np.unique(np.round(np.linspace(0, T - 1, max_steps)).astype(np.int64))
+
+
+def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0, max_steps=JACOBIAN_MAX_STEPS):
     """Spectral norm of the step Jacobian d s_t / d s_{t-1} along one sequence's trajectory.
 
-    ``s`` is the full state (h, or (h, c) concatenated). Each Jacobian is built exactly
-    with one vector-Jacobian product on a batch of D = num_states * hidden copies,
-    each with a one-hot cotangent; its largest singular value is returned. Array (T,),
-    in the cell's processing order. ``layer`` counts in the order of the final states
-    (for a bidirectional RNN: 0 is layer 0 forward, 1 layer 0 reverse, ...).
+    ``s`` is the full state (h, or (h, c) concatenated). Array over the steps
+    ``jacobian_steps(T, max_steps)`` (every step up to ``max_steps``), in the cell's
+    processing order. ``layer`` counts in the order of the final states (for a
+    bidirectional RNN: 0 is layer 0 forward, 1 layer 0 reverse, ...).
+
+    Each Jacobian is exact: the trajectory's states come from one forward pass, then a
+    group of steps is replayed as one batch of D = num_states * hidden one-hot
+    cotangent copies per step, and one vector-Jacobian product gives all their rows.
+    The largest singular value is found by power iteration on (J^T J)^4 v, all the group's
+    matrices at once (two batched matrix-vector products per iteration, in place of a
+    full SVD per step); a matrix whose iteration has not settled to 1e-12 after
+    ``_POWER_ITERATIONS`` gets an SVD.
     """
+    from .remat import all_states
     xs, s0, cell = _layer_inputs(rnn, x, state)[layer]
     S, H = cell.num_states, cell.hidden_size
     D = S * H
-    states = tuple(Tensor(s.numpy()[sample:sample + 1]) for s in s0)
+    x_one = Tensor(xs.numpy()[:, sample:sample + 1])
+    start = tuple(Tensor(s.numpy()[sample:sample + 1]) for s in s0)
+    traj = all_states(cell, x_one, start)[:, :, 0]  # (T, S, H): the states after each step
+    steps = jacobian_steps(xs.shape[0], max_steps)
+    before = np.concatenate([np.stack([s.numpy()[0] for s in start])[None], traj[:-1]])  # state before step t
+    group = max(1, _JACOBIAN_ROWS // D)
     eye = np.eye(D, dtype=rnn.dtype)
-    norms = np.zeros(xs.shape[0])
-    for t in range(xs.shape[0]):
-        x_t = Tensor(np.repeat(xs.numpy()[t, sample:sample + 1], D, axis=0))
-        inputs = tuple(Tensor(np.repeat(s.numpy(), D, axis=0), requires_grad=True) for s in states)
-        out = cell.checked_step(x_t, inputs, t)
-        total = sum((o * Tensor(eye[:, i * H:(i + 1) * H])).sum() for i, o in enumerate(out))
-        params = cell.parameters()
-        if not total.requires_grad:
-            raise _off_tape(cell)
-        saved = _saved_grads(params)
-        total.backward()
-        _restore_grads(params, saved)
-        if any(s.grad is None for s in inputs):
-            raise _off_tape(cell)
-        J = np.concatenate([s.grad.numpy() for s in inputs], axis=1)  # row k: d out_k / d state
-        if not np.isfinite(J).all():
-            raise NonFiniteError(f"cell {rnn.cell_class.name!r}: the step Jacobian at time step {t} (layer {layer}) "
-                                 "is not finite (the cell produces NaN or Inf there)")
-        norms[t] = np.linalg.norm(J.astype(np.float64), 2)
-        states = tuple(Tensor(o.numpy()[:1]) for o in out)
+    norms = np.zeros(len(steps))
+    params = cell.parameters()
+    needs = [p.requires_grad for p in params]
+    for p in params:  # only d out / d state is wanted: no weight-gradient products
+        p.requires_grad = False
+    try:
+        for g0 in range(0, len(steps), group):
+            norms[g0:g0 + len(steps[g0:g0 + group])] = _group_norms(rnn, cell, xs, before, steps[g0:g0 + group],
+                                                                    sample, layer, eye)
+    finally:
+        for p, n in zip(params, needs):
+            p.requires_grad = n
     return norms
+
+
+def _group_norms(rnn, cell, xs, before, ts, sample, layer, eye):
+    """Spectral norms of the step Jacobians at steps ``ts``: one batched VJP."""
+    S, H = cell.num_states, cell.hidden_size
+    D = S * H
+    n = len(ts)
+    x_t = Tensor(np.repeat(xs.numpy()[ts, sample], D, axis=0))
+    inputs = tuple(Tensor(np.repeat(before[ts, i], D, axis=0), requires_grad=True) for i in range(S))
+    out = cell.checked_step(x_t, inputs, int(ts[0]))
+    cot = np.tile(eye, (n, 1))  # row k of copy j: one-hot at k
+    total = sum((o * Tensor(cot[:, i * H:(i + 1) * H])).sum() for i, o in enumerate(out))
+    if not total.requires_grad:
+        raise _off_tape(cell)
+    total.backward()
+    if any(s.grad is None for s in inputs):
+        raise _off_tape(cell)
+    J = np.concatenate([s.grad.numpy() for s in inputs], axis=1).astype(np.float64).reshape(n, D, D)
+    bad = ~np.isfinite(J).reshape(n, -1).all(axis=1)
+    if bad.any():
+        t = int(ts[np.argmax(bad)])
+        raise NonFiniteError(f"cell {rnn.cell_class.name!r}: the step Jacobian at time step {t} (layer {layer}) "
+                             "is not finite (the cell produces NaN or Inf there)")
+    return spectral_norms(J)
+
+
+_POWER_ITERATIONS = 150
+_SQUARINGS = 2  # each iteration multiplies by (J^T J)^4
+
+
+def spectral_norms(J):
+    """Largest singular value of each matrix of ``J`` (n, D, D) by batched power iteration
+    on (J^T J)^4 (two squarings of J^T J, each matrix rescaled to stay in range), with the
+    Rayleigh estimate ||J v|| for a unit v; a matrix whose estimate has not settled to
+    1e-13 between iterations gets an exact SVD."""
+    n, D, _ = J.shape
+    # each matrix scaled by a power of two to a largest element near 1 (exact), so that
+    # J^T J neither underflows nor overflows; the norms are scaled back at the end
+    peak = np.abs(J).max(axis=(1, 2))
+    exps = np.where(peak > 0, np.frexp(np.where(peak > 0, peak, 1))[1], 0)
+    J = np.ldexp(J, -exps[:, None, None])
+    M = np.matmul(np.swapaxes(J, 1, 2), J)
+    for _ in range(_SQUARINGS):
+        peak = np.abs(M).max(axis=(1, 2), keepdims=True)
+        M = M / np.where(peak > 0, peak, 1)
+        M = np.matmul(M, M)
+    # one start vector for every matrix, and a matrix's estimate frozen once it settles:
+    # each result depends on its own matrix only, not on the others measured with it
+    v = np.repeat(np.random.default_rng(0).normal(size=(1, D, 1)), n, axis=0)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    sigma = np.zeros(n)
+    settled = np.zeros(n, bool)
+    for _ in range(_POWER_ITERATIONS):
+        w = np.matmul(M, v)
+        size = np.linalg.norm(w, axis=1, keepdims=True)
+        v = np.where(size > 0, w / np.where(size > 0, size, 1), v)
+        new_sigma = np.linalg.norm(np.matmul(J, v), axis=1)[:, 0]
+        now = ~settled & (np.abs(new_sigma - sigma) <= 1e-13 * np.maximum(new_sigma, 1e-300))
+        sigma = np.where(settled, sigma, new_sigma)
+        settled |= now
+        if settled.all():
+            break
+    for k in np.nonzero(~settled)[0]:
+        sigma[k] = np.linalg.norm(J[k], 2)
+    return np.ldexp(sigma, exps)
 
 
 def recurrent_spectral_radius(rnn):
@@ -192,23 +286,35 @@ def recurrent_spectral_radius(rnn):
     return out
 
 
+# Gate values held at once by gate_saturation: 2^20 (row, unit) pairs per step chunk, about
+# 80 MB of a GRU's residuals in float64.
+_SATURATION_ROWS = 2 ** 20
+
+
 def gate_saturation(rnn, x, state=None):
     """For gated cells: share of gates (sigmoid outputs, found in the compiled graph)
     below 0.05 or above 0.95, and of tanh outputs beyond +-0.95, over all layers, steps
     and units. None for cells without sigmoid gates or that do not compile."""
     from .compiler import CompileError, step_values
+    from .remat import all_states
     sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
     for xs, s0, cell in _layer_inputs(rnn, x, state):
-        try:
-            found = step_values(cell, xs, s0)
-        except CompileError:
-            return None
-        for s in found["sigmoid"]:
-            sig += int(((s < 0.05) | (s > 0.95)).sum())
-            n_sig += s.size
-        for th in found["tanh"]:
-            tanh += int((np.abs(th) > 0.95).sum())
-            n_tanh += th.size
+        T, B = xs.shape[:2]
+        chunk = max(1, _SATURATION_ROWS // (B * cell.hidden_size))
+        for a in range(0, T, chunk):  # a chunk of steps at a time: a long sequence's gates would not fit
+            part = Tensor(xs.numpy()[a:a + chunk])
+            try:
+                found = step_values(cell, part, s0)
+            except CompileError:
+                return None
+            for s in found["sigmoid"]:
+                sig += int(((s < 0.05) | (s > 0.95)).sum())
+                n_sig += s.size
+            for th in found["tanh"]:
+                tanh += int((np.abs(th) > 0.95).sum())
+                n_tanh += th.size
+            if a + chunk < T:
+                s0 = tuple(Tensor(y) for y in all_states(cell, part, s0)[-1])
     if not n_sig:
         return None
     return {"sigmoid_saturated": sig / n_sig, "tanh_saturated": tanh / max(n_tanh, 1)}
@@ -251,9 +357,16 @@ def _tracked_state(rnn, x):
                  for _ in range(rnn.num_states))
 
 
-def diagnose_cell(model, task, x, y):
-    """Every measure for one model on one batch: a JSON-able dict."""
+def diagnose_cell(model, task, x, y, jacobian_max_steps=JACOBIAN_MAX_STEPS):
+    """Every measure for one model on one batch: a JSON-able dict.
+
+    ``grad_norm_per_step`` is the output state's ||dL/ds_t|| (layer 1, one row per
+    layer); every other state is reported under the cell's ``state_names``
+    (``c_grad_norm_per_step`` for an LSTM). Each has a ``..._log10`` twin (None for an
+    exact zero), so nothing reading it needs to handle log(0) for a norm that is not zero.
+    """
     rnn = model.rnn
+    names = state_names(rnn.cell_class)
     _check_finite(x)
     loss_fn = lambda out: task.loss(model.readout(out), y)  # noqa: E731
     params = model.parameters()
@@ -262,33 +375,53 @@ def diagnose_cell(model, task, x, y):
         out, _ = rnn(x, _tracked_state(rnn, x), probe=True)
         _check_output(rnn, out)
         loss_fn(out).backward()
-        norms = rnn.step_grad_norms(0)
-        c_norms = rnn.step_grad_norms(1) if rnn.num_states > 1 else None
+        per_state = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]
+        per_state_log = [rnn.step_grad_norms(i, log10=True) for i in range(rnn.num_states)]
         pnorms = param_grad_norms(model)
     finally:
         _restore_grads(params, saved)
     D = rnn.num_directions
-    first_layer = norms[0]
+    norms = per_state[0]
     # Per-sample measures run on the CPU: they are small and read single sequences.
     host_rnn, host_x = rnn.cpu_copy(), Tensor(x.numpy() if isinstance(x, Tensor) else x)
-    jac = step_jacobian_norms(host_rnn, host_x)
+    jac = step_jacobian_norms(host_rnn, host_x, max_steps=jacobian_max_steps)
+    T = x.shape[0]
+    spectrum = {"mean": float(jac.mean()), "max": float(jac.max()), "per_step": jac.tolist(),
+                "measured_steps": len(jac)}
+    if len(jac) < T:
+        spectrum["steps"] = jacobian_steps(T, jacobian_max_steps).tolist()
+        spectrum["note"] = (f"{len(jac)} of {T} steps measured, evenly spaced from 0 to {T - 1} "
+                            "(per_step[i] is step steps[i])")
     result = {
-        **_flow_measures(first_layer),
+        **_flow_measures(norms[0]),
+        "state_names": list(names),
         "grad_norm_per_step": norms[::D].tolist(),
-        "jacobian_spectral_norm": {"mean": float(jac.mean()), "max": float(jac.max()),
-                                   "per_step": jac.tolist()},
+        "grad_norm_per_step_log10": [log10_norms(r, lg) for r, lg in zip(norms[::D], per_state_log[0][::D])],
+        "jacobian_spectral_norm": spectrum,
         "recurrent_spectral_radius": recurrent_spectral_radius(host_rnn),
         "gate_saturation": gate_saturation(host_rnn, host_x),
         "param_grad_norms": pnorms,
     }
-    if c_norms is not None:
-        result["c_grad_norm_per_step"] = c_norms[::D].tolist()
+    for name, n, logs in zip(names[1:], per_state[1:], per_state_log[1:]):
+        result[f"{name}_grad_norm_per_step"] = n[::D].tolist()
+        result[f"{name}_grad_norm_per_step_log10"] = [log10_norms(r, lg) for r, lg in zip(n[::D], logs[::D])]
     if D == 2:  # the reverse direction, per step in time order; its measures read it backwards
         result["grad_norm_per_step_reverse"] = norms[1::2].tolist()
-        if c_norms is not None:
-            result["c_grad_norm_per_step_reverse"] = c_norms[1::2].tolist()
+        for name, n in zip(names[1:], per_state[1:]):
+            result[f"{name}_grad_norm_per_step_reverse"] = n[1::2].tolist()
         result["reverse"] = _flow_measures(norms[1][::-1])
     return result
+
+
+def state_names(cell_class):
+    """The cell's ``state_names`` (default ``h``, ``s1``, ...), checked: one distinct,
+    non-empty name per state."""
+    names = tuple(cell_class.state_names)
+    S = cell_class.num_states
+    if len(names) != S or len(set(names)) != S or not all(isinstance(n, str) and n.isidentifier() for n in names):
+        raise ConfigError(f"cell {cell_class.name!r}: state_names must be {S} distinct identifiers "
+                          f"(one per state), got {names!r}")
+    return names
 
 
 def _flow_measures(norms):

@@ -15,10 +15,10 @@ and whether a resumed run may change it. From the table come:
 
 Adding an option is one row here. For example::
 
-    Option("remat", "flag", False, "Recompute activations in backward instead of keeping them.",
+    Option("grad_noise", "float", 0.0, "Add Gaussian noise of this scale to every gradient.",
            commands=("train",), saved=True, resumable=True),
 
-then read it where the run uses it (``cfg.remat`` in ``training.py``, ``settings["remat"]``
+then read it where the run uses it (``cfg.grad_noise`` in ``training.py``, ``settings["grad_noise"]``
 when it is ``saved``). ``saved`` options are written to checkpoints under ``key`` (the name,
 unless given), and older checkpoints without it read as ``old_default`` (the default, unless
 given): what runs did before the option existed. ``resumable=False`` (the default for a
@@ -238,6 +238,13 @@ OPTIONS = (
     _int("save_every", None, "Also write the --save checkpoint every N steps.", metavar="N"),
     Option("dtype", "choice", "float32", "Floating-point precision of the model and its training.",
            choices=("float32", "float64"), saved=True, show_default=True),
+    # memory
+    Option("remat", "flag", None, "Recompute activations in the backward, about sqrt(T) steps at a time (less "
+           "memory, the same gradients). Default: on when the activations would not fit in memory.", TD,
+           per={"diagnose": dict(help="Recompute activations in the backward, about sqrt(T) steps at a time (less "
+                                      "memory, the same numbers). Default: on when the activations would not fit "
+                                      "in memory.")}),
+    _int("remat_every", None, "Recompute K steps at a time (implies --remat).", metavar="K", commands=TD),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

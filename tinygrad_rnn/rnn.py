@@ -5,69 +5,32 @@ from . import ops
 from .cell import Cell
 from .compiler import CompileError, compile_cell, run_layer
 from .module import Module, dropout
+from .norms import GradProbe
 from .plugins import get_cell, raise_if_user_code
+from .remat import check_remat, compiled_sequence, every_for, step_sequence
 from .tensor import Tensor
 
-
-class GradProbe:
-    """Per-step gradient norms of one layer's states, read after backward.
-
-    Fused cells fill ``norms`` from their backward kernel; the reference path
-    keeps each step's state tensors with ``retain_grad`` and reads their grads.
-    """
-
-    def __init__(self, order=None):
-        self.norms = None
-        self._states = []
-        self.order = order  # a reverse direction's probe: result column t is processing step order[t]
-
-    def track(self, states, computed=None, mask=None):
-        """Keep one step's states. On a partly padded step ``states`` are the masked
-        results and ``computed`` what ``step`` returned: a real row's total gradient
-        (through the rest of the step too, such as c_t -> h_t) is on ``computed``, a
-        padded row's on ``states``."""
-        kept = []
-        for s in (*states, *(computed or ())):
-            if s.requires_grad:
-                s.retain_grad()
-        self._states.append((list(states), computed, mask))
-
-    def result(self, num_states):
-        """Array (num_states, T): ||dL/d state_t|| over batch and hidden, in time order."""
-        out = self._result(num_states)
-        return out if self.order is None else out[:, self.order]
-
-    def _result(self, num_states):
-        if self.norms is not None:
-            return np.asarray(self.norms)
-        if not self._states:
-            raise RuntimeError("no gradient norms recorded: run backward() after the forward pass")
-        out = np.zeros((num_states, len(self._states)))
-        for t, (states, computed, mask) in enumerate(self._states):
-            for i, s in enumerate(states):
-                g = _grad64(s)
-                if computed is not None:
-                    real = mask[:, None] > 0
-                    g = np.where(real, _grad64(computed[i]), g)
-                out[i, t] = np.sqrt((g ** 2).sum())
-        return out
-
-
-def _grad64(t):
-    return np.zeros(t.shape) if t.grad is None else t.grad.numpy().astype(np.float64)
+__all__ = ["RNN", "GradProbe"]
 
 
 class RNN(Module):
     """A stack of ``num_layers`` cells run over a sequence.
 
     ``RNN(cell, input_size, hidden_size, num_layers=1, batch_first=False,
-    dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options)``.
+    dtype="float32", fused=None, bidirectional=False, dropout=0.0, remat=None, **cell_options)``.
     ``cell`` is a registered name or a ``tr.Cell`` subclass. ``fused=None`` runs the
-    kernels the compiler generates from the cell's ``step`` when it can compile it (on
-    the GPU: the hand-written kernels of the built-in cells), else the step loop;
-    ``fused=True`` insists; ``fused=False`` forces the reference ``step`` path.
+    kernels the compiler generates from the cell's ``step`` when it can compile it (CPU
+    and GPU), else the step loop; ``fused=True`` insists; ``fused=False`` forces the
+    reference ``step`` path.
 
-    ``out, state = rnn(x, state=None, lengths=None)``: ``x`` is (T, B, I)
+    ``remat=K`` (an int, or ``True`` for about sqrt(T)) recomputes the forward pass K
+    steps at a time during the backward instead of keeping every step's intermediate
+    values: memory for activations falls from T steps to K (plus every K-th state and the
+    output), for about one more forward pass of time. Gradients are bit-identical on the
+    step path and equal to float rounding on the compiled path (its per-segment weight
+    gradients are summed in another order). On the GPU the compiled kernels run without it.
+
+    ``out, state = rnn(x, state=None, lengths=None, probe=False)``: ``x`` is (T, B, I)
     (or (B, T, I) with ``batch_first``); ``out`` is the last layer's output
     (T, B, D*H); ``state`` is a tuple of ``num_states`` tensors (D*num_layers, B, H),
     where D is 2 with ``bidirectional`` and 1 otherwise. As in PyTorch: the
@@ -78,10 +41,14 @@ class RNN(Module):
     ``rnn.training`` (``rnn.train()`` / ``rnn.eval()``), drawn from ``tr.manual_seed``'s
     generator. Parameters are named like PyTorch's: ``weight_ih_l0``,
     ``weight_hh_l1``, ``bias_ih_l0_reverse``, ...
+
+    ``probe=True`` measures ||dL/d state_t|| for every step during the backward:
+    ``rnn.step_grad_norms(which)`` reads them after ``loss.backward()`` (exact down to
+    the smallest representable gradient; ``which`` counts the cell's ``state_names``).
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, batch_first=False,
-                 dtype="float32", fused=None, bidirectional=False, dropout=0.0, **cell_options):
+                 dtype="float32", fused=None, bidirectional=False, dropout=0.0, remat=None, **cell_options):
         super().__init__()
         cls = get_cell(cell) if isinstance(cell, str) else cell
         if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
@@ -103,6 +70,7 @@ class RNN(Module):
                 or not 0 <= dropout < 1):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.bidirectional, self.dropout = bool(bidirectional), float(dropout)
+        self.remat = check_remat(remat)
         self.num_directions = 2 if self.bidirectional else 1
         layer_input = [input_size] + [hidden_size * self.num_directions] * (self.num_layers - 1)
         try:
@@ -141,7 +109,7 @@ class RNN(Module):
             return self
         twin = RNN(self.cell_class, self.input_size, self.hidden_size, self.num_layers,
                    self.batch_first, self.dtype, self.fused, self.bidirectional, self.dropout,
-                   **self.cell_options)
+                   remat=self.remat, **self.cell_options)
         return twin.train(self.training).load_state_dict(self.state_dict())
 
     def reset_parameters(self, scheme):
@@ -204,8 +172,9 @@ class RNN(Module):
         step loop when it cannot; ``fused=True`` insists (a CompileError names the op
         and the line); ``fused=False`` runs the step loop, the reference.
         """
+        every = every_for(self.remat, x.shape[0])
         if self.fused is False:
-            return _reference_sequence(cell, x, state, mask, probe)
+            return _reference_sequence(cell, x, state, mask, probe, every)
         if _has_fused(cell):  # a hand-written whole-sequence override
             return cell.forward_sequence(x, state, mask, probe)
         try:
@@ -215,15 +184,21 @@ class RNN(Module):
         except CompileError:
             if self.fused:
                 raise
-            return _reference_sequence(cell, x, state, mask, probe)
+            return _reference_sequence(cell, x, state, mask, probe, every)
+        if x.device == "cpu" and (every is not None or probe is not None):
+            return compiled_sequence(cell, x, state, mask, probe, compiled, every)
         return run_layer(cell, x, state, mask, probe, compiled)
 
-    def step_grad_norms(self, which=0):
+    def step_grad_norms(self, which=0, log10=False):
         """After a ``probe=True`` forward and a backward: array (num_directions * num_layers, T),
         rows in the order of the final states (layer 0, layer 0 reverse, layer 1, ...),
-        columns in time order for both directions."""
+        columns in time order for both directions. ``which`` indexes the cell's
+        ``state_names``; ``log10=True`` gives log10 of the norms (-inf for an exact zero),
+        which the compiled path measures exactly even below float64's range."""
         if self.probes is None:
             raise RuntimeError("call rnn(x, probe=True) and backward() before step_grad_norms()")
+        if log10:
+            return np.stack([p.result_log10(self.num_states)[which] for p in self.probes])
         return np.stack([p.result(self.num_states)[which] for p in self.probes])
 
     def _initial_state(self, state, B, device, requires_grad=False):
@@ -251,8 +226,11 @@ def _has_fused(cell):
     return type(cell).forward_sequence is not Cell.forward_sequence
 
 
-def _reference_sequence(cell, x, state, mask, probe):
-    """The base class's loop over ``step``, even for a cell that has a fused override."""
+def _reference_sequence(cell, x, state, mask, probe, every=None):
+    """The base class's loop over ``step``, even for a cell that has a fused override;
+    with ``every``, recomputed that many steps at a time in the backward."""
+    if every is not None:
+        return step_sequence(cell, x, state, mask, probe, every)
     return Cell.forward_sequence(cell, x, state, mask, probe)
 
 

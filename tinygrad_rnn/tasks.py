@@ -18,6 +18,7 @@ from .hookspecs import hookimpl
 TEXT_BYTES_PER_BYTE = 32
 CSV_BYTES_PER_BYTE = 24
 EVAL_SEED = 20131  # eval sets are fixed: the same for every run and every cell
+EVAL_ROWS = 2 ** 19  # rows x steps of a default eval set past T = 2048 (see Task.eval_set)
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
 
@@ -63,8 +64,13 @@ class Task:
     def batch(self, rng, batch_size):
         raise NotImplementedError
 
-    def eval_set(self, batch_size=256):
-        """A fixed evaluation batch (same seed for every run)."""
+    def eval_set(self, batch_size=None):
+        """A fixed evaluation batch (same seed for every run): 256 sequences, fewer past
+        T = 2048 (at most 2^19 rows x steps in all, at least 8 sequences), so that
+        evaluating a long-horizon model costs about what its training steps do (at
+        T = 20000, 256 sequences of an LSTM-64 would be 2.6 GB of states alone)."""
+        if batch_size is None:
+            batch_size = min(256, max(8, EVAL_ROWS // self.seq_len))
         return self.batch(np.random.default_rng(EVAL_SEED), batch_size)
 
     def loss(self, pred, target):

@@ -19,6 +19,7 @@ from .cell_options import check_cell_options
 from .errors import ConfigError, Error
 from .model import SequenceModel
 from .plugins import get_cell, get_task, plugin_files, raise_if_user_code, reraise_interrupt
+from .remat import check_remat
 from .tape import no_grad
 from .tensor import Tensor
 
@@ -62,17 +63,27 @@ def setting(config, key):
     return config.get(key, options.BY_KEY[key].checkpoint_default)
 
 
-def _check_model_size(config, task):
+def _check_model_size(config, task, remat=None):
     """Refuse, before allocating, a model or batch that cannot fit in memory: first as if
-    the cell held one matrix (nothing built), then with its own count (two tiny cells built)."""
+    the cell held one matrix (nothing built), then with its own count (two tiny cells built).
+    Returns the ``remat`` to build with: ``None`` (automatic) becomes True, with a note on
+    stderr, when only recomputation makes the activations fit."""
     itemsize = np.dtype(config.get("dtype", "float32")).itemsize
-    sizes = f"hidden={config['hidden']} layers={config['layers']} seq_len={config['seq_len']} " \
-            f"batch={config.get('batch', 1)}"
+    T, batch = config["seq_len"], config.get("batch", 1)
+    sizes = f"hidden={config['hidden']} layers={config['layers']} seq_len={T} batch={batch}"
+    lean_kept = 2 * math.sqrt(T) / T  # remat=True keeps about sqrt(T) steps' values and sqrt(T) states
     for gates in (1, None):
         gates = gates or _gates(get_cell(config["cell"]), config.get("cell_options") or {})
-        need = limits.model_bytes(task.input_size, config["hidden"], config["layers"], config["seq_len"],
-                                  config.get("batch", 1), task.output_size, gates, itemsize)
-        limits.check_fits(need, sizes, at_least=gates == 1)
+        size = lambda kept=1.0: limits.model_bytes(task.input_size, config["hidden"], config["layers"], T,  # noqa: E731
+                                                   batch, task.output_size, gates, itemsize, steps_kept=kept)
+        need = size()
+        if remat is None and need > limits.available_memory() and size(lean_kept) <= limits.available_memory():
+            print(f"note: {sizes} needs about {limits.human_bytes(need)} for activations, more than the "
+                  f"{limits.human_bytes(limits.available_memory())} available: recomputing them (--remat)",
+                  file=sys.stderr)
+            remat = True
+        limits.check_fits(size(lean_kept) if remat else need, sizes, at_least=gates == 1)
+    return remat
 
 
 SCHEDULE_KEYS = ("lr_schedule", "warmup", "lr_step_size", "lr_gamma", "lr_patience", "eval_every", "patience")
@@ -93,8 +104,16 @@ def _gates(cls, cell_options):
     return max(1, round((counts[1] - 2 * counts[0]) / 32))  # a h^2 + b h: (c(8) - 2 c(4)) / (64 - 32) = a
 
 
-def build(config):
-    """Task and model from a config dict (what checkpoints store)."""
+def remat_options(remat):
+    """``tr.nn.RNN``'s ``remat`` (None, True or K steps) as the run options ``remat`` and ``remat_every``."""
+    remat = check_remat(remat)
+    every = remat if remat is not None and remat is not True else None
+    return {"remat": None if remat is None else True, "remat_every": every}
+
+
+def build(config, remat=None):
+    """Task and model from a config dict (what checkpoints store); ``remat`` as ``tr.nn.RNN``'s
+    (None: switched on when the activations would not fit otherwise)."""
     task_cls = get_task(config["task"])
     vocab = {"vocab": config["vocab"]} if config.get("vocab") else {}
     try:
@@ -103,10 +122,10 @@ def build(config):
         reraise_interrupt(e)
         _raise_from_task_code(e, task_cls, "while building the task")
         raise
-    return task, build_model(config, task)
+    return task, build_model(config, task, remat)
 
 
-def build_model(config, task):
+def build_model(config, task, remat=None):
     """The model of a config dict for ``task`` (sizes checked before anything is allocated)."""
     cell_cls = get_cell(config["cell"])
     opts = {k: setting(config, k) for k in ("bidirectional", "dropout", "embed", "cell_options")}
@@ -116,7 +135,7 @@ def build_model(config, task):
         raise ConfigError(f"bidirectional=True cannot train on task {task.name!r}: its target at step t is "
                           "the input at t+1, which the reverse direction would read")
     task.token_input = bool(opts["embed"])
-    _check_model_size(config, task)
+    remat = _check_model_size(config, task, remat)
     init.manual_seed(config["seed"])
     try:
         model = SequenceModel.for_task(config["cell"], task, config["hidden"], config["layers"],
@@ -124,6 +143,7 @@ def build_model(config, task):
                                        dropout=opts["dropout"], embed=opts["embed"], **opts["cell_options"])
         if config.get("init", "pytorch") != "pytorch":
             model.rnn.reset_parameters(config["init"])
+        model.rnn.remat = check_remat(remat)
     except BaseException as e:  # a plugin cell may raise SystemExit or a bare BaseException too
         reraise_interrupt(e)
         raise_if_user_code(e, "cell", cell_cls, "while building the model")
@@ -147,10 +167,20 @@ def evaluate(model, task, device="cpu"):
 
 
 class _TrainConfigMethods:
+    @property
+    def remat_setting(self):
+        """``tr.nn.RNN``'s remat for this run: ``remat_every`` K, else ``remat`` (None: when memory needs it)."""
+        return self.remat_every or self.remat
+
     def check(self):
         """Raise ConfigError naming the first invalid or conflicting field."""
         for option in options.OPTIONS:
-            options.check(option.name, getattr(self, option.name))
+            if option.name != "remat":  # remat may also be K steps, as tr.nn.RNN's
+                options.check(option.name, getattr(self, option.name))
+        try:
+            check_remat(self.remat)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
         if self.lr_schedule == "plateau" and not self.eval_every:
             raise ConfigError("lr_schedule='plateau' lowers the rate when the eval loss stalls: give eval_every=N")
         if self.patience and not self.eval_every:
@@ -282,7 +312,7 @@ class _Run:
                              [("data=", settings.get("data")), *plugin_files()], existing)
         if cfg.parallel is None or cfg.parallel.root:  # one writer per output: a second run is refused
             self.locks = safeio.lock_outputs([("save=", cfg.save), ("log=", cfg.log)])
-        self.task, self.model = build(settings)
+        self.task, self.model = build(settings, cfg.remat_setting)
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
         _check_bptt(settings, self.task)

@@ -7,6 +7,7 @@ class PeepholeLSTM(tr.Cell):
 
     name = "peephole_lstm"
     num_states = 2
+    state_names = ("h", "c")
 
     def __init__(self, input_size, hidden_size, forget_bias=1.0):
         super().__init__(input_size, hidden_size)

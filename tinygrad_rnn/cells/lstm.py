@@ -6,7 +6,8 @@ class LSTM(tr.Cell):
     """LSTM: c' = f*c + i*g, h' = o*tanh(c'); gates i, f, o sigmoid, g tanh."""
 
     name = "lstm"
-    num_states = 2  # (h, c)
+    num_states = 2
+    state_names = ("h", "c")
 
     def __init__(self, input_size, hidden_size):
         super().__init__(input_size, hidden_size)
