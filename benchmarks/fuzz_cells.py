@@ -1,7 +1,7 @@
 """Random cells against the cell compiler: compiled vs the step path, counted by outcome.
 
     python benchmarks/fuzz_cells.py [--count 1000] [--seed 0] [--cuda 5] [--show 3]
-                                    [--save-bugs DIR] [--minimise] [--timeout 180]
+                                    [--flat] [--save-bugs DIR] [--minimise] [--timeout 180]
 
 Each cell comes from tests/cellgen.py (seeds seed .. seed+count-1: a seed reproduces its
 cell, ``python -c "import cellgen; print(cellgen.generate(SEED))"`` in tests/). Each is run
@@ -27,22 +27,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import cellgen  # noqa: E402
 
 
-def _child(seed, conn, minimise):
+def _child(seed, conn, minimise, chain):
     try:
-        source = cellgen.generate(seed)
+        source = cellgen.generate(seed, chain)
         outcome = cellgen.check(cellgen.load(source))
         if outcome.kind == "bug" and minimise:
             source = cellgen.minimise(source, lambda o: (o.kind, o.reason) == (outcome.kind, outcome.reason))
         conn.send((outcome.kind, outcome.reason, outcome.detail, source))
     except BaseException as e:  # anything: the parent must hear of it
-        conn.send(("bug", f"the check itself raised {type(e).__name__}", str(e)[:300], cellgen.generate(seed)))
+        conn.send(("bug", f"the check itself raised {type(e).__name__}", str(e)[:300], cellgen.generate(seed, chain)))
 
 
-def run_one(seed, timeout, minimise=False):
+def run_one(seed, timeout, minimise=False, chain=True):
     """(kind, reason, detail, source) for one cell, from a forked child; with ``minimise``
     a failing cell's source is the shortest form found that fails the same way."""
     parent, child = mp.Pipe(duplex=False)
-    proc = mp.get_context("fork").Process(target=_child, args=(seed, child, minimise))
+    proc = mp.get_context("fork").Process(target=_child, args=(seed, child, minimise, chain))
     proc.start()
     child.close()
     if parent.poll(timeout):
@@ -51,13 +51,13 @@ def run_one(seed, timeout, minimise=False):
         except EOFError:
             result = None
     else:
-        result = ("bug", f"timeout after {timeout} s", "", cellgen.generate(seed))
+        result = ("bug", f"timeout after {timeout} s", "", cellgen.generate(seed, chain))
     proc.join(5)
     if proc.is_alive():
         proc.kill()
         proc.join()
     if result is None:
-        result = ("bug", f"the process died (exit {proc.exitcode})", "", cellgen.generate(seed))
+        result = ("bug", f"the process died (exit {proc.exitcode})", "", cellgen.generate(seed, chain))
     return result
 
 
@@ -68,6 +68,8 @@ def main():
     ap.add_argument("--cuda", type=int, default=0, help="also check this many compiled cells on CUDA")
     ap.add_argument("--show", type=int, default=1, help="print the source of this many cells per bug kind")
     ap.add_argument("--save-bugs", metavar="DIR", help="write each failing cell's source to DIR/seed_N.py")
+    ap.add_argument("--flat", action="store_true",
+                    help="no product of a recurrent product's result (to find other bugs while that one is open)")
     ap.add_argument("--minimise", action="store_true",
                     help="shorten each failing cell to the lines it needs to fail the same way")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per cell")
@@ -81,7 +83,7 @@ def main():
     t0 = time.perf_counter()
     seeds = range(args.seed, args.seed + args.count)
     for n, seed in enumerate(seeds, 1):
-        kind, reason, detail, source = run_one(seed, args.timeout, args.minimise)
+        kind, reason, detail, source = run_one(seed, args.timeout, args.minimise, not args.flat)
         counts[kind] += 1
         if kind == "equal":
             equal_seeds.append(seed)
@@ -95,7 +97,8 @@ def main():
             print(f"[{n}/{args.count}] {time.perf_counter() - t0:.0f} s: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr, flush=True)
 
-    print(f"cells generated: {args.count} (seeds {args.seed}..{args.seed + args.count - 1}), "
+    print(f"cells generated: {args.count} (seeds {args.seed}..{args.seed + args.count - 1}"
+          f"{', --flat' if args.flat else ''}), "
           f"{time.perf_counter() - t0:.0f} s")
     for kind in ("equal", "refused", "bug", "invalid"):
         print(f"  {kind:8} {counts[kind]}")
@@ -110,7 +113,7 @@ def main():
             print(f"\n--- bug: {reason} (seed {seed})\n{detail}\n")
             print(source)
     if args.cuda:
-        sample = [(s, cellgen.generate(s)) for s in equal_seeds[:args.cuda]]
+        sample = [(s, cellgen.generate(s, not args.flat)) for s in equal_seeds[:args.cuda]]
         t1 = time.perf_counter()
         results = cellgen.check_cuda_in_subprocess(sample, timeout=max(600, 120 * len(sample)))
         tally = collections.Counter(results.values())
