@@ -213,6 +213,20 @@ FOUND = {
                 v7 = v6 - v5
                 return (v7.sigmoid(),)
     ''', "NameError 'inf': clip with an open bound prints its bound as a bare name"),
+    "alias_state_of_a_second_stage_product": ('''
+        class Alias(tr.Cell):
+            name = "alias"
+            num_states = 2
+            def __init__(self, input_size, hidden_size):
+                super().__init__(input_size, hidden_size)
+                self.w = self.param((input_size + hidden_size, hidden_size), init="xavier_uniform")
+                self.u = self.param((hidden_size, hidden_size), init="xavier_uniform")
+            def step(self, x, state):
+                s0, s1 = state
+                v = tr.cat([x, s0], axis=-1) @ self.w
+                g = v.sigmoid() @ self.u
+                return (g.tanh(), g)
+    ''', "per-step norms of a state returned as a second-stage product's result: compiled lag one step"),
 }
 
 
