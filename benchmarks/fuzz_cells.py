@@ -13,13 +13,14 @@ each kind of bug, the seeds and the source of the first ``--show`` cells. ``--cu
 also runs the first N compiled cells on CUDA against the CPU, in a subprocess under Numba's
 simulator (unless a GPU is there): slow, a few seconds a cell. Exit status 1 if any bug.
 
-Each cell runs in a forked child (``--timeout`` seconds), so a crash of Numba or a hang
+Ctrl-C stops the run and prints the counts so far. Each cell runs in a forked child (``--timeout`` seconds), so a crash of Numba or a hang
 counts as a bug of that cell instead of ending the run.
 """
 import argparse
 import collections
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 
@@ -28,6 +29,7 @@ import cellgen  # noqa: E402
 
 
 def _child(seed, conn, minimise, chain):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         source = cellgen.generate(seed, chain)
         outcome = cellgen.check(cellgen.load(source))
@@ -45,7 +47,13 @@ def run_one(seed, timeout, minimise=False, chain=True):
     proc = mp.get_context("fork").Process(target=_child, args=(seed, child, minimise, chain))
     proc.start()
     child.close()
-    if parent.poll(timeout):
+    try:
+        ready = parent.poll(timeout)
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.join()
+        raise
+    if ready:
         try:
             result = parent.recv()
         except EOFError:
@@ -82,20 +90,26 @@ def main():
     equal_seeds = []
     t0 = time.perf_counter()
     seeds = range(args.seed, args.seed + args.count)
-    for n, seed in enumerate(seeds, 1):
-        kind, reason, detail, source = run_one(seed, args.timeout, args.minimise, not args.flat)
-        counts[kind] += 1
-        if kind == "equal":
-            equal_seeds.append(seed)
-        else:
-            by_reason[(kind, reason)].append((seed, detail, source))
-        if kind == "bug" and args.save_bugs:
-            os.makedirs(args.save_bugs, exist_ok=True)
-            with open(os.path.join(args.save_bugs, f"seed_{seed}.py"), "w") as f:
-                f.write(source + f"\n# {reason}\n# {detail}\n")
-        if n % 25 == 0 or n == args.count:
-            print(f"[{n}/{args.count}] {time.perf_counter() - t0:.0f} s: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr, flush=True)
+    done = 0
+    try:
+        for seed in seeds:
+            kind, reason, detail, source = run_one(seed, args.timeout, args.minimise, not args.flat)
+            done += 1
+            counts[kind] += 1
+            if kind == "equal":
+                equal_seeds.append(seed)
+            else:
+                by_reason[(kind, reason)].append((seed, detail, source))
+            if kind == "bug" and args.save_bugs:
+                os.makedirs(args.save_bugs, exist_ok=True)
+                with open(os.path.join(args.save_bugs, f"seed_{seed}.py"), "w") as f:
+                    f.write(source + f"\n# {reason}\n# {detail}\n")
+            if done % 25 == 0 or done == args.count:
+                print(f"[{done}/{args.count}] {time.perf_counter() - t0:.0f} s: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # Ctrl-C: the counts so far
+        print(f"interrupted after {done} cells", file=sys.stderr)
+    args.count = done
 
     print(f"cells generated: {args.count} (seeds {args.seed}..{args.seed + args.count - 1}"
           f"{', --flat' if args.flat else ''}), "
