@@ -2,13 +2,15 @@
 next computation.
 
     python benchmarks/bench_threads.py [--cells lstm] [--sizes 32,128] [--blocks 5]
-                                       [--settings default,timeout,one-thread]
+                                       [--settings default,timeout,short-spin,one-thread]
 
 Each setting runs in a fresh process (BLAS and OpenMP read their settings when they load):
 
 - ``default``: nothing set;
 - ``timeout``: ``OPENBLAS_THREAD_TIMEOUT=4``, OpenBLAS's workers stop spinning after 2^4
   cycles of waiting instead of 2^28 (its default: about 0.1 s at 2-3 GHz) and sleep;
+- ``short-spin``: ``OPENBLAS_THREAD_TIMEOUT=20``, 2^20 cycles (about 0.4 ms): long enough to
+  stay awake between the per-step products of one training step, short after it;
 - ``one-thread``: ``OPENBLAS_NUM_THREADS=1``, no OpenBLAS workers at all.
 
 In each: (1) ``spin``: CPU time the process burns while the caller sleeps 100 ms right
@@ -27,7 +29,8 @@ import os
 import subprocess
 import sys
 
-SETTINGS = {"default": {}, "timeout": {"OPENBLAS_THREAD_TIMEOUT": "4"}, "one-thread": {"OPENBLAS_NUM_THREADS": "1"}}
+SETTINGS = {"default": {}, "timeout": {"OPENBLAS_THREAD_TIMEOUT": "4"}, "short-spin": {"OPENBLAS_THREAD_TIMEOUT": "20"},
+            "one-thread": {"OPENBLAS_NUM_THREADS": "1"}}
 
 
 def _cpu_ms_while_sleeping(seconds=0.1):
