@@ -338,6 +338,8 @@ class _Gen:
         a = self.pick(lambda v: v.width[1] >= 2 or (v.width[0] and v.width[1]))
         if a is None:
             return self._slice()
+        if a.width[1] >= 2 and not a.width[0] and a.width[2]:  # 2H - 1 wide, say: a slice instead
+            return self._slice()
         if a.width[1] >= 2 and not a.width[0]:
             self.uses_h = True
             pieces = [H_W] * a.width[1]
