@@ -677,7 +677,10 @@ def check_cuda_in_subprocess(seeds_and_sources, timeout=600):
     import json
     import subprocess
     env = dict(os.environ)
-    env.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    if "NUMBA_ENABLE_CUDASIM" not in env:
+        from tinygrad_rnn.backend import cuda_available
+        if not cuda_available()[0]:  # no GPU here: the simulator
+            env["NUMBA_ENABLE_CUDASIM"] = "1"
     script = CUDA_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(list(seeds_and_sources)),
                           capture_output=True, text=True, env=env, timeout=timeout)
