@@ -16,6 +16,7 @@ import numpy as np
 
 import tinygrad_rnn as tr
 from tinygrad_rnn.training import train
+from timing import machine_line
 
 SETTINGS = dict(task="adding", seq_len=100, hidden=128, batch=64, optimizer="adam", lr=3e-3, clip_norm=1.0, seed=0)
 
@@ -74,6 +75,7 @@ def main():
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
+    print(machine_line())  # each library's run is timed on its own, one after the other
     rows = []
     for cell in args.cells.split(","):
         mine = ours(cell, args.max_steps, args.every)

@@ -17,6 +17,7 @@ import numpy as np
 
 import tinygrad_rnn as tr
 from tinygrad_rnn.training import train
+from timing import machine_line
 
 SETTINGS = dict(task="text", seq_len=50, hidden=128, batch=32, optimizer="adam", lr=3e-3, clip_norm=5.0, seed=0)
 
@@ -67,6 +68,7 @@ def main():
     ap.add_argument("--inputs", default="one-hot,embed")
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
+    print(machine_line())  # each library's run is timed on its own, one after the other
     SETTINGS["seed"] = args.seed
     rows = []
     for label, embed in (("one-hot", None), (f"embed {args.embed}", args.embed)):

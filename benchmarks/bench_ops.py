@@ -1,9 +1,11 @@
 """Per-op overhead: forward + backward of a chain of small-tensor ops, next to PyTorch.
 
-    python benchmarks/bench_ops.py [--ops 300] [--size 8] [--repeat 7]
+    python benchmarks/bench_ops.py [--ops 400] [--size 8] [--blocks 7]
 
 Prints microseconds per op (forward and backward together) for both engines and
-the ratio torch_us / ours_us (above 1: we are faster). Min of several runs.
+the ratio torch_us / ours_us (above 1: we are faster). Each engine runs in its own
+blocks of chains after warm-up chains, blocks alternating (benchmarks/timing.py);
+minimum over blocks, the medians' ratio in brackets.
 """
 import argparse
 import time
@@ -11,6 +13,7 @@ import time
 import numpy as np
 
 import tinygrad_rnn as tr
+from timing import blocked, machine_line, ratio_text
 
 
 def chain(lib, x, w, b, n_ops):
@@ -34,7 +37,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=400)
     ap.add_argument("--size", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--repeat", type=int, default=15, help="chains timed when PyTorch is missing")
+    ap.add_argument("--blocks", type=int, default=7)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     xs, ws, bs = (rng.standard_normal(s).astype(np.float32) for s in
@@ -46,6 +50,7 @@ def main():
         chain(tr, tr.Tensor(xs), w, b, args.ops).backward()
 
     ours()
+    print(machine_line())
     print(f"ops per chain: {n_ops}, tensors {args.size}x{args.size} float32")
     try:
         import torch
@@ -60,14 +65,10 @@ def main():
         b = torch.tensor(bs, requires_grad=True)
         chain(torch, torch.tensor(xs), w, b, args.ops).backward()
 
-    theirs()
-    t_ours = t_torch = float("inf")
-    for _ in range(args.repeat):  # alternate, so both see the same machine load
-        t_ours = min(t_ours, best_of(ours, 1) / n_ops * 1e6)
-        t_torch = min(t_torch, best_of(theirs, 1) / n_ops * 1e6)
-    print(f"tinygrad_rnn : {t_ours:7.2f} us/op (forward + backward)")
-    print(f"torch {torch.__version__}: {t_torch:7.2f} us/op")
-    print(f"ratio torch/ours: {t_torch / t_ours:.2f}  (above 1: tinygrad_rnn is faster)")
+    t = blocked({"ours": ours, "torch": theirs}, blocks=args.blocks)
+    print(f"tinygrad_rnn : {t['ours'].min / n_ops * 1e3:7.2f} us/op (forward + backward)")
+    print(f"torch {torch.__version__}: {t['torch'].min / n_ops * 1e3:7.2f} us/op")
+    print(f"ratio torch/ours: {ratio_text(t['torch'], t['ours']).strip()}  (above 1: tinygrad_rnn is faster)")
 
 
 if __name__ == "__main__":
