@@ -2,7 +2,7 @@
 
     python benchmarks/bench_kernel_design.py [--cells lstm,gru] [--sizes 32,128,512]
         [--variants a,b,c,d] [--blocks 5] [--steps N] [--check] [--check64]
-        [--threads-sweep] [--interference] [--product-bench]
+        [--sweep] [--after]
 
 One training step (forward + backward of out.sum()) of a one-layer LSTM / GRU,
 T=100, B=32, input = hidden, float32. Every variant hoists the input projection
@@ -27,6 +27,7 @@ reference (itself checked against PyTorch float64); --check64 also runs the
 kernels in float64 against it (1e-9).
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -35,316 +36,11 @@ import time
 import tinygrad_rnn  # noqa: F401  (sets OPENBLAS_CORETYPE on AMD before NumPy loads)
 import numpy as np
 import numba
-from numba import njit, prange
 
-from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar
-
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # the project's flags (NaN survives)
-JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True, boundscheck=False)
-PJIT = dict(JIT, parallel=True)
-
-
-# ---- the in-kernel product ---------------------------------------------------
-@njit(**JIT)
-def _mm_nt(A, WT, out, j0, j1, o0):
-    """out[:, o0 + j - j0] = A @ WT[j] for j in [j0, j1), i.e. A @ WT[j0:j1].T.
-
-    Dot-product form: WT holds the weight matrix transposed (one row per output
-    column), so the k loop reads two contiguous rows and LLVM vectorises it as
-    a reduction (reassoc). 8 rows x 2 columns of accumulators stay in registers;
-    8 rows per sweep means W is streamed m/8 times. The axpy form (acc[:, j] +=
-    a * W[k, j]) kept its accumulators in memory and ran at half the speed.
-    """
-    m, K = A.shape
-    zero = np.zeros(1, A.dtype)[0]  # typed 0 (x - x would be NaN for an inf)
-    i = 0
-    while i + 8 <= m:
-        j = j0
-        while j + 2 <= j1:
-            c00 = zero; c01 = zero; c10 = zero; c11 = zero
-            c20 = zero; c21 = zero; c30 = zero; c31 = zero
-            c40 = zero; c41 = zero; c50 = zero; c51 = zero
-            c60 = zero; c61 = zero; c70 = zero; c71 = zero
-            for k in range(K):
-                w0 = WT[j, k]; w1 = WT[j + 1, k]
-                a = A[i, k]; c00 += a * w0; c01 += a * w1
-                a = A[i + 1, k]; c10 += a * w0; c11 += a * w1
-                a = A[i + 2, k]; c20 += a * w0; c21 += a * w1
-                a = A[i + 3, k]; c30 += a * w0; c31 += a * w1
-                a = A[i + 4, k]; c40 += a * w0; c41 += a * w1
-                a = A[i + 5, k]; c50 += a * w0; c51 += a * w1
-                a = A[i + 6, k]; c60 += a * w0; c61 += a * w1
-                a = A[i + 7, k]; c70 += a * w0; c71 += a * w1
-            o = o0 + j - j0
-            out[i, o] = c00; out[i, o + 1] = c01
-            out[i + 1, o] = c10; out[i + 1, o + 1] = c11
-            out[i + 2, o] = c20; out[i + 2, o + 1] = c21
-            out[i + 3, o] = c30; out[i + 3, o + 1] = c31
-            out[i + 4, o] = c40; out[i + 4, o + 1] = c41
-            out[i + 5, o] = c50; out[i + 5, o + 1] = c51
-            out[i + 6, o] = c60; out[i + 6, o + 1] = c61
-            out[i + 7, o] = c70; out[i + 7, o + 1] = c71
-            j += 2
-        if j < j1:  # odd column count
-            for r in range(i, i + 8):
-                s = zero
-                for k in range(K):
-                    s += A[r, k] * WT[j, k]
-                out[r, o0 + j - j0] = s
-        i += 8
-    for r in range(i, m):  # rows left over when m is not a multiple of 8
-        for j in range(j0, j1):
-            s = zero
-            for k in range(K):
-                s += A[r, k] * WT[j, k]
-            out[r, o0 + j - j0] = s
-
-
-# ---- LSTM pointwise stages (gate order i, f, g, o as in PyTorch) ---------------
-@njit(**JIT)
-def _lstm_fwd_point(xw, P, p0, cprev, hnew, cnew, act, tcs, r0, r1, j0, j1):
-    # rows r0..r1 (batch indices), hidden units j0..j1; P row = r - p0
-    H = hnew.shape[1]
-    for r in range(r0, r1):
-        q = r - p0
-        for j in range(j0, j1):
-            gi = sigmoid_scalar(xw[r, j] + P[q, j])
-            gf = sigmoid_scalar(xw[r, H + j] + P[q, H + j])
-            gg = tanh_scalar(xw[r, 2 * H + j] + P[q, 2 * H + j])
-            go = sigmoid_scalar(xw[r, 3 * H + j] + P[q, 3 * H + j])
-            c = gf * cprev[r, j] + gi * gg
-            tc = tanh_scalar(c)
-            act[r, j] = gi; act[r, H + j] = gf; act[r, 2 * H + j] = gg; act[r, 3 * H + j] = go
-            cnew[r, j] = c
-            tcs[r, j] = tc
-            hnew[r, j] = go * tc
-
-
-@njit(**JIT)
-def _lstm_bwd_point(dhrec, p0, dcarry, act, tcs, cprev, dG, r0, r1, j0, j1):
-    # dh = 1 (d out.sum / d h_t) + the recurrent part; dcarry holds dL/dc_t on entry
-    H = tcs.shape[1]
-    one = np.ones(1, act.dtype)[0]
-    for r in range(r0, r1):
-        q = r - p0
-        for j in range(j0, j1):
-            gi = act[r, j]; gf = act[r, H + j]; gg = act[r, 2 * H + j]; go = act[r, 3 * H + j]
-            tc = tcs[r, j]
-            dh = one + dhrec[q, j]
-            dc = dcarry[q, j] + dh * go * (one - tc * tc)
-            dG[r, j] = dc * gg * gi * (one - gi)
-            dG[r, H + j] = dc * cprev[r, j] * gf * (one - gf)
-            dG[r, 2 * H + j] = dc * gi * (one - gg * gg)
-            dG[r, 3 * H + j] = dh * tc * go * (one - go)
-            dcarry[q, j] = dc * gf
-
-
-# ---- LSTM kernels --------------------------------------------------------------
-@njit(**JIT)
-def _lstm_fwd_a(XW, Wh, hs, cs, act, tcs):
-    T, B, G = XW.shape
-    H = G // 4
-    P = np.empty((B, G), XW.dtype)
-    for t in range(T):
-        np.dot(hs[t], Wh, P)
-        _lstm_fwd_point(XW[t], P, 0, cs[t], hs[t + 1], cs[t + 1], act[t], tcs[t], 0, B, 0, H)
-
-
-@njit(**JIT)
-def _lstm_bwd_a(WhT, cs, act, tcs, dG):
-    T, B, G = act.shape
-    H = G // 4
-    dhrec = np.zeros((B, H), act.dtype)
-    dcarry = np.zeros((B, H), act.dtype)
-    for t in range(T - 1, -1, -1):
-        if t < T - 1:
-            np.dot(dG[t + 1], WhT, dhrec)
-        _lstm_bwd_point(dhrec, 0, dcarry, act[t], tcs[t], cs[t], dG[t], 0, B, 0, H)
-
-
-@njit(**PJIT)
-def _lstm_fwd_bc(XW, Wh, WhT, hs, cs, act, tcs, nblk, in_kernel):
-    T, B, G = XW.shape
-    H = G // 4
-    for p in prange(nblk):
-        r0 = p * B // nblk
-        r1 = (p + 1) * B // nblk
-        P = np.empty((r1 - r0, G), XW.dtype)
-        for t in range(T):
-            if in_kernel:
-                _mm_nt(hs[t, r0:r1], WhT, P, 0, G, 0)
-            else:
-                np.dot(hs[t, r0:r1], Wh, P)
-            _lstm_fwd_point(XW[t], P, r0, cs[t], hs[t + 1], cs[t + 1], act[t], tcs[t], r0, r1, 0, H)
-
-
-@njit(**PJIT)
-def _lstm_bwd_bc(Wh, WhT, cs, act, tcs, dG, nblk, in_kernel):
-    T, B, G = act.shape
-    H = G // 4
-    for p in prange(nblk):
-        r0 = p * B // nblk
-        r1 = (p + 1) * B // nblk
-        dhrec = np.zeros((r1 - r0, H), act.dtype)
-        dcarry = np.zeros((r1 - r0, H), act.dtype)
-        for t in range(T - 1, -1, -1):
-            if t < T - 1:
-                if in_kernel:
-                    _mm_nt(dG[t + 1, r0:r1], Wh, dhrec, 0, H, 0)
-                else:
-                    np.dot(dG[t + 1, r0:r1], WhT, dhrec)
-            _lstm_bwd_point(dhrec, r0, dcarry, act[t], tcs[t], cs[t], dG[t], r0, r1, 0, H)
-
-
-@njit(**PJIT)
-def _lstm_fwd_d(XW, WhT, hs, cs, act, tcs, nsplit):
-    T, B, G = XW.shape
-    H = G // 4
-    P = np.empty((B, G), XW.dtype)
-    for t in range(T):  # one fork-join per step: step t+1 needs all of h_t
-        for p in prange(nsplit):
-            j0 = p * H // nsplit
-            j1 = (p + 1) * H // nsplit
-            for g in range(4):
-                _mm_nt(hs[t], WhT, P, g * H + j0, g * H + j1, g * H + j0)
-            _lstm_fwd_point(XW[t], P, 0, cs[t], hs[t + 1], cs[t + 1], act[t], tcs[t], 0, B, j0, j1)
-
-
-@njit(**PJIT)
-def _lstm_bwd_d(Wh, cs, act, tcs, dG, nsplit):
-    T, B, G = act.shape
-    H = G // 4
-    dhrec = np.zeros((B, H), act.dtype)
-    dcarry = np.zeros((B, H), act.dtype)
-    for t in range(T - 1, -1, -1):
-        for p in prange(nsplit):
-            j0 = p * H // nsplit
-            j1 = (p + 1) * H // nsplit
-            if t < T - 1:  # dh[:, j0:j1] needs all of dG[t+1] and rows j0..j1 of Wh
-                _mm_nt(dG[t + 1], Wh, dhrec, j0, j1, j0)
-            _lstm_bwd_point(dhrec, 0, dcarry, act[t], tcs[t], cs[t], dG[t], 0, B, j0, j1)
-
-
-# ---- GRU pointwise stages (PyTorch's: r, z, n; n = tanh(xn + r * (h Whn + bhn))) ---
-@njit(**JIT)
-def _gru_fwd_point(xw, P, p0, bhn, hprev, hnew, act, hns, r0, r1, j0, j1):
-    H = hnew.shape[1]
-    one = np.ones(1, hprev.dtype)[0]
-    for r in range(r0, r1):
-        q = r - p0
-        for j in range(j0, j1):
-            gr = sigmoid_scalar(xw[r, j] + P[q, j])
-            gz = sigmoid_scalar(xw[r, H + j] + P[q, H + j])
-            hn = P[q, 2 * H + j] + bhn[j]
-            gn = tanh_scalar(xw[r, 2 * H + j] + gr * hn)
-            act[r, j] = gr; act[r, H + j] = gz; act[r, 2 * H + j] = gn
-            hns[r, j] = hn
-            hnew[r, j] = (one - gz) * gn + gz * hprev[r, j]
-
-
-@njit(**JIT)
-def _gru_bwd_point(dhrec, p0, dcarry, act, hns, hprev, dGx, dGh, r0, r1, j0, j1):
-    # dcarry holds dh_t * z_t from the step after (the direct path h_{t-1} -> h_t)
-    H = hns.shape[1]
-    one = np.ones(1, act.dtype)[0]
-    for r in range(r0, r1):
-        q = r - p0
-        for j in range(j0, j1):
-            gr = act[r, j]; gz = act[r, H + j]; gn = act[r, 2 * H + j]
-            dh = one + dhrec[q, j] + dcarry[q, j]
-            dan = dh * (one - gz) * (one - gn * gn)
-            dar = dan * hns[r, j] * gr * (one - gr)
-            daz = dh * (hprev[r, j] - gn) * gz * (one - gz)
-            dGx[r, j] = dar; dGx[r, H + j] = daz; dGx[r, 2 * H + j] = dan
-            dGh[r, j] = dar; dGh[r, H + j] = daz; dGh[r, 2 * H + j] = dan * gr
-            dcarry[q, j] = dh * gz
-
-
-# ---- GRU kernels ---------------------------------------------------------------
-@njit(**JIT)
-def _gru_fwd_a(XW, Wh, bhn, hs, act, hns):
-    T, B, G = XW.shape
-    H = G // 3
-    P = np.empty((B, G), XW.dtype)
-    for t in range(T):
-        np.dot(hs[t], Wh, P)
-        _gru_fwd_point(XW[t], P, 0, bhn, hs[t], hs[t + 1], act[t], hns[t], 0, B, 0, H)
-
-
-@njit(**JIT)
-def _gru_bwd_a(WhT, hs, act, hns, dGx, dGh):
-    T, B, G = act.shape
-    H = G // 3
-    dhrec = np.zeros((B, H), act.dtype)
-    dcarry = np.zeros((B, H), act.dtype)
-    for t in range(T - 1, -1, -1):
-        if t < T - 1:
-            np.dot(dGh[t + 1], WhT, dhrec)
-        _gru_bwd_point(dhrec, 0, dcarry, act[t], hns[t], hs[t], dGx[t], dGh[t], 0, B, 0, H)
-
-
-@njit(**PJIT)
-def _gru_fwd_bc(XW, Wh, WhT, bhn, hs, act, hns, nblk, in_kernel):
-    T, B, G = XW.shape
-    H = G // 3
-    for p in prange(nblk):
-        r0 = p * B // nblk
-        r1 = (p + 1) * B // nblk
-        P = np.empty((r1 - r0, G), XW.dtype)
-        for t in range(T):
-            if in_kernel:
-                _mm_nt(hs[t, r0:r1], WhT, P, 0, G, 0)
-            else:
-                np.dot(hs[t, r0:r1], Wh, P)
-            _gru_fwd_point(XW[t], P, r0, bhn, hs[t], hs[t + 1], act[t], hns[t], r0, r1, 0, H)
-
-
-@njit(**PJIT)
-def _gru_bwd_bc(Wh, WhT, hs, act, hns, dGx, dGh, nblk, in_kernel):
-    T, B, G = act.shape
-    H = G // 3
-    for p in prange(nblk):
-        r0 = p * B // nblk
-        r1 = (p + 1) * B // nblk
-        dhrec = np.zeros((r1 - r0, H), act.dtype)
-        dcarry = np.zeros((r1 - r0, H), act.dtype)
-        for t in range(T - 1, -1, -1):
-            if t < T - 1:
-                if in_kernel:
-                    _mm_nt(dGh[t + 1, r0:r1], Wh, dhrec, 0, H, 0)
-                else:
-                    np.dot(dGh[t + 1, r0:r1], WhT, dhrec)
-            _gru_bwd_point(dhrec, r0, dcarry, act[t], hns[t], hs[t], dGx[t], dGh[t], r0, r1, 0, H)
-
-
-@njit(**PJIT)
-def _gru_fwd_d(XW, WhT, bhn, hs, act, hns, nsplit):
-    T, B, G = XW.shape
-    H = G // 3
-    P = np.empty((B, G), XW.dtype)
-    for t in range(T):
-        for p in prange(nsplit):
-            j0 = p * H // nsplit
-            j1 = (p + 1) * H // nsplit
-            for g in range(3):
-                _mm_nt(hs[t], WhT, P, g * H + j0, g * H + j1, g * H + j0)
-            _gru_fwd_point(XW[t], P, 0, bhn, hs[t], hs[t + 1], act[t], hns[t], 0, B, j0, j1)
-
-
-@njit(**PJIT)
-def _gru_bwd_d(Wh, hs, act, hns, dGx, dGh, nsplit):
-    T, B, G = act.shape
-    H = G // 3
-    dhrec = np.zeros((B, H), act.dtype)
-    dcarry = np.zeros((B, H), act.dtype)
-    for t in range(T - 1, -1, -1):
-        for p in prange(nsplit):
-            j0 = p * H // nsplit
-            j1 = (p + 1) * H // nsplit
-            if t < T - 1:
-                _mm_nt(dGh[t + 1], Wh, dhrec, j0, j1, j0)
-            _gru_bwd_point(dhrec, 0, dcarry, act[t], hns[t], hs[t], dGx[t], dGh[t], 0, B, j0, j1)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from design_kernels import (_gru_bwd_a, _gru_bwd_bc, _gru_bwd_d, _gru_fwd_a, _gru_fwd_bc,  # noqa: E402
+                            _gru_fwd_d, _lstm_bwd_a, _lstm_bwd_bc, _lstm_bwd_d, _lstm_fwd_a,
+                            _lstm_fwd_bc, _lstm_fwd_d)
 
 # ---- drivers -------------------------------------------------------------------
 def kernel_blas():
@@ -552,18 +248,24 @@ def torch_step(cell, x):
 
 
 def block_min_ms(fns, blocks, steps):
-    """{name: ms per step}: each fn runs `steps` steps per block, blocks alternate, min over blocks."""
+    """({name: wall ms per step}, {name: process CPU ms per step}): each fn runs `steps` steps per
+    block, blocks alternate, min over blocks. With one thread everywhere, CPU time is what the
+    step costs a core, nearly independent of what else the machine runs; with more, it counts
+    spinning workers too."""
     for fn in fns.values():
         fn(); fn()
     best = {k: float("inf") for k in fns}
+    cpu = {k: float("inf") for k in fns}
     for _ in range(blocks):
         for name, fn in fns.items():
             fn()  # one warm-up step at the head of each block
+            c0 = time.process_time()
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t0) / steps * 1e3)
-    return best
+            cpu[name] = min(cpu[name], (time.process_time() - c0) / steps * 1e3)
+    return best, cpu
 
 
 def steps_for(H):
@@ -578,18 +280,31 @@ def cpu_name():
         return "unknown CPU"
 
 
-def run_main(args):
+def setup_threads():
     global KERNEL_BLAS
     KERNEL_BLAS = kernel_blas()
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    return torch
+
+
+def header(torch, args):
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = os.environ.get("NUMBA_THREADING_LAYER", "default")
     print(f"CPU {cpu_name()}; numba {numba.__version__} threads {numba.get_num_threads()} "
-          f"layer {os.environ.get('NUMBA_THREADING_LAYER', 'default')}; torch {torch.__version__} "
-          f"threads {torch.get_num_threads()}; T={args.seq_len} B={args.batch} float32", flush=True)
+          f"layer {layer}; torch {torch.__version__} "
+          f"threads {torch.get_num_threads()}; T={args.seq_len} B={args.batch} float32; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def run_main(args):
+    torch = setup_threads()
     variants = args.variants.split(",")
-    print(f"{'cell':5} {'H':>4} {'torch ms':>9} " + " ".join(f"{v + ' ms':>8} {'ratio':>6}" for v in variants),
-          flush=True)
     rng = np.random.default_rng(1)
+    results = []
+    first = True
     for cell in args.cells.split(","):
         for H in map(int, args.sizes.split(",")):
             x = rng.standard_normal((args.seq_len, args.batch, H)).astype(np.float32)
@@ -606,9 +321,94 @@ def run_main(args):
             fns = {"torch": torch_step(cell, x)}
             for v in variants:
                 fns[v] = Ours(cell, v, x, p)
-            ms = block_min_ms(fns, args.blocks, args.steps or steps_for(H))
+            ms, cpu = block_min_ms(fns, args.blocks, args.steps or steps_for(H))
+            if first:
+                header(torch, args)
+                print(f"{'cell':5} {'H':>4} {'torch ms':>9} "
+                      + " ".join(f"{v + ' ms':>8} {'ratio':>6}" for v in variants), flush=True)
+                first = False
             print(f"{cell:5} {H:4d} {ms['torch']:9.2f} "
                   + " ".join(f"{ms[v]:8.2f} {ms['torch'] / ms[v]:6.2f}" for v in variants), flush=True)
+            if numba.get_num_threads() == 1:
+                print(f"{'  CPU':5} {H:4d} {cpu['torch']:9.2f} "
+                      + " ".join(f"{cpu[v]:8.2f} {cpu['torch'] / cpu[v]:6.2f}" for v in variants), flush=True)
+            results.append({"cell": cell, "H": H, "ms": ms, "cpu": cpu})
+    if args.json:
+        print("JSON " + json.dumps(results), flush=True)
+
+
+def spin_cpu_ms(fn, idle_ms=50.0, repeat=3):
+    """CPU time this process burns (all threads) in the idle_ms after fn returns: spinning workers."""
+    worst = 0.0
+    for _ in range(repeat):
+        fn()
+        c0 = time.process_time()
+        time.sleep(idle_ms / 1e3)
+        worst = max(worst, (time.process_time() - c0) * 1e3)
+    return worst
+
+
+def run_after(args):
+    """What our threads do after a step, and what that costs the user's next (PyTorch) step."""
+    torch = setup_threads()
+    rng = np.random.default_rng(1)
+    variants = args.variants.split(",")
+    for cell in args.cells.split(","):
+        for H in map(int, args.sizes.split(",")):
+            x = rng.standard_normal((args.seq_len, args.batch, H)).astype(np.float32)
+            p = make_params(cell, H, np.float32)
+            tstep = torch_step(cell, x)
+            ours = {v: Ours(cell, v, x, p) for v in variants}
+            alone = block_min_ms({"torch": tstep}, args.blocks, args.steps or steps_for(H))[0]["torch"]
+            line = [f"{cell} H={H}: torch alone {alone:.2f} ms, spins {spin_cpu_ms(tstep):.1f} CPU-ms in 50 ms idle"]
+            for v, fn in ours.items():
+                spin = spin_cpu_ms(fn)
+                after = float("inf")  # torch step timed right after one of ours, min over steps
+                for _ in range(args.blocks * 2):
+                    fn()
+                    t0 = time.perf_counter()
+                    tstep()
+                    after = min(after, (time.perf_counter() - t0) * 1e3)
+                line.append(f"{v}: spins {spin:.1f} CPU-ms, torch after it {after:.2f} ms ({after / alone:.2f}x)")
+            header(torch, args)
+            print("; ".join(line), flush=True)
+
+
+def run_children(args, configs, mode):
+    """Run this script in fresh processes, one per environment (thread counts must be set before import)."""
+    for name, env in configs:
+        cmd = [sys.executable, os.path.abspath(__file__), mode, "--cells", args.cells, "--sizes", args.sizes,
+               "--variants", args.variants, "--blocks", str(args.blocks), "--seq-len", str(args.seq_len),
+               "--batch", str(args.batch), "--steps", str(args.steps)]
+        print(f"--- {name}: {' '.join(f'{k}={v}' for k, v in env.items())}", flush=True)
+        proc = subprocess.run(cmd + (["--json"] if mode == "--child" else []),
+                              env={**os.environ, **env}, capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if not l.startswith("JSON ")]
+        print("\n".join(lines), flush=True)
+        if proc.returncode:
+            print(proc.stderr[-2000:], flush=True)
+        yield next((json.loads(l[5:]) for l in proc.stdout.splitlines() if l.startswith("JSON ")), [])
+
+
+def run_sweep(args):
+    """1 thread vs 2 threads, each in a fresh process with every pool's size set."""
+    configs = [(f"{n} thread(s)", {"NUMBA_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n),
+                                   "OMP_NUM_THREADS": str(n)}) for n in (1, 2)]
+    one, two = list(run_children(args, configs, "--child"))
+    print("speed-up from 1 to 2 threads, wall ms_1 / ms_2 (and 1-thread CPU ms / 2-thread wall ms):")
+    for r1, r2 in zip(one, two):
+        print(f"  {r1['cell']:5} H={r1['H']:4d} " + " ".join(
+            f"{k} {r1['ms'][k] / r2['ms'][k]:.2f}x ({r1['cpu'][k] / r2['ms'][k]:.2f}x)" for k in r1["ms"]),
+            flush=True)
+
+
+def run_after_sweep(args):
+    configs = [("defaults", {}),
+               ("OpenBLAS sleeps at once", {"OPENBLAS_THREAD_TIMEOUT": "4"}),
+               ("OpenMP passive", {"OMP_WAIT_POLICY": "PASSIVE"}),
+               ("both", {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}),
+               ("workqueue layer", {"NUMBA_THREADING_LAYER": "workqueue", "OPENBLAS_THREAD_TIMEOUT": "4"})]
+    list(run_children(args, configs, "--after-child"))
 
 
 def main():
@@ -622,8 +422,22 @@ def main():
     ap.add_argument("--steps", type=int, default=0, help="steps per block (default by size)")
     ap.add_argument("--check", action="store_true", help="compare with the float64 reference first")
     ap.add_argument("--check64", action="store_true", help="also run the kernels in float64")
+    ap.add_argument("--sweep", action="store_true", help="1 vs 2 threads, fresh processes")
+    ap.add_argument("--after", action="store_true",
+                    help="spinning threads after a step and their cost to a following PyTorch step, "
+                         "under several OpenBLAS/OpenMP settings (fresh processes)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--after-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    run_main(args)
+    if args.sweep:
+        run_sweep(args)
+    elif args.after:
+        run_after_sweep(args)
+    elif args.after_child:
+        run_after(args)
+    else:
+        run_main(args)
 
 
 if __name__ == "__main__":
