@@ -225,6 +225,18 @@ FOUND = {
                 g = v.sigmoid() @ self.u
                 return (g.tanh(), g)
     ''', "per-step norms of a state returned as a second-stage product's result: compiled lag one step"),
+    "flat239_state_is_a_product_read_by_another_op": ('''
+        class Alias1(tr.Cell):
+            name = "alias1"
+            num_states = 2
+            def __init__(self, input_size, hidden_size):
+                super().__init__(input_size, hidden_size)
+                self.u = self.param((hidden_size, hidden_size), init="xavier_uniform")
+            def step(self, x, state):
+                s0, s1 = state
+                g = s0.tanh() @ self.u
+                return (g, g.tanh())
+    ''', "per-step norms of a state that is a recurrent product's output, read by another op"),
 }
 
 
