@@ -3,7 +3,7 @@ import numpy as np
 
 from . import ops
 from .cell import Cell
-from .compiler import CompileError, compile_cell, run_layer
+from .compiler import CompileError, compile_cell, fallback_warning, run_layer
 from .module import Module, dropout
 from .plugins import get_cell, raise_if_user_code
 from .tensor import Tensor
@@ -212,9 +212,10 @@ class RNN(Module):
             compiled = compile_cell(cell, x.dtype)
             if x.device != "cpu":
                 compiled.cuda_module  # rendered and loaded here, so that it falls back like the CPU's
-        except CompileError:
+        except CompileError as e:
             if self.fused:
                 raise
+            fallback_warning(cell, e)
             return _reference_sequence(cell, x, state, mask, probe)
         return run_layer(cell, x, state, mask, probe, compiled)
 

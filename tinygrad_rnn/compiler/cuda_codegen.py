@@ -24,7 +24,7 @@ import itertools
 import re
 
 from . import cuda_runtime
-from .codegen import Generator, _only_element_j
+from .codegen import Generator, _literal, _only_element_j
 from .trace import CompileError
 
 _LOOP = re.compile(r"^for j in range\((.+?)\):(\s*#.*)?$")
@@ -167,8 +167,8 @@ def _statements(lines, names):
             elem = value if re.fullmatch(r"-?[\d.]+|K\d+", value) else f"{value}[j]"
             out += [f"{view} = {target}[{index}]", f"for j in range(tx, {view}.shape[0], nt):",
                     f"    {view}[j] {op} {elem}", "cuda.syncthreads()"]
-        elif re.match(r"^r\d+ = ", first) and len(s) == 1:
-            out.append(first)  # a row binding: every thread holds the same view
+        elif re.match(r"^r[\d_]+ = ", first) and len(s) == 1:
+            out.append(first)  # a row binding or a row scalar: every thread holds the same
         else:
             raise _unsupported(f"the generated statement {s!r}")
         open_loop = None
@@ -211,7 +211,7 @@ class _CudaModule:
                "from tinygrad_rnn.compiler import cuda_runtime as rt",
                "from tinygrad_rnn.compiler.cuda_runtime import kernel", "",
                f"DT = np.{g.dtype.name}"]
-        out += [f"{name} = DT({value!r})" for value, name in g.consts.items()]
+        out += [f"{name} = DT({_literal(value)})" for value, name in g.consts.items()]
         out += ["KONE = DT(1.0)", "", ""]
         for k in sorted(fwd):
             out += [fwd[k][0], "", ""]
@@ -244,11 +244,12 @@ class _CudaModule:
         out += [f"    G{n} = rt.api.empty((T, B, {g.W(e.out)}), DT)" for n, e in enumerate(g.gemms)]
         out += scratch(fwd)
         out += ["    for t in range(T):"]
-        for k in sorted(fwd):
+        for k in range(g.top + 1):  # a stage's products run even when it has no kernel
             for n, e in enumerate(g.gemms):
                 if g.level[e.out] == k:
                     out.append(f"        rt.api.gemm({g._lhs(e.ins[0])}, A{g.aux.index(e.ins[1])}, G{n}[t])")
-            out.append(f"        {launch(fwd_cpu[k], f'_forward_stage{k}', fwd[k][1])}")
+            if k in fwd:
+                out.append(f"        {launch(fwd_cpu[k], f'_forward_stage{k}', fwd[k][1])}")
         res = rs + gs
         out += [f"    return rt.api.wrap(Y), ({', '.join(res)}{',' if len(res) == 1 else ''})", "", ""]
         # backward
