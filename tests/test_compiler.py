@@ -577,3 +577,24 @@ def test_printed_step_shows_constants_and_the_plan_counts_its_kernels():
         kernels = source.count("def _forward_stage")
         assert f"in {kernels} stage kernel(s)" in summary, (summary, kernels)
         assert source.count("def _backward_stage") == kernels
+
+
+@pytest.mark.parametrize("cell", ["lstm", "mgu", "ln_lstm"])
+def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
+    """The jitted loop runs the batch as blocks of rows on threads, each block through all
+    steps; what every row adds to (a gain's gradient, the per-step norms) is kept per block
+    and summed, so the blocks agree with one block and with the step path."""
+    tr.manual_seed(2)
+    rnn = tr.nn.RNN(cell, 3, 4, dtype="float64", num_layers=2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 3))
+    states = [rng.standard_normal((2, 5, 4)) * 0.5 for _ in range(rnn.num_states)]
+    lengths = np.array([4, 1, 3, 4, 2])
+    monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(runtime, "THREADS", 3)  # whatever the machine has: three blocks of 1-2 rows
+    assert runtime.row_blocks(5) == [(0, 1), (1, 3), (3, 5)]
+    blocks = run(rnn, x, states, lengths, fused=True)
+    monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 100)
+    one = run(rnn, x, states, lengths, fused=True)
+    assert_close(blocks, one, 1e-12)
+    assert_close(blocks, run(rnn, x, states, lengths, fused=False), 1e-10)

@@ -210,8 +210,8 @@ class RNN(Module):
             return cell.forward_sequence(x, state, mask, probe)
         try:
             compiled = compile_cell(cell, x.dtype)
-            if x.device != "cpu":
-                compiled.cuda_module  # rendered and loaded here, so that it falls back like the CPU's
+            # built (and for the CPU compiled) here, so that a failure falls back
+            compiled.cuda_module if x.device != "cpu" else compiled.module
         except CompileError as e:
             if self.fused:
                 raise

@@ -26,10 +26,24 @@ __all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning
 class Compiled:
     """A cell compiled for one (input size, hidden size, dtype): its graph, plan and module."""
 
-    def __init__(self, graph_text, plan, source, module, dtype, header=None, sizes=None):
-        self.graph_text, self.plan, self.source, self.module = graph_text, plan, source, module
+    def __init__(self, graph_text, plan, source, dtype, header=None, sizes=None):
+        self.graph_text, self.plan, self.source = graph_text, plan, source
         self.dtype, self.header, self.sizes = dtype, header, sizes
-        self._cuda = None
+        self._cpu = self._cuda = None
+
+    @property
+    def module(self):
+        """The loaded CPU module, its kernels compiled (and checked) on first use; a
+        CompileError when Numba cannot compile them (the same error every time)."""
+        if self._cpu is None:
+            from .runtime import load_source
+            try:
+                self._cpu = _checked_module(self, lambda: load_source(self.source), _run_drivers)
+            except CompileError as e:
+                self._cpu = e
+        if isinstance(self._cpu, CompileError):
+            raise self._cpu
+        return self._cpu
 
     @property
     def cuda_source(self):
@@ -54,8 +68,8 @@ class Compiled:
 
 
 def compile_cell(cell, dtype=None):
-    """Compile ``cell`` (an instance) for ``dtype``; cached on the instance. Raises CompileError."""
-    from .runtime import load_source
+    """Compile ``cell`` (an instance) for ``dtype``; cached on the instance. Raises CompileError.
+    Numba compiles the kernels when ``.module`` (or ``.cuda_module``) is first used."""
     dtype = np.dtype(dtype or next(iter(cell.parameters())).dtype)
     cache = cell.__dict__.setdefault("_compiled", {})
     key = (dtype, _settings(cell))  # step may read them (self.training, options): a change re-traces
@@ -70,12 +84,14 @@ def compile_cell(cell, dtype=None):
     except CompileError as e:
         cache[key] = e
         raise
-    compiled = Compiled(graph_text, plan, source, None, dtype, header, sizes)
+    from .runtime import load_source
     try:
-        compiled.module = _checked_module(compiled, lambda: load_source(source), _run_drivers)
-    except CompileError as e:
-        cache[key] = e
-        raise
+        load_source(source)  # written to the cache and imported; Numba compiles on first use
+    except Exception as e:
+        cache[key] = InternalCompileError(f"cell {cell.name!r}: the generated module failed to load "
+                                          f"({_one_line(e)}); the cell runs its step op by op (please report this)")
+        raise cache[key] from e
+    compiled = Compiled(graph_text, plan, source, dtype, header, sizes)
     cache[key] = compiled
     return compiled
 
@@ -346,7 +362,8 @@ def inspect_cell(cell, dtype="float32", target="cpu"):
                f"recurrent products: {len(p.gemms)}")
     if target == "cuda":
         return c.graph_text, summary, c.cuda_source, c.cuda_module.__file__
-    return c.graph_text, summary, c.source, c.module.__file__
+    from .runtime import load_source
+    return c.graph_text, summary, c.source, load_source(c.source).__file__  # written, not compiled
 
 
 def cuda_kernel_signatures(cell, dtype, T=3, B=2):

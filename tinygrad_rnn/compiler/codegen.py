@@ -14,7 +14,8 @@ Layout of the generated module (all arrays C-contiguous):
 - Backward: ``DX<n>`` and ``DA<n>`` gradients, ``GD<n>`` product gradients (for the weight
   GEMMs at the end), ``GL<n>``/``CS_<i>_<k>``/``PASS_<i>`` the gradient carried to the
   previous step, ``E_<v>_<k>`` contributions from stage k to a value owned by an earlier stage.
-- Kernels loop over rows; each op is one simple loop over the row, which is the form
+- Kernels loop over the rows ``b0..b1`` of one block of the batch (the jitted loop runs a
+  block per core, see ``runtime.row_blocks``); each op is one simple loop over the row, which is the form
   that vectorises (FACTS.md: one transcendental per loop).
 """
 import re
@@ -24,6 +25,11 @@ import numpy as np
 
 from .. import ops
 from .plan import POINTWISE, REDUCTIONS
+
+
+# A stage kernel works on the rows b0..b1 of the batch: the jitted time loop runs one
+# block of rows per core (``runtime.row_blocks``), each block through all T steps.
+ROW_LOOP = "    for b in range(b0, b1):"
 
 
 # ---- symbolic evaluation of the op table ------------------------------------------
@@ -318,13 +324,13 @@ class Generator:
                 reads.add(v)
         local = [e.out for e in eqns if e.op != "getitem" and self.row(e.out).startswith("L")]
         args = self._kernel_args(reads | {e.out for e in eqns})
-        lines.append(f"@kernel\ndef _forward_stage{k}(t, I, H, M, {', '.join(args)}):")
+        lines.append(f"@kernel\ndef _forward_stage{k}(t, b0, b1, I, H, M, {', '.join(args)}):")
         lines.append(f'    """Stage {k} of step t, row by row: {self._eqn_summary(eqns)}."""')
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
         for v in local:
             lines.append(f"    L{v.id} = np.empty({self.W(v)}, DT)")
-        lines.append("    for b in range(B):")
+        lines.append(ROW_LOOP)
         bound = self._bind_rows(reads | {e.out for e in eqns})
         lines.extend("        " + s for s in bound)
         lines.extend("        " + s for s in fuse_loops(body))
@@ -447,7 +453,7 @@ class Generator:
                 names.add("SQ")
         args = sorted(names) + self._kernel_args(fwd_reads | set(owned))
         args = list(dict.fromkeys(args))
-        lines.append(f"@kernel\ndef _backward_stage{k}(t, I, H, M, {', '.join(args)}):")
+        lines.append(f"@kernel\ndef _backward_stage{k}(t, b0, b1, I, H, M, {', '.join(args)}):")
         lines.append(f'    """Gradients through stage {k} of step t, in reverse: {self._eqn_summary(eqns[::-1])}."""')
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
@@ -456,7 +462,7 @@ class Generator:
             lines.append(f"    sq = np.zeros({len(self.states)})")
             for i in range(len(self.states)):
                 lines.append(f"    g{i} = np.empty({self.W(self.states[i])}, DT)")
-        lines.append("    for b in range(B):")
+        lines.append(ROW_LOOP)
         ind = "        "
         if k == self.top:
             for i, s in enumerate(self.states):
@@ -675,23 +681,25 @@ class Generator:
         return []
 
     # -- drivers and the module ---------------------------------------------------------
-    def _lhs(self, v, every_step=False):
+    def _lhs(self, v, every_step=False, rows=""):
         """The left operand of a recurrent product as an array expression: at step t,
-        (B, n), or with ``every_step`` for all steps at once, (T, B, n)."""
+        (B, n) (its rows ``rows`` only, e.g. ``b0:b1``), or with ``every_step`` for all
+        steps at once, (T, B, n)."""
+        at = f", {rows}" if rows else ""
         if v in self.states:
             i = self.states.index(v)
             return (f"np.concatenate((S0_{i}[None], Y[:-1, {i}]))" if every_step else
-                    f"(S0_{i} if t == 0 else Y[t - 1, {i}])")
+                    f"(S0_{i} if t == 0 else Y[t - 1, {i}])" + (f"[{rows}]" if rows else ""))
         p = self.producer[v]
         if p.op == "getitem":
             lo, hi = self.bounds(p)
-            return f"{self._lhs(p.ins[0], every_step)}[{':, ' if every_step else ''}:, {lo}:{hi}]"
+            return f"{self._lhs(p.ins[0], every_step, rows)}[{':, ' if every_step else ''}:, {lo}:{hi}]"
         step = ":" if every_step else "t"
         if p.op == "matmul":
-            return f"G{self.gemms.index(p)}" if every_step else f"G{self.gemms.index(p)}[t]"
+            return f"G{self.gemms.index(p)}" if every_step else f"G{self.gemms.index(p)}[t{at}]"
         if v in self.out_index:
-            return f"Y[{step}, {self.out_index[v]}]"
-        return f"R{v.id}" if every_step else f"R{v.id}[t]"
+            return f"Y[{step}, {self.out_index[v]}{at if not every_step else ''}]"
+        return f"R{v.id}" if every_step else f"R{v.id}[t{at}]"
 
     def _stage_call(self, src, name):
         """``name(t, M, args...)`` for a kernel whose def line is in ``src``."""
@@ -734,12 +742,12 @@ class Generator:
         dx_args, da_args, gd_args, gl_args, carry, ext, flat = (names.dx, names.da, names.gd, names.gl, names.carry,
                                                                 names.ext, names.flat)
         at_args = [f"AT{w}" for w in weights]
-        fwd_loop_args = ["T", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
-        bwd_loop_args = ["T", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
+        fwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
+        bwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
+               "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_into, mm, row_blocks", "",
                f"DT = np.{self.dtype.name}"]
         out += [f"{name} = DT({_literal(value)})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
@@ -755,8 +763,8 @@ class Generator:
             for k in range(self.top + 1):  # a stage's products run even when it has no kernel
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
-                        body.append(f"        {mm_fn}({self._lhs(e.ins[0])}, "
-                                    f"A{self.aux.index(e.ins[1])}, G{n}[t])")
+                        body.append(f"        {mm_fn}({self._lhs(e.ins[0], rows='b0:b1')}, "
+                                    f"A{self.aux.index(e.ins[1])}, G{n}[t, b0:b1])")
                 if k in fwd:
                     body.append(f"        {self._stage_call(fwd[k], f'_forward_stage{k}')}")
             out += body + ["", ""]
@@ -768,7 +776,7 @@ class Generator:
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
                         w = self.aux.index(e.ins[1])
-                        body.append(f"        {mm_fn}(GD{n}[t], AT{w}, GL{n})")
+                        body.append(f"        {mm_fn}(GD{n}[t, b0:b1], AT{w}, GL{n}[b0:b1])")
             out += body + ["", ""]
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
         allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
@@ -776,12 +784,12 @@ class Generator:
         out += [f"def forward(jit_loop, I, H, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    Y = np.empty((T, {S}, B, {H}), DT)", *allocs,
-                "    loop = _forward_loop_jit if jit_loop else _forward_loop_py",
-                f"    loop({', '.join(fwd_loop_args)})",
+                "    loop, blocks = (_forward_loop_jit, row_blocks(B)) if jit_loop else (_forward_loop_py, [(0, B)])",
+                f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(fwd_loop_args)}))",
                 f"    return Y, ({', '.join(r_args + g_args)}{',' if len(r_args + g_args) == 1 else ''})", "", ""]
         unpack = ", ".join(r_args + g_args)
         balloc = [f"    DX{n} = np.empty((T, B, {self.W(v)}), DT)" for n, v in enumerate(self.hoisted)]
-        balloc += [f"    DA{n} = np.zeros_like(A{n})" for n in range(len(self.aux))]
+        balloc += [f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(self.aux))]
         balloc += [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in weights]
         balloc += [f"    GD{n} = np.empty((T, B, {self.W(e.out)}), DT)" for n, e in enumerate(self.gemms)]
         balloc += [f"    {c} = np.zeros((B, {self._carry_width(c)}), DT)" for c in [*gl_args, *carry]]
@@ -792,13 +800,16 @@ class Generator:
             finish.append(f"    DA{self.aux.index(e.ins[1])} += ({self._lhs(e.ins[0], every_step=True)}.reshape(T * B, {k_in}).T "
                           f"@ GD{n}.reshape(T * B, {w_out})).reshape(DA{self.aux.index(e.ins[1])}.shape)")
         dstates = [" + ".join(self._carry_names(i)) for i in range(S)]
+        block_args = [f"{a}[n]" if a in (*da_args, "SQ") else a for a in bwd_loop_args]
         out += [f"def backward(jit_loop, I, H, dY, Y, residuals, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    {unpack}{',' if len(r_args + g_args) == 1 else ''} = residuals" if unpack else "",
+                "    loop, blocks = (_backward_loop_jit, row_blocks(B)) if jit_loop else (_backward_loop_py, [(0, B)])",
+                "    # what every row adds to (batch-free gradients, per-step norms): one partial per block",
                 *balloc,
-                f"    SQ = np.zeros(({S}, T))",
-                "    loop = _backward_loop_jit if jit_loop else _backward_loop_py",
-                f"    loop({', '.join(bwd_loop_args)})", *finish,
+                f"    SQ = np.zeros((len(blocks), {S}, T))",
+                f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(block_args)}))",
+                *[f"    {d} = {d}.sum(axis=0)" for d in (*da_args, "SQ")], *finish,
                 f"    return [{', '.join(dx_args)}], [{', '.join(dstates)}], [{', '.join(da_args)}], np.sqrt(SQ)", ""]
         return "\n".join(out)
 
@@ -835,9 +846,9 @@ def _index_rows_in_place(text):
     and a stage binds a dozen or two for every row of every step; likewise
     ``E5_1[b][j]`` becomes ``E5_1[b, j]``."""
     lines = text.split("\n")
-    if "    for b in range(B):" not in lines:
+    if ROW_LOOP not in lines:
         return text
-    loop = lines.index("    for b in range(B):")
+    loop = lines.index(ROW_LOOP)
     hoisted, uses, body = [], {}, []
     for line in lines[loop + 1:]:
         m = _ROW_BINDING.match(line)

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 
+import numba
 import numpy as np
 
 from .. import ops
@@ -78,6 +79,40 @@ def mm(a, w, out):
 
 def matmul_into(a, w, out):
     np.matmul(a, w, out=out)
+
+
+# The jitted time loop runs the batch as blocks of rows, one per core, each block through
+# all T steps (its products and pointwise work); the rows of a recurrence never meet, so
+# blocks only share what every row adds to (batch-free gradients, per-step norms), which
+# the drivers keep per block and sum. Blocks run on Python threads: the kernels release
+# the GIL (nogil), and an idle pool thread waits on a queue without spinning, so nothing
+# of ours competes with the user's next computation.
+MIN_BLOCK_ROWS = int(os.environ.get("TINYGRAD_RNN_MIN_BLOCK_ROWS", "8"))
+THREADS = numba.config.NUMBA_NUM_THREADS  # as configured (NUMBA_NUM_THREADS); Numba's own threads stay unstarted
+_pool = []
+
+
+def row_blocks(B):
+    """[(b0, b1), ...]: the batch cut into one block per core, each of at least
+    MIN_BLOCK_ROWS rows (a smaller block costs more in thread hand-over than it saves)."""
+    n = max(1, min(THREADS, B // max(MIN_BLOCK_ROWS, 1)))
+    return [(B * i // n, B * (i + 1) // n) for i in range(n)]
+
+
+def in_blocks(blocks, run):
+    """``run(n, b0, b1)`` for each block, the blocks at the same time."""
+    if len(blocks) == 1:
+        return run(0, *blocks[0])
+    if not _pool or _pool[0][0] != os.getpid():  # a forked child (sweep workers) has none of the parent's threads
+        from concurrent.futures import ThreadPoolExecutor
+        _pool[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=max(THREADS, len(blocks)),
+                                                     thread_name_prefix="tinygrad_rnn"))]
+    futures = [_pool[0][1].submit(run, n, b0, b1) for n, (b0, b1) in enumerate(blocks[1:], 1)]
+    try:
+        run(0, *blocks[0])  # the calling thread runs the first block
+    finally:
+        for f in futures:
+            f.result()
 
 
 def cache_dir():
