@@ -742,12 +742,12 @@ class Generator:
         dx_args, da_args, gd_args, gl_args, carry, ext, flat = (names.dx, names.da, names.gd, names.gl, names.carry,
                                                                 names.ext, names.flat)
         at_args = [f"AT{w}" for w in weights]
-        fwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
+        fwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args]
         bwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-               "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_into, mm, row_blocks", "",
+               "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_into, mm_t, row_blocks", "",
                f"DT = np.{self.dtype.name}"]
         out += [f"{name} = DT({_literal(value)})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
@@ -758,13 +758,16 @@ class Generator:
             out += [fwd[k], "", ""]
         for k in sorted(bwd, reverse=True):
             out += [bwd[k], "", ""]
-        for variant, deco, mm_fn in (("py", "", "matmul_into"), ("jit", "@kernel\n", "mm")):
+        # BLAS takes the weight as it is forward and transposed backward; the in-kernel
+        # product (dot products over the weight's columns) the other way round.
+        for variant, deco, mm_fn, fwd_w, bwd_w in (("py", "", "matmul_into", "A", "AT"),
+                                                   ("jit", "@kernel\n", "mm_t", "AT", "A")):
             body = [f"{deco}def _forward_loop_{variant}({', '.join(fwd_loop_args)}):", "    for t in range(T):"]
             for k in range(self.top + 1):  # a stage's products run even when it has no kernel
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
                         body.append(f"        {mm_fn}({self._lhs(e.ins[0], rows='b0:b1')}, "
-                                    f"A{self.aux.index(e.ins[1])}, G{n}[t, b0:b1])")
+                                    f"{fwd_w}{self.aux.index(e.ins[1])}, G{n}[t, b0:b1])")
                 if k in fwd:
                     body.append(f"        {self._stage_call(fwd[k], f'_forward_stage{k}')}")
             out += body + ["", ""]
@@ -776,7 +779,7 @@ class Generator:
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
                         w = self.aux.index(e.ins[1])
-                        body.append(f"        {mm_fn}(GD{n}[t, b0:b1], AT{w}, GL{n}[b0:b1])")
+                        body.append(f"        {mm_fn}(GD{n}[t, b0:b1], {bwd_w}{w}, GL{n}[b0:b1])")
             out += body + ["", ""]
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
         allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
@@ -784,6 +787,7 @@ class Generator:
         out += [f"def forward(jit_loop, I, H, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    Y = np.empty((T, {S}, B, {H}), DT)", *allocs,
+                *[f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in weights],
                 "    loop, blocks = (_forward_loop_jit, row_blocks(B)) if jit_loop else (_forward_loop_py, [(0, B)])",
                 f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(fwd_loop_args)}))",
                 f"    return Y, ({', '.join(r_args + g_args)}{',' if len(r_args + g_args) == 1 else ''})", "", ""]
