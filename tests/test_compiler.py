@@ -410,3 +410,199 @@ def test_a_failure_of_the_code_generator_falls_back_to_the_step_path(monkeypatch
     np.testing.assert_array_equal(out.numpy(), rnn(x)[0].numpy())  # it ran the step path
     with pytest.raises(CompileError, match="code generator failed .*AssertionError.*please report"):
         tr.nn.RNN("gru", 2, 3, dtype="float64", fused=True)(x)
+
+
+class ProductOfAProduct(tr.Cell):
+    """Found by random cells: ``(s + p0) @ p1`` is the left operand of a second product
+    (through a split ``cat([x, v1]) @ p2``), so stage 1 holds only a product. Its result
+    was read from a residual that was never written (``NameError: name 'R8'``), the
+    product itself was never run and its weight gradient read uninitialised memory."""
+
+    name = "product_of_a_product"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.p0 = self.param((hidden_size,), init="ones")
+        self.p1 = self.param((hidden_size, hidden_size), init="xavier_uniform")
+        self.p2 = self.param((input_size + hidden_size, hidden_size), init="xavier_uniform")
+        self.p3 = self.param((input_size, 2 * hidden_size), init="xavier_uniform")
+
+    def step(self, x, state):
+        (s0,) = state
+        v1 = (s0 + self.p0) @ self.p1
+        v2 = tr.cat([x, v1], axis=-1) @ self.p2
+        v3 = v1 + v2  # noqa: F841  (never used: pruned)
+        v5 = (x @ self.p3).mean(axis=-1, keepdims=True)
+        return ((v2 - v5).tanh(),)
+
+
+class ChainOfProducts(tr.Cell):
+    """A product read by a later stage and by a further product: stage 1 has no kernel
+    of its own in the forward but owns the first product's gradient in the backward."""
+
+    name = "chain_of_products"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w_ih = self.param((input_size, hidden_size), init="xavier_uniform")
+        self.w1 = self.param((hidden_size, hidden_size), init="xavier_uniform")
+        self.w2 = self.param((hidden_size, hidden_size), init="xavier_uniform")
+
+    def step(self, x, state):
+        (h,) = state
+        a = h @ self.w1
+        return ((x @ self.w_ih + a + a @ self.w2).tanh(),)
+
+
+class OpenEndedClip(tr.Cell):
+    """Found by random cells (seed 6): ``clip(0, None)`` has an infinite bound, which the
+    generated module wrote as ``DT(inf)``, an undefined name."""
+
+    name = "open_ended_clip"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.p1 = self.param((hidden_size, hidden_size), init="xavier_uniform")
+        self.p2 = self.param((input_size, hidden_size), init="xavier_uniform")
+
+    def step(self, x, state):
+        (s0,) = state
+        return ((s0.clip(0, None) ** 3 - x @ self.p2 + (s0 @ self.p1).clip(None, 0.5)).sigmoid(),)
+
+
+@pytest.mark.parametrize("hidden_limit", [64, 0], ids=["jitted_loop", "python_loop"])
+@pytest.mark.parametrize("cls", [ProductOfAProduct, ChainOfProducts, OpenEndedClip], ids=lambda c: c.name)
+def test_a_product_of_a_product_compiles_exactly(cls, hidden_limit, monkeypatch):
+    monkeypatch.setattr(runtime, "JIT_LOOP_MAX_HIDDEN", hidden_limit)
+    tr.manual_seed(3)
+    rnn = tr.nn.RNN(cls, 3, 4, num_layers=2, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 3))
+    states = [rng.standard_normal((2, 3, 4)) * 0.5]
+    compiled = run(rnn, x, states, np.array([5, 2, 4]), fused=True)
+    step = run(rnn, x, states, np.array([5, 2, 4]), fused=False)
+    assert_close(compiled, step, 1e-10)
+
+
+def test_a_numba_failure_on_generated_code_falls_back_with_one_warning(monkeypatch, capfd):
+    """Numba failing to type or compile what the generator wrote is the compiler's bug:
+    fused=None warns once, naming the cell, and runs the step path; fused=True raises a
+    CompileError that carries Numba's message."""
+    import tinygrad_rnn.compiler as compiler
+    real = compiler.render
+
+    def untypable(*args):
+        return real(*args).replace("    B = M.shape[1]\n", "    B = M.shape[1] + not_defined_anywhere\n", 1)
+    monkeypatch.setattr(compiler, "render", untypable)
+    x = np.random.default_rng(0).standard_normal((3, 2, 2))
+    rnn = tr.nn.RNN("rnn", 2, 3, dtype="float64", num_layers=2)
+    out, _ = rnn(x)
+    rnn(x)
+    rnn.fused = False
+    np.testing.assert_array_equal(out.numpy(), rnn(x)[0].numpy())  # it ran the step path
+    warned = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "cell 'rnn'" in warned[0] and "not_defined_anywhere" in warned[0], warned
+    with pytest.raises(CompileError, match="generated kernels failed to compile .*not_defined_anywhere"):
+        tr.nn.RNN("rnn", 2, 3, dtype="float64", fused=True)(x)
+
+
+class UsersLayerNormLSTM(tr.Cell):
+    """A layer-normalised LSTM written the way users write it: ``** 2`` and ``** 0.5``
+    on row means (``plugins/layernorm_lstm.py`` is the hand-tuned one)."""
+
+    name = "users_ln_lstm"
+    num_states = 2
+
+    def __init__(self, input_size, hidden_size, eps=1e-5):
+        super().__init__(input_size, hidden_size)
+        self.eps = eps
+        self.weight_ih = self.param((4 * hidden_size, input_size), init="xavier_uniform")
+        self.weight_hh = self.param((4 * hidden_size, hidden_size), init="orthogonal")
+        self.gain = self.param((4 * hidden_size,), init="ones")
+        self.gain_c = self.param((hidden_size,), init="ones")
+
+    def norm(self, v, gain):
+        mu = v.mean(axis=-1, keepdims=True)
+        var = ((v - mu) ** 2).mean(axis=-1, keepdims=True)
+        return (v - mu) / (var + self.eps) ** 0.5 * gain
+
+    def step(self, x, state):
+        h, c = state
+        gates = x @ self.weight_ih.T + self.norm(h @ self.weight_hh.T, self.gain)
+        i, f, g, o = gates.split(self.hidden_size, axis=-1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * self.norm(c, self.gain_c).tanh(), c
+
+
+def _wide_loop_bodies(source):
+    """The statements of every loop over a row wider than one element."""
+    bodies, lines = [], source.splitlines()
+    for n, line in enumerate(lines):
+        head = line.strip()
+        if head.startswith("for j in range(") and head != "for j in range(1):":
+            indent = len(line) - len(line.lstrip())
+            for inner in lines[n + 1:]:
+                if len(inner) - len(inner.lstrip()) <= indent:
+                    break
+                bodies.append(inner.strip())
+    return bodies
+
+
+def test_row_values_are_computed_once_per_row():
+    """A (B, 1) value (a row mean, its square root, a power of it, the row's share of a
+    mean's gradient) is computed once per row, not once per element of the row, forward
+    and backward; the result still equals the step path."""
+    import re
+    compiled = compile_cell(UsersLayerNormLSTM(3, 4), np.float32)
+    bodies = _wide_loop_bodies(compiled.source)
+    assert bodies
+    row_scalar = r"r\d+\[(?:b, )?0\]|d\d+\[0\]"
+    for statement in bodies:
+        assert "/ DT(" not in statement, statement
+        assert not re.search(rf"math\.sqrt\(({row_scalar})\)|({row_scalar}) \*\* ", statement), statement
+    assert re.search(r"^\s+r\d+_\d+ = .*(/ DT\(|\*\*|math\.sqrt)", compiled.source, re.M)  # computed before the loop
+    tr.manual_seed(1)
+    rnn = tr.nn.RNN(UsersLayerNormLSTM, 3, 4, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 3))
+    states = [rng.standard_normal((1, 3, 4)) * 0.5 for _ in range(2)]
+    assert_close(run(rnn, x, states, np.array([4, 1, 3]), fused=True),
+                 run(rnn, x, states, np.array([4, 1, 3]), fused=False), 1e-10)
+
+
+def test_printed_step_shows_constants_and_the_plan_counts_its_kernels():
+    from tinygrad_rnn.compiler import inspect_cell
+    cell = UsersLayerNormLSTM(3, 4)
+    graph, summary, source, _ = inspect_cell(cell, "float32")
+    step = source.split("per-step equations")[1].split('"""')[0]
+    assert " 1e-05" in step  # the cell's eps
+    scalars = {v.name for v in compile_cell(cell, np.float32).plan.graph.consts if v.value.ndim == 0}
+    operands = {w for line in step.strip().splitlines()[1:] for w in line.split(" = ")[1].split()[1:]}
+    assert scalars and not scalars & operands  # a constant is its value, never an undefined vNN
+    assert " 1e-05" in graph
+    for cell in (UsersLayerNormLSTM(3, 4), tr.nn.RNN("mgu", 2, 3).cells[0], ProductOfAProduct(2, 3)):
+        _, summary, source, _ = inspect_cell(cell, "float32")
+        kernels = source.count("def _forward_stage")
+        assert f"in {kernels} stage kernel(s)" in summary, (summary, kernels)
+        assert source.count("def _backward_stage") == kernels
+
+
+@pytest.mark.parametrize("cell", ["lstm", "mgu", "ln_lstm"])
+def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
+    """The jitted loop runs the batch as blocks of rows on threads, each block through all
+    steps; what every row adds to (a gain's gradient, the per-step norms) is kept per block
+    and summed, so the blocks agree with one block and with the step path."""
+    tr.manual_seed(2)
+    rnn = tr.nn.RNN(cell, 3, 4, dtype="float64", num_layers=2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 3))
+    states = [rng.standard_normal((2, 5, 4)) * 0.5 for _ in range(rnn.num_states)]
+    lengths = np.array([4, 1, 3, 4, 2])
+    monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(runtime, "THREADS", 3)  # whatever the machine has: three blocks of 1-2 rows
+    assert runtime.row_blocks(5) == [(0, 1), (1, 3), (3, 5)]
+    blocks = run(rnn, x, states, lengths, fused=True)
+    monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 100)
+    one = run(rnn, x, states, lengths, fused=True)
+    assert_close(blocks, one, 1e-12)
+    assert_close(blocks, run(rnn, x, states, lengths, fused=False), 1e-10)

@@ -184,7 +184,8 @@ for name, (fn, sig) in sorted(kernels.items()):
         ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
         assert ".target sm_90" in ptx
     except Exception as e:
-        if "nvrtc" in f"{type(e).__name__} {e}".lower() and "support" in f"{type(e).__name__} {e}".lower():
+        why = f"{type(e).__name__} {e}".lower()
+        if "nvrtc" in why and ("support" in why or "failure finding" in why):  # no NVRTC, or too old a one
             print("SKIP no NVRTC:", str(e).splitlines()[0]); sys.exit(0)
         failed.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0]}")
 print("COMPILED", len(kernels) - len(failed), "FAILED", failed)

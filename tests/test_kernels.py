@@ -77,13 +77,17 @@ def test_scalar_building_blocks_inside_numba(dtype, atol):
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
-@pytest.mark.parametrize("B,K,N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (32, 64, 16)])
+@pytest.mark.parametrize("B,K,N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (17, 9, 5), (32, 64, 16)])
 def test_in_kernel_products(rng, dtype, rtol, B, K, N):
     a = rng.standard_normal((B, K)).astype(dtype)
     w = rng.standard_normal((K, N)).astype(dtype)
-    out = np.full((B, N), np.nan, dtype)  # mm must overwrite, not accumulate into, its output
-    runtime.mm(a, w, out)
+    out = np.full((B, N), np.nan, dtype)  # mm_t must overwrite, not accumulate into, its output
+    runtime.mm_t(a, np.ascontiguousarray(w.T), out)  # the forward's use: the weight transposed
     np.testing.assert_allclose(out, naive.mm(a, w), rtol=rtol, atol=rtol * K)
     out_t = np.full((B, K), np.nan, dtype)  # the backward's use: times the transposed weight
-    runtime.mm(out, np.ascontiguousarray(w.T), out_t)
+    runtime.mm_t(out, w, out_t)
     np.testing.assert_allclose(out_t, naive.mm(out, w.T), rtol=rtol, atol=rtol * N * np.abs(out).max())
+    rows = np.full((B, max(K - 1, 1)), np.nan, dtype)  # a slice of a row block (GRU's r * h @ W_hn)
+    runtime.mm_t(out[:, :max(N - 1, 1)], w[:max(K - 1, 1), :max(N - 1, 1)], rows)
+    np.testing.assert_allclose(rows, naive.mm(out[:, :max(N - 1, 1)], w[:max(K - 1, 1), :max(N - 1, 1)].T),
+                               rtol=rtol, atol=rtol * N * np.abs(out).max())

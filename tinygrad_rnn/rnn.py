@@ -3,7 +3,7 @@ import numpy as np
 
 from . import ops
 from .cell import Cell
-from .compiler import CompileError, compile_cell, run_layer
+from .compiler import CompileError, compile_cell, fallback_warning, run_layer
 from .module import Module, dropout
 from .norms import GradProbe
 from .plugins import get_cell, raise_if_user_code
@@ -179,11 +179,12 @@ class RNN(Module):
             return cell.forward_sequence(x, state, mask, probe)
         try:
             compiled = compile_cell(cell, x.dtype)
-            if x.device != "cpu":
-                compiled.cuda_module  # rendered and loaded here, so that it falls back like the CPU's
-        except CompileError:
+            # built (and for the CPU compiled) here, so that a failure falls back
+            compiled.cuda_module if x.device != "cpu" else compiled.module
+        except CompileError as e:
             if self.fused:
                 raise
+            fallback_warning(cell, e)
             return _reference_sequence(cell, x, state, mask, probe, every)
         if x.device == "cpu" and (every is not None or probe is not None):
             return compiled_sequence(cell, x, state, mask, probe, compiled, every)

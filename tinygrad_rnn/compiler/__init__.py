@@ -17,19 +17,33 @@ from .. import ops
 from ..tensor import Tensor
 from .codegen import render
 from .plan import make_plan
-from .trace import CompileError, trace, trace_checked
+from .trace import CompileError, operand_text, trace, trace_checked
 
-__all__ = ["CompileError", "Compiled", "compile_cell", "compile_status", "cuda_kernel_signatures", "generate", "run_layer",
+__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "cuda_kernel_signatures", "generate", "run_layer",
            "step_values", "inspect_cell"]
 
 
 class Compiled:
     """A cell compiled for one (input size, hidden size, dtype): its graph, plan and module."""
 
-    def __init__(self, graph_text, plan, source, module, dtype, header=None, sizes=None):
-        self.graph_text, self.plan, self.source, self.module = graph_text, plan, source, module
+    def __init__(self, graph_text, plan, source, dtype, header=None, sizes=None):
+        self.graph_text, self.plan, self.source = graph_text, plan, source
         self.dtype, self.header, self.sizes = dtype, header, sizes
-        self._cuda = None
+        self._cpu = self._cuda = None
+
+    @property
+    def module(self):
+        """The loaded CPU module, its kernels compiled (and checked) on first use; a
+        CompileError when Numba cannot compile them (the same error every time)."""
+        if self._cpu is None:
+            from .runtime import load_source
+            try:
+                self._cpu = _checked_module(self, lambda: load_source(self.source), _run_drivers)
+            except CompileError as e:
+                self._cpu = e
+        if isinstance(self._cpu, CompileError):
+            raise self._cpu
+        return self._cpu
 
     @property
     def cuda_source(self):
@@ -43,7 +57,8 @@ class Compiled:
         """The loaded CUDA module (generated and cached on first use)."""
         if self._cuda is None:
             from .runtime import load_source
-            self._cuda = load_source(self.cuda_source)
+            source = self.cuda_source
+            self._cuda = _checked_module(self, lambda: load_source(source), _record_cuda_drivers)
         return self._cuda
 
     @property
@@ -53,8 +68,8 @@ class Compiled:
 
 
 def compile_cell(cell, dtype=None):
-    """Compile ``cell`` (an instance) for ``dtype``; cached on the instance. Raises CompileError."""
-    from .runtime import load_source
+    """Compile ``cell`` (an instance) for ``dtype``; cached on the instance. Raises CompileError.
+    Numba compiles the kernels when ``.module`` (or ``.cuda_module``) is first used."""
     dtype = np.dtype(dtype or next(iter(cell.parameters())).dtype)
     cache = cell.__dict__.setdefault("_compiled", {})
     key = (dtype, _settings(cell))  # step may read them (self.training, options): a change re-traces
@@ -69,9 +84,81 @@ def compile_cell(cell, dtype=None):
     except CompileError as e:
         cache[key] = e
         raise
-    compiled = Compiled(graph_text, plan, source, load_source(source), dtype, header, sizes)
+    from .runtime import load_source
+    try:
+        load_source(source)  # written to the cache and imported; Numba compiles on first use
+    except Exception as e:
+        cache[key] = InternalCompileError(f"cell {cell.name!r}: the generated module failed to load "
+                                          f"({_one_line(e)}); the cell runs its step op by op (please report this)")
+        raise cache[key] from e
+    compiled = Compiled(graph_text, plan, source, dtype, header, sizes)
     cache[key] = compiled
     return compiled
+
+
+class InternalCompileError(CompileError):
+    """The compiler, not the cell, failed: its generator, or Numba on the generated code."""
+
+
+def _checked_module(compiled, load, run):
+    """``load()``'s module after ``run(compiled, module)`` has driven its forward and
+    backward once on a tiny batch: Numba types and compiles the kernels on first call (and
+    caches them, so the real run does not compile again), and a failure there is a bug of
+    the compiler's, found before the layer has put anything on the tape."""
+    try:
+        module = load()
+        run(compiled, module)
+        return module
+    except Exception as e:
+        raise InternalCompileError(
+            f"cell {compiled.plan.graph.cell_name!r}: the generated kernels failed to compile "
+            f"({_one_line(e)}); the cell runs its step op by op (please report this)") from e
+
+
+def _one_line(e):
+    """The telling line of an error: Numba's start with the pipeline stage that failed
+    ("Failed in nopython mode pipeline ...") and end with "During: ..." lines."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith(("Failed in ", "During:"))]
+    return f"{type(e).__name__}: {(telling or lines or [''])[0]}"
+
+
+def _probe_arrays(compiled, T=2, B=2):
+    """Inputs of the generated drivers with the real call's types and a tiny batch."""
+    plan, dt = compiled.plan, compiled.dtype
+    I, H = plan.graph.x.shape[1], plan.graph.states[0].shape[1]
+    states = [np.full((B, H), 0.5, dt) for _ in plan.graph.states]
+    hoisted = [np.full((T, B, v.width), 0.5, dt) for v in plan.hoisted]
+    aux = [np.full(v.shape, 0.5, dt) for v in plan.aux]
+    return (I, H), np.ones((T, B), dt), [*states, *hoisted, *aux]
+
+
+def _run_drivers(compiled, module):
+    from .runtime import JIT_LOOP_MAX_HIDDEN, guarded
+    sizes, mask, arrays = _probe_arrays(compiled)
+    jit_loop = sizes[1] <= JIT_LOOP_MAX_HIDDEN
+    Y, residuals = guarded(module, "forward", jit_loop, *sizes, mask, *arrays)
+    guarded(module, "backward", jit_loop, *sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+
+
+def _record_cuda_drivers(compiled, module):
+    from .cuda_runtime import record_launches
+    sizes, mask, arrays = _probe_arrays(compiled)
+    with record_launches():
+        Y, residuals = module.forward(*sizes, mask, *arrays)
+        module.backward(*sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+
+
+def fallback_warning(cell, error):
+    """One line on stderr when a layer falls back to the step path because of a compiler
+    bug (a cell the compiler refuses falls back without a word: that is documented)."""
+    import sys
+    if isinstance(error, InternalCompileError) and str(error) not in _warned:
+        _warned.add(str(error))  # once per process, not once per layer and call
+        print(f"tinygrad_rnn: warning: {error}", file=sys.stderr, flush=True)
+
+
+_warned = set()
 
 
 def _rendered(cell_name, target, renderer, *args):
@@ -82,7 +169,7 @@ def _rendered(cell_name, target, renderer, *args):
     except CompileError:
         raise
     except Exception as e:
-        raise CompileError(f"cell {cell_name!r}: the{target} code generator failed ({type(e).__name__}: {e}); "
+        raise InternalCompileError(f"cell {cell_name!r}: the{target} code generator failed ({type(e).__name__}: {e}); "
                            "the cell runs its step op by op (please report this)") from e
 
 
@@ -204,7 +291,7 @@ def _symbolic_graph_text(plan, sizes):
         elif e.op not in ("getitem",) and e.attrs:
             attrs = "[" + ", ".join(f"{k}={v!r}" for k, v in e.attrs.items()
                                     if k not in ("cond", "residuals", "index")) + "]"
-        lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(v.name for v in e.ins)}")
+        lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(operand_text(v) for v in e.ins)}")
     return "per-step equations (widths in I and H):\n" + "\n".join(lines)
 
 
@@ -271,11 +358,12 @@ def inspect_cell(cell, dtype="float32", target="cpu"):
     c = compile_cell(cell, dtype)
     p = c.plan
     summary = (f"param equations: {len(p.param_eqns)}, hoisted (all T*B rows at once): "
-               f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {p.num_levels} stage(s), "
+               f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {len(p.stages)} stage kernel(s), "
                f"recurrent products: {len(p.gemms)}")
     if target == "cuda":
         return c.graph_text, summary, c.cuda_source, c.cuda_module.__file__
-    return c.graph_text, summary, c.source, c.module.__file__
+    from .runtime import load_source
+    return c.graph_text, summary, c.source, load_source(c.source).__file__  # written, not compiled
 
 
 def cuda_kernel_signatures(cell, dtype, T=3, B=2):

@@ -14,7 +14,8 @@ Layout of the generated module (all arrays C-contiguous):
 - Backward: ``DX<n>`` and ``DA<n>`` gradients, ``GD<n>`` product gradients (for the weight
   GEMMs at the end), ``GL<n>``/``CS_<i>_<k>``/``PASS_<i>`` the gradient carried to the
   previous step, ``E_<v>_<k>`` contributions from stage k to a value owned by an earlier stage.
-- Kernels loop over rows; each op is one simple loop over the row, which is the form
+- Kernels loop over the rows ``b0..b1`` of one block of the batch (the jitted loop runs a
+  block per core, see ``runtime.row_blocks``); each op is one simple loop over the row, which is the form
   that vectorises (FACTS.md: one transcendental per loop).
 """
 import re
@@ -26,14 +27,21 @@ from .. import ops
 from .plan import POINTWISE, REDUCTIONS
 
 
+# A stage kernel works on the rows b0..b1 of the batch: the jitted time loop runs one
+# block of rows per core (``runtime.row_blocks``), each block through all T steps.
+ROW_LOOP = "    for b in range(b0, b1):"
+
+
 # ---- symbolic evaluation of the op table ------------------------------------------
 class Sym:
     """An expression for one element, printed as Python source."""
 
-    __slots__ = ("code", "boolean", "gen", "var")
+    __slots__ = ("code", "boolean", "gen", "var", "inv", "leaf")
 
-    def __init__(self, code, gen, boolean=False, var=None):
+    def __init__(self, code, gen, boolean=False, var=None, inv=False, leaf=False):
         self.code, self.gen, self.boolean, self.var = code, gen, boolean, var
+        self.inv = inv    # the same for every element of the row (built from row scalars and constants)
+        self.leaf = leaf  # a name, an element or a constant: nothing to compute
 
     def __str__(self):
         if self.var is not None and self.gen._reading is not None:
@@ -41,15 +49,15 @@ class Sym:
         return self.code
 
     def _lift(self, other):
-        return other if isinstance(other, Sym) else Sym(self.gen.const(other), self.gen)
+        return other if isinstance(other, Sym) else Sym(self.gen.const(other), self.gen, inv=True, leaf=True)
 
     def _bin(self, other, op, rev=False):
         other = self._lift(other)
-        a, b = (other, self) if rev else (self, other)
+        (a, b), inv = _row_parts(self.gen, (other, self) if rev else (self, other))
         if op == "*" and (a.boolean or b.boolean):
             cond, val = (a, b) if a.boolean else (b, a)
-            return Sym(f"({val} if {cond} else {self.gen.const(0)})", self.gen)
-        return Sym(f"({a} {op} {b})", self.gen)
+            return Sym(f"({val} if {cond} else {self.gen.const(0)})", self.gen, inv=inv)
+        return Sym(f"({a} {op} {b})", self.gen, inv=inv)
 
     def __add__(self, o): return self._bin(o, "+")
     def __radd__(self, o): return self._bin(o, "+", True)
@@ -59,30 +67,42 @@ class Sym:
     def __rmul__(self, o): return self._bin(o, "*", True)
     def __truediv__(self, o): return self._bin(o, "/")
     def __rtruediv__(self, o): return self._bin(o, "/", True)
-    def __neg__(self): return Sym(f"(-{self})", self.gen)
+    def __neg__(self): return Sym(f"(-{self})", self.gen, inv=self.inv)
 
     def __pow__(self, p):
         p = float(p)
         if p == 0:
-            return Sym(self.gen.const(1), self.gen)
+            return Sym(self.gen.const(1), self.gen, inv=True, leaf=True)
         if p == 1:
             return self
         if p == 2:
-            return Sym(f"({self} * {self})", self.gen)
+            return Sym(f"({self} * {self})", self.gen, inv=self.inv)
         if p == 0.5:
-            return Sym(f"math.sqrt({self})", self.gen)
+            return Sym(f"math.sqrt({self})", self.gen, inv=self.inv)
         if p == -1:
-            return Sym(f"({self.gen.const(1)} / {self})", self.gen)
-        return Sym(f"({self} ** {self.gen.const(p)})", self.gen)
+            return Sym(f"({self.gen.const(1)} / {self})", self.gen, inv=self.inv)
+        return Sym(f"({self} ** {self.gen.const(p)})", self.gen, inv=self.inv)
 
     def _cmp(self, o, op):
-        return Sym(f"({self} {op} {self._lift(o)})", self.gen, boolean=True)
+        (a, b), inv = _row_parts(self.gen, (self, self._lift(o)))
+        return Sym(f"({a} {op} {b})", self.gen, boolean=True, inv=inv)
 
     def __gt__(self, o): return self._cmp(o, ">")
     def __ge__(self, o): return self._cmp(o, ">=")
     def __lt__(self, o): return self._cmp(o, "<")
     def __le__(self, o): return self._cmp(o, "<=")
-    def __and__(self, o): return Sym(f"({self} and {o})", self.gen, boolean=True)
+    def __and__(self, o):
+        (a, b), inv = _row_parts(self.gen, (self, o))
+        return Sym(f"({a} and {b})", self.gen, boolean=True, inv=inv)
+
+
+def _row_parts(gen, parts):
+    """(parts, whether the expression they form is a row scalar). When it is not, a part
+    that is (``math.sqrt(r36[0])``, ``r61[0] ** K3``: work on a (B, 1) value) becomes a
+    scalar computed once per row before the loop over the row, not once per element."""
+    if all(p.inv for p in parts):
+        return parts, True
+    return tuple(gen.row_scalar(p) if p.inv and not p.leaf else p for p in parts), False
 
 
 class _SymBackend:
@@ -92,23 +112,24 @@ class _SymBackend:
         self.gen = gen
 
     def _s(self, v):
-        return v if isinstance(v, Sym) else Sym(self.gen.const(v), self.gen)
+        return v if isinstance(v, Sym) else Sym(self.gen.const(v), self.gen, inv=True, leaf=True)
 
-    def tanh(self, a): return Sym(f"tanh_scalar({a})", self.gen)
-    def sigmoid(self, a): return Sym(f"sigmoid_scalar({a})", self.gen)
-    def exp(self, a): return Sym(f"math.exp({a})", self.gen)
-    def log(self, a): return Sym(f"math.log({a})", self.gen)
+    def tanh(self, a): return Sym(f"tanh_scalar({a})", self.gen, inv=a.inv)
+    def sigmoid(self, a): return Sym(f"sigmoid_scalar({a})", self.gen, inv=a.inv)
+    def exp(self, a): return Sym(f"math.exp({a})", self.gen, inv=a.inv)
+    def log(self, a): return Sym(f"math.log({a})", self.gen, inv=a.inv)
 
     def leaky_relu(self, a, slope):
         if slope == 0:
-            return Sym(f"max({a}, {self.gen.const(0)})", self.gen)
-        return Sym(f"({a} if {a} > {self.gen.const(0)} else {a} * {self.gen.const(slope)})", self.gen)
+            return Sym(f"max({a}, {self.gen.const(0)})", self.gen, inv=a.inv)
+        return Sym(f"({a} if {a} > {self.gen.const(0)} else {a} * {self.gen.const(slope)})", self.gen, inv=a.inv)
 
     def where(self, cond, a, b):
-        return Sym(f"({self._s(a)} if {cond} else {self._s(b)})", self.gen)
+        (cond, a, b), inv = _row_parts(self.gen, (cond, self._s(a), self._s(b)))
+        return Sym(f"({a} if {cond} else {b})", self.gen, inv=inv)
 
     def clip(self, a, lo, hi):
-        return Sym(f"min(max({a}, {self.gen.const(lo)}), {self.gen.const(hi)})", self.gen)
+        return Sym(f"min(max({a}, {self.gen.const(lo)}), {self.gen.const(hi)})", self.gen, inv=a.inv)
 
 
 def _op_attrs(e):
@@ -123,6 +144,7 @@ class Generator:
         self.widths, self.slices = sizes or ({}, {})
         self.consts = {}
         self._reading = None
+        self._row_lines, self._row_eqn = None, None
         self.k = _SymBackend(self)
         g = plan.graph
         self.states = list(g.states)
@@ -154,6 +176,16 @@ class Generator:
         self.gemm_lhs = {}
         for n, e in enumerate(self.gemms):
             self.gemm_lhs.setdefault(e.ins[0], []).append(n)
+        # A product whose result is the left operand of another (``(h @ W1) @ W2``) gets its
+        # gradient from that product's backward GEMM, which runs after the later stage's
+        # backward kernel: its own stage owns it, so that stage has a kernel even with no
+        # pointwise work (it passes the gradient on to the product's weight gradient).
+        for v in self.gemm_lhs:
+            p = self.producer.get(v)
+            if p is not None and p.op == "matmul":
+                self.users.setdefault(v, set()).add(self.level[v])
+                self.grad_users.setdefault(v, set()).add(self.level[v])
+        self.stages = plan.stages
 
     # -- sizes: linear in the input size I and hidden size H where that was verified ------
     def wf(self, v):
@@ -254,11 +286,29 @@ class Generator:
             a, b = (self.sym(u, o) for u in p.ins)
             return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[p.attrs["how"]]
         if v.role == "const" and v.value.ndim == 0:
-            return Sym(self.const(v.value), self)
+            return Sym(self.const(v.value), self, inv=True, leaf=True)
         idx = "j" if self.wf(v) == self.wf(o) and self.wf(o) != (0, 0, 1) else "0"
         if v in self.aux:
-            return Sym(f"A{self.aux.index(v)}[{idx}]", self, var=v)
-        return Sym(f"r{v.id}[{idx}]", self, var=v)
+            return Sym(f"A{self.aux.index(v)}[{idx}]", self, var=v, inv=idx == "0", leaf=True)
+        return Sym(f"r{v.id}[{idx}]", self, var=v, inv=idx == "0", leaf=True)
+
+    def row_scalar(self, s):
+        """A name for row scalar ``s``, computed once per row before the equation's loop."""
+        if self._row_lines is None or s.leaf:
+            return s
+        name = f"r{len(self._row_lines)}_{self._row_eqn}"  # numbered per equation: unique in a kernel
+        self._row_lines.append(f"{name} = {s}")
+        return Sym(name, self, inv=True, leaf=True)
+
+    def _row_scalars_of(self, e, render):
+        """``render()``'s lines for equation ``e``, after the row scalars it asked for."""
+        wide = self.wf(e.out) != (0, 0, 1)
+        self._row_lines, self._row_eqn = ([] if wide else None), e.out.id
+        try:
+            lines = render()
+            return (self._row_lines or []) + lines
+        finally:
+            self._row_lines = None
 
     # -- forward -------------------------------------------------------------------
     def render_forward_kernel(self, k):
@@ -274,13 +324,13 @@ class Generator:
                 reads.add(v)
         local = [e.out for e in eqns if e.op != "getitem" and self.row(e.out).startswith("L")]
         args = self._kernel_args(reads | {e.out for e in eqns})
-        lines.append(f"@kernel\ndef _forward_stage{k}(t, I, H, M, {', '.join(args)}):")
+        lines.append(f"@kernel\ndef _forward_stage{k}(t, b0, b1, I, H, M, {', '.join(args)}):")
         lines.append(f'    """Stage {k} of step t, row by row: {self._eqn_summary(eqns)}."""')
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
         for v in local:
             lines.append(f"    L{v.id} = np.empty({self.W(v)}, DT)")
-        lines.append("    for b in range(B):")
+        lines.append(ROW_LOOP)
         bound = self._bind_rows(reads | {e.out for e in eqns})
         lines.extend("        " + s for s in bound)
         lines.extend("        " + s for s in fuse_loops(body))
@@ -314,12 +364,15 @@ class Generator:
                 init, upd = self.const(0), f"acc += r{a.id}[j]"
             fin = f"acc / DT({self.W(a)})" if e.op == "mean" else "acc"
             return [f"acc = {init}", f"for j in range({self.W(a)}):", f"    {upd}", f"r{o.id}[0] = {fin}"]
-        syms = [self.sym(v, o) for v in e.ins]
-        attrs = _op_attrs(e)
-        if e.op == "where":
-            attrs["cond"] = syms.pop()
-        expr = ops.OPS[e.op].fwd(self.k, *syms, **attrs)
-        return [f"for j in range({w}):", f"    r{o.id}[j] = {expr}"]
+        def render():
+            syms = [self.sym(v, o) for v in e.ins]
+            attrs = _op_attrs(e)
+            if e.op == "where":
+                attrs["cond"] = syms.pop()
+            expr = ops.OPS[e.op].fwd(self.k, *syms, **attrs)
+            expr = self.row_scalar(expr) if expr.inv else expr  # a row scalar broadcast along the row
+            return [f"for j in range({w}):", f"    r{o.id}[j] = {expr}"]
+        return self._row_scalars_of(e, render)
 
     # -- backward ------------------------------------------------------------------
     def grad_target(self, v, k):
@@ -336,8 +389,7 @@ class Generator:
 
     def render_backward(self, dry=False):
         self._reading = set() if dry else None
-        out = [self.render_backward_kernel(k, dry) for k in range(self.top, -1, -1)
-               if self.kernel_eqns[k] or k == self.top]
+        out = [self.render_backward_kernel(k, dry) for k in reversed(self.stages)]
         if dry:
             self.bwd_reads = set(self._reading)
         self._reading = None
@@ -401,7 +453,7 @@ class Generator:
                 names.add("SQ")
         args = sorted(names) + self._kernel_args(fwd_reads | set(owned))
         args = list(dict.fromkeys(args))
-        lines.append(f"@kernel\ndef _backward_stage{k}(t, I, H, M, {', '.join(args)}):")
+        lines.append(f"@kernel\ndef _backward_stage{k}(t, b0, b1, I, H, M, {', '.join(args)}):")
         lines.append(f'    """Gradients through stage {k} of step t, in reverse: {self._eqn_summary(eqns[::-1])}."""')
         lines.append("    B = M.shape[1]")
         lines.extend(self._state_views())
@@ -410,7 +462,7 @@ class Generator:
             lines.append(f"    sq = np.zeros({len(self.states)})")
             for i in range(len(self.states)):
                 lines.append(f"    g{i} = np.empty({self.W(self.states[i])}, DT)")
-        lines.append("    for b in range(B):")
+        lines.append(ROW_LOOP)
         ind = "        "
         if k == self.top:
             for i, s in enumerate(self.states):
@@ -555,13 +607,20 @@ class Generator:
                         f"    cnt += {self.const(1)} if r{a.id}[j] == r{o.id}[0] else {self.const(0)}",
                         f"for j in range({self.W(a)}):",
                         f"    {t}[j] += {dy}[0] / cnt if r{a.id}[j] == r{o.id}[0] else {self.const(0)}"]
-            scale = f" / DT({self.W(a)})" if e.op == "mean" else ""
-            return [f"for j in range({self.W(a)}):", f"    {t}[j] += {dy}[0]{scale}"]
+            if e.op == "mean":  # the row's share, divided once per row
+                return [f"r{o.id}_0 = {dy}[0] / DT({self.W(a)})", f"for j in range({self.W(a)}):",
+                        f"    {t}[j] += r{o.id}_0"]
+            return [f"for j in range({self.W(a)}):", f"    {t}[j] += {dy}[0]"]
+        return self._row_scalars_of(e, lambda: self._bwd_pointwise(e, k))
+
+    def _bwd_pointwise(self, e, k):
+        o, w = e.out, self.W(e.out)
+        dy = f"d{o.id}"
         syms = [self.sym(v, o) for v in e.ins]
         attrs = _op_attrs(e)
         if e.op == "where":
             attrs["cond"] = syms.pop()
-        g = Sym(f"{dy}[j]", self)
+        g = Sym(f"{dy}[j]", self, inv=self.wf(o) == (0, 0, 1), leaf=True)
         y = self.sym(o, o)
         grads = ops.OPS[e.op].vjp(self.k, g, y, *syms, **attrs)
         out = []
@@ -569,7 +628,8 @@ class Generator:
             t = self.grad_target(v, k)
             if t is None or gv is None:
                 continue
-            gv = gv if isinstance(gv, Sym) else Sym(self.const(gv), self)
+            gv = gv if isinstance(gv, Sym) else Sym(self.const(gv), self, inv=True, leaf=True)
+            gv = self.row_scalar(gv) if gv.inv else gv
             if self.wf(v) == self.wf(o):
                 out += [f"for j in range({w}):", f"    {t}[j] += {gv}"]
             else:  # broadcast along the row: sum the contributions
@@ -621,21 +681,25 @@ class Generator:
         return []
 
     # -- drivers and the module ---------------------------------------------------------
-    def _lhs(self, v, every_step=False):
+    def _lhs(self, v, every_step=False, rows=""):
         """The left operand of a recurrent product as an array expression: at step t,
-        (B, n), or with ``every_step`` for all steps at once, (T, B, n)."""
+        (B, n) (its rows ``rows`` only, e.g. ``b0:b1``), or with ``every_step`` for all
+        steps at once, (T, B, n)."""
+        at = f", {rows}" if rows else ""
         if v in self.states:
             i = self.states.index(v)
             return (f"np.concatenate((S0_{i}[None], Y[:-1, {i}]))" if every_step else
-                    f"(S0_{i} if t == 0 else Y[t - 1, {i}])")
+                    f"(S0_{i} if t == 0 else Y[t - 1, {i}])" + (f"[{rows}]" if rows else ""))
         p = self.producer[v]
         if p.op == "getitem":
             lo, hi = self.bounds(p)
-            return f"{self._lhs(p.ins[0], every_step)}[{':, ' if every_step else ''}:, {lo}:{hi}]"
+            return f"{self._lhs(p.ins[0], every_step, rows)}[{':, ' if every_step else ''}:, {lo}:{hi}]"
         step = ":" if every_step else "t"
+        if p.op == "matmul":
+            return f"G{self.gemms.index(p)}" if every_step else f"G{self.gemms.index(p)}[t{at}]"
         if v in self.out_index:
-            return f"Y[{step}, {self.out_index[v]}]"
-        return f"R{v.id}" if every_step else f"R{v.id}[t]"
+            return f"Y[{step}, {self.out_index[v]}{at if not every_step else ''}]"
+        return f"R{v.id}" if every_step else f"R{v.id}[t{at}]"
 
     def _stage_call(self, src, name):
         """``name(t, M, args...)`` for a kernel whose def line is in ``src``."""
@@ -646,10 +710,8 @@ class Generator:
     def stage_kernels(self):
         """({stage: forward kernel source}, {stage: backward kernel source}), storage planned."""
         self.plan_storage()
-        fwd = {k: self.render_forward_kernel(k) for k in range(self.top + 1)
-               if self.kernel_eqns[k] or k == self.top}
-        bwd = dict(zip([k for k in range(self.top, -1, -1) if self.kernel_eqns[k] or k == self.top],
-                       self.render_backward()))
+        fwd = {k: self.render_forward_kernel(k) for k in self.stages}
+        bwd = dict(zip(reversed(self.stages), self.render_backward()))
         return fwd, bwd
 
     def array_names(self):
@@ -680,14 +742,14 @@ class Generator:
         dx_args, da_args, gd_args, gl_args, carry, ext, flat = (names.dx, names.da, names.gd, names.gl, names.carry,
                                                                 names.ext, names.flat)
         at_args = [f"AT{w}" for w in weights]
-        fwd_loop_args = ["T", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *r_args, *g_args]
-        bwd_loop_args = ["T", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
+        fwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args]
+        bwd_loop_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *s0_args, *x_args, *a_args, *at_args, *r_args, *g_args,
                          *dx_args, *da_args, *gd_args, *gl_args, *carry, *ext, "SQ"]
         out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-               "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
+               "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_into, mm_t, row_blocks", "",
                f"DT = np.{self.dtype.name}"]
-        out += [f"{name} = DT({value!r})" for value, name in self.consts.items()]
+        out += [f"{name} = DT({_literal(value)})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
                 f"RESIDUAL_IDS = ({''.join(f'{v.id}, ' for v in self.residuals)})",
                 f"OUTPUT_IDS = ({''.join(f'{v.id}, ' for v in self.outputs)})"]
@@ -696,14 +758,18 @@ class Generator:
             out += [fwd[k], "", ""]
         for k in sorted(bwd, reverse=True):
             out += [bwd[k], "", ""]
-        for variant, deco, mm_fn in (("py", "", "matmul_into"), ("jit", "@kernel\n", "mm")):
+        # BLAS takes the weight as it is forward and transposed backward; the in-kernel
+        # product (dot products over the weight's columns) the other way round.
+        for variant, deco, mm_fn, fwd_w, bwd_w in (("py", "", "matmul_into", "A", "AT"),
+                                                   ("jit", "@kernel\n", "mm_t", "AT", "A")):
             body = [f"{deco}def _forward_loop_{variant}({', '.join(fwd_loop_args)}):", "    for t in range(T):"]
-            for k in sorted(fwd):
+            for k in range(self.top + 1):  # a stage's products run even when it has no kernel
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
-                        body.append(f"        {mm_fn}({self._lhs(e.ins[0])}, "
-                                    f"A{self.aux.index(e.ins[1])}, G{n}[t])")
-                body.append(f"        {self._stage_call(fwd[k], f'_forward_stage{k}')}")
+                        body.append(f"        {mm_fn}({self._lhs(e.ins[0], rows='b0:b1')}, "
+                                    f"{fwd_w}{self.aux.index(e.ins[1])}, G{n}[t, b0:b1])")
+                if k in fwd:
+                    body.append(f"        {self._stage_call(fwd[k], f'_forward_stage{k}')}")
             out += body + ["", ""]
             body = [f"{deco}def _backward_loop_{variant}({', '.join(bwd_loop_args)}):",
                     "    for t in range(T - 1, -1, -1):"]
@@ -713,7 +779,7 @@ class Generator:
                 for n, e in enumerate(self.gemms):
                     if self.level[e.out] == k:
                         w = self.aux.index(e.ins[1])
-                        body.append(f"        {mm_fn}(GD{n}[t], AT{w}, GL{n})")
+                        body.append(f"        {mm_fn}(GD{n}[t, b0:b1], {bwd_w}{w}, GL{n}[b0:b1])")
             out += body + ["", ""]
         # Python wrappers: allocate, run the loop, finish with the weight GEMMs.
         allocs = [f"    {a} = np.empty((T, B, {self.W(v)}), DT)" for a, v in zip(r_args, self.residuals)]
@@ -721,12 +787,13 @@ class Generator:
         out += [f"def forward(jit_loop, I, H, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    Y = np.empty((T, {S}, B, {H}), DT)", *allocs,
-                "    loop = _forward_loop_jit if jit_loop else _forward_loop_py",
-                f"    loop({', '.join(fwd_loop_args)})",
+                *[f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in weights],
+                "    loop, blocks = (_forward_loop_jit, row_blocks(B)) if jit_loop else (_forward_loop_py, [(0, B)])",
+                f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(fwd_loop_args)}))",
                 f"    return Y, ({', '.join(r_args + g_args)}{',' if len(r_args + g_args) == 1 else ''})", "", ""]
         unpack = ", ".join(r_args + g_args)
         balloc = [f"    DX{n} = np.empty((T, B, {self.W(v)}), DT)" for n, v in enumerate(self.hoisted)]
-        balloc += [f"    DA{n} = np.zeros_like(A{n})" for n in range(len(self.aux))]
+        balloc += [f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(self.aux))]
         balloc += [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in weights]
         balloc += [f"    GD{n} = np.empty((T, B, {self.W(e.out)}), DT)" for n, e in enumerate(self.gemms)]
         balloc += [f"    {c} = np.zeros((B, {self._carry_width(c)}), DT)" for c in [*gl_args, *carry]]
@@ -737,13 +804,16 @@ class Generator:
             finish.append(f"    DA{self.aux.index(e.ins[1])} += ({self._lhs(e.ins[0], every_step=True)}.reshape(T * B, {k_in}).T "
                           f"@ GD{n}.reshape(T * B, {w_out})).reshape(DA{self.aux.index(e.ins[1])}.shape)")
         dstates = [" + ".join(self._carry_names(i)) for i in range(S)]
+        block_args = [f"{a}[n]" if a in (*da_args, "SQ") else a for a in bwd_loop_args]
         out += [f"def backward(jit_loop, I, H, dY, Y, residuals, M, {', '.join([*s0_args, *x_args, *a_args])}):",
                 "    T, B = M.shape", *flat,
                 f"    {unpack}{',' if len(r_args + g_args) == 1 else ''} = residuals" if unpack else "",
+                "    loop, blocks = (_backward_loop_jit, row_blocks(B)) if jit_loop else (_backward_loop_py, [(0, B)])",
+                "    # what every row adds to (batch-free gradients, per-step norms): one partial per block",
                 *balloc,
-                f"    SQ = np.zeros(({S}, T))",
-                "    loop = _backward_loop_jit if jit_loop else _backward_loop_py",
-                f"    loop({', '.join(bwd_loop_args)})", *finish,
+                f"    SQ = np.zeros((len(blocks), {S}, T))",
+                f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(block_args)}))",
+                *[f"    {d} = {d}.sum(axis=0)" for d in (*da_args, "SQ")], *finish,
                 f"    return [{', '.join(dx_args)}], [{', '.join(dstates)}], [{', '.join(da_args)}], np.sqrt(SQ)", ""]
         return "\n".join(out)
 
@@ -780,9 +850,9 @@ def _index_rows_in_place(text):
     and a stage binds a dozen or two for every row of every step; likewise
     ``E5_1[b][j]`` becomes ``E5_1[b, j]``."""
     lines = text.split("\n")
-    if "    for b in range(B):" not in lines:
+    if ROW_LOOP not in lines:
         return text
-    loop = lines.index("    for b in range(B):")
+    loop = lines.index(ROW_LOOP)
     hoisted, uses, body = [], {}, []
     for line in lines[loop + 1:]:
         m = _ROW_BINDING.match(line)
@@ -926,6 +996,12 @@ def fuse_loops(lines):
             out.append(line)
             i += 1
     return out
+
+
+def _literal(value):
+    """A float as source: ``inf`` and ``nan`` (a clip bound, a where branch) are not names
+    in the generated module, ``float('inf')`` is."""
+    return repr(value) if np.isfinite(value) else f"float({str(value)!r})"
 
 
 def _at(lo):

@@ -6,7 +6,7 @@ The CPU renderer (``codegen.py``) writes each stage as a loop over rows whose bo
 short list of statements, each one of a few forms. Those forms map one to one onto a
 block's work on its row, so the CUDA kernel is a rewrite of the CPU kernel's text:
 
-- ``for b in range(B):``         -> ``b = cuda.blockIdx.x`` (one block per row)
+- ``for b in range(b0, b1):``     -> ``b = cuda.blockIdx.x`` (one block per row; b0, b1 = 0, B)
 - ``for j in range(W): ...``     -> ``for j in range(tx, W, nt): ...`` then a barrier
   (every statement of such a loop touches only element j of rows of width W)
 - ``X[..., :] = Y`` row copies   -> the same, strided over the block's threads
@@ -24,7 +24,7 @@ import itertools
 import re
 
 from . import cuda_runtime
-from .codegen import Generator, _only_element_j
+from .codegen import ROW_LOOP, Generator, _literal, _only_element_j
 from .trace import CompileError
 
 _LOOP = re.compile(r"^for j in range\((.+?)\):(\s*#.*)?$")
@@ -43,7 +43,7 @@ def cudaize(src):
     """A CPU stage kernel's source -> (CUDA kernel source, [(scratch name, width)])."""
     lines = src.split("\n")
     head, doc = lines[1], lines[2]
-    loop_at = lines.index("    for b in range(B):")
+    loop_at = lines.index(ROW_LOOP)
     pre, scratch = [], []
     for line in lines[3:loop_at]:
         m = _ALLOC.match(line)
@@ -167,8 +167,8 @@ def _statements(lines, names):
             elem = value if re.fullmatch(r"-?[\d.]+|K\d+", value) else f"{value}[j]"
             out += [f"{view} = {target}[{index}]", f"for j in range(tx, {view}.shape[0], nt):",
                     f"    {view}[j] {op} {elem}", "cuda.syncthreads()"]
-        elif re.match(r"^r\d+ = ", first) and len(s) == 1:
-            out.append(first)  # a row binding: every thread holds the same view
+        elif re.match(r"^r[\d_]+ = ", first) and len(s) == 1:
+            out.append(first)  # a row binding or a row scalar: every thread holds the same
         else:
             raise _unsupported(f"the generated statement {s!r}")
         open_loop = None
@@ -211,7 +211,7 @@ class _CudaModule:
                "from tinygrad_rnn.compiler import cuda_runtime as rt",
                "from tinygrad_rnn.compiler.cuda_runtime import kernel", "",
                f"DT = np.{g.dtype.name}"]
-        out += [f"{name} = DT({value!r})" for value, name in g.consts.items()]
+        out += [f"{name} = DT({_literal(value)})" for value, name in g.consts.items()]
         out += ["KONE = DT(1.0)", "", ""]
         for k in sorted(fwd):
             out += [fwd[k][0], "", ""]
@@ -237,24 +237,27 @@ class _CudaModule:
         # forward
         out += [f"def forward(I, H, M, {', '.join([*s0, *xs, *As])}):",
                 '    """Every state at every step, and what the backward keeps (device arrays)."""',
-                "    T, B = M.shape", "    M = rt.api.device(M)", *to_dev, *flat,
+                "    T, B = M.shape", "    b0, b1 = 0, B  # every row: one block of threads each", "    M = rt.api.device(M)",
+                *to_dev, *flat,
                 f"    NT = {nt}",
                 f"    Y = rt.api.empty((T, {S}, B, H), DT)"]
         out += [f"    {a} = rt.api.empty((T, B, {g.W(v)}), DT)" for a, v in zip(rs, g.residuals)]
         out += [f"    G{n} = rt.api.empty((T, B, {g.W(e.out)}), DT)" for n, e in enumerate(g.gemms)]
         out += scratch(fwd)
         out += ["    for t in range(T):"]
-        for k in sorted(fwd):
+        for k in range(g.top + 1):  # a stage's products run even when it has no kernel
             for n, e in enumerate(g.gemms):
                 if g.level[e.out] == k:
                     out.append(f"        rt.api.gemm({g._lhs(e.ins[0])}, A{g.aux.index(e.ins[1])}, G{n}[t])")
-            out.append(f"        {launch(fwd_cpu[k], f'_forward_stage{k}', fwd[k][1])}")
+            if k in fwd:
+                out.append(f"        {launch(fwd_cpu[k], f'_forward_stage{k}', fwd[k][1])}")
         res = rs + gs
         out += [f"    return rt.api.wrap(Y), ({', '.join(res)}{',' if len(res) == 1 else ''})", "", ""]
         # backward
         out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*s0, *xs, *As])}):",
                 '    """Gradients of the inputs, initial states and batch-free inputs, and per-step norms."""',
-                "    T, B = M.shape", "    M = rt.api.device(M)", "    dY = rt.api.device(dY)", "    Y = rt.api.device(Y)",
+                "    T, B = M.shape", "    b0, b1 = 0, B", "    M = rt.api.device(M)", "    dY = rt.api.device(dY)",
+                "    Y = rt.api.device(Y)",
                 *to_dev, *flat, f"    NT = {nt}"]
         if res:
             out.append(f"    {', '.join(res)}{',' if len(res) == 1 else ''} = residuals")

@@ -33,6 +33,7 @@ class Plan:
         self.aux = []        # state-free, unbatched Vars read by the step (params, param results, constants)
         self.gemms = []      # step matmul Eqns (recurrent products)
         self.num_levels = 1
+        self.stages = [0]    # the levels that get a stage kernel (see _levels)
 
 
 def _fail(graph, e, why):
@@ -217,6 +218,14 @@ def _levels(plan):
             level[e.out] = max(level[e.out], min(readers))
     plan.level = level
     plan.num_levels = 1 + max([level[e.out] for e in plan.step_eqns] + [0])
+    # The stages that get a kernel: the last (it writes the new state), each with pointwise
+    # work, and each whose product is the left operand of another product (its kernel
+    # passes that product's gradient on to its weight gradient in the backward).
+    producer = {e.out: e for e in plan.step_eqns}
+    plan.stages = sorted({plan.num_levels - 1}
+                         | {level[e.out] for e in plan.step_eqns if e.op not in ("matmul", "compare")}
+                         | {level[e.ins[0]] for e in plan.gemms
+                            if e.ins[0] in producer and producer[e.ins[0]].op == "matmul"})
 
 
 def make_plan(graph):

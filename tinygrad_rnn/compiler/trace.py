@@ -54,7 +54,15 @@ class Eqn:
     def __repr__(self):
         shown = {k: v for k, v in self.attrs.items() if k not in ("cond", "residuals")}
         attrs = "[" + ", ".join(f"{k}={_short(v)}" for k, v in shown.items()) + "]" if shown else ""
-        return f"{self.out!r} = {self.op}{attrs} {' '.join(v.name for v in self.ins)}"
+        return f"{self.out!r} = {self.op}{attrs} {' '.join(operand_text(v) for v in self.ins)}"
+
+
+def operand_text(v):
+    """How an equation's operand prints: a scalar constant (a cell's ``eps``, ``beta``, a
+    literal ``0.5``) as its value, anything else by name."""
+    if v.role == "const" and v.value is not None and v.value.ndim == 0:
+        return str(v.value[()])  # in the cell's dtype: 1e-05, not 9.999999747378752e-06
+    return v.name
 
 
 def _short(v):
