@@ -3,7 +3,7 @@ path, a fixed-seed sample; every cell the fuzzer ever broke, as a regression tes
 
 ``python benchmarks/fuzz_cells.py --count 1000`` runs thousands. A cell that breaks today's
 compiler is marked ``xfail(strict=True)``: the fix turns it into an XPASS, which fails the
-suite until the mark is removed (FUZZ_FINDINGS.md has the notes).
+suite until the mark is removed (docs/fuzz_findings.md has the notes).
 """
 import os
 import textwrap
@@ -129,9 +129,11 @@ def test_the_minimiser_keeps_the_failure_and_drops_the_rest():
     assert "v3 = x @ self.w" in kept and "self.w = " in kept, kept
 
 
-# ---- every cell the fuzzer broke (FUZZ_FINDINGS.md), minimised -----------------------------
+# ---- every cell the fuzzer broke (docs/fuzz_findings.md), minimised -----------------------------
 
-_PRODUCT_OF_PRODUCT = "NameError 'R<n>' at Numba typing: a product whose operand is a product's result"
+# name -> (source, why today's compiler breaks it: a strict xfail; None once fixed). The
+# four product-of-a-product cells crashed with NameError 'R<n>' at Numba typing, the open
+# clip with NameError 'inf', until the compiler fixes of this issue.
 FOUND = {
     "issue17_cell": ('''
         class C(tr.Cell):
@@ -149,7 +151,7 @@ FOUND = {
                 v3 = v1 + v2                      # never used
                 v5 = (x @ self.p3).mean(axis=-1, keepdims=True)
                 return ((v2 - v5).tanh(),)
-    ''', _PRODUCT_OF_PRODUCT),
+    ''', None),  # fixed: a product of a product reads its G buffer
     "seed0_split_of_a_product_then_product": ('''
         class Cell0(tr.Cell):
             name = "fuzz_0"
@@ -164,7 +166,7 @@ FOUND = {
                 v7, v8 = v5.split(H, axis=-1)
                 v11 = v8 @ self.p5
                 return (v11.sigmoid(),)
-    ''', _PRODUCT_OF_PRODUCT),
+    ''', None),  # fixed: a product of a product reads its G buffer
     "seed17_cat_of_a_product_then_product": ('''
         class Cell17(tr.Cell):
             name = "fuzz_17"
@@ -177,7 +179,7 @@ FOUND = {
                 v1 = s0 @ self.p0
                 v4 = tr.cat([x, v1], axis=-1) @ self.p2
                 return (v4.tanh(),)
-    ''', _PRODUCT_OF_PRODUCT),
+    ''', None),  # fixed: a product of a product reads its G buffer
     "seed14_two_states_cat_of_a_product": ('''
         class Cell14(tr.Cell):
             name = "fuzz_14"
@@ -192,7 +194,7 @@ FOUND = {
                 v5 = tr.cat([x, v2], axis=-1) @ self.p2
                 v8 = (v5 * v5 + 1e-3) ** 0.5
                 return ((1 - v8.sigmoid()) * s0 + v8.sigmoid() * s1.tanh(), v8.tanh())
-    ''', _PRODUCT_OF_PRODUCT),
+    ''', None),  # fixed: a product of a product reads its G buffer
     "seed6_clip_with_an_open_bound": ('''
         class Cell6(tr.Cell):
             name = "fuzz_6"
@@ -210,7 +212,7 @@ FOUND = {
                 v6 = v3 ** 3
                 v7 = v6 - v5
                 return (v7.sigmoid(),)
-    ''', "NameError 'inf': clip with an open bound prints its bound as a bare name"),
+    ''', None),  # fixed: inf/nan constants are literals
     "alias_state_of_a_second_stage_product": ('''
         class Alias(tr.Cell):
             name = "alias"
