@@ -67,6 +67,10 @@ class Task:
         """A fixed evaluation batch (same seed for every run)."""
         return self.batch(np.random.default_rng(EVAL_SEED), batch_size)
 
+    def lengths(self, target):
+        """The sequences' lengths (B,) for the RNN's ``lengths=``, or None: all of length T."""
+        return None
+
     def loss(self, pred, target):
         if self.classification:
             return ops.cross_entropy(pred, target)
