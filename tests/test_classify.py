@@ -217,7 +217,8 @@ def test_cli_train_json_diagnose_and_errors(tmp_path):
     r = runner.invoke(cli.main, ["diagnose", "--task", "classify", "--data", path, "--cell", "gru", "--hidden", "4",
                                  "--batch", "4", "--json"])
     assert r.exit_code == 0, r.output
-    assert len(json.loads(r.stdout)["cells"][0]["grad_norm_per_step"][0]) == T
+    report = json.loads(r.stdout)
+    assert report["seq_len"] == T and len(report["cells"][0]["grad_norm_per_step"][0]) == T
     bad = make(tmp_path, "bad.npz", **dict(good_arrays(), y=np.zeros(N, np.int64)))
     r = runner.invoke(cli.main, ["train", "--task", "classify", "--data", bad, "--steps", "1"])
     assert r.exit_code == 1 and "Traceback" not in r.output
