@@ -500,6 +500,9 @@ def train(ctx, as_json, distributed, progress, cell_option_pairs, **run):
         click.echo(f"train loss {_fmt(s['train_loss'], '.4f')}  eval loss {_fmt(s['eval_loss'], '.4f')}  "
                    f"baseline {s['baseline_loss']:.4f}" +
                    (f"  ({s['eval_bits_per_symbol']:.3f} bits/symbol)" if "eval_bits_per_symbol" in s else ""))
+        if "eval_accuracy" in s:
+            click.echo(f"train accuracy {s['train_accuracy']:.1%}  eval accuracy {s['eval_accuracy']:.1%}  "
+                       f"baseline {s['baseline_accuracy']:.1%} (the majority class)")
         if s.get("stopped_early"):
             click.echo(f"stopped early at step {s['stopped_at']}: no better eval loss since step {s['best_step']}")
         if s.get("best_step") is not None:

@@ -43,14 +43,15 @@ def _check_finite(x):
                          "gradient norms of NaN data mean nothing")
 
 
-def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
+def step_grad_norms(rnn, x, loss_fn, state=None, which=0, lengths=None):
     """Array (num_layers, T): ||dL/dh_t|| over (batch, hidden) for each layer and step.
 
     ``loss_fn(out)`` maps the RNN output (T, B, H) to a scalar Tensor. The norm is
     of the total derivative through later steps and upper layers, exact whenever the
     gradient's elements are representable (no underflow of a sum of squares). ``which``
-    indexes the cell's ``state_names``: ``which=1`` gives ||dL/dc_t|| for an LSTM.
-    Parameter gradients are left as they were.
+    indexes the cell's ``state_names``: ``which=1`` gives ||dL/dc_t|| for an LSTM;
+    ``lengths`` goes to the RNN (right-padded sequences). Parameter gradients are left as
+    they were.
     """
     if not 0 <= which < rnn.num_states:
         raise ValueError(f"which={which}: cell {rnn.cell_class.name!r} has {rnn.num_states} state(s)")
@@ -58,7 +59,7 @@ def step_grad_norms(rnn, x, loss_fn, state=None, which=0):
     params = rnn.parameters()
     saved = _saved_grads(params)
     try:
-        out, _ = rnn(x, _tracked_state(rnn, x) if state is None else state, probe=True)
+        out, _ = rnn(x, _tracked_state(rnn, x) if state is None else state, lengths=lengths, probe=True)
         loss = loss_fn(out)
         if not isinstance(loss, Tensor) or loss.size != 1:
             raise ValueError("loss_fn(out) must return a scalar Tensor")
@@ -368,11 +369,12 @@ def diagnose_cell(model, task, x, y, jacobian_max_steps=JACOBIAN_MAX_STEPS):
     rnn = model.rnn
     names = state_names(rnn.cell_class)
     _check_finite(x)
-    loss_fn = lambda out: task.loss(model.readout(out), y)  # noqa: E731
+    lengths = task.lengths(y)  # classify: right-padded sequences
+    loss_fn = lambda out: task.loss(model.readout(out, lengths), y)  # noqa: E731
     params = model.parameters()
     saved = _saved_grads(params)
     try:
-        out, _ = rnn(x, _tracked_state(rnn, x), probe=True)
+        out, _ = rnn(x, _tracked_state(rnn, x), lengths=lengths, probe=True)
         _check_output(rnn, out)
         loss_fn(out).backward()
         per_state = [rnn.step_grad_norms(i) for i in range(rnn.num_states)]

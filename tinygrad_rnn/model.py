@@ -1,4 +1,6 @@
 """A recurrent network with a linear readout, shaped for a task."""
+import numpy as np
+
 from . import ops
 from .module import Embedding, Linear, Module
 from .rnn import RNN
@@ -42,15 +44,20 @@ class SequenceModel(Module):
                             f"got {x.dtype} of shape {x.shape}")
         return self.embedding(x)
 
-    def readout(self, out):
-        """Predictions from the RNN's output (T, B, D*H)."""
+    def readout(self, out, lengths=None):
+        """Predictions from the RNN's output (T, B, D*H). With ``lengths`` (B,) a last-step
+        readout reads each sequence's last valid step (the forward direction at
+        ``lengths - 1``; the reverse one, which starts there, at t = 0)."""
         if not self.last_step_only:
             return self.head(out)
+        last = -1 if lengths is None else (np.asarray(lengths) - 1, np.arange(out.shape[1]))
         if self.rnn.bidirectional:
             H = self.rnn.hidden_size
-            return self.head(ops.cat([out[-1, :, :H], out[0, :, H:]], axis=-1))
-        return self.head(out[-1])
+            forward = out[-1, :, :H] if lengths is None else out[last + (slice(None, H),)]
+            return self.head(ops.cat([forward, out[0, :, H:]], axis=-1))
+        return self.head(out[last])
 
-    def forward(self, x, state=None, probe=False):
-        out, state = self.rnn(self.rnn_input(x), state, probe=probe)
-        return self.readout(out), state
+    def forward(self, x, state=None, probe=False, lengths=None):
+        """``pred, state``; ``lengths`` (B,): right-padded sequences of these lengths (the RNN's)."""
+        out, state = self.rnn(self.rnn_input(x), state, lengths=lengths, probe=probe)
+        return self.readout(out, lengths), state

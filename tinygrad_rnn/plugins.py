@@ -24,7 +24,7 @@ from .registry import Entry, PluginInfo, _state, provider_of  # noqa: F401  (pro
 from .tasks import Task
 
 BUILTINS = ("tinygrad_rnn.cells.elman", "tinygrad_rnn.cells.lstm", "tinygrad_rnn.cells.gru",
-            "tinygrad_rnn.tasks")
+            "tinygrad_rnn.tasks", "tinygrad_rnn.classify")
 ENTRY_POINT_GROUP = "tinygrad_rnn"
 # A cell's state is a tuple of this many tensors at most: the built-ins have 1 or 2, and
 # compile --cell with num_states = 10**9 built a billion-entry tuple for minutes.

@@ -64,6 +64,7 @@ def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sch
                           init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
                           bidirectional=bidirectional, cell_options=cell_options, **remat_options(remat))
         task_obj, model = build(run.settings(), remat)  # the model at initialisation: what fit(run) starts from
+        report["seq_len"] = task_obj.seq_len  # classify: the data file's T
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnostics.diagnose_cell(model, task_obj, Tensor(x, device=device), y,
                                                            jacobian_max_steps)}

@@ -73,6 +73,10 @@ class Task:
             batch_size = min(256, max(8, EVAL_ROWS // self.seq_len))
         return self.batch(np.random.default_rng(EVAL_SEED), batch_size)
 
+    def lengths(self, target):
+        """The sequences' lengths (B,) for the RNN's ``lengths=``, or None: all of length T."""
+        return None
+
     def loss(self, pred, target):
         if self.classification:
             return ops.cross_entropy(pred, target)

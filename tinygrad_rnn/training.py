@@ -116,6 +116,7 @@ def build(config, remat=None):
     (None: switched on when the activations would not fit otherwise)."""
     task_cls = get_task(config["task"])
     vocab = {"vocab": config["vocab"]} if config.get("vocab") else {}
+    vocab.update({k: setting(config, k) for k in getattr(task_cls, "run_options", ())})  # classify: eval_fraction
     try:
         task = task_cls(seq_len=config["seq_len"], data=config.get("data"), **vocab)
     except BaseException as e:  # a plugin task may raise SystemExit or a bare BaseException too
@@ -155,6 +156,8 @@ def build_model(config, task, remat=None):
 
 def evaluate(model, task, device="cpu"):
     """Loss on the task's fixed eval set, in eval mode (no dropout)."""
+    if hasattr(task, "score"):  # classify: the whole held-out split, in chunks
+        return task.score(model, "eval", device)[0]
     x, y = task.eval_set()
     was_training = model.training
     model.eval()
@@ -313,6 +316,7 @@ class _Run:
         if cfg.parallel is None or cfg.parallel.root:  # one writer per output: a second run is refused
             self.locks = safeio.lock_outputs([("save=", cfg.save), ("log=", cfg.log)])
         self.task, self.model = build(settings, cfg.remat_setting)
+        settings["seq_len"] = self.task.seq_len  # classify: the data file's T
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
         _check_bptt(settings, self.task)
@@ -399,7 +403,7 @@ class _Run:
         None when the step was skipped."""
         cfg, s, params = self.config, self.settings, self.model.parameters()
         self.opt.zero_grad()
-        pred, state = self.model(Tensor(x, device=cfg.device), self.carried)
+        pred, state = self.model(Tensor(x, device=cfg.device), self.carried, lengths=self.task.lengths(y))
         loss = self.task.loss(pred, y)
         loss_value = float(loss.item())
         if math.isfinite(loss_value):
@@ -518,6 +522,8 @@ class _Run:
             summary.update(best_eval_loss=early["best"] if early["best_step"] is not None else None,
                            best_step=early["best_step"], stopped_early=self.stopped_at is not None,
                            stopped_at=self.stopped_at)
+        if hasattr(self.task, "summary"):  # classify: train and eval accuracy
+            summary.update(self.task.summary(self.model, cfg.device))
         if self.task.classification:
             summary["eval_bits_per_symbol"] = eval_loss / math.log(2)
         return TrainResult(summary, self.model, self.task)
@@ -618,8 +624,9 @@ def _tbptt_batch(task, rng, batch, k, cursors):
 
 
 def _diagnose_record(model, task, x, y, step, clipped, device):
-    norms = diagnostics.step_grad_norms(
-        model.rnn, model.rnn_input(Tensor(x, device=device)), lambda out: task.loss(model.readout(out), y))
+    lengths = task.lengths(y)
+    norms = diagnostics.step_grad_norms(model.rnn, model.rnn_input(Tensor(x, device=device)),
+                                        lambda out: task.loss(model.readout(out, lengths), y), lengths=lengths)
     return {"step": step, "grad_norm_per_step": norms.tolist(),
             "param_grad_norms": diagnostics.param_grad_norms(model), "clip_events": int(clipped)}
 
