@@ -31,7 +31,7 @@ def diagnose(*args, **kwargs):
 
 def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
               steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None,
-              bidirectional=False, cell_options=None):
+              bidirectional=False, cell_options=None, weights=None):
     """``diagnose`` itself; the wrapper names plugin code that raises."""
     cell_options = cell_options or {}
     report = {"task": task, "seq_len": seq_len, "hidden": hidden, "layers": layers, "init": init_scheme,
@@ -41,7 +41,7 @@ def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sch
         run = TrainConfig(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                           batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
                           init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
-                          bidirectional=bidirectional, cell_options=cell_options)
+                          bidirectional=bidirectional, cell_options=cell_options, weights=weights)
         task_obj, model = build(run.settings())  # the model at initialisation: what fit(run) starts from
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnostics.diagnose_cell(model, task_obj, Tensor(x, device=device), y)}

@@ -128,6 +128,9 @@ def build_model(config, task):
         reraise_interrupt(e)
         raise_if_user_code(e, "cell", cell_cls, "while building the model")
         raise
+    if config.get("weights"):  # weights trained elsewhere replace the initialisation
+        from . import weights
+        weights.load(config["weights"], model, config)
     if config.get("device", "cpu") != "cpu":
         model.to(config["device"])
     return model
@@ -277,7 +280,7 @@ class _Run:
         safeio.check_outputs([("log=", cfg.log)], [("resume=", cfg.resume)])  # save= may replace resume='s file
         safeio.check_outputs([("save=", cfg.save), ("log=", cfg.log)],
                              [("data=", settings.get("data")), *plugin_files()], existing)
-        self.task, self.model = build(settings)
+        self.task, self.model = build(dict(settings, weights=None) if meta else settings)  # resumed: its own
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
         _check_bptt(settings, self.task)
