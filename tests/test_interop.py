@@ -4,6 +4,8 @@ outputs; ``--weights`` reads a PyTorch state_dict into diagnose, train and sweep
 exactly what does not fit; ``sweep --json`` prints one document."""
 import json
 import os
+import re
+import shlex
 import struct
 
 import numpy as np
@@ -223,7 +225,6 @@ def test_weights_that_do_not_fit_say_exactly_what_in_one_line(tmp_path, state, a
     safetensors.numpy.save_file(state, path)
     line = one_line_error(run("diagnose", "--cell", "lstm", "--seq-len", "4", "--hidden", "4", "--batch", "2",
                               "--weights", path, *args))
-    import re
     assert re.search(match, line), line
     assert line.startswith(f"Error: --weights {path!r}"), line
 
@@ -258,3 +259,65 @@ def test_sweep_json_is_one_document_on_stdout(tmp_path):
     human = run("sweep", "--cell", "rnn", "--seq-len", "4", "--hidden", "3", "--steps", "1", "--batch", "2",
                 "--out", str(out))
     assert "eval loss" in human.stdout and not human.stdout.lstrip().startswith("{")
+
+
+# ---- the README's "Diagnose a PyTorch model", end to end ------------------------------------
+@pytest.mark.slow
+def test_the_readme_section_runs_end_to_end(tmp_path, monkeypatch):
+    """The section's py blocks (not ```python: tests/test_readme.py would run them in the
+    repository's folder) and commands, in order, in a fresh folder."""
+    torch = pytest.importorskip("torch")
+    # one thread: on a shared 2-core machine at load 10 the README's 100 PyTorch steps took
+    # 145 s with torch's default thread count and 4.9 s with one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("## Diagnose a PyTorch model", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(python|py|bash)\n(.*?)```", section, re.S)
+    assert [kind for kind, _ in blocks] == ["py", "bash", "bash", "py"]
+    monkeypatch.chdir(tmp_path)
+    try:
+        _run_blocks(blocks)
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "lstm.safetensors").exists() and (tmp_path / "exported.safetensors").exists()
+
+
+def _run_blocks(blocks):
+    for kind, code in blocks:
+        if kind == "bash":
+            for part in code.replace("\\\n", " ").split("&&"):
+                words = shlex.split(part)
+                assert words[0] == "tinygrad-rnn"
+                result = run(*words[1:])
+                assert result.exit_code == 0, (words, result.output)
+                if words[1] == "diagnose":
+                    assert "lstm" in result.stdout and "verdict" in result.stdout
+                if words[1] == "export":
+                    assert "self.rnn = nn.LSTM(2, 32, num_layers=1)" in result.stdout
+        else:
+            exec(compile(code, f"README {kind} block", "exec"), {"__name__": "readme"})
+
+
+def test_sweep_points_carry_the_weights_and_run_from_them(tmp_path, monkeypatch):
+    from tinygrad_rnn.distributed import sweep
+    path = tmp_path / "w.safetensors"
+    tr.manual_seed(3)
+    donor = tr.nn.RNN("gru", 2, 3)
+    safetensors.numpy.save_file(donor.state_dict(), str(path))
+    point = sweep.grid("diagnose", cell=["gru"], seq_len=[4], hidden=[3], batch=2, weights=str(path))[0]
+    assert point["weights"] == str(path)
+    result, _ = sweep.run_point(point)
+    expected = tr.report.diagnose(("gru",), "adding", 4, "pytorch", 0, 3, batch=2, seed=0, clip_norm=1.0,
+                                  weights=str(path))["cells"][0]
+    assert result["grad_norm_per_step"] == np.asarray(expected["grad_norm_per_step"]).tolist()
+    plain, _ = sweep.run_point(dict(point, weights=None))
+    assert plain["grad_norm_per_step"] != result["grad_norm_per_step"]
+    # the command line makes the path absolute (the workers may run elsewhere): the point is found done
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"point": point, "result": result}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    got = run("sweep", "--mode", "diagnose", "--cell", "gru", "--seq-len", "4", "--hidden", "3", "--batch", "2",
+              "--weights", "w.safetensors", "--out", str(out), "--json")
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["stats"]["skipped"] == 1
