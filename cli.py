@@ -441,6 +441,9 @@ def diagnose(as_json, plot_path, fail_on, cell_option_pairs, **run):
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
         safeio.check_outputs([("--plot", plot_path)], [("--data", run["data"]), *plugins.plugin_files()])
+    if run["weights"] and not run["cell"]:
+        raise click.UsageError("--weights needs --cell: the cell the weights are for (lstm for nn.LSTM, gru for "
+                               "nn.GRU, rnn for nn.RNN)")
     cell_names = run.pop("cell") or ("rnn", "lstm", "gru")
     with compile_notice():
         run["remat"] = run.pop("remat_every") or run["remat"]  # tr.nn.RNN's remat: K, True or None
@@ -566,16 +569,20 @@ def _grid_values(ctx, param, value):
               help="Heatmap over seq_len x cell (needs matplotlib).")
 @click.option("--retry-failed", is_flag=True,
               help="Run again the points in --out whose result is an error (a full disk, a plugin since fixed).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document on stdout (every point's record, the summary rows, the counts).")
 @click.pass_context
-def sweep(ctx, steps, batch, seeds, mode, out, workers, scheduler, plot_path, cell_option_pairs, retry_failed,
+def sweep(ctx, steps, batch, seeds, mode, out, workers, scheduler, plot_path, retry_failed, as_json, cell_option_pairs,
           **axes):
     """Run a grid of train or diagnose runs on Dask, one task per point."""
     from tinygrad_rnn.distributed import sweep as sweep_mod
     if workers and scheduler:
         raise click.BadParameter("--workers sizes a local cluster; drop it with --scheduler", param_hint="--workers")
     cell_options = _cell_options(list(axes["cell"] or ("rnn", "lstm", "gru")), cell_option_pairs)
+    weights = axes.pop("weights")
+    weights = weights and os.path.abspath(weights)  # the workers' folder may differ
     try:
-        points = sweep_mod.grid(mode, seeds, steps, batch, cell_options=cell_options, **axes)
+        points = sweep_mod.grid(mode, seeds, steps, batch, cell_options=cell_options, weights=weights, **axes)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if plot_path:
@@ -583,8 +590,12 @@ def sweep(ctx, steps, batch, seeds, mode, out, workers, scheduler, plot_path, ce
     records, stats = sweep_mod.run(points, out, workers, scheduler, ctx.find_root().params["plugin_specs"],
                                    log=lambda msg: click.echo(msg, err=True), plot=plot_path,
                                    retry_failed=retry_failed)
-    for line in sweep_mod.table(records):
-        click.echo(line)
+
+    def human(_):
+        for line in sweep_mod.table(records):
+            click.echo(line)
+    summary = sweep_mod.summarise(records)[1] if records else []
+    _emit({"out": out, "points": records, "summary": summary, "stats": stats}, as_json, human)
     errors = f" ({stats['errors']} ended in an error)" if stats["errors"] else ""
     click.echo(f"{stats['ran']} run{errors}, {stats['skipped']} already done, {stats['failed']} not run, in "
                f"{stats['seconds']:.1f} s; kernels compiled: {stats['compiled_warm_up']} in warm-up, "
@@ -594,6 +605,25 @@ def sweep(ctx, steps, batch, seeds, mode, out, workers, scheduler, plot_path, ce
         click.echo(f"plot written to {plot_path}", err=True)
     if stats["failed"]:
         sys.exit(1)
+
+
+@main.command("export")
+@click.option("--checkpoint", "path", required=True, type=FilePath(), help="A checkpoint written by train --save.")
+@click.option("--out", required=True, type=FilePath(), help="The .safetensors file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def export_cmd(path, out, as_json):
+    """Write a checkpoint's model with PyTorch's names (rnn.*, head.*, embed.*) as safetensors."""
+    from tinygrad_rnn import interop
+
+    def human(s):
+        click.echo(f"{s['out']}: {len(s['tensors'])} tensors ({s['dtype']}) of cell {s['cell']}; PyTorch loads "
+                   "them into a module with")
+        for attr, module in s["modules"].items():
+            click.echo(f"  self.{attr} = {module or '(no PyTorch layer)'}")
+        click.echo("  module.load_state_dict(safetensors.torch.load_file(OUT), strict=True)")
+        if "note" in s:
+            click.echo(f"note: {s['note']}", err=True)
+    _emit(interop.export(path, out), as_json, human)
 
 
 @main.command()

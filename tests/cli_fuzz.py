@@ -25,6 +25,7 @@ import time
 import zipfile
 
 import numpy as np
+import safetensors.numpy
 from hypothesis import strategies as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,13 +181,23 @@ def mutation(draw):
     return kind, None
 
 
+def _metadata(path):
+    from safetensors import safe_open
+    with safe_open(path, "np") as f:
+        return f.metadata()
+
+
 def mutate(src, dst, how):
     kind, detail = how
     shutil.copy(src, dst)
     if kind == "header" and src.endswith(".ckpt"):
-        with zipfile.ZipFile(src) as zf:
-            members = {n: zf.read(n) for n in zf.namelist()}
-        meta = json.loads(np.load(io.BytesIO(members["__meta__.npy"])).tobytes())
+        zipped = open(src, "rb").read(2) == b"PK"  # an .npz checkpoint of an earlier version
+        if zipped:
+            with zipfile.ZipFile(src) as zf:
+                members = {n: zf.read(n) for n in zf.namelist()}
+            meta = json.loads(np.load(io.BytesIO(members["__meta__.npy"])).tobytes())
+        else:
+            arrays, meta = safetensors.numpy.load_file(src), json.loads(_metadata(src)["tinygrad_rnn"])
         path, value = detail
         *parents, leaf = path.split(".")
         d = meta
@@ -194,6 +205,9 @@ def mutate(src, dst, how):
             d = d.setdefault(p, {}) if isinstance(d, dict) else {}
         if isinstance(d, dict):
             d[leaf] = value
+        if not zipped:
+            safetensors.numpy.save_file(arrays, dst, metadata={"tinygrad_rnn": json.dumps(meta)})
+            return
         buf = io.BytesIO()
         np.save(buf, np.frombuffer(json.dumps(meta).encode(), np.uint8))
         members["__meta__.npy"] = buf.getvalue()

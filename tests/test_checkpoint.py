@@ -1,7 +1,10 @@
 """Checkpoints: vocabularies travel with text models, every field is validated, and
---resume refuses options that conflict with the run (issue 9, items 3, 6 and 7)."""
+--resume refuses options that conflict with the run (issue 9, items 3, 6 and 7); they are
+safetensors files, hostile ones are one-line errors, and the .npz checkpoints of earlier
+versions still resume exactly (issue 20, part 3)."""
 import io
 import json
+import struct
 import zipfile
 
 import numpy as np
@@ -127,9 +130,20 @@ def _npy_claiming(shape, payload=b"\0" * 16):
     return buf.getvalue() + payload
 
 
+def as_npz(path):
+    """Rewrite the checkpoint at ``path`` as versions before safetensors wrote it: an .npz of
+    its arrays with the JSON header in a ``__meta__`` member."""
+    meta, arrays = checkpoint.load(path)
+    header = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, __meta__=header)
+    assert open(path, "rb").read(2) == b"PK"
+
+
 def test_a_checkpoint_member_claiming_a_huge_shape_is_refused_before_allocating(tmp_path, monkeypatch):
     path = str(tmp_path / "run.npz")
     train(**TINY, save=path)
+    as_npz(path)
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("param/huge.npy", _npy_claiming((10 ** 11,)))
     monkeypatch.setattr(np, "zeros", lambda *a, **k: pytest.fail("allocated"))
@@ -224,3 +238,78 @@ def test_a_checkpoint_with_a_plateau_schedule_and_early_stopping_resumes(tmp_pat
     run = dict(TINY, lr_schedule="plateau", eval_every=1, patience=5, steps=3)
     train(**run, save=path)
     assert train(**dict(run, steps=4), resume=path)["start_step"] == 3
+
+
+# ---- issue 20: safetensors checkpoints; .npz ones of earlier versions still resume ----------
+def test_checkpoints_are_safetensors_with_the_header_in_their_metadata(tmp_path):
+    from safetensors import safe_open
+    path = str(tmp_path / "run.safetensors")
+    train(**TINY, save=path)
+    with safe_open(path, "np") as f:
+        header = json.loads(f.metadata()["tinygrad_rnn"])
+        assert "param/rnn.weight_hh_l0" in f.keys() and f.get_tensor("optim/steps").shape == ()
+    assert header["format"] == "tinygrad-rnn-checkpoint" and header["step"] == 2
+    assert checkpoint.is_checkpoint(path)
+
+
+def test_an_npz_checkpoint_of_an_earlier_version_resumes_bit_exactly(tmp_path):
+    straight, split = str(tmp_path / "straight.ck"), str(tmp_path / "half.npz")
+    run = dict(TINY, cell="lstm", eval_every=1, patience=9)  # a cosine schedule depends on steps
+    train(**dict(run, steps=4), save=straight)
+    train(**dict(run, steps=2), save=split)
+    as_npz(split)
+    assert checkpoint.is_checkpoint(split)
+    assert train(**dict(run, steps=4), resume=split, save=split)["start_step"] == 2
+    assert open(split, "rb").read(2) != b"PK"  # saved again: now safetensors
+    (m1, a1), (m2, a2) = checkpoint.load(straight), checkpoint.load(split)
+    assert sorted(a1) == sorted(a2) and m1["rng"] == m2["rng"] and m1["step"] == m2["step"] == 4
+    for k in a1:
+        assert a1[k].dtype == a2[k].dtype and np.array_equal(a1[k], a2[k]), k
+
+
+def _safetensors_bytes(header, data=b""):
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "no such|truncated: 0 byte"),
+    (b"\x05\x00\x00", r"truncated: 3 byte\(s\), and a safetensors file starts with an 8-byte header length"),
+    (struct.pack("<Q", 2 ** 63) + b"{}", r"claims a 9223372036854775808-byte header but holds 2 byte\(s\).*"
+                                          "at most 100 MB"),
+    (struct.pack("<Q", 40) + b"{}", "claims a 40-byte header but holds 2 byte"),
+    (struct.pack("<Q", 3) + b"{x}", "malformed safetensors header"),
+    (struct.pack("<Q", 2) + b"[]", r"malformed safetensors header \(not a JSON object\)"),
+    (_safetensors_bytes({"a": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}, b"\0\0"),
+     "tensor 'a' has dtype 'BF16', which NumPy cannot hold"),
+    (_safetensors_bytes({"a": {"dtype": "F32", "shape": [10 ** 11], "data_offsets": [0, 4 * 10 ** 11]}}, b"\0" * 8),
+     r"tensor 'a' claims shape \(100000000000,\) of float32 \(373 GB\).*holds 8 B of data: corrupt or truncated"),
+    (_safetensors_bytes({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+     r"claims shape \(3,\) of float32"),
+    (_safetensors_bytes({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), "malformed shape"),
+    (_safetensors_bytes({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "malformed entry"),
+    (_safetensors_bytes({"__metadata__": {"tinygrad_rnn": 3}}), "malformed safetensors metadata"),
+    (_safetensors_bytes({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+     "a safetensors file but not a tinygrad_rnn checkpoint.*--weights"),
+    (_safetensors_bytes({"__metadata__": {"tinygrad_rnn": "{"}}), "corrupt header"),
+    (_safetensors_bytes({"__metadata__": {"tinygrad_rnn": '{"format": "x"}'}}), "is not a tinygrad_rnn checkpoint"),
+])
+def test_hostile_safetensors_files_are_one_line_errors(tmp_path, monkeypatch, content, match):
+    path = tmp_path / "bad.ck"
+    path.write_bytes(content)
+    monkeypatch.setattr(np, "zeros", lambda *a, **k: pytest.fail("allocated"))
+    with pytest.raises(checkpoint.CheckpointError, match=match) as info:
+        checkpoint.load(str(path))
+    assert "\n" not in str(info.value)
+    assert not checkpoint.is_checkpoint(str(path))
+    result = CliRunner().invoke(cli.main, ["train", "--resume", str(path), "--steps", "3"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+def test_a_truncated_safetensors_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "run.ck"
+    train(**TINY, save=str(path))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-10])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(str(path))

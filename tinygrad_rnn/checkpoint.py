@@ -1,10 +1,15 @@
-"""Checkpoints that never unpickle: one .npz of plain arrays plus a JSON header.
+"""Checkpoints that never unpickle: safetensors files (plain arrays plus a JSON header).
 
-Saved atomically (a temporary file in the same folder, then ``os.replace``), so an
-interrupted save never destroys the previous checkpoint. Read with
-``allow_pickle=False``: a file carrying pickled objects is refused, not executed.
-Every member's shape is checked against the bytes it holds before it is read, and
-``validate_run`` checks a training checkpoint's header and optimiser state field by field.
+A checkpoint is a safetensors file, the pickle-free tensor format of the PyTorch
+ecosystem: its tensors are the arrays, its string metadata holds the JSON header.
+Checkpoints written by earlier versions (one .npz of plain arrays with the header in a
+``__meta__`` member) still load, with ``allow_pickle=False``: a file carrying pickled
+objects is refused, not executed. Which of the two a file is comes from its first bytes,
+never its name. Saved atomically (a temporary file in the same folder, then
+``os.replace``), so an interrupted save never destroys the previous checkpoint. Every
+tensor's shape, dtype and offsets are checked against the bytes the file holds before
+anything is read, and ``validate_run`` checks a training checkpoint's header and optimiser
+state field by field.
 
 A training checkpoint holds arrays under ``param/`` (the model), ``optim/`` (the optimiser)
 and ``extra/`` (truncated BPTT's position), and a header with the run's settings, its step,
@@ -15,15 +20,19 @@ import json
 import math
 import numbers
 import os
+import struct
 import zipfile
 
 import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError
 
 from . import init, limits, optim, options, safeio
 from .errors import Error, ResourceError
 
 FORMAT = "tinygrad-rnn-checkpoint"
 VERSION = 1
+HEADER_KEY = "tinygrad_rnn"  # the safetensors metadata entry that holds the JSON header
 
 
 class CheckpointError(Error, ValueError):
@@ -31,41 +40,164 @@ class CheckpointError(Error, ValueError):
 
 
 def save(path, meta, arrays):
-    """Write ``arrays`` (name -> ndarray) and the JSON-able ``meta`` dict to ``path``."""
-    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    """Write ``arrays`` (name -> ndarray) and the JSON-able ``meta`` dict to ``path`` (safetensors)."""
+    payload = {k: np.array(v, order="C", copy=None) for k, v in arrays.items()}  # 0-d stays 0-d
+    for name, value in payload.items():
+        if value.dtype.name not in NUMPY_DTYPES.values():
+            raise CheckpointError(f"cannot save: array {name!r} holds {value.dtype}, which safetensors "
+                                  "cannot store")
     header = json.dumps({"format": FORMAT, "version": VERSION, **meta})
-    payload["__meta__"] = np.frombuffer(header.encode("utf-8"), np.uint8)
     try:
         safeio.check_writable(path, "checkpoint")
         safeio.check_existing(path, "checkpoint", is_checkpoint, NOUN)
     except safeio.OutputError as e:
         raise CheckpointError(f"cannot save: {e}") from None
-    safeio.atomic_write(path, lambda f: np.savez(f, **payload), error=CheckpointError)
+    # serialised inside the temporary file's lifetime: an interrupted save leaves nothing behind
+    safeio.atomic_write(path, lambda f: f.write(safetensors.numpy.save(payload, metadata={HEADER_KEY: header})),
+                        error=CheckpointError)
 
 
 NOUN = "a tinygrad_rnn checkpoint"
+ZIP_MAGIC = b"PK"  # a zip archive: an .npz checkpoint of an earlier version
+
+# safetensors dtype -> the NumPy dtype it reads as; others (BF16, F8_*) NumPy cannot hold
+NUMPY_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+                "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
+                "F16": "float16", "F32": "float32", "F64": "float64"}
+# safetensors itself refuses a header over 100 MB; ours are a few kB (a 1,000-layer LSTM's: 140 kB)
+MAX_HEADER_BYTES = 100 * 2 ** 20
+
+
+def read_safetensors_header(path, label, error):
+    """``(tensors, metadata)`` of the safetensors file at ``path``, every entry checked
+    against the bytes the file holds (and the memory free) before any tensor is read:
+    ``tensors`` maps name -> (dtype name, shape, (begin, end)), ``metadata`` the string
+    metadata. A file that is truncated, claims a huge or malformed header, or holds a
+    dtype NumPy cannot hold raises ``error`` naming ``label``."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            first = f.read(8)
+            if len(first) < 8:
+                raise error(f"{label} is truncated: {size} byte(s), and a safetensors file starts with an "
+                            "8-byte header length")
+            (n,) = struct.unpack("<Q", first)
+            if n > size - 8 or n > MAX_HEADER_BYTES:
+                raise error(f"{label} claims a {n}-byte header but holds {size - 8} byte(s) after its length"
+                            f"{'' if n <= MAX_HEADER_BYTES else ' (and at most 100 MB are read)'}: corrupt, "
+                            "truncated or not a safetensors file")
+            raw = f.read(n)
+    except OSError as e:
+        raise error(f"{label} cannot be read: {e.strerror}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{label} has a malformed safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise error(f"{label} has a malformed safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise error(f"{label} has malformed safetensors metadata (it must map names to strings)")
+    data_bytes, tensors, total = size - 8 - n, {}, 0
+    for name, entry in header.items():
+        where = f"{label}: tensor {name!r}"
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+                and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)):
+            raise error(f"{where} has a malformed entry (needs dtype, shape and data_offsets)")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in NUMPY_DTYPES:
+            raise error(f"{where} has dtype {dtype[:20]!r}, which NumPy cannot hold (use one of "
+                        f"{', '.join(NUMPY_DTYPES)})")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= options.MAX_INT for d in shape):
+            raise error(f"{where} has a malformed shape {options.shown(shape)}")
+        if (len(offsets) != 2 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise error(f"{where} has malformed data_offsets {options.shown(offsets)}")
+        claimed = math.prod(shape) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+        if offsets[1] > data_bytes or offsets[1] - offsets[0] != claimed:
+            raise error(f"{where} claims shape {tuple(shape)} of {NUMPY_DTYPES[dtype]} "
+                        f"({limits.human_bytes(claimed)}) at bytes {offsets[0]}..{offsets[1]}, but the file holds "
+                        f"{limits.human_bytes(data_bytes)} of data: corrupt or truncated")
+        tensors[name] = (NUMPY_DTYPES[dtype], tuple(shape), tuple(offsets))
+        total += claimed
+    try:
+        limits.check_fits(total, label)
+    except ResourceError as e:
+        raise error(str(e)) from None
+    return tensors, metadata
+
+
+def read_safetensors(path, label, error):
+    """``(arrays, metadata)`` of the safetensors file at ``path``, checked as
+    ``read_safetensors_header`` does; ``error`` names ``label`` on any failure."""
+    _, metadata = read_safetensors_header(path, label, error)
+    try:
+        arrays = safetensors.numpy.load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:  # overlapping offsets, a gap, ...
+        raise error(f"{label} is corrupt ({str(e).splitlines()[0]})") from None
+    return arrays, metadata
+
+
+def _first_bytes(path):
+    with open(path, "rb") as f:
+        return f.read(2)
 
 
 def is_checkpoint(path):
-    """Whether ``path`` is a checkpoint (of any version): an .npz whose header names the format.
-    Reads only the header member, so it is cheap enough to ask before every save."""
+    """Whether ``path`` is a checkpoint (of any version and container): a safetensors file or
+    an .npz whose header names the format. Reads only the header, so it is cheap enough to
+    ask before every save."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo("__meta__.npy")
-            if info.file_size > 2 ** 24:
-                return False
-            with zf.open(info) as member:
-                raw = np.lib.format.read_array(member, allow_pickle=False)
-        meta = json.loads(raw.tobytes().decode("utf-8")) if raw.dtype == np.uint8 else None
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, NotImplementedError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+        if _first_bytes(path) == ZIP_MAGIC:
+            return _npz_meta(path).get("format") == FORMAT
+        _, metadata = read_safetensors_header(path, path, CheckpointError)
+        return json.loads(metadata.get(HEADER_KEY, "null")).get("format") == FORMAT
+    except (OSError, EOFError, KeyError, ValueError, AttributeError, zipfile.BadZipFile, NotImplementedError):
+        return False  # CheckpointError is a ValueError
+
+
+def _npz_meta(path):
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("__meta__.npy")
+        if info.file_size > 2 ** 24:
+            return {}
+        with zf.open(info) as member:
+            raw = np.lib.format.read_array(member, allow_pickle=False)
+    meta = json.loads(raw.tobytes().decode("utf-8")) if raw.dtype == np.uint8 else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def load(path):
-    """Return ``(meta, arrays)``; raises CheckpointError with a one-line reason."""
+    """Return ``(meta, arrays)`` of a safetensors or (older) .npz checkpoint; raises
+    CheckpointError with a one-line reason."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint file {path!r}")
+    try:
+        zipped = _first_bytes(path) == ZIP_MAGIC
+    except OSError as e:
+        raise CheckpointError(f"{path!r} cannot be read: {e.strerror}") from None
+    if zipped:
+        meta, arrays = _load_npz(path)
+    else:
+        arrays, metadata = read_safetensors(path, f"{path!r}", CheckpointError)
+        if HEADER_KEY not in metadata:
+            raise CheckpointError(f"{path!r} is a safetensors file but not a tinygrad_rnn checkpoint (no "
+                                  f"{HEADER_KEY!r} header in its metadata; for weights trained elsewhere use "
+                                  "--weights)")
+        try:
+            meta = json.loads(metadata[HEADER_KEY])
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path!r} has a corrupt header: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path!r} is not a tinygrad_rnn checkpoint")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{path!r} has checkpoint version {meta.get('version')}, "
+                              f"this tinygrad_rnn reads version {VERSION}")
+    return meta, arrays
+
+
+def _load_npz(path):
+    """``(meta, arrays)`` of a checkpoint written before checkpoints were safetensors."""
     if not zipfile.is_zipfile(path):  # else NumPy guesses "pickled data" for any junk
         raise CheckpointError(f"{path!r} is corrupt or not a checkpoint (not an .npz archive)")
     _check_members(path)
@@ -89,11 +221,6 @@ def load(path):
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path!r} has a corrupt header: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path!r} is not a tinygrad_rnn checkpoint")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{path!r} has checkpoint version {meta.get('version')}, "
-                              f"this tinygrad_rnn reads version {VERSION}")
     return meta, arrays
 
 

@@ -209,6 +209,9 @@ OPTIONS = (
     Option("save", "path", None,
            "Write a checkpoint here at the end (it may replace a checkpoint, never another file)."),
     Option("resume", "path", None, "Continue this checkpoint's run (its model, task and settings) up to --steps."),
+    Option("weights", "path", None, "Start from these weights (.safetensors): a PyTorch nn.LSTM/GRU/RNN state_dict, "
+           "or a model from `tinygrad-rnn export`; every name and shape is checked against the model.", TDS,
+           saved=True),
     Option("log", "path", None,
            "Append JSON Lines records here (a resumed run first drops the records past its step)."),
     _int("log_every", 50, "Steps between --log records.", show_default=True),

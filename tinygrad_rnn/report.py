@@ -21,7 +21,7 @@ LEAN_ABOVE = 256 * 2 ** 20
 
 def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch", steps=0, hidden=64,
              layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None, bidirectional=False,
-             cell_options=None, remat=None, jacobian_max_steps=diagnostics.JACOBIAN_MAX_STEPS):
+             cell_options=None, remat=None, weights=None, jacobian_max_steps=diagnostics.JACOBIAN_MAX_STEPS):
     """Compare cells' gradient flow on a task, at initialisation and after ``steps`` of training.
 
     Measured in float64; per-step norms are exact down to the smallest representable
@@ -34,11 +34,12 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
     direction's verdict and measures, read from t = T-1 down to 0, its processing order).
     ``cell_options`` go to every cell's constructor. ``remat`` as ``tr.nn.RNN``'s (None:
     switched on, with a note on stderr, when the activations would not fit otherwise).
+    ``weights``: a safetensors file of trained weights (PyTorch's names) to start from.
     Step-Jacobian spectra measure at most ``jacobian_max_steps`` steps, evenly spaced.
     """
     kwargs = dict(cells=cells, task=task, seq_len=seq_len, init_scheme=init_scheme, steps=steps, hidden=hidden,
                   layers=layers, batch=batch, seed=seed, lr=lr, clip_norm=clip_norm, device=device, data=data,
-                  bidirectional=bidirectional, cell_options=cell_options, remat=remat,
+                  bidirectional=bidirectional, cell_options=cell_options, remat=remat, weights=weights,
                   jacobian_max_steps=jacobian_max_steps)
     try:
         return Report(_diagnose(**kwargs))
@@ -50,7 +51,8 @@ def diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sche
 
 def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_scheme="pytorch",
               steps=0, hidden=64, layers=1, batch=32, seed=0, lr=1e-3, clip_norm=1.0, device="cpu", data=None,
-              bidirectional=False, cell_options=None, remat=None, jacobian_max_steps=diagnostics.JACOBIAN_MAX_STEPS):
+              bidirectional=False, cell_options=None, remat=None, weights=None,
+              jacobian_max_steps=diagnostics.JACOBIAN_MAX_STEPS):
     """``diagnose`` itself; the wrapper names plugin code that raises."""
     cell_options = cell_options or {}
     if remat is None and seq_len * batch * hidden * layers * (2 if bidirectional else 1) * 8 * 12 > LEAN_ABOVE:
@@ -62,7 +64,8 @@ def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sch
         run = TrainConfig(cell=cell, task=task, seq_len=seq_len, data=data, hidden=hidden, layers=layers,
                           batch=batch, steps=steps, optimizer="adam", lr=lr, clip_norm=clip_norm,
                           init_scheme=init_scheme, seed=seed, device=device, dtype="float64",
-                          bidirectional=bidirectional, cell_options=cell_options, **remat_options(remat))
+                          bidirectional=bidirectional, cell_options=cell_options, weights=weights,
+                          **remat_options(remat))
         task_obj, model = build(run.settings(), remat)  # the model at initialisation: what fit(run) starts from
         report["seq_len"] = task_obj.seq_len  # classify: the data file's T
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)

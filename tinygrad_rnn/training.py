@@ -149,6 +149,9 @@ def build_model(config, task, remat=None):
         reraise_interrupt(e)
         raise_if_user_code(e, "cell", cell_cls, "while building the model")
         raise
+    if config.get("weights"):  # weights trained elsewhere replace the initialisation
+        from . import weights
+        weights.load(config["weights"], model, config)
     if config.get("device", "cpu") != "cpu":
         model.to(config["device"])
     return model
@@ -315,7 +318,8 @@ class _Run:
                              [("data=", settings.get("data")), *plugin_files()], existing)
         if cfg.parallel is None or cfg.parallel.root:  # one writer per output: a second run is refused
             self.locks = safeio.lock_outputs([("save=", cfg.save), ("log=", cfg.log)])
-        self.task, self.model = build(settings, cfg.remat_setting)
+        self.task, self.model = build(dict(settings, weights=None) if meta else settings,  # resumed: its own
+                                       cfg.remat_setting)
         settings["seq_len"] = self.task.seq_len  # classify: the data file's T
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping

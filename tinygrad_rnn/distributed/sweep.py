@@ -59,7 +59,7 @@ def parse_values(name, raw):
     return values
 
 
-def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **options):
+def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, weights=None, **options):
     """All points of the grid: the product of each option's list of values, times seeds 0..N-1.
 
     ``options`` maps names in GRID to lists of values (missing: the command's default);
@@ -86,6 +86,8 @@ def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, **optio
         p = dict(zip(names, combo[:-1]), steps=steps, batch=batch, seed=combo[-1], mode=mode)
         if cell_options:  # only when given, so the points of earlier results files keep their keys
             p["cell_options"] = dict(cell_options)
+        if weights:  # every point starts from these weights (--weights)
+            p["weights"] = weights
         points.append(p)
     return points
 
@@ -142,7 +144,7 @@ def _run(p):
         return training.train(**{options.BY_KEY[k].name: v for k, v in p.items() if k != "mode"})
     found = report.diagnose((p["cell"],), p["task"], p["seq_len"], p["init"], p["steps"], p["hidden"],
                             batch=p["batch"], seed=p["seed"], lr=p["lr"], clip_norm=p["clip_norm"],
-                            cell_options=p.get("cell_options"))
+                            cell_options=p.get("cell_options"), weights=p.get("weights"))
     return found["cells"][0]
 
 
