@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -425,3 +426,19 @@ def test_distributed_dropout_is_refused_not_silently_different():
     from tinygrad_rnn.errors import Error
     with pytest.raises(Error, match="--dropout with --distributed"):
         mpi.train(cell="gru", task="adding", seq_len=5, hidden=4, layers=2, dropout=0.2, steps=1)
+
+
+def test_diagnose_heatmap_colours_the_horizon_as_a_fraction_of_t(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+    shown = []
+    real = Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda self, data, **kw: shown.append((data.copy(), kw)) or real(self, data, **kw))
+    records = [{"point": {"mode": "diagnose", "cell": cell, "seq_len": T, "hidden": 4, "seed": 0},
+                "result": {"horizon": horizon, "final_verdict": "healthy"}}
+               for cell, T, horizon in (("rnn", 40, 40), ("rnn", 400, 40), ("lstm", 40, 20), ("lstm", 400, 400))]
+    sweep.plot(records, str(tmp_path / "h.png"))
+    (grid, kw), = shown
+    # a horizon of 40 is all of T=40 and a tenth of T=400: colours compare across lengths
+    np.testing.assert_allclose(grid, [[1.0, 0.1], [0.5, 1.0]])
+    assert (kw["vmin"], kw["vmax"]) == (0, 1)

@@ -683,15 +683,17 @@ def plot(records, path):
             if training_mode:
                 grid_[i, j] = max(r["eval_loss"] / r["baseline"], 1e-4)
                 notes[i, j] = f"{r['eval_loss']:.2g}\n{r['solved']}/{r['n'] - r['errors']}"
-            else:
-                grid_[i, j] = r["horizon"]
+            else:  # as a fraction of T: a horizon of 40 is all of T=40 but little of T=400
+                grid_[i, j] = r["horizon"] / r["seq_len"]
                 notes[i, j] = f"{r['horizon']:g}\n{','.join(v[:4] for v in r['verdicts'])}"
         if training_mode:
             im = ax.imshow(grid_, cmap="viridis_r", norm=LogNorm(vmin=1e-3, vmax=1.5), aspect="auto")
         else:
-            im = ax.imshow(grid_, cmap="viridis", vmin=0, vmax=max(lens), aspect="auto")
+            im = ax.imshow(grid_, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (i, j), text in notes.items():
-            dark = training_mode and grid_[i, j] > 0.1
+            # text in black on the light end of each colour map, white on the dark end
+            # (viridis_r is dark at high loss ratios, viridis at small horizon fractions)
+            dark = grid_[i, j] > 0.1 if training_mode else grid_[i, j] < 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(len(lens)), [str(t) for t in lens])
         ax.set_yticks(range(len(cells)), cells)
@@ -703,6 +705,6 @@ def plot(records, path):
     fig.suptitle(", ".join(f"{k} {first[k]}" for k in fixed) + f"; {max(r['n'] for r in rows)} seed(s)", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(),
                  label="colour: eval loss / baseline\ntext: eval loss, seeds solved" if training_mode
-                 else "colour: gradient horizon (steps)\ntext: horizon, verdicts")
+                 else "colour: gradient horizon / T\ntext: horizon (steps), verdicts")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
