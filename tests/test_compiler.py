@@ -606,3 +606,14 @@ def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
     one = run(rnn, x, states, lengths, fused=True)
     assert_close(blocks, one, 1e-12)
     assert_close(blocks, run(rnn, x, states, lengths, fused=False), 1e-10)
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", ""])
+def test_a_bad_tuning_variable_is_a_warning_naming_it_not_a_traceback(value):
+    import subprocess
+    import sys
+    env = dict(os.environ, TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN=value)
+    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.compiler.runtime as r; print(r.JIT_LOOP_MAX_HIDDEN)"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "128", r.stderr
+    assert "Traceback" not in r.stderr and "TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN" in r.stderr

@@ -26,7 +26,24 @@ from ..tensor import Tensor
 # Intel Xeon VM at load average 15: 535-772 ms in-kernel against 3925 ms with BLAS per
 # step (PyTorch 1201 ms; the BLAS loop suffers most from a loaded machine). Hidden 512
 # (GEMM-bound, where BLAS's own threads pay off) stays on BLAS until measured quietly.
-JIT_LOOP_MAX_HIDDEN = int(os.environ.get("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", "128"))
+def _env_int(name, default, lo):
+    """An integer >= ``lo`` from the environment variable ``name``, else ``default``. Read at
+    import, where an exception would be a traceback before any command runs: a bad value
+    is a one-line warning naming the variable (and, under MPI, each rank says it)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+        if value >= lo:
+            return value
+    except ValueError:
+        pass
+    print(f"tinygrad_rnn: warning: {name}={text!r} is not an integer >= {lo}; using {default}", file=sys.stderr)
+    return default
+
+
+JIT_LOOP_MAX_HIDDEN = _env_int("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", 128, 0)
 
 
 @kernel
@@ -104,7 +121,7 @@ def matmul_into(a, w, out):
 # the drivers keep per block and sum. Blocks run on Python threads: the kernels release
 # the GIL (nogil), and an idle pool thread waits on a queue without spinning, so nothing
 # of ours competes with the user's next computation.
-MIN_BLOCK_ROWS = int(os.environ.get("TINYGRAD_RNN_MIN_BLOCK_ROWS", "8"))
+MIN_BLOCK_ROWS = _env_int("TINYGRAD_RNN_MIN_BLOCK_ROWS", 8, 1)
 THREADS = numba.config.NUMBA_NUM_THREADS  # as configured (NUMBA_NUM_THREADS); Numba's own threads stay unstarted
 _pool = []
 
