@@ -1,5 +1,5 @@
 """The house has one-way stairs: no module of the package imports, directly or through
-others, a module that imports it back (shared/DESIGN.md, "Layers of the house").
+others, a module that imports it back (the README's layout).
 
 Every import counts, at the top of a module or deferred inside a function: a deferred
 import hides a cycle from Python at import time, not from the reader. The plugin

@@ -6,7 +6,8 @@ contiguous arrays; the public wrapper below it validates and dispatches. Which
 path runs was chosen by measurement (``benchmarks/bench_kernels.py``):
 
 * float32 tanh/sigmoid use a rational approximation that vectorises (libm's
-  scalar ``tanh`` inside njit is ~40x slower than NumPy here, FACTS.md); its
+  scalar ``tanh`` inside njit is ~40x slower than NumPy: 479 us against 12 us on a
+  float32 (64, 512) array); its
   error is below 3e-7, i.e. float32 rounding.
 * float64 tanh/sigmoid go to NumPy, which is exact and already vectorised
   (SciPy's expit was 20x slower): float64 is the gradient-checking dtype.

@@ -61,11 +61,6 @@ class Compiled:
             self._cuda = _checked_module(self, lambda: load_source(source), _record_cuda_drivers)
         return self._cuda
 
-    @property
-    def gate_vars(self):
-        """Step values that are sigmoid outputs: the cell's gates, found from the graph."""
-        return [e.out for e in self.plan.step_eqns if e.op == "sigmoid"]
-
 
 def compile_cell(cell, dtype=None):
     """Compile ``cell`` (an instance) for ``dtype``; cached on the instance. Raises CompileError.

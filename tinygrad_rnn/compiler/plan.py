@@ -16,7 +16,7 @@ import numpy as np
 
 from .trace import CompileError, Var
 
-POINTWISE = ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid",
+POINTWISE = ("add", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid",
              "leaky_relu", "where", "clip", "compare")
 REDUCTIONS = ("sum", "mean", "max")
 ROW_OPS = POINTWISE + REDUCTIONS + ("getitem", "cat", "matmul")
