@@ -57,7 +57,7 @@ def is_checkpoint(path):
             with zf.open(info) as member:
                 raw = np.lib.format.read_array(member, allow_pickle=False)
         meta = json.loads(raw.tobytes().decode("utf-8")) if raw.dtype == np.uint8 else None
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, NotImplementedError):
+    except (OSError, EOFError, KeyError, ValueError, RecursionError, zipfile.BadZipFile, NotImplementedError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
@@ -87,7 +87,8 @@ def load(path):
         raise CheckpointError(f"{path!r} is not a tinygrad_rnn checkpoint (no header)")
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: a hand-made header nested deeper than json's recursion limit
         raise CheckpointError(f"{path!r} has a corrupt header: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not a tinygrad_rnn checkpoint")

@@ -332,7 +332,7 @@ def read_log(path):
                 return (lines, True) if len(line) < _LONGEST_LINE and line.startswith(b'{"step"') else None
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
                 return None
             step = record.get("step") if isinstance(record, dict) else None
             if not isinstance(step, int) or isinstance(step, bool) or not LOG_KINDS & set(record):

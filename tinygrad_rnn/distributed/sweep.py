@@ -269,7 +269,7 @@ def _record(line):
     "result" that ``summarise`` can read (an error, a training summary, a diagnosis)."""
     try:
         rec = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         return None
     if not (isinstance(rec, dict) and isinstance(rec.get("point"), dict) and isinstance(rec.get("result"), dict)):
         return None
@@ -305,7 +305,7 @@ def _scheduler_address(scheduler):
             address = json.load(f).get("address")
     except OSError as e:
         raise SweepError(f"cannot read the scheduler file {scheduler!r}: {e.strerror}") from None
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         address = None
     if not isinstance(address, str):
         raise SweepError(f"{scheduler!r} is not a Dask scheduler file (no \"address\")")

@@ -1,0 +1,54 @@
+"""Hand-made files nested deeper than Python's json can read (a RecursionError, not a
+ValueError) are refused like any other damaged file: one line, the file untouched."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tinygrad_rnn import checkpoint, safeio
+from tinygrad_rnn.distributed import sweep
+
+DEEP = "[" * 100_000  # json's C decoder gives up near the interpreter's recursion limit (1000 deep)
+
+pytestmark = pytest.mark.usefixtures("clean_plugins")
+
+
+def _checkpoint_with_header(path, header):
+    np.savez(path, **{"__meta__": np.frombuffer(header.encode(), np.uint8),
+                      "param/w": np.zeros(2, np.float32)})
+
+
+def test_a_checkpoint_header_nested_too_deep_is_a_one_line_error_and_is_kept(tmp_path):
+    path = tmp_path / "deep.npz"
+    _checkpoint_with_header(path, '{"format": ' + DEEP)
+    before = path.read_bytes()
+    with pytest.raises(checkpoint.CheckpointError, match="has a corrupt header"):
+        checkpoint.load(str(path))
+    assert checkpoint.is_checkpoint(str(path)) is False
+    result = CliRunner().invoke(cli.main, ["train", "--resume", str(path), "--steps", "2"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has a corrupt header" in lines[0], result.output
+    result = CliRunner().invoke(cli.main, ["train", "--cell", "rnn", "--task", "sum", "--seq-len", "3",
+                                           "--hidden", "2", "--batch", "2", "--steps", "1", "--save", str(path)])
+    assert result.exit_code == 1 and "is not a tinygrad_rnn checkpoint" in result.stderr, result.output
+    assert path.read_bytes() == before
+
+
+def test_a_log_line_nested_too_deep_is_not_a_log(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text(DEEP + "\n")
+    assert safeio.read_log(str(path)) is None
+
+
+def test_a_results_line_nested_too_deep_is_a_damaged_line(tmp_path):
+    assert sweep._record('{"point": ' + DEEP) is None
+
+
+def test_a_scheduler_file_nested_too_deep_is_not_a_scheduler_file(tmp_path):
+    path = tmp_path / "sched.json"
+    path.write_text(json.dumps({"x": 1})[:-1] + ', "address": ' + DEEP)
+    with pytest.raises(sweep.SweepError, match="is not a Dask scheduler file"):
+        sweep._scheduler_address(str(path))
