@@ -52,3 +52,16 @@ def test_a_scheduler_file_nested_too_deep_is_not_a_scheduler_file(tmp_path):
     path.write_text(json.dumps({"x": 1})[:-1] + ', "address": ' + DEEP)
     with pytest.raises(sweep.SweepError, match="is not a Dask scheduler file"):
         sweep._scheduler_address(str(path))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_checkpoint_path_that_exists_but_is_not_a_file_is_not_called_missing(tmp_path, kind):
+    import os
+    path = tmp_path / "ckpt.npz"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    for args in (["train", "--resume", str(path), "--steps", "2"], ["generate", "--checkpoint", str(path)]):
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code in (1, 2), result.output
+        assert "no such checkpoint" not in result.output and "Traceback" not in result.output, result.output
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file|is a folder"):
+        checkpoint.load(str(path))

@@ -65,6 +65,11 @@ def is_checkpoint(path):
 def load(path):
     """Return ``(meta, arrays)``; raises CheckpointError with a one-line reason."""
     if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
+        if os.path.exists(path):
+            raise CheckpointError(f"checkpoint {path!r} is not a regular file (a device, pipe or socket); "
+                                  "give a checkpoint file")
         raise CheckpointError(f"no such checkpoint file {path!r}")
     if not zipfile.is_zipfile(path):  # else NumPy guesses "pickled data" for any junk
         raise CheckpointError(f"{path!r} is corrupt or not a checkpoint (not an .npz archive)")
