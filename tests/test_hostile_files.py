@@ -65,3 +65,31 @@ def test_a_checkpoint_path_that_exists_but_is_not_a_file_is_not_called_missing(t
         assert "no such checkpoint" not in result.output and "Traceback" not in result.output, result.output
     with pytest.raises(checkpoint.CheckpointError, match="not a regular file|is a folder"):
         checkpoint.load(str(path))
+
+
+TRAIN = ["train", "--cell", "rnn", "--task", "sum", "--seq-len", "3", "--hidden", "2", "--batch", "2", "--steps", "1"]
+
+
+def test_a_users_file_at_the_lock_path_is_refused_not_overwritten_and_removed(tmp_path):
+    notes = tmp_path / ".run.npz.lock"
+    notes.write_text("my notes\n")
+    result = CliRunner().invoke(cli.main, [*TRAIN, "--save", str(tmp_path / "run.npz")])
+    assert result.exit_code == 1 and "is not a tinygrad_rnn lock file" in result.stderr, result.output
+    assert notes.read_text() == "my notes\n" and not (tmp_path / "run.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_lock_path_that_is_not_a_file_is_one_line(tmp_path, kind):
+    import os
+    lock = tmp_path / ".run.npz.lock"
+    os.mkfifo(lock) if kind == "fifo" else lock.mkdir()  # a FIFO was an EINVAL traceback from ftruncate
+    result = CliRunner().invoke(cli.main, [*TRAIN, "--save", str(tmp_path / "run.npz")])
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "lock" in result.stderr, result.output
+
+
+def test_an_output_on_another_outputs_lock_path_is_refused_before_training(tmp_path):
+    log = tmp_path / "log"
+    result = CliRunner().invoke(cli.main, [*TRAIN, "--save", str(tmp_path / ".log.lock"), "--log", str(log)])
+    assert result.exit_code == 1 and "is the lock file of --log" in result.stderr, result.output
+    assert not log.exists() and not (tmp_path / ".log.lock").exists()
