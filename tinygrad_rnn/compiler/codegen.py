@@ -17,6 +17,7 @@ Layout of the generated module (all arrays C-contiguous):
 - Kernels loop over rows; each op is one simple loop over the row, which is the form
   that vectorises (FACTS.md: one transcendental per loop).
 """
+import math
 import re
 from types import SimpleNamespace
 
@@ -117,6 +118,12 @@ def _op_attrs(e):
 
 
 # ---- the generator ---------------------------------------------------------------
+def const_literal(value):
+    """Python source for a float constant: repr, except for inf, -inf and nan, whose repr
+    is not a name the generated module has (a constant 1e120 is inf in float32)."""
+    return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
+
+
 class Generator:
     def __init__(self, plan, dtype, sizes=None):
         self.plan, self.dtype = plan, np.dtype(dtype)
@@ -687,7 +694,7 @@ class Generator:
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
                "from tinygrad_rnn.compiler.runtime import kernel, matmul_into, mm", "",
                f"DT = np.{self.dtype.name}"]
-        out += [f"{name} = DT({value!r})" for value, name in self.consts.items()]
+        out += [f"{name} = DT({const_literal(value)})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
                 f"RESIDUAL_IDS = ({''.join(f'{v.id}, ' for v in self.residuals)})",
                 f"OUTPUT_IDS = ({''.join(f'{v.id}, ' for v in self.outputs)})"]
