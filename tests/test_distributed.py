@@ -156,6 +156,8 @@ def test_grid_from_repeated_and_comma_separated_values():
     (["--cell", "rnn,,gru"], "empty"),
     (["--seeds", "0"], "0"),
     (["--mode", "diagnose", "--optimizer", "sgd"], "--mode train only"),
+    (["--seeds", "99999999999999999999"], "the grid has 299,999,999,999,999,999,997 points"),  # was an OverflowError
+    (["--seeds", "100000000", "--cell", "rnn"], "more than the 1,000,000 a sweep takes"),  # was minutes of building
 ])
 def test_bad_grid_values_are_usage_errors(tmp_path, args, message):
     result = CliRunner().invoke(cli.main, ["sweep", "--out", str(tmp_path / "r.jsonl"), *args])

@@ -99,7 +99,9 @@ def test_float32_stays_float32_and_an_ignored_input_gets_zeros():
 
 
 @pytest.mark.parametrize("call,error,match", [
-    (lambda: tr.grad(lambda x: x * 2)(np.ones(3)), ValueError, r"must return a scalar \(shape \(\)\), got shape \(3,\)"),
+    (lambda: tr.grad(lambda x: x * 2)(np.ones(3)), ValueError, r"^grad: .* must return a scalar \(shape \(\)\), got shape \(3,\)"),
+    (lambda: tr.value_and_grad(lambda x: x * 2)(np.ones(3)), ValueError, "^value_and_grad: .* must return a scalar"),
+    (lambda: tr.grad(lambda x: x.sum())(np.arange(3)), TypeError, "^grad: argument 0"),  # each names what was called
     (lambda: tr.grad(lambda x: 1.0)(np.ones(3)), TypeError, "must return a Tensor .* got float"),
     (lambda: tr.grad(lambda x: x.sum())(np.arange(3)), TypeError, "argument 0 .* float32 or float64 .* got int64"),
     (lambda: tr.grad(lambda x: x.sum(), argnums=2)(np.ones(3)), ValueError, "argnums 2 is out of range"),

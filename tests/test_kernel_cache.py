@@ -67,6 +67,20 @@ def test_a_damaged_cache_entry_is_compiled_again_not_run(tmp_path):
     assert kernel_cache.unseal(open(entry, "rb").read()) is not None
 
 
+def test_an_empty_or_damaged_cache_index_is_compiled_again_not_a_traceback(tmp_path):
+    first = run_kernel(tmp_path)
+    assert first.returncode == 0 and first.stdout.strip() == "22.5", first.stderr
+    (index,) = glob.glob(str(tmp_path / "cache" / "**" / "*.nbi"), recursive=True)
+    for damage in (b"", open(index, "rb").read()[:-7]):  # emptied, cut short: EOFError from Numba's unpickling
+        with open(index, "wb") as f:
+            f.write(damage)
+        again = run_kernel(tmp_path)
+        assert again.returncode == 0 and again.stdout.strip() == "22.5", again.stderr
+        assert open(index, "rb").read() != damage  # written anew by the fresh compile
+    third = run_kernel(tmp_path)  # and the rewritten index serves the next run
+    assert third.returncode == 0 and third.stdout.strip() == "22.5", third.stderr
+
+
 def test_a_full_disk_under_the_cache_is_one_warning(tmp_path):
     r = run_kernel(tmp_path, patch=FULL_DISK)
     assert r.returncode == 0 and r.stdout.strip() == "22.5", r.stderr

@@ -49,6 +49,16 @@ def test_the_written_cell_passes_check_cell(tmp_path):
     assert report.ok, str(report)
 
 
+@pytest.mark.parametrize("name,class_name", [("none", "NoneCell"), ("true", "TrueCell"), ("false", "FalseCell")])
+def test_a_name_whose_class_would_be_a_keyword_gets_a_class_that_parses(tmp_path, name, class_name):
+    made = scaffold.new_cell(name, str(tmp_path / "pkg"))
+    assert made["class"] == class_name
+    for path in ("tinygrad_rnn_" + name + ".py", "tests/test_" + name + ".py"):
+        source = (tmp_path / "pkg" / path).read_text()
+        compile(source, path, "exec")  # `class None(tr.Cell)` is a SyntaxError
+        assert class_name in source
+
+
 @pytest.mark.parametrize("name,match", [
     ("My-Cell", "must be a lower-case Python identifier"),
     ("9lives", "must be a lower-case Python identifier"),

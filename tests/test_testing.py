@@ -136,6 +136,13 @@ def test_bad_arguments_are_named():
         parametrize_with_checks(["nope"])
     with pytest.raises(TypeError, match="tr.Cell subclass"):
         parametrize_with_checks([object])
+    with pytest.raises(TypeError, match=r"cells is a list of cells, got 'gru'; write \['gru'\]"):
+        parametrize_with_checks("gru")  # was "unknown cell 'g'"
+    with pytest.raises(TypeError, match=r"\(cell, \{options\}\), got \('rnn', 'relu'\)"):
+        parametrize_with_checks([("rnn", "relu")])  # was an AttributeError
+    for size, value in [("hidden_size", 0), ("seq_len", -1), ("batch", 2.5), ("seed", -1), ("input_size", True)]:
+        with pytest.raises(ValueError, match=f"{size} must be an integer >= "):
+            parametrize_with_checks(["gru"], **{size: value})  # was accepted, to fail in every test
 
 
 @parametrize_with_checks([RowMixer], expected_failed_checks={"batch_independence": "reads the batch mean",

@@ -152,7 +152,7 @@ def is_checkpoint(path):
             return _npz_meta(path).get("format") == FORMAT
         _, metadata = read_safetensors_header(path, path, CheckpointError)
         return json.loads(metadata.get(HEADER_KEY, "null")).get("format") == FORMAT
-    except (OSError, EOFError, KeyError, ValueError, AttributeError, zipfile.BadZipFile, NotImplementedError):
+    except (OSError, EOFError, KeyError, ValueError, AttributeError, RecursionError, zipfile.BadZipFile, NotImplementedError):
         return False  # CheckpointError is a ValueError
 
 
@@ -171,6 +171,11 @@ def load(path):
     """Return ``(meta, arrays)`` of a safetensors or (older) .npz checkpoint; raises
     CheckpointError with a one-line reason."""
     if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
+        if os.path.exists(path):
+            raise CheckpointError(f"checkpoint {path!r} is not a regular file (a device, pipe or socket); "
+                                  "give a checkpoint file")
         raise CheckpointError(f"no such checkpoint file {path!r}")
     try:
         zipped = _first_bytes(path) == ZIP_MAGIC
@@ -219,7 +224,8 @@ def _load_npz(path):
         raise CheckpointError(f"{path!r} is not a tinygrad_rnn checkpoint (no header)")
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: a hand-made header nested deeper than json's recursion limit
         raise CheckpointError(f"{path!r} has a corrupt header: {e}") from None
     return meta, arrays
 

@@ -20,7 +20,7 @@ def grad(f, argnums=0, has_aux=False):
     >>> tr.grad(lambda x: (x * x).sum())(np.array([1.0, 2.0]))
     array([2., 4.])
     """
-    value_and_grad_f = value_and_grad(f, argnums, has_aux)
+    value_and_grad_f = _value_and_grad(f, argnums, has_aux, "grad")
 
     def gradient(*args, **kwargs):
         value, g = value_and_grad_f(*args, **kwargs)
@@ -33,15 +33,20 @@ def grad(f, argnums=0, has_aux=False):
 def value_and_grad(f, argnums=0, has_aux=False):
     """Like ``grad``, but the function returns ``(value, gradient)``: ``value`` is ``f``'s
     result as a NumPy 0-d array (``(value, aux)`` with ``has_aux``)."""
+    return _value_and_grad(f, argnums, has_aux, "value_and_grad")
+
+
+def _value_and_grad(f, argnums, has_aux, who):
+    """``value_and_grad``, its errors naming ``who`` (the function the user called)."""
     nums, single = _argnums(argnums)
 
     def value_and_gradient(*args, **kwargs):
-        tensors, call_args = _inputs(f, args, nums, "value_and_grad")
+        tensors, call_args = _inputs(f, args, nums, who)
         with _recording():
             result = f(*call_args, **kwargs)
-        out, aux = _split_aux(f, result, has_aux, "value_and_grad")
+        out, aux = _split_aux(f, result, has_aux, who)
         if out.shape != ():
-            raise ValueError(f"value_and_grad: {_name(f)} must return a scalar (shape ()), got shape {out.shape}; "
+            raise ValueError(f"{who}: {_name(f)} must return a scalar (shape ()), got shape {out.shape}; "
                              "use tr.jacobian for a non-scalar output, or reduce it (.sum())")
         grads = _vjp(out, tensors, np.ones((), out.dtype))
         value = out.numpy()

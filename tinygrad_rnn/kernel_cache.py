@@ -6,7 +6,7 @@ SIGSEGV on every later run, or compute something else. ``install`` makes every c
 entry carry a SHA-256 of its bytes, checked before it is unpickled: a damaged entry, or
 one written without a checksum, is a cache miss, compiled again and saved anew. A
 kernel that cannot be saved (a full disk, ENOSPC) is used from memory, with one warning
-per process, as an unwritable cache already is.
+per process, as an unwritable cache already is. The index (``NAME.nbi``) is sealed the same way.
 """
 import hashlib
 import sys
@@ -51,6 +51,29 @@ def install():
         with self._open_for_write(self._data_path(name)) as f:  # a temporary file, then a rename
             f.write(seal(self._dump(data)))
 
+    def _load_index(self):
+        # Numba unpickles the index (NAME.nbi) unchecked: an empty or damaged one raised
+        # EOFError / UnpicklingError on every later run. Sealed like the data files, a damaged
+        # or unchecked index is an empty one: its kernels are compiled again, the index rewritten.
+        try:
+            with open(self._index_path, "rb") as f:
+                version = pickle.load(f)
+                data = unseal(f.read())
+        except FileNotFoundError:
+            return {}
+        except Exception:  # noqa: BLE001 - any damage to the version pickle: a miss
+            return {}
+        if version != self._version or data is None:
+            return {}
+        stamp, overloads = pickle.loads(data)
+        return overloads if stamp == self._source_stamp else {}
+
+    def _save_index(self, overloads):
+        data = self._dump((self._source_stamp, overloads))
+        with self._open_for_write(self._index_path) as f:
+            pickle.dump(self._version, f, protocol=-1)
+            f.write(seal(data))
+
     save_overload = cache.save_overload
 
     def guarded_save_overload(self, sig, data):
@@ -64,4 +87,5 @@ def install():
                       "TINYGRAD_RNN_CACHE_DIR to another folder)", file=sys.stderr)
 
     files._load_data, files._save_data = _load_data, _save_data
+    files._load_index, files._save_index = _load_index, _save_index
     cache.save_overload = guarded_save_overload

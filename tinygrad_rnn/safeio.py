@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import stat
 
@@ -198,6 +199,7 @@ def lock_outputs(outputs):
     (``--log /dev/stdout``) are not locked.
     """
     locks = OutputLocks()
+    named = {os.path.realpath(p): o for o, p in outputs if p}
     try:
         for option, path in outputs:
             if not path:
@@ -211,6 +213,9 @@ def lock_outputs(outputs):
             except OSError as e:
                 raise OutputError(f"{option} {path!r}: {e.strerror}") from None
             lock_path = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+            if lock_path in named:
+                raise OutputError(f"{named[lock_path]} {lock_path!r} is the lock file of {option} {path!r}; "
+                                  "choose another path")
             locks.held.append((lock_path, _lock(lock_path, option, path)))
     except BaseException:
         locks.release()
@@ -220,10 +225,14 @@ def lock_outputs(outputs):
 
 def _lock(lock_path, option, path):
     while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NONBLOCK: a FIFO there must not wait for a writer; O_NOFOLLOW: nor a link lead elsewhere
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise OutputError(f"{option} {path!r}: cannot lock it ({e.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputError(f"{option} {path!r}: its lock file {lock_path!r} is not a regular file; "
+                              "move it away, or choose another path")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -236,11 +245,21 @@ def _lock(lock_path, option, path):
             same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
         except FileNotFoundError:
             same = False
+        if same and not _is_lock_content(os.pread(fd, 64, 0)):
+            os.close(fd)  # someone's own file of that name: truncating and removing it would lose it
+            raise OutputError(f"{option} {path!r}: {lock_path!r} exists and is not a tinygrad_rnn lock "
+                              "file (it would be overwritten, then removed); move it away, or choose another path")
         if same:  # else the holder removed it between our open and our lock: take the new one
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
+
+
+def _is_lock_content(data):
+    """What a lock file of ours holds: nothing (just made, or a run killed before writing)
+    or the process id of the run that held it."""
+    return data == b"" or re.fullmatch(rb"[0-9]+\n?", data) is not None
 
 
 def _default_mode():
@@ -332,7 +351,7 @@ def read_log(path):
                 return (lines, True) if len(line) < _LONGEST_LINE and line.startswith(b'{"step"') else None
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
                 return None
             step = record.get("step") if isinstance(record, dict) else None
             if not isinstance(step, int) or isinstance(step, bool) or not LOG_KINDS & set(record):

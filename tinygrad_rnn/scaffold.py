@@ -28,7 +28,10 @@ class ScaffoldError(ConfigError):
 
 def names(name):
     """Every name the package uses, derived from the cell's registry name."""
-    return {"name": name, "class": "".join(p.capitalize() for p in name.split("_") if p) or name.capitalize(),
+    class_name = "".join(p.capitalize() for p in name.split("_") if p) or name.capitalize()
+    if keyword.iskeyword(class_name):  # 'none', 'true', 'false' would give `class None(...)`
+        class_name += "Cell"
+    return {"name": name, "class": class_name,
             "module": f"tinygrad_rnn_{name}", "distribution": f"tinygrad-rnn-{name.replace('_', '-')}"}
 
 

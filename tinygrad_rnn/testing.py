@@ -134,10 +134,17 @@ class _Case:
                              f"batch {self.B}, T={self.T}]: {problem}")
 
 
+def _split_options(cell):
+    """``(cell, options)`` of a cell given alone or as ``(cell, {options})``."""
+    if not isinstance(cell, tuple):
+        return cell, {}
+    if len(cell) != 2 or not isinstance(cell[1], dict):
+        raise TypeError(f"a cell with constructor options is (cell, {{options}}), got {cell!r}")
+    return cell
+
+
 def _resolve(cell):
-    options = {}
-    if isinstance(cell, tuple):
-        cell, options = cell
+    cell, options = _split_options(cell)
     cls = get_cell(cell) if isinstance(cell, str) else cell
     if not (isinstance(cls, type) and issubclass(cls, Cell)):
         raise TypeError(f"a cell to check is a tr.Cell subclass, a registered name or "
@@ -147,9 +154,7 @@ def _resolve(cell):
 
 def cell_id(cell):
     """The name a cell goes by in check ids: its registry name, then its options' values."""
-    options = {}
-    if isinstance(cell, tuple):
-        cell, options = cell
+    cell, options = _split_options(cell)
     name = cell if isinstance(cell, str) else (getattr(cell, "name", None) or getattr(cell, "__name__", repr(cell)))
     return "_".join([str(name), *(str(v) for v in options.values())])
 
@@ -576,6 +581,15 @@ def parametrize_with_checks(cells, *, expected_failed_checks=None, **sizes):
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
         raise TypeError(f"parametrize_with_checks: unknown size(s) {sorted(unknown)}; use {', '.join(DEFAULT_SIZES)}")
+    for name, value in sizes.items():
+        least = 0 if name == "seed" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"parametrize_with_checks: {name} must be an integer >= {least}, got {value!r}")
+    if isinstance(cells, (str, type)):  # a lone name is iterable: 'rnn' would be cells 'r', 'n', 'n'
+        raise TypeError(f"parametrize_with_checks: cells is a list of cells, got {cells!r}; "
+                        f"write [{cells!r}]" if isinstance(cells, str) else
+                        f"parametrize_with_checks: cells is a list of cells, got {cells!r}; write [{cells.__name__}]")
+    cells = list(cells)
     expected = dict(expected_failed_checks or {})
     ids = [cell_id(c) for c in cells]
     valid = set(CHECK_NAMES) | {f"{i}-{n}" for i in ids for n in CHECK_NAMES}

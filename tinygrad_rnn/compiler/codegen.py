@@ -18,6 +18,7 @@ Layout of the generated module (all arrays C-contiguous):
   block per core, see ``runtime.row_blocks``); each op is one simple loop over the row, which is the form
   that vectorises (one transcendental per loop: ``benchmarks/bench_kernels.py``).
 """
+import math
 import re
 from types import SimpleNamespace
 
@@ -138,6 +139,12 @@ def _op_attrs(e):
 
 
 # ---- the generator ---------------------------------------------------------------
+def const_literal(value):
+    """Python source for a float constant: repr, except for inf, -inf and nan, whose repr
+    is not a name the generated module has (a constant 1e120 is inf in float32)."""
+    return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
+
+
 class Generator:
     def __init__(self, plan, dtype, sizes=None):
         self.plan, self.dtype = plan, np.dtype(dtype)
@@ -749,7 +756,7 @@ class Generator:
                "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
                "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_into, mm_t, row_blocks", "",
                f"DT = np.{self.dtype.name}"]
-        out += [f"{name} = DT({_literal(value)})" for value, name in self.consts.items()]
+        out += [f"{name} = DT({const_literal(value)})" for value, name in self.consts.items()]
         out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
                 f"RESIDUAL_IDS = ({''.join(f'{v.id}, ' for v in self.residuals)})",
                 f"OUTPUT_IDS = ({''.join(f'{v.id}, ' for v in self.outputs)})"]
@@ -996,12 +1003,6 @@ def fuse_loops(lines):
             out.append(line)
             i += 1
     return out
-
-
-def _literal(value):
-    """A float as source: ``inf`` and ``nan`` (a clip bound, a where branch) are not names
-    in the generated module, ``float('inf')`` is."""
-    return repr(value) if np.isfinite(value) else f"float({str(value)!r})"
 
 
 def _at(lo):

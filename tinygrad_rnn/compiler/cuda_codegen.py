@@ -24,7 +24,7 @@ import itertools
 import re
 
 from . import cuda_runtime
-from .codegen import ROW_LOOP, Generator, _literal, _only_element_j
+from .codegen import ROW_LOOP, Generator, _only_element_j, const_literal
 from .trace import CompileError
 
 _LOOP = re.compile(r"^for j in range\((.+?)\):(\s*#.*)?$")
@@ -211,7 +211,7 @@ class _CudaModule:
                "from tinygrad_rnn.compiler import cuda_runtime as rt",
                "from tinygrad_rnn.compiler.cuda_runtime import kernel", "",
                f"DT = np.{g.dtype.name}"]
-        out += [f"{name} = DT({_literal(value)})" for value, name in g.consts.items()]
+        out += [f"{name} = DT({const_literal(value)})" for value, name in g.consts.items()]
         out += ["KONE = DT(1.0)", "", ""]
         for k in sorted(fwd):
             out += [fwd[k][0], "", ""]

@@ -27,6 +27,9 @@ from ..errors import Error
 from ..plugins import get_cell, get_task, load_plugin, plugin_files
 
 GRID = ("cell", "task", "seq_len", "hidden", "init", "lr", "optimizer", "clip_norm")  # the order of a point's keys
+# Every point is a dict held in memory before the sweep starts (about 1 KB each), and a
+# results file of a million points is some hundred MB: a grid past this is a typo (--seeds 1e8).
+MAX_POINTS = 10 ** 6
 assert set(GRID) == {o.key for o in options.OPTIONS if o.grid}
 MODES = ("train", "diagnose")
 DEFAULTS = {"train": {"steps": 1000, "clip_norm": None}, "diagnose": {"steps": 0, "clip_norm": 1.0}}
@@ -81,6 +84,11 @@ def grid(mode="train", seeds=1, steps=None, batch=32, cell_options=None, weights
         if n in ("cell", "task"):
             lists[i] = list(dict.fromkeys(_canonical(n, v) for v in lists[i]))
     steps = DEFAULTS[mode]["steps"] if steps is None else steps
+    count = math.prod(len(values) for values in lists) * seeds
+    if count > MAX_POINTS:
+        sizes = " x ".join(str(len(values)) for values, n in zip(lists, names) if len(values) > 1)
+        raise ValueError(f"the grid has {count:,} points ({sizes + ' x ' if sizes else ''}{seeds:,} seeds), "
+                         f"more than the {MAX_POINTS:,} a sweep takes; give fewer values or --seeds")
     points = []
     for combo in itertools.product(*lists, range(seeds)):
         p = dict(zip(names, combo[:-1]), steps=steps, batch=batch, seed=combo[-1], mode=mode)
@@ -271,7 +279,7 @@ def _record(line):
     "result" that ``summarise`` can read (an error, a training summary, a diagnosis)."""
     try:
         rec = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         return None
     if not (isinstance(rec, dict) and isinstance(rec.get("point"), dict) and isinstance(rec.get("result"), dict)):
         return None
@@ -307,7 +315,7 @@ def _scheduler_address(scheduler):
             address = json.load(f).get("address")
     except OSError as e:
         raise SweepError(f"cannot read the scheduler file {scheduler!r}: {e.strerror}") from None
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         address = None
     if not isinstance(address, str):
         raise SweepError(f"{scheduler!r} is not a Dask scheduler file (no \"address\")")
