@@ -23,7 +23,6 @@ dependencies only.
 """
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -33,7 +32,8 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 import numpy as np  # noqa: E402
 
 import tinygrad_rnn as tr  # noqa: E402
-from tinygrad_rnn.training import TrainConfig, build, fit
+from tinygrad_rnn.training import TrainConfig, build, fit  # noqa: E402
+from timing import cpu_name  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 SETTINGS = dict(task="classify", hidden=64, batch=32, optimizer="adam", lr=3e-3, clip_norm=1.0, seed=0)
 PERMUTATION_SEED = 0
@@ -89,17 +89,6 @@ def theirs(cell, path, steps):
             return float((head(out[-1]).argmax(-1).numpy() == target[:, 0]).mean())
     return {"accuracy": accuracy(task.eval_index), "train_accuracy": accuracy(task.train_sample),
             "seconds": seconds, "steps_per_second": steps / seconds}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

@@ -11,8 +11,8 @@ import json
 import safetensors.numpy
 
 from . import checkpoint, safeio, weights
-from .plugins import get_cell, get_task
-from .training import _validated_run, build, build_model
+from .plugins import get_cell
+from .training import _validated_run, checkpointed_model
 
 
 def torch_layer(config):
@@ -35,18 +35,7 @@ def export(checkpoint_path, out):
     config = _validated_run(meta, arrays, checkpoint_path)
     safeio.check_outputs([("out=", out)], [("checkpoint=", checkpoint_path)],
                          {"out=": (weights.is_safetensors, "a safetensors file")})
-    config = dict(config, device="cpu")
-    if config.get("task") == "text" and config.get("vocab"):  # no training file needed
-        task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
-        model = build_model(config, task)
-    else:
-        task, model = build(config)
-    checkpoint.check_parameters(checkpoint_path, arrays)
-    try:
-        model.load_state_dict(checkpoint.section(arrays, "param"))
-    except (KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise checkpoint.CheckpointError(f"{checkpoint_path!r} does not fit its own model: {msg}") from None
+    task, model = checkpointed_model(checkpoint_path, config, arrays)
     tensors = weights.exported_names(model.state_dict())
     layer = torch_layer(config)
     input_size = model.rnn.input_size

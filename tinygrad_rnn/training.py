@@ -667,6 +667,24 @@ def _model_input(task, tokens, dtype):
     return x if task.token_input else x.astype(dtype, copy=False)
 
 
+def checkpointed_model(path, config, arrays):
+    """(task, model) of a checkpoint's validated run ``config`` with its parameters loaded, on
+    the CPU. A text model takes its character mapping from the checkpoint, not the data file."""
+    config = dict(config, device="cpu")
+    if config.get("task") == "text" and config.get("vocab"):  # no training file needed
+        task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
+        model = build_model(config, task)
+    else:  # and checkpoints from before vocabularies were stored: rebuilt from the file
+        task, model = build(config)
+    checkpoint.check_parameters(path, arrays)
+    try:
+        model.load_state_dict(checkpoint.section(arrays, "param"))
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise checkpoint.CheckpointError(f"{path!r} does not fit its own model: {msg}") from None
+    return task, model
+
+
 def generate(path, prime="", length=200, temperature=1.0, seed=0):
     """Sample ``length`` characters from a text checkpoint, after feeding ``prime``."""
     meta, arrays = checkpoint.load(path)
@@ -681,18 +699,7 @@ def generate(path, prime="", length=200, temperature=1.0, seed=0):
     if length > limits.MAX_GENERATE_LENGTH:
         raise ConfigError(f"length {length} is more than the {limits.MAX_GENERATE_LENGTH} characters generate "
                           "makes at once")
-    config = dict(config, device="cpu")
-    if config.get("vocab"):  # the model's own character mapping: no training file needed
-        task = get_task("text").from_vocab(config["vocab"], config["seq_len"])
-        model = build_model(config, task)
-    else:  # checkpoints from before vocabularies were stored: rebuild it from the file
-        task, model = build(config)
-    checkpoint.check_parameters(path, arrays)
-    try:
-        model.load_state_dict(checkpoint.section(arrays, "param"))
-    except (KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise checkpoint.CheckpointError(f"{path!r} does not fit its own model: {msg}") from None
+    task, model = checkpointed_model(path, config, arrays)
     rng = np.random.default_rng(seed)
     dtype = np.dtype(config.get("dtype", "float32"))
     tokens = list(task.encode(prime)) if prime else [int(rng.integers(task.input_size))]
