@@ -440,7 +440,8 @@ def diagnose(as_json, plot_path, fail_on, cell_option_pairs, **run):
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'tinygrad-rnn[plot]'") from None
-        safeio.check_outputs([("--plot", plot_path)], [("--data", run["data"]), *plugins.plugin_files()])
+        safeio.check_outputs([("--plot", plot_path)], [("--data", run["data"]), *plugins.plugin_files()],
+                             {"--plot": safeio.PLOT})
     if run["weights"] and not run["cell"]:
         raise click.UsageError("--weights needs --cell: the cell the weights are for (lstm for nn.LSTM, gru for "
                                "nn.GRU, rnn for nn.RNN)")

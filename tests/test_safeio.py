@@ -301,3 +301,21 @@ def test_trimming_keeps_earlier_runs_in_the_same_log_and_cuts_a_torn_line(tmp_pa
     assert safeio.trim_log(str(log), 2) == 2
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 1, 2]
     assert safeio.trim_log(str(log), None) == 0 and safeio.trim_log(str(tmp_path / "none.jsonl"), 3) == 0
+
+
+def test_plot_replaces_an_earlier_plot_never_a_users_file(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    pytest.importorskip("matplotlib")
+    precious = tmp_path / "report.png"
+    precious.write_bytes(b"PK\x03\x04 a checkpoint someone renamed")
+    r = CliRunner().invoke(cli.main, ["diagnose", "--cell", "rnn", "--seq-len", "4", "--hidden", "3", "--batch", "2",
+                                      "--plot", str(precious)])
+    assert r.exit_code == 1 and "already exists and is not an image" in r.output, r.output
+    assert precious.read_bytes() == b"PK\x03\x04 a checkpoint someone renamed"
+    earlier = tmp_path / "old.png"
+    earlier.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    r = CliRunner().invoke(cli.main, ["diagnose", "--cell", "rnn", "--seq-len", "4", "--hidden", "3", "--batch", "2",
+                                      "--plot", str(earlier)])
+    assert r.exit_code == 0, r.output
+    assert earlier.stat().st_size > 1000

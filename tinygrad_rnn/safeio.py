@@ -359,6 +359,28 @@ def read_log(path):
             lines.append((line, step))
 
 
+# The first bytes of the image formats a plot is written in: an existing file at a --plot
+# path is replaced only if it already is such an image (an earlier plot), never a user's
+# checkpoint or document that happens to be named plot.png.
+_IMAGE_MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "pdf": (b"%PDF",), "svg": (b"<?xml", b"<svg"),
+                "jpg": (b"\xff\xd8\xff",), "jpeg": (b"\xff\xd8\xff",), "eps": (b"%!PS",), "ps": (b"%!PS",),
+                "tif": (b"II*\x00", b"MM\x00*"), "tiff": (b"II*\x00", b"MM\x00*"), "webp": (b"RIFF",)}
+def is_image(path):
+    """Whether the file at ``path`` starts as an image of the format its extension names."""
+    magic = _IMAGE_MAGIC.get(os.path.splitext(path)[1][1:].lower())
+    if magic is None:
+        return True  # a format without a known signature (raw, rgba): as before
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head.startswith(magic)
+
+
+PLOT = (is_image, "an image of the format its name says (an earlier plot)")
+
+
 def is_log(path):
     return read_log(path) is not None
 

@@ -386,7 +386,7 @@ def check_outputs(out, plot=None):
     """Refuse, before any work, ``--out`` and ``--plot`` on one file (the plot would replace
     the results), either on a plugin's source, or ``--out`` on something that is not a
     regular file (a FIFO would wait for a writer, a device never ends)."""
-    safeio.check_outputs([("--out", out), ("--plot", plot)], plugin_files())
+    safeio.check_outputs([("--out", out), ("--plot", plot)], plugin_files(), {"--plot": safeio.PLOT})
 
 
 def run(points, out, workers=None, scheduler=None, plugins=(), log=None, plot=None, retry_failed=False):
