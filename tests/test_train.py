@@ -259,3 +259,13 @@ def test_ctrl_c_finishes_the_step_and_saves_it(tmp_path):
     assert step >= 3
     resumed = CliRunner().invoke(cli.main, ["train", "--resume", str(ck), "--steps", str(step + 2)])
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_resumed_run_keeps_on_nonfinite_skip_unless_told_otherwise(tmp_path, monkeypatch):
+    ck = str(tmp_path / "ck.npz")
+    _run(tmp_path, steps=3, save=ck, on_nonfinite="skip")
+    real = optim.grad_norm
+    monkeypatch.setattr(optim, "grad_norm", lambda *a, **kw: real(*a, **kw) * float("nan"))
+    assert _run(tmp_path, steps=5, resume=ck)["skipped_steps"] == 2  # the checkpoint's setting
+    with pytest.raises(TrainingError, match="step 4: .*on_nonfinite="):
+        _run(tmp_path, steps=5, resume=ck, on_nonfinite="error")  # a resumed run may change it

@@ -217,7 +217,7 @@ OPTIONS = (
     _int("log_every", 50, "Steps between --log records.", show_default=True),
     _int("diagnose_every", None, "Also log per-step and per-parameter gradient norms every N steps."),
     Option("on_nonfinite", "choice", "error", "On a NaN/Inf loss or gradient: stop naming the step, or skip the "
-           "update.", choices=("error", "skip"), show_default=True),
+           "update.", choices=("error", "skip"), show_default=True, saved=True, resumable=True),
     Option("cell_options", "options", None, "Cell constructor option, e.g. nonlinearity=relu (repeatable); typed "
            "and checked against the cell.", TDS, flag="--cell-option", saved=True, old_default={}),
     # the layers

@@ -418,7 +418,7 @@ class _Run:
                 self.interrupted.append(True)
         norm = optim.grad_norm(params)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
-            if cfg.on_nonfinite == "skip":
+            if setting(self.settings, "on_nonfinite") == "skip":
                 self.skipped += 1
                 self.carried = None
                 return None
@@ -553,6 +553,9 @@ def _resumed_settings(cfg, given, meta, arrays):
     resumed = _validated_run(meta, arrays, cfg.resume)
     _check_resume_conflicts(cfg, resumed, cfg.resume)
     settings = dict(resumed, device=cfg.device)
+    for option in options.OPTIONS:  # what a resumed run may change, and this one chose
+        if option.saved and option.resumable and _chosen(cfg, option):
+            settings[option.key] = getattr(cfg, option.name)
     if "data" in cfg.explicit and cfg.data:
         settings["data"] = cfg.data  # the same file, or where the run's file has moved to
     return settings
