@@ -644,7 +644,7 @@ def check_cuda(cls):
     """In a process with a CUDA device or Numba's simulator: the compiled cell on CUDA
     against the compiled cell on the CPU. Returns "equal", "refused", or the difference."""
     import tinygrad_rnn as tr
-    from tinygrad_rnn.compiler import CompileError
+    from tinygrad_rnn.compiler import CompileError, compiled_versions
     x, states = _inputs(cls.num_states)
     results = []
     for device in ("cpu", "cuda"):
@@ -663,7 +663,7 @@ def check_cuda(cls):
         results.append([out.numpy(), *[f.numpy() for f in final], grad(xt), *[grad(s) for s in st],
                         *[rnn.step_grad_norms(i) for i in range(rnn.num_states)],
                         *[grad(p) for p in rnn.parameters()]])
-    compiled = rnn.cells[0].__dict__.get("_compiled", {}).values()
+    compiled = compiled_versions(rnn.cells[0])
     if not any(getattr(c, "_cuda", None) is not None for c in compiled):
         return "no CUDA kernels ran: the cell ran op by op on CUDA"
     err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in zip(*results))

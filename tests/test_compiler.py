@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tr
-from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, runtime
+from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, compiled_versions, runtime
 from tinygrad_rnn.testing import outputs_and_gradients as run, relative_differences
 
 from example_cells import ADVERSARIAL, KitchenSink, load_example_plugins
@@ -133,7 +133,27 @@ def test_batch_mixing_step_is_refused_not_miscompiled():
 def test_fused_false_never_compiles():
     rnn = tr.nn.RNN("gru", 2, 3, fused=False)
     rnn(np.zeros((2, 1, 2), np.float32))
-    assert "_compiled" not in rnn.cells[0].__dict__
+    assert compiled_versions(rnn.cells[0]) == []
+    rnn.fused = None
+    rnn(np.zeros((2, 1, 2), np.float32))
+    assert len(compiled_versions(rnn.cells[0])) == 1
+
+
+@pytest.mark.parametrize("args,kwargs", [((), {"nonlinearity": "relu"}), (("relu",), {})])
+def test_a_cell_built_by_hand_with_options_compiles_for_every_size(args, kwargs):
+    """The compiler re-makes the cell at probe sizes with the options it was built with (a
+    probe without them traced tanh, so the module was specialised to one size)."""
+    cell = tr.get_cell("rnn")(2, 3, *args, **kwargs)
+    assert cell.cell_options == {"nonlinearity": "relu"}
+    assert compile_cell(cell, "float32").sizes is not None
+
+
+def test_the_compiler_writes_nothing_into_a_cell():
+    rnn = tr.nn.RNN("rnn", 2, 3, nonlinearity="relu")
+    before = dict(vars(rnn.cells[0]))
+    rnn(np.zeros((2, 1, 2), np.float32))
+    compile_status(type(rnn.cells[0]), nonlinearity="relu")
+    assert vars(rnn.cells[0]) == before
 
 
 def test_a_hand_written_forward_sequence_still_wins():

@@ -86,6 +86,24 @@ def test_bidirectional_reverse_direction_reads_each_sequence_from_its_own_end():
     assert np.all(out.numpy()[4:, 1] == 0)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_layer_inputs_are_what_each_layer_and_direction_reads(batch_first):
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN("gru", 2, 3, num_layers=2, bidirectional=True, dtype="float64", batch_first=batch_first)
+    x = np.random.default_rng(1).standard_normal((5, 2, 2))          # (T, B, I)
+    state = np.random.default_rng(2).standard_normal((4, 2, 3))
+    out_l0, _ = tr.nn.RNN("gru", 2, 3, bidirectional=True, dtype="float64").load_state_dict(
+        {k: v for k, v in rnn.state_dict().items() if "_l0" in k})(x, state[:2])
+    seen = rnn.layer_inputs(x.transpose(1, 0, 2) if batch_first else x, state)
+    assert [c for _, _, c in seen] == [rnn.cells[0], rnn.reverse_cells[0], rnn.cells[1], rnn.reverse_cells[1]]
+    np.testing.assert_array_equal(seen[0][0].numpy(), x)
+    np.testing.assert_array_equal(seen[1][0].numpy(), x[::-1])          # the reverse cell reads time backwards
+    np.testing.assert_allclose(seen[2][0].numpy(), out_l0.numpy(), atol=1e-12)
+    for i, (_, s, _) in enumerate(seen):
+        np.testing.assert_array_equal(s[0].numpy(), state[i])
+    assert rnn.remat is None and not any(t.requires_grad for t, _, _ in seen)
+
+
 @pytest.mark.parametrize("fused", [None, False], ids=["fused", "step"])
 def test_bidirectional_step_grad_norms_are_in_time_order(fused):
     tr.manual_seed(0)

@@ -1,4 +1,6 @@
 """The Cell contract: one time step of a recurrent network, in Tensor ops."""
+import inspect
+
 import numpy as np
 
 from . import init as _init
@@ -23,11 +25,20 @@ class Cell(Module):
     optionally, ``state_names`` (diagnostics' names for them; default h, s1, ...).
     Create parameters with ``self.param(shape, init=...)``; they are named after
     the attribute they are assigned to.
+
+    ``cell.cell_options`` is the dict of constructor arguments past the two sizes, by
+    name (``{"nonlinearity": "relu"}``), recorded by ``Cell`` itself: the compiler builds
+    the same cell again at other sizes with them.
     """
 
     name = None
     num_states = 1
     state_names = _DefaultStateNames()  # e.g. ("h", "c"): diagnostics report each state by name
+
+    def __new__(cls, *args, **kwargs):
+        cell = super().__new__(cls)
+        object.__setattr__(cell, "cell_options", _options_by_name(cls, args, kwargs))
+        return cell
 
     def __init__(self, input_size, hidden_size, **options):
         super().__init__()
@@ -124,6 +135,25 @@ class Cell(Module):
                 probe.track(new, computed, None if computed is None else mask[t])
             state = new
         return ops.stack(outs, 0), state
+
+
+def _options_by_name(cls, args, kwargs):
+    """The constructor's arguments past self and the two sizes, keyed by name."""
+    signature = inspect.signature(cls.__init__)
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError:
+        return dict(kwargs)  # __init__ itself says what is wrong with the call
+    sizes = [p.name for p in signature.parameters.values() if p.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)][:3]
+    options = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            options.update(value)
+        elif name not in sizes and kind is not inspect.Parameter.VAR_POSITIONAL:
+            options[name] = value
+    return options
 
 
 def _checked_state(cell, new, old, t):

@@ -12,10 +12,8 @@ import math
 
 import numpy as np
 
-from . import ops
 from .errors import ConfigError, DataError, NonFiniteError, UserCodeError
 from .norms import l2norm, log10_norms
-from .tape import no_grad
 from .tensor import Tensor
 
 # Verdict thresholds (echoed in JSON output and documented in the README).
@@ -112,21 +110,6 @@ def verdict(norms):
     return "healthy"
 
 
-def _layer_inputs(rnn, x, state):
-    """(input sequence, initial state, cell) seen by each layer and direction, in the
-    order of the final states (no tape; a reverse direction's input is reversed in time)."""
-    seen = []
-    kept = rnn.remat
-    rnn.remat = kept or True  # only the states are needed: nothing else of a long sequence is kept
-    try:
-        with no_grad():
-            x = ops.tensor(x).astype(rnn.dtype)
-            rnn._layers(x, rnn._initial_state(state, x.shape[1], x.device), None, seen=seen)
-    finally:
-        rnn.remat = kept
-    return seen
-
-
 def _check_output(rnn, out):
     """Gradient norms of a NaN output mean nothing: say where the cell first went non-finite."""
     data = out.numpy()
@@ -142,7 +125,7 @@ def _off_tape(cell):
     Tensor ops (its step left the tape), with where the compiler's trace saw it leave."""
     from .compiler import compile_status
     from .plugins import provider_of
-    _, why = compile_status(type(cell), **getattr(cell, "_init_options", {}))
+    _, why = compile_status(type(cell), **cell.cell_options)
     why = why.replace("; keep step in Tensor ops", "")
     return UserCodeError(f"cell {type(cell).name!r} (plugin {provider_of(type(cell))!r}): its new state does not "
                          "depend on the previous state through Tensor ops, so no gradient flows through time"
@@ -183,7 +166,7 @@ def step_jacobian_norms(rnn, x, state=None, layer=0, sample=0, max_steps=JACOBIA
     ``_POWER_ITERATIONS`` gets an SVD.
     """
     from .remat import all_states
-    xs, s0, cell = _layer_inputs(rnn, x, state)[layer]
+    xs, s0, cell = rnn.layer_inputs(x, state)[layer]
     S, H = cell.num_states, cell.hidden_size
     D = S * H
     x_one = Tensor(xs.numpy()[:, sample:sample + 1])
@@ -299,7 +282,7 @@ def gate_saturation(rnn, x, state=None):
     from .compiler import CompileError, step_values
     from .remat import all_states
     sig, tanh, n_sig, n_tanh = 0, 0, 0, 0
-    for xs, s0, cell in _layer_inputs(rnn, x, state):
+    for xs, s0, cell in rnn.layer_inputs(x, state):
         T, B = xs.shape[:2]
         chunk = max(1, _SATURATION_ROWS // (B * cell.hidden_size))
         for a in range(0, T, chunk):  # a chunk of steps at a time: a long sequence's gates would not fit

@@ -8,6 +8,7 @@ from .module import Module, dropout
 from .norms import GradProbe
 from .plugins import get_cell, raise_if_user_code
 from .remat import check_remat, compiled_sequence, every_for, step_sequence
+from .tape import no_grad
 from .tensor import Tensor
 
 __all__ = ["RNN", "GradProbe"]
@@ -80,7 +81,6 @@ class RNN(Module):
             raise_if_user_code(e, "cell", cls, "while building the layer")
             raise
         for l, suffix, c in self._directions():
-            c.__dict__["_init_options"] = dict(cell_options)  # the compiler re-makes cells at probe sizes
             object.__setattr__(self, f"_cell{l}{suffix}", c)
             for p in c.parameters():
                 p.data = p.data.astype(self.dtype)
@@ -142,6 +142,23 @@ class RNN(Module):
         x, finals = self._layers(x, state, mask, probe)
         out = x.transpose(1, 0, 2) if self.batch_first else x
         return out, tuple(ops.stack([f[i] for f in finals], 0) for i in range(self.num_states))
+
+    def layer_inputs(self, x, state=None):
+        """What each layer and direction reads, in the order of the final states: a list of
+        (input (T, B, I_l), initial state tuple, cell), time-major whatever ``batch_first``
+        says, a reverse direction's input reversed in time as its cell reads it; no tape."""
+        seen = []
+        kept = self.remat
+        self.remat = kept or True  # only the states are needed: nothing else of a long sequence is kept
+        try:
+            with no_grad():
+                x = ops.tensor(x).astype(self.dtype)
+                if self.batch_first:
+                    x = x.transpose(1, 0, 2)
+                self._layers(x, self._initial_state(state, x.shape[1], x.device), None, seen=seen)
+        finally:
+            self.remat = kept
+        return seen
 
     def _layers(self, x, state, mask, probe=False, seen=None):
         """Every layer and direction over ``x`` (T, B, I) -> (top output, final states in

@@ -11,6 +11,8 @@ Passes, each small and printable (``tinygrad-rnn compile --cell NAME`` shows the
 
 ``compile_cell(cell, dtype)`` does all four for one cell instance; ``run_layer`` runs it.
 """
+import weakref
+
 import numpy as np
 
 from .. import ops
@@ -19,7 +21,7 @@ from .codegen import render
 from .plan import make_plan
 from .trace import CompileError, operand_text, trace, trace_checked
 
-__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "cuda_kernel_signatures", "generate", "run_layer",
+__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "compiled_versions", "cuda_kernel_signatures", "generate", "run_layer",
            "step_values", "inspect_cell"]
 
 
@@ -63,10 +65,10 @@ class Compiled:
 
 
 def compile_cell(cell, dtype=None):
-    """Compile ``cell`` (an instance) for ``dtype``; cached on the instance. Raises CompileError.
+    """Compile ``cell`` (an instance) for ``dtype``; cached per instance. Raises CompileError.
     Numba compiles the kernels when ``.module`` (or ``.cuda_module``) is first used."""
     dtype = np.dtype(dtype or next(iter(cell.parameters())).dtype)
-    cache = cell.__dict__.setdefault("_compiled", {})
+    cache = _cache_of(cell)
     key = (dtype, _settings(cell))  # step may read them (self.training, options): a change re-traces
     if key in cache:
         hit = cache[key]
@@ -89,6 +91,23 @@ def compile_cell(cell, dtype=None):
     compiled = Compiled(graph_text, plan, source, dtype, header, sizes)
     cache[key] = compiled
     return compiled
+
+
+def compiled_versions(cell):
+    """The Compiled objects built for this cell instance so far (one per dtype and settings)."""
+    return [c for c in _caches.get(id(cell), {}).values() if isinstance(c, Compiled)]
+
+
+# id(cell) -> {(dtype, settings): Compiled or CompileError}, dropped with the cell. Kept
+# here, not on the cell: a cell is the user's object, and may define __eq__ (unhashable).
+_caches = {}
+
+
+def _cache_of(cell):
+    if id(cell) not in _caches:
+        _caches[id(cell)] = {}
+        weakref.finalize(cell, _caches.pop, id(cell), None)
+    return _caches[id(cell)]
 
 
 class InternalCompileError(CompileError):
@@ -208,7 +227,6 @@ def compile_status(cls, **options):
     try:
         with init.seeded(0):
             cell = cls(2, 3, **options)
-        cell.__dict__["_init_options"] = dict(options)
         generate(cell, np.float32)
         return True, ""
     except CompileError as e:
@@ -229,7 +247,7 @@ def _size_formulas(cell, dtype, plan):
     the step's structure changes with size or a width is not linear.
     """
     from .. import init
-    opts = cell.__dict__.get("_init_options", {})
+    opts = getattr(cell, "cell_options", {})
     plans = []
     try:
         for I, H in _PROBES:
