@@ -61,19 +61,9 @@ def _manager():
     return _state.pm
 
 
-def _plugin_output():
-    """What plugins print while they load goes to stderr: stdout may be carrying --json."""
-    return contextlib.redirect_stdout(sys.stderr)
-
-
-def _new_pm():
-    pm = pluggy.PluginManager("tinygrad_rnn")
-    pm.add_hookspecs(hookspecs)
-    return pm
-
-
 def _build():
-    _state.pm, _state.plugins, _state.cells, _state.tasks = _new_pm(), {}, {}, {}
+    _state.pm, _state.plugins, _state.cells, _state.tasks = pluggy.PluginManager("tinygrad_rnn"), {}, {}, {}
+    _state.pm.add_hookspecs(hookspecs)
     for modname in BUILTINS:
         _add(importlib.import_module(modname), PluginInfo(modname, "builtin", "tinygrad-rnn"), explicit=True)
     if os.environ.get("TINYGRAD_RNN_NO_PLUGINS") != "1":
@@ -86,20 +76,21 @@ def _load_installed():
     """Entry points, then ``TINYGRAD_RNN_PLUGINS``: each skipped with a warning if it fails."""
     seen = set()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if (ep.name, ep.value) in seen:  # the same dist on sys.path twice lists it twice
-            continue
-        seen.add((ep.name, ep.value))
-        dist = getattr(ep.dist, "name", "") if ep.dist else ""
-        try:
-            module = ep.load()
-        except PLUGIN_FAILURES as e:  # a broken third-party plugin must not take the CLI down
-            reraise_interrupt(e)
-            _fail(PluginInfo(ep.name, "entry point", dist), f"failed to import {ep.value!r}: {_brief(e)}", False)
-            continue
-        _add(module, PluginInfo(ep.name, "entry point", dist), explicit=False,
-             alt_name=f"{ep.name} ({dist or ep.value})")
-    for spec in filter(None, os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)):
+        if (ep.name, ep.value) not in seen:  # the same dist on sys.path twice lists it twice
+            seen.add((ep.name, ep.value))
+            dist = getattr(ep.dist, "name", "") if ep.dist else ""
+            _load(PluginInfo(ep.name, "entry point", dist), ep.load, ep.value, False, f"{ep.name} ({dist or ep.value})")
+    for spec in _env_specs():
         _load_spec(spec, "env", explicit=False)
+
+
+def _plugin_output():
+    """What plugins print while they load goes to stderr: stdout may be carrying --json."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _env_specs():
+    return [s for s in os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep) if s]
 
 
 def _brief(e):
@@ -139,13 +130,17 @@ def _import_spec(spec):
 
 def _load_spec(spec, source, explicit):
     name = os.path.splitext(os.path.basename(spec))[0] if spec.endswith(".py") else spec
+    _load(PluginInfo(name, source), lambda: _import_spec(spec), spec, explicit, alt_name=spec)
+
+
+def _load(info, load, what, explicit, alt_name):
+    """Import a plugin with ``load()`` and add it; a broken one never takes the CLI down."""
     try:
-        module = _import_spec(spec)
+        module = load()
     except PLUGIN_FAILURES as e:
         reraise_interrupt(e)
-        _fail(PluginInfo(name, source), f"failed to import {spec!r}: {_brief(e)}", explicit)
-        return
-    _add(module, PluginInfo(name, source), explicit, alt_name=spec)
+        return _fail(info, f"failed to import {what!r}: {_brief(e)}", explicit)
+    _add(module, info, explicit, alt_name)
 
 
 def _same_file_loaded(plugin):
@@ -276,8 +271,7 @@ def plugin_files():
     """(where, path) of each plugin's source file: the ``--plugin`` and ``TINYGRAD_RNN_PLUGINS``
     paths and the files of the plugin modules loaded, which an output must never overwrite."""
     files = [("--plugin", s) for s in _state.explicit if _is_path(s)]
-    files += [("TINYGRAD_RNN_PLUGINS", s) for s in os.environ.get("TINYGRAD_RNN_PLUGINS", "").split(os.pathsep)
-              if _is_path(s)]
+    files += [("TINYGRAD_RNN_PLUGINS", s) for s in _env_specs() if _is_path(s)]
     if _state.pm is not None:
         files += [("plugin", p.__file__) for p in _state.pm.get_plugins() if getattr(p, "__file__", None)]
     return files
@@ -309,36 +303,37 @@ def reset():
     _state.explicit = []
 
 
-def _lookup(table_name, name, kind):
+def _table(kind):
     _manager()
-    table = getattr(_state, table_name)
+    return getattr(_state, kind)
+
+
+def _lookup(kind, name):
+    table = _table(kind)
     key = name.lower() if isinstance(name, str) else name
     if key not in table:
         known = ", ".join(sorted({e.cls.name for e in table.values()}))
-        raise UnknownNameError(f"unknown {kind} {name!r}; registered: {known}")
+        raise UnknownNameError(f"unknown {kind[:-1]} {name!r}; registered: {known}")
     return table[key].cls
 
 
 def get_cell(name):
     """The cell class registered under ``name`` (or an alias)."""
-    return _lookup("cells", name, "cell")
+    return _lookup("cells", name)
 
 
 def get_task(name):
-    return _lookup("tasks", name, "task")
+    """The task class registered under ``name`` (or an alias)."""
+    return _lookup("tasks", name)
 
 
-def _listing(table_name):
-    _manager()
-    table = getattr(_state, table_name)
-    seen, out = set(), []
-    for entry in table.values():
-        if entry.cls.name not in seen:
-            seen.add(entry.cls.name)
-            dist = _state.plugins[entry.plugin].distribution if entry.plugin in _state.plugins else ""
-            out.append({"name": entry.cls.name, "plugin": entry.plugin, "distribution": dist,
-                        "aliases": list(entry.aliases), "doc": _description(entry.cls)})
-    return out
+def _listing(kind):
+    first = {}  # one row per class, not one per alias
+    for entry in _table(kind).values():
+        first.setdefault(entry.cls.name, entry)
+    return [{"name": e.cls.name, "plugin": e.plugin,
+             "distribution": _state.plugins[e.plugin].distribution if e.plugin in _state.plugins else "",
+             "aliases": list(e.aliases), "doc": _description(e.cls)} for e in first.values()]
 
 
 def _description(cls):
