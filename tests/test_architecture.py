@@ -5,6 +5,8 @@ Every import counts, at the top of a module or deferred inside a function: a def
 import hides a cycle from Python at import time, not from the reader. The plugin
 loader's import by name (``importlib.import_module``) is not an import statement and is
 exempt, which is what lets the built-in cells import ``tinygrad_rnn`` like any plugin.
+
+And every citation leads somewhere: no file cites notes that the repository does not ship.
 """
 import ast
 import os
@@ -121,3 +123,20 @@ if __name__ == "__main__":  # python tests/test_architecture.py: every cycle, al
     for c in cycles(graph):
         print(describe(c, graph, mods))
     pytest.main([__file__, "-q"])
+
+
+def test_no_file_cites_notes_that_are_not_in_the_repository():
+    """Comments and docs cite the measurement or the benchmark that makes it: the project's
+    working notes are not shipped, so a reader could not follow a citation of them."""
+    notes = tuple(name + ".md" for name in ("FACTS", "DESIGN", "STYLE"))
+    cited = []
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("build", "dist", "__pycache__")
+                         and not d.endswith(".egg-info")]
+        for name in files:
+            if name.endswith((".py", ".md", ".toml", ".txt", ".cfg")):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    for number, line in enumerate(f, 1):
+                        cited += [f"{os.path.relpath(path, ROOT)}:{number}: {note}" for note in notes if note in line]
+    assert not cited, "\n".join(cited)
