@@ -74,6 +74,8 @@ def test_one_hot_by_indexing_never_builds_a_v_by_v_matrix(monkeypatch):
 @pytest.mark.parametrize("change,match", [
     (lambda m: m.update(step=-1), "'step' must be an integer >= 0, got -1"),
     (lambda m: m.update(step="3"), "'step' must be an integer >= 0, got '3'"),
+    (lambda m: m.update(step=10 ** 30), r"'step' must be an integer below 2\*\*63, got 1000000000000000000000000000000"),
+    (lambda m: m["config"].update(seed=10 ** 30), r"config field 'seed' must be an integer below 2\*\*63"),
     (lambda m: m["config"].update(lr=-1), "config field 'lr' must be a finite number > 0 and <= 1e\\+06, got -1"),
     (lambda m: m["config"].update(lr=0), "config field 'lr' must be a finite number > 0 and <= 1e\\+06, got 0"),
     (lambda m: m["config"].update(optimizer="lbfgs"), "config field 'optimizer' must be one of sgd, adam, rmsprop"),
@@ -91,6 +93,8 @@ def test_header_fields_are_checked_by_type_and_range(tmp_path, change, match):
 
 @pytest.mark.parametrize("change,match", [
     (lambda a: a.update({"optim/lr": np.asarray(-1.0)}), "optimizer state 'lr' must be a finite number >= 0"),
+    (lambda a: a.update({"optim/steps": np.asarray(2 ** 63, np.uint64)}),
+     r"optimizer state 'steps' must be an integer below 2\*\*63, got 9223372036854775808"),
     (lambda a: a.update({"optim/0.m": np.zeros((7, 7), np.float32)}), r"state '0.m' must be a finite float array of shape"),
     (lambda a: a.update({"optim/0.momentum": np.zeros((3, 1), np.float32)}), "unexpected entry '0.momentum'"),
     (lambda a: a.update({"optim/99.m": np.zeros(3, np.float32)}), "unexpected entry '99.m'"),
@@ -201,6 +205,9 @@ def _set(section, key, value):
     (_set(None, "scheduler", None), "header field 'scheduler' must be an object, got None"),
     (_set("early_stop", "best", "x"), "early_stop field 'best' must be a number"),
     (_set("early_stop", "bad", -7), "early_stop field 'bad' must be an integer >= 0, got -7"),
+    (_set("early_stop", "bad", 2 ** 63), r"early_stop field 'bad' must be an integer below 2\*\*63, got 9223"),
+    (_set("early_stop", "best_step", 2 ** 63), r"'best_step' must be an integer below 2\*\*63, got 9223"),
+    (_set("scheduler", "last_epoch", 10 ** 30), r"scheduler field 'last_epoch' must be an integer below 2\*\*63"),
     (_set("early_stop", "best_step", "y"), "early_stop field 'best_step' must be null or an integer >= 0"),
     (_set("early_stop", "best_step", 99), r"'best_step' \(99\) is past the checkpoint's step 2"),
     (_set(None, "early_stop", None), "header field 'early_stop' must be an object with keys best, best_step, bad"),

@@ -27,7 +27,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
-from . import init, limits, optim, options, safeio
+from . import init, limits, options, safeio
 from .errors import Error, ResourceError
 
 FORMAT = "tinygrad-rnn-checkpoint"
@@ -267,11 +267,12 @@ REQUIRED = ("cell", "task", "seq_len", "hidden", "layers", "batch", "optimizer",
 
 
 HEADER = ("format", "version", "step", "config", "rng", "init_rng", "scheduler", "early_stop")
-EARLY_STOP = {  # the early-stopping record: key -> (check, what it must be)
+EARLY_STOP = {  # the early-stopping record: key -> (check, what it must be, for the value found)
     "best": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v),
-             "a number (Infinity before the first evaluation)"),
-    "best_step": (lambda v: v is None or _int(v, 0), "null or an integer >= 0"),
-    "bad": (lambda v: _int(v, 0), "an integer >= 0"),
+             lambda v: "a number (Infinity before the first evaluation)"),
+    "best_step": (lambda v: v is None or _int(v, 0),
+                  lambda v: options.integer_what(0, value=v) if options.past_c_long(v) else "null or an integer >= 0"),
+    "bad": (lambda v: _int(v, 0), lambda v: options.integer_what(0, value=v)),
 }
 
 
@@ -288,7 +289,8 @@ def validate_run(meta, arrays, path):
         raise CheckpointError(f"{path!r} is incomplete: no {', '.join(missing) or 'config'}")
     _no_unknown(path, "header", meta, HEADER)
     if not _int(meta["step"], 0):
-        raise CheckpointError(f"{path!r}: header field 'step' must be an integer >= 0, got {options.shown(meta['step'])}")
+        raise CheckpointError(f"{path!r}: header field 'step' must be {options.integer_what(0, value=meta['step'])}, "
+                              f"got {options.shown(meta['step'])}")
     for key in ("rng", "init_rng"):
         if not isinstance(meta[key], dict) or "bit_generator" not in meta[key]:
             raise CheckpointError(f"{path!r}: header field {key!r} is not a random generator state")
@@ -312,7 +314,8 @@ def validate_run(meta, arrays, path):
                                   f"{', '.join(EARLY_STOP)}, got {early!r}")
         for key, (check, what) in EARLY_STOP.items():
             if not check(early[key]):
-                raise CheckpointError(f"{path!r}: early_stop field {key!r} must be {what}, got {options.shown(early[key])}")
+                raise CheckpointError(f"{path!r}: early_stop field {key!r} must be {what(early[key])}, "
+                                      f"got {options.shown(early[key])}")
         if early["best_step"] is not None and early["best_step"] > meta["step"]:
             raise CheckpointError(f"{path!r}: early_stop field 'best_step' ({early['best_step']}) is past the "
                                   f"checkpoint's step {meta['step']}")
@@ -321,7 +324,8 @@ def validate_run(meta, arrays, path):
             raise CheckpointError(f"{path!r}: optimizer state has no scalar {key[6:]!r}")
     steps, lr = arrays["optim/steps"].item(), arrays["optim/lr"].item()
     if not _int(steps, 0):
-        raise CheckpointError(f"{path!r}: optimizer state 'steps' must be an integer >= 0, got {steps!r}")
+        raise CheckpointError(f"{path!r}: optimizer state 'steps' must be {options.integer_what(0, value=steps)}, "
+                              f"got {options.shown(steps)}")
     if not _num(lr, 0):  # 0 is where a cosine schedule ends
         raise CheckpointError(f"{path!r}: optimizer state 'lr' must be a finite number >= 0, got {lr!r}")
     return config
@@ -337,11 +341,12 @@ def _no_unknown(path, what, fields, known):
 # Scheduler state entries whose range is narrower than "a number >= 0" (an integer where the
 # schedule has one); a bad one would divide by zero or grow the rate.
 SCHEDULER_FIELDS = {
-    "step_size": (lambda v: _int(v, 1), "an integer >= 1"), "T_max": (lambda v: _int(v, 1), "an integer >= 1"),
-    "gamma": (lambda v: _num(v, 0, open_lo=True) and v <= 1, "a number in (0, 1]"),
-    "factor": (lambda v: _num(v, 0, open_lo=True) and v <= 1, "a number in (0, 1]"),
+    "step_size": (lambda v: _int(v, 1), lambda v: options.integer_what(1, value=v)),
+    "T_max": (lambda v: _int(v, 1), lambda v: options.integer_what(1, value=v)),
+    "gamma": (lambda v: _num(v, 0, open_lo=True) and v <= 1, lambda v: "a number in (0, 1]"),
+    "factor": (lambda v: _num(v, 0, open_lo=True) and v <= 1, lambda v: "a number in (0, 1]"),
     "best": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v),
-             "a number (Infinity before the first evaluation)"),
+             lambda v: "a number (Infinity before the first evaluation)"),
 }
 
 
@@ -360,11 +365,12 @@ def check_scheduler(path, state, sched):
         if key in SCHEDULER_FIELDS:
             check, what = SCHEDULER_FIELDS[key]
         elif isinstance(now, int):
-            check, what = (lambda v: _int(v, 0)), "an integer >= 0"
+            check, what = (lambda v: _int(v, 0)), (lambda v: options.integer_what(0, value=v))
         else:
-            check, what = (lambda v: _num(v, 0)), "a finite number >= 0"
+            check, what = (lambda v: _num(v, 0)), (lambda v: "a finite number >= 0")
         if not check(state[key]):
-            raise CheckpointError(f"{path!r}: scheduler field {key!r} must be {what}, got {options.shown(state[key])}")
+            raise CheckpointError(f"{path!r}: scheduler field {key!r} must be {what(state[key])}, "
+                                  f"got {options.shown(state[key])}")
 
 
 # ---- a training run, saved and restored ---------------------------------------------------

@@ -103,11 +103,10 @@ class Option:
     def what(self, value=None):
         """What a valid value is, in words: 'an integer >= 1', 'null or a finite number >= 0'
         (for ``value``, when that is an integer too large for any range: 'an integer below 2**63')."""
-        if self.kind == "int" and isinstance(value, numbers.Integral) and value > MAX_INT:
-            return "an integer below 2**63"
+        if self.kind == "int" and past_c_long(value):
+            return integer_what(self.lo, self.hi, value)  # not "null or ...": the value is an integer
         if self.kind == "int":
-            lo, hi = self.lo, self.hi if self.hi is not None else None
-            what = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+            what = integer_what(self.lo, self.hi)
         elif self.kind == "float":
             if self.hi is not None and self.hi <= 1:
                 what = f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
@@ -266,6 +265,18 @@ def check(name, value):
     option = BY_NAME[name]
     if not option.valid(value):
         raise ConfigError(f"{name} must be {option.what(value)}, got {shown(value)}")
+
+
+def integer_what(lo, hi=None, value=None):
+    """'an integer >= lo' (or 'in [lo, hi]'); for ``value``, when that is an integer too large
+    for any range (NumPy's conversions overflow past a C long), 'an integer below 2**63'."""
+    if past_c_long(value):
+        return "an integer below 2**63"
+    return f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+
+def past_c_long(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > MAX_INT
 
 
 def shown(value):

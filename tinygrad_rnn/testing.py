@@ -389,7 +389,7 @@ def check_cuda_matches_cpu(cell, **sizes):
     gradient and per-step norms, with padded rows, in float64 (to 1e-10 relative). Runs on
     a GPU; without one, in Numba's simulator in a subprocess when TINYGRAD_RNN_CHECK_CUDASIM=1
     (slow); else skipped."""
-    case, check = _Case(cell, sizes), "cuda_matches_cpu"
+    case = _Case(cell, sizes)
     simulating = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if not simulating:
         from .backend import cuda_available
