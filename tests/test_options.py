@@ -35,7 +35,7 @@ def test_checkpoint_fields_and_grid_axes_come_from_the_table():
     ("hidden", 0, "hidden must be an integer >= 1, got 0"),
     ("hidden", 2.0, "hidden must be an integer >= 1, got 2.0"),
     ("hidden", True, "hidden must be an integer >= 1, got True"),
-    ("seed", 10 ** 50, "seed must be an integer below 2**63, got 10000000000000000000...(51 characters)"),
+    ("seed", 10 ** 50, "seed must be an integer in [0, 2**63 - 1], got 10000000000000000000...(51 characters)"),
     ("lr", float("nan"), "lr must be a finite number > 0 and <= 1e+06, got nan"),
     ("dropout", 1, r"dropout must be a number in [0, 1), got 1"),
     ("clip_norm", -1, "clip_norm must be null or a finite number >= 0 and <= 1e+12, got -1"),

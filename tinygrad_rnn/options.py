@@ -102,7 +102,7 @@ class Option:
 
     def what(self, value=None):
         """What a valid value is, in words: 'an integer >= 1', 'null or a finite number >= 0'
-        (for ``value``, when that is an integer too large for any range: 'an integer below 2**63')."""
+        (for ``value``, when that is an integer too large for any range: 'an integer in [1, 2**63 - 1]')."""
         if self.kind == "int" and past_c_long(value):
             return integer_what(self.lo, self.hi, value)  # not "null or ...": the value is an integer
         if self.kind == "int":
@@ -269,9 +269,9 @@ def check(name, value):
 
 def integer_what(lo, hi=None, value=None):
     """'an integer >= lo' (or 'in [lo, hi]'); for ``value``, when that is an integer too large
-    for any range (NumPy's conversions overflow past a C long), 'an integer below 2**63'."""
-    if past_c_long(value):
-        return "an integer below 2**63"
+    for any range (NumPy's conversions overflow past a C long), 'an integer in [lo, 2**63 - 1]'."""
+    if hi is None and past_c_long(value):
+        return f"an integer in [{lo}, 2**63 - 1]"
     return f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
 
 
