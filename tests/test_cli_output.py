@@ -65,6 +65,17 @@ def test_negative_seed_is_refused_clearly():
         training.train(cell="rnn", task="sum", seq_len=4, hidden=2, batch=2, steps=1, seed=-1)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"nonsense": 1}, "train() got an unexpected keyword argument 'nonsense'"),
+    ({"hiden": 4}, "train() got an unexpected keyword argument 'hiden'. Did you mean 'hidden'?"),
+    ({"cell": "rnn", "seq_lenn": 4}, "train() got an unexpected keyword argument 'seq_lenn'. Did you mean 'seq_len'?"),
+])
+def test_an_unknown_train_argument_is_a_typeerror_worded_like_pythons(kwargs, message):
+    with pytest.raises(TypeError) as e:
+        tr.train(**kwargs)
+    assert str(e.value) == message
+
+
 def test_a_tiny_temperature_samples_greedily_instead_of_nan(tmp_path):
     path = str(tmp_path / "char.npz")
     training.train(cell="gru", task="text", seq_len=8, hidden=6, batch=4, steps=2, save=path)

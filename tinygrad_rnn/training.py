@@ -5,12 +5,13 @@ the summary, the trained model and its task. ``_Run`` holds a run's state: ``set
 or resumes it (``checkpoint.restore``), ``loop`` trains step by step, ``finish`` saves
 (``checkpoint.snapshot``) and evaluates.
 """
+import difflib
 import math
 import numbers
 import os
 import sys
 import time
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 
 import numpy as np
 
@@ -259,6 +260,12 @@ def train(*args, **kwargs):
     every process draws the same global batch, trains on its shard, and ``parallel``
     sums the weighted gradients and loss across processes before clipping and the update.
     """
+    known = [f.name for f in fields(TrainConfig)]
+    for key in kwargs:
+        if key not in known:  # said as Python says it of a plain function, not of TrainConfig.__init__
+            close = difflib.get_close_matches(key, known, n=1)
+            raise TypeError(f"train() got an unexpected keyword argument {key!r}"
+                            + (f". Did you mean {close[0]!r}?" if close else ""))
     if "explicit" not in kwargs:  # from Python, the arguments passed are the ones chosen
         kwargs["explicit"] = set(kwargs)
     return fit(TrainConfig(*args, **kwargs)).summary
