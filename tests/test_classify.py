@@ -10,7 +10,7 @@ import cli
 import tinygrad_rnn as tr
 from tinygrad_rnn import limits, plugins
 from tinygrad_rnn.classify import Classify, load_classification, stratified_split
-from tinygrad_rnn.errors import ResourceError
+from tinygrad_rnn.errors import ConfigError, ResourceError
 from tinygrad_rnn.model import SequenceModel
 from tinygrad_rnn.tasks import TaskError
 from tinygrad_rnn.tensor import Tensor
@@ -224,6 +224,24 @@ def test_cli_train_json_diagnose_and_errors(tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.strip().splitlines() == [f"Error: task 'classify': {bad!r}: array 'y' holds one class only (0): "
                                              "classification needs at least two"]
+
+
+def test_a_seq_len_other_than_the_files_is_refused_not_ignored(tmp_path):
+    """The file's T is the sequence length: --seq-len 50 would not apply, so it is an error
+    (as --bptt is on a task that is not a stream), not a run that quietly used T."""
+    path = make(tmp_path, **good_arrays())
+    why = f"does not apply to task 'classify': its sequences are its data's, {T} steps long"
+    with pytest.raises(ConfigError, match=f"seq_len=50 {why}; drop seq_len="):
+        tr.train(cell="rnn", task="classify", data=path, seq_len=50, hidden=4, steps=1, batch=4)
+    with pytest.raises(ConfigError, match=f"seq_len=50 {why}"):
+        tr.report.diagnose(cells=["rnn"], task="classify", data=path, seq_len=50, hidden=4, batch=4)
+    runner = CliRunner()
+    for command in ("train", "diagnose"):
+        r = runner.invoke(cli.main, [command, "--task", "classify", "--data", path, "--cell", "rnn", "--seq-len", "50",
+                                     "--hidden", "4", "--batch", "4", "--steps", "1"])
+        assert r.exit_code == 1 and r.output.strip().splitlines() == [f"Error: --seq-len 50 {why}; drop --seq-len"]
+    s = tr.train(cell="rnn", task="classify", data=path, seq_len=T, hidden=4, steps=1, batch=4)  # the file's own T
+    assert s["seq_len"] == T
 
 
 def test_other_tasks_take_no_lengths():

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 
-from . import diagnostics
+from . import diagnostics, options
 from .errors import DependencyError, Error
 from .plugins import get_task, raise_if_user_code
 from .tensor import Tensor
-from .training import TrainConfig, build, fit, remat_options
+from .training import TrainConfig, build, check_seq_len, fit, remat_options
 
 
 # diagnose recomputes the activations (remat) when keeping them would take more than this:
@@ -67,6 +67,8 @@ def _diagnose(cells=("rnn", "lstm", "gru"), task="adding", seq_len=100, init_sch
                           bidirectional=bidirectional, cell_options=cell_options, weights=weights,
                           **remat_options(remat))
         task_obj, model = build(run.settings(), remat)  # the model at initialisation: what fit(run) starts from
+        if seq_len != options.BY_NAME["seq_len"].default:  # chosen (a default cannot be told apart)
+            check_seq_len(task_obj, seq_len)
         report["seq_len"] = task_obj.seq_len  # classify: the data file's T
         x, y = task_obj.batch(np.random.default_rng(seed + 1), batch)
         entry = {"cell": cell, **diagnostics.diagnose_cell(model, task_obj, Tensor(x, device=device), y,

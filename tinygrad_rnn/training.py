@@ -327,6 +327,8 @@ class _Run:
             self.locks = safeio.lock_outputs([("save=", cfg.save), ("log=", cfg.log)])
         self.task, self.model = build(dict(settings, weights=None) if meta else settings,  # resumed: its own
                                        cfg.remat_setting)
+        if not meta and _chosen(cfg, options.BY_NAME["seq_len"]):
+            check_seq_len(self.task, cfg.seq_len)
         settings["seq_len"] = self.task.seq_len  # classify: the data file's T
         if getattr(self.task, "vocab", None) is not None:
             settings["vocab"] = "".join(self.task.vocab)  # checkpoints carry the character mapping
@@ -566,6 +568,14 @@ def _resumed_settings(cfg, given, meta, arrays):
     if "data" in cfg.explicit and cfg.data:
         settings["data"] = cfg.data  # the same file, or where the run's file has moved to
     return settings
+
+
+def check_seq_len(task, seq_len):
+    """A task whose sequences have their data's length (classify: the file's T) refuses any
+    other ``seq_len``: it would not apply, and going on without it would hide that."""
+    if task.seq_len != seq_len:
+        raise ConfigError(f"seq_len={seq_len} does not apply to task {task.name!r}: its sequences are its data's, "
+                          f"{task.seq_len} steps long; drop seq_len=")
 
 
 def _check_bptt(settings, task):
