@@ -221,10 +221,13 @@ def test_an_output_on_a_plugin_named_in_the_environment_is_refused(tmp_path, mon
     ("data.npy", None, "a NumPy .npy array"),
     ("other.npz", None, "a zip archive (.npz)"),
     ("blob.bin", bytes(range(256)) * 4, "binary data"),
+    ("model.safetensors", "safetensors", "a safetensors checkpoint"),
 ])
 def test_save_refuses_to_replace_a_file_that_is_not_a_checkpoint(tmp_path, name, content, holds):
     path = tmp_path / name
-    if content is not None:
+    if content == "safetensors":  # another library's weights (a tinygrad_rnn checkpoint is one too)
+        safetensors.numpy.save_file({"weight": np.ones((2, 3), np.float32)}, str(path))
+    elif content is not None:
         path.write_bytes(content)
     elif name.endswith(".npy"):
         np.save(path, np.arange(5.0))
@@ -258,6 +261,15 @@ def test_log_refuses_to_append_to_a_file_that_is_not_a_log(tmp_path):
         assert result.exit_code == 1
         assert f"--log {str(path)!r} already exists and is not a tinygrad_rnn JSON Lines log" in result.stderr
         assert path.read_bytes() == content
+
+
+def test_log_names_a_checkpoint_it_refuses_as_one(tmp_path):
+    path = tmp_path / "run.ckpt"
+    train(**TINY, save=str(path))
+    result = run("train", "--cell", "rnn", *CLI_TINY, "--log", str(path))
+    assert result.exit_code == 1
+    assert f"--log {str(path)!r} already exists and is not a tinygrad_rnn JSON Lines log (it holds a safetensors " \
+           "checkpoint)" in result.stderr
 
 
 def test_log_appends_to_its_own_log(tmp_path):

@@ -82,11 +82,13 @@ def describe(path):
     """What a file holds, in a few words, from its first bytes and its name."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
+            head, size = f.read(4096), os.fstat(f.fileno()).st_size
     except OSError as e:
         return f"something unreadable: {e.strerror}"
     if head.startswith(b"\x93NUMPY"):
         return "a NumPy .npy array"
+    if len(head) > 8 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return "a safetensors checkpoint"  # its format: a u64 header length, then the JSON header
     if head.startswith(b"PK"):
         return "a zip archive (.npz)"
     if path.endswith(".py"):
