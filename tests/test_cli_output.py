@@ -104,7 +104,12 @@ def test_diagnose_on_a_cell_that_produces_nan_says_so(tmp_path):
     # with a cold kernel cache the compile note comes first (the kernels, backward too, compile before the run)
     line, = [x for x in result.stderr.strip().splitlines() if not x.startswith("note: compiling")]
     assert line.startswith("Error: cell 'nancell' produces a non-finite output (nan) at time step 0")
+    assert line.endswith("(check its step, --init and --hidden)")
     assert "SVD" not in result.output
+    tr.load_plugin(str(path))
+    with np.errstate(all="ignore"), pytest.raises(tr.errors.NonFiniteError) as e:  # from Python, in its names
+        tr.report.diagnose(cells=["nancell"], seq_len=4, hidden=3)
+    assert str(e.value).endswith("(check its step, init_scheme= and hidden=)")
 
 
 def test_diagnose_accepts_data_for_the_series_task(tmp_path):

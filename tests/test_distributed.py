@@ -426,8 +426,11 @@ def test_distributed_dropout_is_refused_not_silently_different():
     pytest.importorskip("mpi4py")
     from tinygrad_rnn.distributed import mpi
     from tinygrad_rnn.errors import Error
-    with pytest.raises(Error, match="--dropout with --distributed"):
+    with pytest.raises(Error, match=r"^dropout=0.2 is not supported in distributed training yet"):
         mpi.train(cell="gru", task="adding", seq_len=5, hidden=4, layers=2, dropout=0.2, steps=1)
+    result = CliRunner().invoke(cli.main, ["train", "--distributed", "--cell", "gru", "--task", "adding", "--seq-len",
+                                           "5", "--hidden", "4", "--layers", "2", "--dropout", "0.2", "--steps", "1"])
+    assert result.exit_code == 1 and "Error: --dropout 0.2 is not supported in distributed training yet" in result.output
 
 
 def test_diagnose_heatmap_colours_the_horizon_as_a_fraction_of_t(tmp_path, monkeypatch):

@@ -343,8 +343,8 @@ def mpmd_each(tmp_path, *per_rank):
 
 
 @needs_mpi
-@pytest.mark.parametrize("rank_1, named", [(["--lr", "0.01"], "--lr is 0.01 on rank 1 but 0.001 on rank 0"),
-                                           (["--hidden", "5"], "--hidden is 5 on rank 1 but 3 on rank 0")])
+@pytest.mark.parametrize("rank_1, named", [(["--lr", "0.01"], "--lr 0.01 on rank 1 but --lr 0.001 on rank 0"),
+                                           (["--hidden", "5"], "--hidden 5 on rank 1 but --hidden 3 on rank 0")])
 def test_ranks_started_with_different_settings_all_stop_with_one_line(tmp_path, rank_1, named):
     r = mpmd_each(tmp_path, SUM, SUM + rank_1)
     assert r.returncode != 0

@@ -117,7 +117,7 @@ def _check_output(rnn, out):
         t = int(np.argwhere(~np.isfinite(data))[0][0])
         raise NonFiniteError(f"cell {rnn.cell_class.name!r} produces a non-finite output "
                              f"({data[t][~np.isfinite(data[t])][0]}) at time step {t}: its gradients cannot "
-                             "be measured (check its step, --init and --hidden)")
+                             "be measured (check its step, init_scheme= and hidden=)")
 
 
 def _off_tape(cell):

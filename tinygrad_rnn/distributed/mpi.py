@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .. import training
+from .. import options, training
 from ..errors import Error
 from ..tensor import Tensor
 
@@ -109,9 +109,11 @@ def check_start(comm, settings):
         differ = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
         if differ:
             k = differ[0]
-            name = f"--{k.replace('_', '-')}" if k in ours and " " not in k and not k.isupper() else k
-            raise DistributedError(f"the ranks were started with different settings: {name} is {theirs.get(k)} "
-                                   f"on rank {rank} but {ours.get(k)} on rank 0"
+            if k in options.BY_NAME:  # the CLI says --lr 0.01 for lr=0.01
+                differs = f"{k}={theirs.get(k)} on rank {rank} but {k}={ours.get(k)} on rank 0"
+            else:
+                differs = f"{k} is {theirs.get(k)} on rank {rank} but {ours.get(k)} on rank 0"
+            raise DistributedError(f"the ranks were started with different settings: {differs}"
                                    f"{f' (and {len(differ) - 1} more)' if len(differ) > 1 else ''}; give every "
                                    "rank the same command line, files and environment")
 
@@ -251,8 +253,9 @@ def train(**kwargs):
     ``processes`` says how many ranks took part.
     """
     if kwargs.get("dropout"):
-        raise DistributedError("--dropout with --distributed is not supported yet: each process would draw "
-                               "its own dropout masks, so the run would not equal the single-process one")
+        raise DistributedError(f"dropout={kwargs['dropout']} is not supported in distributed training yet: each "
+                               "process would draw its own dropout masks, so the run would not equal the "
+                               "single-process one")
     settings = settings_of(kwargs)
     comm = world()
     parallel = DataParallel(comm)
