@@ -106,6 +106,13 @@ def test_bad_files_name_the_array(tmp_path, case, change, message):
     assert Unpickled.seen == []
 
 
+def test_no_data_file_is_asked_for_by_the_argument_that_gives_one():
+    with pytest.raises(TaskError, match=r"needs a data file: data=FILE.npz holding"):
+        tr.train(task="classify", steps=1)
+    r = CliRunner().invoke(cli.main, ["train", "--task", "classify", "--steps", "1"])
+    assert r.exit_code == 1 and "needs a data file: --data FILE.npz holding" in r.output, r.output
+
+
 def test_not_an_npz_and_no_file(tmp_path):
     path = tmp_path / "data.npz"
     path.write_text("x,y\n1,2\n")

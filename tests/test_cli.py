@@ -100,7 +100,7 @@ def test_diagnose_plot(tmp_path):
     (["train", "--optimizer", "adagrad"], 2, "--optimizer"),
     (["train", "--bptt", "5", "--steps", "1"], 1, "stream tasks"),
     (["train", "--task", "text", "--data", "/no/such/file.txt"], 1, "no such file"),
-    (["train", "--task", "series"], 1, "needs a data file"),
+    (["train", "--task", "series"], 1, "needs a data file: --data PATH (.npy or .csv)"),
     (["train", "--resume", "/no/such.npz"], 1, "no such checkpoint"),
     (["generate", "--checkpoint", "/no/such.npz"], 1, "no such checkpoint"),
     (["gradcheck", "--cell", "nope"], 2, "unknown cell"),

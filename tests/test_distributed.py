@@ -422,6 +422,13 @@ def test_sweep_refuses_a_bad_cell_option_before_starting():
     assert not os.path.exists("never.jsonl")
 
 
+def test_distributed_without_mpi4py_says_what_to_install(monkeypatch):
+    from tinygrad_rnn.errors import Error
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
+    with pytest.raises(Error, match=r"^distributed training needs mpi4py and an MPI: pip install 'tinygrad-rnn\[mpi\]'$"):
+        mpi.world()
+
+
 def test_distributed_dropout_is_refused_not_silently_different():
     pytest.importorskip("mpi4py")
     from tinygrad_rnn.distributed import mpi

@@ -313,6 +313,9 @@ def test_trimming_keeps_earlier_runs_in_the_same_log_and_cuts_a_torn_line(tmp_pa
     assert safeio.trim_log(str(log), 2) == 2
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 1, 2]
     assert safeio.trim_log(str(log), None) == 0 and safeio.trim_log(str(tmp_path / "none.jsonl"), 3) == 0
+    log.write_text("my notes\n")  # replaced by something else since the run checked it: named as Python says it
+    with pytest.raises(safeio.OutputError, match=r"^log= '.*run.jsonl' is not a tinygrad_rnn log$"):
+        safeio.trim_log(str(log), 2)
 
 
 def test_plot_replaces_an_earlier_plot_never_a_users_file(tmp_path):

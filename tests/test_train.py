@@ -109,7 +109,7 @@ def test_series_task_reads_csv_and_npy_and_names_bad_values(tmp_path):
     np.save(tmp_path / "bad.npy", bad)
     with pytest.raises(tasks.TaskError, match="row 123, column 0"):
         tr.get_task("series")(seq_len=20, data=str(tmp_path / "bad.npy"))
-    with pytest.raises(tasks.TaskError, match="needs a data file"):
+    with pytest.raises(tasks.TaskError, match=r"needs a data file: data=PATH \(.npy or .csv\)"):
         tr.get_task("series")(seq_len=20)
 
 

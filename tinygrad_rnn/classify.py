@@ -174,7 +174,7 @@ class Classify(Task):
     def __init__(self, seq_len=100, data=None, eval_fraction=0.1, **options):
         super().__init__(seq_len, data, **options)
         if not data:
-            raise TaskError("task 'classify' needs a data file: --data FILE.npz holding x (N, T, F) and y (N,)")
+            raise TaskError("task 'classify' needs a data file: data=FILE.npz holding x (N, T, F) and y (N,)")
         if isinstance(eval_fraction, bool) or not isinstance(eval_fraction, (int, float)) \
                 or not 0 < eval_fraction < 1:
             raise TaskError(f"task 'classify': eval_fraction must be a number in (0, 1), got {eval_fraction!r}")

@@ -399,9 +399,9 @@ def trim_log(path, last_step):
     except FileNotFoundError:
         return 0
     except OSError as e:
-        raise OutputError(f"--log {path!r}: cannot read ({e.strerror})") from None
+        raise OutputError(f"log= {path!r}: cannot read ({e.strerror})") from None
     if found is None:
-        raise OutputError(f"--log {path!r} is not a tinygrad_rnn log")
+        raise OutputError(f"log= {path!r} is not a tinygrad_rnn log")
     lines, torn = found
     start = len(lines) - 1
     while start > 0 and lines[start - 1][1] <= lines[start][1]:

@@ -295,7 +295,7 @@ class Series(_Stream):
     def __init__(self, seq_len=100, data=None, **options):
         super().__init__(seq_len, data, **options)
         if not data:
-            raise TaskError("task 'series' needs a data file: --data PATH (.npy or .csv)")
+            raise TaskError("task 'series' needs a data file: data=PATH (.npy or .csv)")
         values = load_series(data)
         self.input_size = self.output_size = values.shape[1]
         self._split(values)

@@ -32,7 +32,7 @@ def world():
     try:
         from mpi4py import MPI
     except ImportError:
-        raise DistributedError("--distributed needs mpi4py and an MPI: pip install 'tinygrad-rnn[mpi]'") from None
+        raise DistributedError("distributed training needs mpi4py and an MPI: pip install 'tinygrad-rnn[mpi]'") from None
     return MPI.COMM_WORLD
 
 
