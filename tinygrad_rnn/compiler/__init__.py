@@ -5,8 +5,10 @@ Passes, each small and printable (``tinygrad-rnn compile --cell NAME`` shows the
 1. ``trace``   run ``step`` once on real tensors, recording its primitives (a Graph);
 2. ``plan``    split ``cat([x, h]) @ W``, prune, sort equations into param / hoisted /
                per-step work, and cut the per-step work into stages at recurrent products;
-3. ``codegen`` render stage kernels and time loops as plain Python for Numba, with the
-               derivatives taken from the op table's VJPs;
+3. ``lower``   lower the plan to the kernel IR (``kir``): stage kernels per row of the
+               batch, derivatives taken from the op table's VJPs, and one driver
+               description; ``render_cpu`` and ``render_cuda`` print it as plain Python
+               for ``numba.njit`` and ``numba.cuda``;
 4. ``runtime`` cache the source on disk, load it, and run a layer as one op on the tape.
 
 ``compile_cell(cell, dtype)`` does all four for one cell instance; ``run_layer`` runs it.
@@ -15,7 +17,7 @@ import numpy as np
 
 from .. import ops
 from ..tensor import Tensor
-from .codegen import render
+from .render_cpu import render
 from .plan import make_plan
 from .trace import CompileError, operand_text, trace, trace_checked
 
@@ -47,8 +49,8 @@ class Compiled:
 
     @property
     def cuda_source(self):
-        """The same kernels for numba.cuda (``cuda_codegen``)."""
-        from .cuda_codegen import render_cuda
+        """The same kernels for numba.cuda (``render_cuda``)."""
+        from .render_cuda import render_cuda
         return _rendered(self.plan.graph.cell_name, " CUDA", render_cuda, self.plan, self.dtype, self.header,
                          self.sizes)
 
@@ -273,7 +275,7 @@ def _size_formulas(cell, dtype, plan):
 
 
 def _symbolic_graph_text(plan, sizes):
-    from .codegen import _fmt
+    from .lower import fmt as _fmt
     widths, _ = sizes
     lines = []
     _, slices = sizes
@@ -355,10 +357,22 @@ def inspect_cell(cell, dtype="float32", target="cpu"):
     summary = (f"param equations: {len(p.param_eqns)}, hoisted (all T*B rows at once): "
                f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {len(p.stages)} stage kernel(s), "
                f"recurrent products: {len(p.gemms)}")
+    summary += "\n\n" + _kernel_ir_text(c)
     if target == "cuda":
         return c.graph_text, summary, c.cuda_source, c.cuda_module.__file__
     from .runtime import load_source
     return c.graph_text, summary, c.source, load_source(c.source).__file__  # written, not compiled
+
+
+def _kernel_ir_text(compiled):
+    """The kernel IR both renderers print, one kernel after another, readably."""
+    from .kir import describe
+    from .lower import Generator
+    m = Generator(compiled.plan, compiled.dtype, compiled.sizes).module()
+    out = ["kernel IR (each kernel's work for one row b of the batch at step t):"]
+    for kern in [*(m.fwd[k] for k in sorted(m.fwd)), *(m.bwd[k] for k in sorted(m.bwd, reverse=True))]:
+        out += [f"  {kern.name}({', '.join(kern.args)})", *describe(kern.body, 2)]
+    return "\n".join(out)
 
 
 def cuda_kernel_signatures(cell, dtype, T=3, B=2):
