@@ -40,18 +40,6 @@ def test_compiled_equals_step_path_float64(cell, options, layers, lengths):
     assert_close(compiled, step, 1e-10)
 
 
-def test_python_time_loop_with_blas_equals_jitted_loop(monkeypatch):
-    tr.manual_seed(0)
-    rnn = tr.nn.RNN("lstm", 3, 4, dtype="float64")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((4, 2, 3))
-    states = [rng.standard_normal((1, 2, 4)) for _ in range(2)]
-    jitted = run(rnn, x, states, np.array([4, 3]), fused=True)
-    monkeypatch.setattr(runtime, "JIT_LOOP_MAX_HIDDEN", 0)
-    python_loop = run(rnn, x, states, np.array([4, 3]), fused=True)
-    assert_close(python_loop, jitted, 1e-12)
-
-
 def test_float32_compiled_close_to_float64():
     tr.manual_seed(0)
     r64 = tr.nn.RNN("gru", 3, 4, dtype="float64")
@@ -472,10 +460,8 @@ class OpenEndedClip(tr.Cell):
         return ((s0.clip(0, None) ** 3 - x @ self.p2 + (s0 @ self.p1).clip(None, 0.5)).sigmoid(),)
 
 
-@pytest.mark.parametrize("hidden_limit", [64, 0], ids=["jitted_loop", "python_loop"])
 @pytest.mark.parametrize("cls", [ProductOfAProduct, ChainOfProducts, OpenEndedClip], ids=lambda c: c.name)
-def test_a_product_of_a_product_compiles_exactly(cls, hidden_limit, monkeypatch):
-    monkeypatch.setattr(runtime, "JIT_LOOP_MAX_HIDDEN", hidden_limit)
+def test_a_product_of_a_product_compiles_exactly(cls):
     tr.manual_seed(3)
     rnn = tr.nn.RNN(cls, 3, 4, num_layers=2, dtype="float64")
     rng = np.random.default_rng(0)
@@ -614,8 +600,8 @@ def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
 def test_a_bad_tuning_variable_is_a_warning_naming_it_not_a_traceback(value):
     import subprocess
     import sys
-    env = dict(os.environ, TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN=value)
-    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.compiler.runtime as r; print(r.JIT_LOOP_MAX_HIDDEN)"],
+    env = dict(os.environ, TINYGRAD_RNN_MIN_BLOCK_ROWS=value)
+    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.compiler.runtime as r; print(r.MIN_BLOCK_ROWS)"],
                        env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "128", r.stderr
-    assert "Traceback" not in r.stderr and "TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN" in r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "8", r.stderr
+    assert "Traceback" not in r.stderr and "TINYGRAD_RNN_MIN_BLOCK_ROWS" in r.stderr

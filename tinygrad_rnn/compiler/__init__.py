@@ -131,11 +131,10 @@ def _probe_arrays(compiled, T=2, B=2):
 
 
 def _run_drivers(compiled, module):
-    from .runtime import JIT_LOOP_MAX_HIDDEN, guarded
+    from .runtime import guarded
     sizes, mask, arrays = _probe_arrays(compiled)
-    jit_loop = sizes[1] <= JIT_LOOP_MAX_HIDDEN
-    Y, residuals = guarded(module, "forward", jit_loop, *sizes, mask, *arrays)
-    guarded(module, "backward", jit_loop, *sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+    Y, residuals = guarded(module, "forward", *sizes, mask, *arrays)
+    guarded(module, "backward", *sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
 
 
 def _record_cuda_drivers(compiled, module):
@@ -307,14 +306,13 @@ def _replayed_inputs(cell, x, compiled):
 
 def run_layer(cell, x, state, mask=None, probe=None, compiled=None):
     """One layer over a sequence ``x`` (T, B, I): (out (T, B, H), final state tuple)."""
-    from .runtime import JIT_LOOP_MAX_HIDDEN
     compiled = compiled or compile_cell(cell, x.dtype)
     T, B, I = x.shape
     hoisted, aux = _replayed_inputs(cell, x, compiled)
     m = np.ones((T, B), x.dtype) if mask is None else np.ascontiguousarray(mask, dtype=x.dtype)
     module = compiled.module if x.device == "cpu" else compiled.cuda_module
     Y = ops.apply(ops.OPS["compiled_sequence"], *state, *hoisted, *aux, module=module,
-                  sizes=(I, cell.hidden_size), jit_loop=cell.hidden_size <= JIT_LOOP_MAX_HIDDEN,
+                  sizes=(I, cell.hidden_size),
                   mask=m, probe=probe, n_states=len(state), n_hoisted=len(hoisted))
     out = Y[:, 0]
     if mask is not None and not mask.all():
@@ -333,7 +331,7 @@ def step_values(cell, x, state, ops_named=("sigmoid", "tanh")):
     with no_grad():
         hoisted, aux = _replayed_inputs(cell, x, compiled)
         arrays = [np.ascontiguousarray(t.numpy()) for t in (*state, *hoisted, *aux)]
-        Y, residuals = guarded(compiled.module, "forward", False, I, cell.hidden_size,
+        Y, residuals = guarded(compiled.module, "forward", I, cell.hidden_size,
                                np.ones((T, B), x.dtype), *arrays)
     kept = dict(zip(compiled.module.RESIDUAL_IDS, residuals))
     kept.update({vid: Y[:, i] for i, vid in enumerate(compiled.module.OUTPUT_IDS)})

@@ -106,7 +106,7 @@ def render(plan, dtype, header, sizes=None):
                 *ext, "SQ"]
     out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
            "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-           "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_into, mm_t, row_blocks", "",
+           "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_tn, mm_t, row_blocks", "",
            f"DT = np.{m.dtype.name}"]
     out += [f"{name} = DT({const_literal(value)})" for value, name in m.consts.items()]
     out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
@@ -114,42 +114,39 @@ def render(plan, dtype, header, sizes=None):
             f"OUTPUT_IDS = ({''.join(f'{i}, ' for i in m.output_ids)})", "", ""]
     for kern in [*(m.fwd[k] for k in sorted(m.fwd)), *(m.bwd[k] for k in sorted(m.bwd, reverse=True))]:
         out += [render_kernel(kern, zero), "", ""]
-    # BLAS takes the weight as it is forward and transposed backward; the in-kernel
-    # product (dot products over the weight's columns) the other way round.
-    for variant, deco, mm, fwd_w, bwd_w in (("py", "", "matmul_into", "A", "AT"), ("jit", "@kernel\n", "mm_t", "AT", "A")):
-        body = [f"{deco}def _forward_loop_{variant}({', '.join(fwd_args)}):", "    for t in range(T):"]
-        for step in m.fwd_steps:
-            if step[0] == "gemm":
-                _, n, lhs, w = step
-                body.append(f"        {mm}({_lhs_at(lhs, 'b0:b1')}, {fwd_w}{w}, G{n}[t, b0:b1])")
-            else:
-                kern = m.fwd[step[1]]
-                body.append(f"        {_call(kern.name, kern.args)}")
-        body += ["", "", f"{deco}def _backward_loop_{variant}({', '.join(bwd_args)}):", "    for t in range(T - 1, -1, -1):"]
-        for step in m.bwd_steps:
-            if step[0] == "gemm":
-                _, n, _, w = step
-                body.append(f"        {mm}(GD{n}[t, b0:b1], {bwd_w}{w}, GL{n}[b0:b1])")
-            else:
-                kern = m.bwd[step[1]]
-                body.append(f"        {_call(kern.name, kern.args)}")
-        out += body + ["", ""]
+    # The in-kernel product takes dot products over the weight's columns: the forward
+    # passes the weight transposed, the backward (through the weight's transpose) as it is.
+    body = ["@kernel", f"def _forward_loop({', '.join(fwd_args)}):", "    for t in range(T):"]
+    for step in m.fwd_steps:
+        if step[0] == "gemm":
+            _, n, lhs, w = step
+            body.append(f"        mm_t({_lhs_at(lhs, 'b0:b1')}, AT{w}, G{n}[t, b0:b1])")
+        else:
+            body.append(f"        {_call(m.fwd[step[1]].name, m.fwd[step[1]].args)}")
+    body += ["", "", "@kernel", f"def _backward_loop({', '.join(bwd_args)}):", "    for t in range(T - 1, -1, -1):"]
+    for step in m.bwd_steps:
+        if step[0] == "gemm":
+            _, n, _, w = step
+            body.append(f"        mm_t(GD{n}[t, b0:b1], A{w}, GL{n}[b0:b1])")
+        else:
+            body.append(f"        {_call(m.bwd[step[1]].name, m.bwd[step[1]].args)}")
+    out += body + ["", ""]
     flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
     transposed = [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in m.weights]
     res = ", ".join(rs + gs) + ("," if len(rs + gs) == 1 else "")
-    out += [f"def forward(jit_loop, I, H, M, {', '.join([*m.s0, *m.x, *m.a])}):", "    T, B = M.shape", *flat,
+    out += [f"def forward(I, H, M, {', '.join([*m.s0, *m.x, *m.a])}):", "    T, B = M.shape", *flat,
             f"    Y = np.empty((T, {S}, B, H), DT)",
             *[f"    {r} = np.empty((T, B, {w}), DT)" for r, w in m.residuals],
             *[f"    {g} = np.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *transposed,
-            "    loop, blocks = (_forward_loop_jit, row_blocks(B)) if jit_loop else (_forward_loop_py, [(0, B)])",
-            f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(fwd_args)}))",
+            "    blocks = row_blocks(B)",
+            f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
             f"    return Y, ({res})", "", ""]
     per_block = [f"{a}[n]" if a in (*da, "SQ") else a for a in bwd_args]
-    finish = [f"    DA{w} += ({_lhs_every_step(lhs)}.reshape(T * B, {k_in}).T @ GD{n}.reshape(T * B, {w_out}))"
+    finish = [f"    DA{w} += matmul_tn({_lhs_every_step(lhs)}.reshape(T * B, {k_in}), GD{n}.reshape(T * B, {w_out}))"
               f".reshape(DA{w}.shape)" for n, (_, w_out, lhs, k_in, w) in enumerate(m.products)]
-    out += [f"def backward(jit_loop, I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
+    out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
             "    T, B = M.shape", *flat, f"    {res} = residuals" if res else "",
-            "    loop, blocks = (_backward_loop_jit, row_blocks(B)) if jit_loop else (_backward_loop_py, [(0, B)])",
+            "    blocks = row_blocks(B)",
             "    # what every row adds to (batch-free gradients, per-step norms): one partial per block",
             *[f"    {d} = np.empty((T, B, {w}), DT)" for d, w in m.dx],
             *[f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(m.a))], *transposed,
@@ -157,7 +154,7 @@ def render(plan, dtype, header, sizes=None):
             *[f"    {c} = np.zeros((B, {w}), DT)" for c, w in m.carries],
             *[f"    {e} = np.empty((B, {w}), DT)" for e, w in m.ext],
             f"    SQ = np.zeros((len(blocks), {S}, T))",
-            f"    in_blocks(blocks, lambda n, b0, b1: loop({', '.join(per_block)}))",
+            f"    in_blocks(blocks, lambda n, b0, b1: _backward_loop({', '.join(per_block)}))",
             *[f"    {d} = {d}.sum(axis=0)" for d in (*da, "SQ")], *finish,
             f"    return [{', '.join(dx)}], [{', '.join(' + '.join(c) for c in m.dstates)}], [{', '.join(da)}], np.sqrt(SQ)", ""]
     return "\n".join(out)
