@@ -40,18 +40,6 @@ def test_compiled_equals_step_path_float64(cell, options, layers, lengths):
     assert_close(compiled, step, 1e-10)
 
 
-def test_python_time_loop_with_blas_equals_jitted_loop(monkeypatch):
-    tr.manual_seed(0)
-    rnn = tr.nn.RNN("lstm", 3, 4, dtype="float64")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((4, 2, 3))
-    states = [rng.standard_normal((1, 2, 4)) for _ in range(2)]
-    jitted = run(rnn, x, states, np.array([4, 3]), fused=True)
-    monkeypatch.setattr(runtime, "JIT_LOOP_MAX_HIDDEN", 0)
-    python_loop = run(rnn, x, states, np.array([4, 3]), fused=True)
-    assert_close(python_loop, jitted, 1e-12)
-
-
 def test_float32_compiled_close_to_float64():
     tr.manual_seed(0)
     r64 = tr.nn.RNN("gru", 3, 4, dtype="float64")
@@ -260,13 +248,15 @@ def test_cells_written_to_break_the_compiler_compile_exactly(cls):
 def test_fused_loops_touch_element_j_only():
     """A merged loop must compute what its separate loops did: statements at an offset or
     running totals stay loops of their own (on the GPU, threads would race)."""
-    from tinygrad_rnn.compiler.codegen import fuse_loops
-    merged = fuse_loops(["for j in range(H):", "    d6[j] = d7[j]", "for j in range(H):", "    d8[j] += d6[j]"])
-    assert merged == ["for j in range(H):", "    d6[j] = d7[j]", "    d8[j] += d6[j]"]
-    for shifted in (["for j in range(H):", "    d8[1 + j] += d10[j]", "for j in range(H):", "    d6[j] += d8[j]"],
-                    ["for j in range(H):", "    d6[j] += d8[j]", "for j in range(H):", "    d14[j] = d15[H + j]"],
-                    ["for j in range(H):", "    cnt += K1", "for j in range(H):", "    d8[j] += d9[0] / cnt"]):
-        assert fuse_loops(shifted) == shifted
+    from tinygrad_rnn.compiler.kir import Buf, Loop, Reduce, Set, el, fuse_loops, lit
+    d = {n: Buf(f"d{n}", None, "H") for n in (6, 7, 8, 9, 10, 14, 15)}
+    loop = lambda target, value, add=False: Loop("H", [Set(target, value, add)])
+    merged = fuse_loops([loop(el(d[6]), el(d[7])), loop(el(d[8]), el(d[6]), add=True)])
+    assert len(merged) == 1 and len(merged[0].body) == 2
+    for shifted in ([loop(el(d[8], local="1"), el(d[10]), True), loop(el(d[6]), el(d[8]), True)],
+                    [loop(el(d[6]), el(d[8]), True), loop(el(d[14]), el(d[15], local="H"))],
+                    [Reduce("cnt", lit("K0", None), "H", lit("K1", None), "+", []), loop(el(d[8]), el(d[9], "0"), True)]):
+        assert len(fuse_loops(shifted)) == 2
 
 
 def _elman_like(name, body, **extra):
@@ -417,7 +407,7 @@ def test_probe_measures_a_cell_without_parameters_on_both_paths():
 
 def test_a_failure_of_the_code_generator_falls_back_to_the_step_path(monkeypatch):
     """A generator bug is not the cell's doing: the layer still runs (fused=None), and
-    fused=True names it as a CompileError, not a traceback from deep in codegen."""
+    fused=True names it as a CompileError, not a traceback from deep in the code generator."""
     import tinygrad_rnn.compiler as compiler
 
     def broken(*args):
@@ -490,10 +480,8 @@ class OpenEndedClip(tr.Cell):
         return ((s0.clip(0, None) ** 3 - x @ self.p2 + (s0 @ self.p1).clip(None, 0.5)).sigmoid(),)
 
 
-@pytest.mark.parametrize("hidden_limit", [64, 0], ids=["jitted_loop", "python_loop"])
 @pytest.mark.parametrize("cls", [ProductOfAProduct, ChainOfProducts, OpenEndedClip], ids=lambda c: c.name)
-def test_a_product_of_a_product_compiles_exactly(cls, hidden_limit, monkeypatch):
-    monkeypatch.setattr(runtime, "JIT_LOOP_MAX_HIDDEN", hidden_limit)
+def test_a_product_of_a_product_compiles_exactly(cls):
     tr.manual_seed(3)
     rnn = tr.nn.RNN(cls, 3, 4, num_layers=2, dtype="float64")
     rng = np.random.default_rng(0)
@@ -512,7 +500,7 @@ def test_a_numba_failure_on_generated_code_falls_back_with_one_warning(monkeypat
     real = compiler.render
 
     def untypable(*args):
-        return real(*args).replace("    B = M.shape[1]\n", "    B = M.shape[1] + not_defined_anywhere\n", 1)
+        return real(*args).replace("    for b in range(b0, b1):\n", "    B = not_defined_anywhere\n    for b in range(b0, b1):\n", 1)
     monkeypatch.setattr(compiler, "render", untypable)
     x = np.random.default_rng(0).standard_normal((3, 2, 2))
     rnn = tr.nn.RNN("rnn", 2, 3, dtype="float64", num_layers=2)
@@ -632,8 +620,8 @@ def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
 def test_a_bad_tuning_variable_is_a_warning_naming_it_not_a_traceback(value):
     import subprocess
     import sys
-    env = dict(os.environ, TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN=value)
-    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.compiler.runtime as r; print(r.JIT_LOOP_MAX_HIDDEN)"],
+    env = dict(os.environ, TINYGRAD_RNN_MIN_BLOCK_ROWS=value)
+    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.compiler.runtime as r; print(r.MIN_BLOCK_ROWS)"],
                        env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "128", r.stderr
-    assert "Traceback" not in r.stderr and "TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN" in r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "8", r.stderr
+    assert "Traceback" not in r.stderr and "TINYGRAD_RNN_MIN_BLOCK_ROWS" in r.stderr

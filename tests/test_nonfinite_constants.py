@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinygrad_rnn as tr
-from tinygrad_rnn.compiler.codegen import const_literal
+from tinygrad_rnn.compiler.lower import const_literal
 
 
 class MaskedTanh(tr.Cell):

@@ -12,7 +12,7 @@ a VJP in its ``FUSED_VJPS`` (same signature, same formula, one pass); the tape
 uses it when present, and tests/test_backend_api.py checks it against the table.
 The lambdas call only the backend functions listed in ``backend/api.py`` and
 arithmetic on their arguments, so the cell compiler can also evaluate them on
-symbols (compiler/codegen.py).
+symbols (compiler/lower.py).
 
 Everything not in the table is composed from it and needs no VJP of its own:
 ``a - b`` is ``a + -b``, ``split`` is ``getitem``, ``stack`` is ``cat`` of

@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from . import ops
+from .compiler.runtime import on_one_blas_thread
 from .norms import GradProbe, safe_from_squares
 from .tape import _recording, no_grad
 from .tensor import Tensor
@@ -187,18 +188,16 @@ ops.defop("remat_step_sequence", _step_fwd, _step_vjp, residuals=True)
 def compiled_sequence(cell, x, state, mask, probe, compiled, every):
     """``compiler.run_layer`` with recomputation (``every``) and/or norms that do not underflow (CPU)."""
     from .compiler import _replayed_inputs
-    from .compiler.runtime import JIT_LOOP_MAX_HIDDEN
     T, B, I = x.shape
     m = np.ones((T, B), x.dtype) if mask is None else np.ascontiguousarray(mask, dtype=x.dtype)
-    jit_loop = cell.hidden_size <= JIT_LOOP_MAX_HIDDEN
     if every is None:
         hoisted, aux = _replayed_inputs(cell, x, compiled)
         Y = ops.apply(ops.OPS["probed_compiled_sequence"], *state, *hoisted, *aux, module=compiled.module,
-                      sizes=(I, cell.hidden_size), jit_loop=jit_loop, mask=m, probe=probe, n_states=len(state),
+                      sizes=(I, cell.hidden_size), mask=m, probe=probe, n_states=len(state),
                       n_hoisted=len(hoisted))
     else:
         Y = ops.apply(ops.OPS["remat_compiled_sequence"], x, *state, *cell.parameters(), cell=cell,
-                      compiled=compiled, jit_loop=jit_loop, mask=m, probe=probe, n_states=len(state), every=every,
+                      compiled=compiled, mask=m, probe=probe, n_states=len(state), every=every,
                       need_x=x.requires_grad)
     out = Y[:, 0]
     if mask is not None and not mask.all():
@@ -211,26 +210,26 @@ def _split(arrays, n_states, n_hoisted):
     return arrays[:n_states], arrays[n_states:n_states + n_hoisted], arrays[n_states + n_hoisted:]
 
 
-def _c_fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
+def _c_fwd(k, *arrays, module, sizes, mask, probe, n_states, n_hoisted):
     states, hoisted, aux = _split(arrays, n_states, n_hoisted)
-    return module.forward(jit_loop, *sizes, mask, *states, *hoisted, *aux)
+    return module.forward(*sizes, mask, *states, *hoisted, *aux)
 
 
-def _c_vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
+def _c_vjp(k, g, Y, *arrays, module, sizes, mask, probe, n_states, n_hoisted, residuals):
     states, hoisted, aux = _split(arrays, n_states, n_hoisted)
     g = np.ascontiguousarray(g, dtype=Y.dtype)
-    dx, dstates, daux, norms = module.backward(jit_loop, *sizes, g, Y, residuals, mask, *states, *hoisted, *aux)
+    dx, dstates, daux, norms = module.backward(*sizes, g, Y, residuals, mask, *states, *hoisted, *aux)
     if probe is not None:
         if not safe_from_squares(np.square(np.asarray(norms, np.float64)), Y.dtype):
             # a sum of squares left the range where it is exact: measure again, rescaled
-            norms, probe.log10_norms = _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux,
+            norms, probe.log10_norms = _segmented(module, sizes, g, Y, mask, states, hoisted, aux,
                                                   RESCUE_SEGMENT)[3:]
         probe.norms = norms
     daux = [d.reshape(a.shape) for d, a in zip(daux, aux)]
     return (*dstates, *dx, *daux)
 
 
-def _lean_fwd(k, x, *arrays, cell, compiled, jit_loop, mask, probe, n_states, every, need_x):
+def _lean_fwd(k, x, *arrays, cell, compiled, mask, probe, n_states, every, need_x):
     """Segment by segment: the hoisted products of the segment's rows, then its kernels;
     only the states are kept."""
     from .compiler import _replayed_inputs
@@ -241,7 +240,7 @@ def _lean_fwd(k, x, *arrays, cell, compiled, jit_loop, mask, probe, n_states, ev
         for a, b in segments(T, every):
             start = states if a == 0 else [Y[a - 1, i] for i in range(n_states)]
             hoisted, aux = _replayed_inputs(cell, Tensor._make(x[a:b]), compiled)
-            Ys, _ = module.forward(jit_loop, *sizes, mask[a:b], *start,
+            Ys, _ = module.forward(*sizes, mask[a:b], *start,
                                    *(np.ascontiguousarray(t.data) for t in (*hoisted, *aux)))
             if Y is None:
                 Y = np.empty((T,) + Ys.shape[1:], Ys.dtype)
@@ -249,7 +248,7 @@ def _lean_fwd(k, x, *arrays, cell, compiled, jit_loop, mask, probe, n_states, ev
     return Y
 
 
-def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_states, every, need_x):
+def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, mask, probe, n_states, every, need_x):
     """From the last segment: the hoisted products again on a fresh tape, the kernels'
     forward and (rescaled) backward, then that tape's backward, which adds the weight
     gradients into the parameters as the step path's tape does."""
@@ -270,7 +269,7 @@ def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_stat
             hoisted, aux = _replayed_inputs(cell, xs, compiled)
             h_arr = [np.ascontiguousarray(t.data) for t in hoisted]
             a_arr = [np.ascontiguousarray(t.data) for t in aux]
-            dh, carry, daux, ns, ls = _segmented(module, jit_loop, sizes, g[a:b], Y[a:b], mask[a:b], start, h_arr,
+            dh, carry, daux, ns, ls = _segmented(module, sizes, g[a:b], Y[a:b], mask[a:b], start, h_arr,
                                              a_arr, b - a, exact_norms=probe is not None, carry=carry)
             norms[:, a:b], logs[:, a:b] = ns, ls
             root = None
@@ -290,7 +289,7 @@ def _lean_vjp(k, g, Y, x, *arrays, cell, compiled, jit_loop, mask, probe, n_stat
     return (dx, *_unscaled(carry), *([None] * (len(arrays) - n_states)))
 
 
-def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every, exact_norms=True, carry=None):
+def _segmented(module, sizes, g, Y, mask, states, hoisted, aux, every, exact_norms=True, carry=None):
     """The backward kernels run segment by segment from the last, each segment's forward
     recomputed from the state before it (kept in ``Y``). The gradient entering a segment
     is scaled by 2**-e to a largest element near 1 and its results by 2**e (exact scalings
@@ -310,7 +309,7 @@ def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every,
         a, b = todo.pop()
         start = states if a == 0 else [np.ascontiguousarray(Y[a - 1, i]) for i in range(S)]
         hs = [h[a:b] for h in hoisted]
-        Ys, res = module.forward(jit_loop, *sizes, mask[a:b], *start, *hs, *aux)
+        Ys, res = module.forward(*sizes, mask[a:b], *start, *hs, *aux)
         gs = g[a:b]
         e = _exponent(gs)
         if carry is not None:
@@ -321,7 +320,7 @@ def _segmented(module, jit_loop, sizes, g, Y, mask, states, hoisted, aux, every,
         if carry is not None:
             for i, c in enumerate(carry):
                 gs[-1, i] += np.ldexp(c, carry_exp - e).astype(g.dtype)
-        dxs, dst, dau, ns = module.backward(jit_loop, *sizes, gs, Ys, res, mask[a:b], *start, *hs, *aux)
+        dxs, dst, dau, ns = module.backward(*sizes, gs, Ys, res, mask[a:b], *start, *hs, *aux)
         ns = np.asarray(ns, np.float64)
         if exact_norms and b - a > 1 and not safe_from_squares(np.square(ns), g.dtype):
             m = (a + b) // 2
@@ -354,8 +353,8 @@ def _exponent(a):
     return int(np.frexp(peak)[1])
 
 
-ops.defop("probed_compiled_sequence", _c_fwd, _c_vjp, residuals=True)
-ops.defop("remat_compiled_sequence", _lean_fwd, _lean_vjp)
+ops.defop("probed_compiled_sequence", on_one_blas_thread(_c_fwd), on_one_blas_thread(_c_vjp), residuals=True)
+ops.defop("remat_compiled_sequence", on_one_blas_thread(_lean_fwd), on_one_blas_thread(_lean_vjp))
 
 
 
@@ -376,9 +375,7 @@ def all_states(cell, x, state):
                 rows.append(np.stack([s.numpy() for s in state]))
             return np.stack(rows)
         from .compiler import _replayed_inputs
-        from .compiler.runtime import JIT_LOOP_MAX_HIDDEN
         hoisted, aux = _replayed_inputs(cell, x, compiled)
         arrays = [np.ascontiguousarray(t.numpy()) for t in (*state, *hoisted, *aux)]
-        Y, _ = compiled.module.forward(cell.hidden_size <= JIT_LOOP_MAX_HIDDEN, x.shape[2], cell.hidden_size,
-                                       np.ones(x.shape[:2], x.dtype), *arrays)
+        Y, _ = compiled.module.forward(x.shape[2], cell.hidden_size, np.ones(x.shape[:2], x.dtype), *arrays)
         return Y

@@ -5,8 +5,10 @@ Passes, each small and printable (``tinygrad-rnn compile --cell NAME`` shows the
 1. ``trace``   run ``step`` once on real tensors, recording its primitives (a Graph);
 2. ``plan``    split ``cat([x, h]) @ W``, prune, sort equations into param / hoisted /
                per-step work, and cut the per-step work into stages at recurrent products;
-3. ``codegen`` render stage kernels and time loops as plain Python for Numba, with the
-               derivatives taken from the op table's VJPs;
+3. ``lower``   lower the plan to the kernel IR (``kir``): stage kernels per row of the
+               batch, derivatives taken from the op table's VJPs, and one driver
+               description; ``render_cpu`` and ``render_cuda`` print it as plain Python
+               for ``numba.njit`` and ``numba.cuda``;
 4. ``runtime`` cache the source on disk, load it, and run a layer as one op on the tape.
 
 ``compile_cell(cell, dtype)`` does all four for one cell instance; ``run_layer`` runs it.
@@ -17,7 +19,7 @@ import numpy as np
 
 from .. import ops
 from ..tensor import Tensor
-from .codegen import render
+from .render_cpu import render
 from .plan import make_plan
 from .trace import CompileError, operand_text, trace, trace_checked
 
@@ -49,8 +51,8 @@ class Compiled:
 
     @property
     def cuda_source(self):
-        """The same kernels for numba.cuda (``cuda_codegen``)."""
-        from .cuda_codegen import render_cuda
+        """The same kernels for numba.cuda (``render_cuda``)."""
+        from .render_cuda import render_cuda
         return _rendered(self.plan.graph.cell_name, " CUDA", render_cuda, self.plan, self.dtype, self.header,
                          self.sizes)
 
@@ -148,11 +150,10 @@ def _probe_arrays(compiled, T=2, B=2):
 
 
 def _run_drivers(compiled, module):
-    from .runtime import JIT_LOOP_MAX_HIDDEN, guarded
+    from .runtime import guarded
     sizes, mask, arrays = _probe_arrays(compiled)
-    jit_loop = sizes[1] <= JIT_LOOP_MAX_HIDDEN
-    Y, residuals = guarded(module, "forward", jit_loop, *sizes, mask, *arrays)
-    guarded(module, "backward", jit_loop, *sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+    Y, residuals = guarded(module, "forward", *sizes, mask, *arrays)
+    guarded(module, "backward", *sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
 
 
 def _record_cuda_drivers(compiled, module):
@@ -291,7 +292,7 @@ def _size_formulas(cell, dtype, plan):
 
 
 def _symbolic_graph_text(plan, sizes):
-    from .codegen import _fmt
+    from .lower import fmt as _fmt
     widths, _ = sizes
     lines = []
     _, slices = sizes
@@ -323,14 +324,13 @@ def _replayed_inputs(cell, x, compiled):
 
 def run_layer(cell, x, state, mask=None, probe=None, compiled=None):
     """One layer over a sequence ``x`` (T, B, I): (out (T, B, H), final state tuple)."""
-    from .runtime import JIT_LOOP_MAX_HIDDEN
     compiled = compiled or compile_cell(cell, x.dtype)
     T, B, I = x.shape
     hoisted, aux = _replayed_inputs(cell, x, compiled)
     m = np.ones((T, B), x.dtype) if mask is None else np.ascontiguousarray(mask, dtype=x.dtype)
     module = compiled.module if x.device == "cpu" else compiled.cuda_module
     Y = ops.apply(ops.OPS["compiled_sequence"], *state, *hoisted, *aux, module=module,
-                  sizes=(I, cell.hidden_size), jit_loop=cell.hidden_size <= JIT_LOOP_MAX_HIDDEN,
+                  sizes=(I, cell.hidden_size),
                   mask=m, probe=probe, n_states=len(state), n_hoisted=len(hoisted))
     out = Y[:, 0]
     if mask is not None and not mask.all():
@@ -349,7 +349,7 @@ def step_values(cell, x, state, ops_named=("sigmoid", "tanh")):
     with no_grad():
         hoisted, aux = _replayed_inputs(cell, x, compiled)
         arrays = [np.ascontiguousarray(t.numpy()) for t in (*state, *hoisted, *aux)]
-        Y, residuals = guarded(compiled.module, "forward", False, I, cell.hidden_size,
+        Y, residuals = guarded(compiled.module, "forward", I, cell.hidden_size,
                                np.ones((T, B), x.dtype), *arrays)
     kept = dict(zip(compiled.module.RESIDUAL_IDS, residuals))
     kept.update({vid: Y[:, i] for i, vid in enumerate(compiled.module.OUTPUT_IDS)})
@@ -373,10 +373,22 @@ def inspect_cell(cell, dtype="float32", target="cpu"):
     summary = (f"param equations: {len(p.param_eqns)}, hoisted (all T*B rows at once): "
                f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {len(p.stages)} stage kernel(s), "
                f"recurrent products: {len(p.gemms)}")
+    summary += "\n\n" + _kernel_ir_text(c)
     if target == "cuda":
         return c.graph_text, summary, c.cuda_source, c.cuda_module.__file__
     from .runtime import load_source
     return c.graph_text, summary, c.source, load_source(c.source).__file__  # written, not compiled
+
+
+def _kernel_ir_text(compiled):
+    """The kernel IR both renderers print, one kernel after another, readably."""
+    from .kir import describe
+    from .lower import Generator
+    m = Generator(compiled.plan, compiled.dtype, compiled.sizes).module()
+    out = ["kernel IR (each kernel's work for one row b of the batch at step t):"]
+    for kern in [*(m.fwd[k] for k in sorted(m.fwd)), *(m.bwd[k] for k in sorted(m.bwd, reverse=True))]:
+        out += [f"  {kern.name}({', '.join(kern.args)})", *describe(kern.body, 2)]
+    return "\n".join(out)
 
 
 def cuda_kernel_signatures(cell, dtype, T=3, B=2):

@@ -1,6 +1,6 @@
 """What generated CUDA modules call: allocation, launches, recurrent products.
 
-A generated CUDA module (``cuda_codegen.py``) holds the stage kernels and two host
+A generated CUDA module (``render_cuda.py``) holds the stage kernels and two host
 drivers, ``forward`` and ``backward``, that loop over time and launch them. The drivers
 reach everything device-specific through this module's ``api`` object, so the PTX
 test can swap it for a recorder that runs the drivers on host arrays and collects every

@@ -7,6 +7,8 @@ A compiled layer runs in three parts:
 3. the generated time loop, one op on the tape whose VJP is the generated backward.
 Parts 1 and 2 are ordinary recorded ops, so their gradients come from the op table.
 """
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -18,14 +20,7 @@ import numpy as np
 
 from .. import ops
 from ..backend._jit import kernel  # noqa: F401  (the generated source imports it from here)
-from ..tensor import Tensor
 
-# Up to this hidden size the whole time loop runs inside Numba, a block of rows per core,
-# with the in-kernel product ``mm_t``; above it, a Python loop calls BLAS per step. LSTM
-# training step, hidden 128, T=100, B=32, float32, 4 alternating blocks on the 2-core
-# Intel Xeon VM at load average 15: 535-772 ms in-kernel against 3925 ms with BLAS per
-# step (PyTorch 1201 ms; the BLAS loop suffers most from a loaded machine). Hidden 512
-# (GEMM-bound, where BLAS's own threads pay off) stays on BLAS until measured quietly.
 def _env_int(name, default, lo):
     """An integer >= ``lo`` from the environment variable ``name``, else ``default``. Read at
     import, where an exception would be a traceback before any command runs: a bad value
@@ -41,9 +36,6 @@ def _env_int(name, default, lo):
         pass
     print(f"tinygrad_rnn: warning: {name}={text!r} is not an integer >= {lo}; using {default}", file=sys.stderr)
     return default
-
-
-JIT_LOOP_MAX_HIDDEN = _env_int("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", 128, 0)
 
 
 @kernel
@@ -111,8 +103,59 @@ def mm_t(a, wt, out):
             out[r, n] = acc
 
 
-def matmul_into(a, w, out):
-    np.matmul(a, w, out=out)
+# BLAS's worker threads busy-wait for a while after each call (OpenBLAS: about 0.1 s), so
+# a BLAS call with two threads right before the jitted loop's two block threads puts
+# three busy threads on two cores: the LSTM's loops at hidden 128 took 7.3 ms instead of
+# 4.3 ms (20-step profile, Intel Xeon, 2 cores). A compiled layer therefore holds BLAS
+# at one thread while it runs and spreads its large products over its own block
+# threads, which wait on a queue without spinning: no thread of BLAS or of ours spins
+# into the user's next computation, and a split product takes what BLAS's own threads
+# took: (3200, 128) @ (128, 512) 1.73 ms in two row halves against 1.55 ms with two BLAS
+# threads (2.94 ms on one).
+SPLIT_FLOPS = 1 << 24  # below this a product runs whole: handing half to a thread costs more
+_blas = []
+
+
+def one_blas_thread():
+    """A context in which BLAS uses one thread (restored after; no-op without threadpoolctl's
+    view of a BLAS, or with one thread configured)."""
+    if not _blas:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas.append(ThreadpoolController().select(user_api="blas") if THREADS > 1 else None)
+        except Exception:  # an unknown BLAS, or a platform threadpoolctl cannot read: leave it be
+            _blas.append(None)
+    return _blas[0].limit(limits=1) if _blas[0] else contextlib.nullcontext()
+
+
+def on_one_blas_thread(fn):
+    """``fn`` run under ``one_blas_thread()`` (the forward and VJP of a compiled layer)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with one_blas_thread():
+            return fn(*args, **kwargs)
+    return run
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-d arrays, its rows spread over the block threads when large."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    blocks = row_blocks(a.shape[0]) if a.shape[0] * a.shape[1] * b.shape[1] >= SPLIT_FLOPS else [(0, a.shape[0])]
+    in_blocks(blocks, lambda n, r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]))
+    return out
+
+
+def matmul_tn(a, g):
+    """``a.T @ g`` (a weight gradient: a sum over the rows of both), the rows cut into one
+    partial sum per block thread when large."""
+    n = a.shape[0]
+    blocks = row_blocks(n) if n * a.shape[1] * g.shape[1] >= SPLIT_FLOPS else [(0, n)]
+    parts = [None] * len(blocks)
+
+    def part(i, r0, r1):
+        parts[i] = a[r0:r1].T @ g[r0:r1]
+    in_blocks(blocks, part)
+    return sum(parts[1:], parts[0])
 
 
 # The jitted time loop runs the batch as blocks of rows, one per core, each block through
@@ -307,40 +350,40 @@ def replay(eqns, env, keep=()):
     return env
 
 
+@on_one_blas_thread
 def _projection_fwd(k, a, w, *bias, need):
-    out = k.matmul(a, w)
+    out = matmul(a, w) if k.name == "cpu" else k.matmul(a, w)
     if bias:
         out += bias[0]
     return out
 
 
+@on_one_blas_thread
 def _projection_vjp(k, g, y, a, w, *bias, need):
-    grads = (k.matmul(g, w.T) if need[0] else None, k.matmul(a.T, g) if need[1] else None)
+    mm, mm_tn = (matmul, matmul_tn) if k.name == "cpu" else (k.matmul, lambda a, g: k.matmul(a.T, g))
+    grads = (mm(g, w.T) if need[0] else None, mm_tn(a, g) if need[1] else None)
     return grads + ((g.sum(axis=0) if need[2] else None,) if bias else ())
 
 
 ops.defop("input_projection", _projection_fwd, _projection_vjp)
 
 
-def _fwd(k, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted):
+@on_one_blas_thread
+def _fwd(k, *arrays, module, sizes, mask, probe, n_states, n_hoisted):
     if k.name != "cpu":  # the CUDA module's drivers take and return device arrays
         return guarded(module, "forward", *sizes, mask, *arrays)
-    states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
-    rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-    return guarded(module, "forward", jit_loop, *sizes, mask, *states, *rest)
+    return guarded(module, "forward", *sizes, mask, *(np.ascontiguousarray(a) for a in arrays))
 
 
-def _vjp(k, g, Y, *arrays, module, sizes, jit_loop, mask, probe, n_states, n_hoisted, residuals):
+@on_one_blas_thread
+def _vjp(k, g, Y, *arrays, module, sizes, mask, probe, n_states, n_hoisted, residuals):
     if k.name != "cpu":
         dx, dstates, daux, squares = guarded(module, "backward", *sizes, g.astype(Y.dtype), Y, residuals,
                                              mask, *arrays)
         norms = np.sqrt(k.to_numpy(squares)) if probe is not None else None  # stays on the device unless asked
     else:
-        states = [np.ascontiguousarray(a) for a in arrays[:n_states]]
-        rest = [np.ascontiguousarray(a) for a in arrays[n_states:]]
-        dx, dstates, daux, norms = guarded(module, "backward", jit_loop, *sizes,
-                                           np.ascontiguousarray(g, dtype=Y.dtype), Y, residuals, mask,
-                                           *states, *rest)
+        dx, dstates, daux, norms = guarded(module, "backward", *sizes, np.ascontiguousarray(g, dtype=Y.dtype),
+                                           Y, residuals, mask, *(np.ascontiguousarray(a) for a in arrays))
     if probe is not None:
         probe.norms = norms
     daux = [d.reshape(a.shape) for d, a in zip(daux, arrays[n_states + n_hoisted:])]

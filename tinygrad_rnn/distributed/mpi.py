@@ -39,7 +39,7 @@ def world():
 # ---- start-up: every rank says it is ready, with its settings, before any training ------------
 
 LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH's Hydra (and Slurm's PMI), Open MPI
-ENVIRONMENT = ("TINYGRAD_RNN_JIT_LOOP_MAX_HIDDEN", "TINYGRAD_RNN_PLUGINS", "TINYGRAD_RNN_NO_PLUGINS")  # change results
+ENVIRONMENT = ("TINYGRAD_RNN_MIN_BLOCK_ROWS", "TINYGRAD_RNN_PLUGINS", "TINYGRAD_RNN_NO_PLUGINS")  # change results
 
 
 def launched_size():

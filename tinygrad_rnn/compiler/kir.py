@@ -1,0 +1,441 @@
+"""The kernel IR: what one generated stage kernel does for one row of the batch.
+
+``lower.py`` builds it from a Plan; ``render_cpu.py`` prints it for ``numba.njit`` and
+``render_cuda.py`` for ``numba.cuda``. A kernel is a list of statements run for each
+row ``b`` of its block at step ``t``:
+
+- ``Loop(width, body)``: ``for j in range(width)``, every statement touching element j
+  (or one value per row) of rows of that width. On the GPU the block's threads share j.
+- ``Set(target, value, add)``: ``target = value`` or ``+=``; a target in a ``shared``
+  buffer (a gradient every row adds to) is a per-block partial on the CPU, an atomic
+  add on the GPU.
+- ``Let(name, value)``: a row scalar, computed once per row.
+- ``Reduce(name, init, width, update, how, then)``: a running total over the row
+  (``how`` "+" or "max"), then the statements that use it.
+- ``Norm(i, row, width)``: this row's share of the squared norm of dL/dstate_i at step t.
+- ``Padded(body)``: for a row past its sequence's length, ``body`` instead of the rest.
+
+Expressions (``Ex``) are trees; an element reference (``el``) names its buffer
+(``Buf``), the offset of the row view it reads through and the index within it, so
+every pass below is a transformation of this structure, never of source text.
+"""
+
+
+class Buf:
+    """An array a kernel reads or writes a row of.
+
+    ``lead``: the index before the row (``"t"``, ``"t, 1"``; ``""`` for a (B, width)
+    array), or None for a per-row scratch buffer of ``width`` elements; ``shared``: a
+    batch-free array every row adds to (indexed by element, not by row)."""
+
+    __slots__ = ("name", "lead", "width", "shared")
+
+    def __init__(self, name, lead=None, width=None, shared=False):
+        self.name, self.lead, self.width, self.shared = name, lead, width, shared
+
+    @property
+    def scratch(self):
+        return self.lead is None and not self.shared
+
+    def __repr__(self):
+        return self.name
+
+
+class Ex:
+    """An expression for one element of a row: ``kind`` and ``args`` (see ``walk``);
+    ``var``: the traced value an element reference reads (for liveness); ``inv``: the same
+    for every element of the row; ``leaf``: nothing to compute (a name or an element)."""
+
+    __slots__ = ("kind", "args", "gen", "var", "inv", "leaf", "boolean")
+
+    def __init__(self, kind, args, gen, var=None, inv=False, leaf=False, boolean=False):
+        self.kind, self.args, self.gen, self.var = kind, tuple(args), gen, var
+        self.inv, self.leaf, self.boolean = inv, leaf, boolean
+
+    # The op table's lambdas evaluate on these: arithmetic builds trees.
+    def _lift(self, other):
+        return other if isinstance(other, Ex) else self.gen.lit_const(other)
+
+    def _bin(self, other, op, rev=False):
+        other = self._lift(other)
+        (a, b), inv = self.gen.row_parts((other, self) if rev else (self, other))
+        if op == "*" and (a.boolean or b.boolean):
+            cond, val = (a, b) if a.boolean else (b, a)
+            return Ex("if", (cond, val, self.gen.lit_const(0)), self.gen, inv=inv)
+        return Ex("bin", (op, a, b), self.gen, inv=inv)
+
+    def __add__(self, o): return self._bin(o, "+")
+    def __radd__(self, o): return self._bin(o, "+", True)
+    def __sub__(self, o): return self._bin(o, "-")
+    def __rsub__(self, o): return self._bin(o, "-", True)
+    def __mul__(self, o): return self._bin(o, "*")
+    def __rmul__(self, o): return self._bin(o, "*", True)
+    def __truediv__(self, o): return self._bin(o, "/")
+    def __rtruediv__(self, o): return self._bin(o, "/", True)
+    def __neg__(self): return Ex("neg", (self,), self.gen, inv=self.inv)
+
+    def __pow__(self, p):
+        p, g = float(p), self.gen
+        if p == 0:
+            return g.lit_const(1)
+        if p == 1:
+            return self
+        if p == 2:
+            return Ex("bin", ("*", self, self), g, inv=self.inv)
+        if p == 0.5:
+            return Ex("call", ("sqrt", self), g, inv=self.inv)
+        if p == -1:
+            return Ex("bin", ("/", g.lit_const(1), self), g, inv=self.inv)
+        return Ex("pow", (self, g.lit_const(p)), g, inv=self.inv)
+
+    def _cmp(self, o, op):
+        (a, b), inv = self.gen.row_parts((self, self._lift(o)))
+        return Ex("cmp", (op, a, b), self.gen, boolean=True, inv=inv)
+
+    def __gt__(self, o): return self._cmp(o, ">")
+    def __ge__(self, o): return self._cmp(o, ">=")
+    def __lt__(self, o): return self._cmp(o, "<")
+    def __le__(self, o): return self._cmp(o, "<=")
+
+    def __and__(self, o):
+        (a, b), inv = self.gen.row_parts((self, o))
+        return Ex("and", (a, b), self.gen, boolean=True, inv=inv)
+
+
+def lit(code, gen):
+    """A name or literal (a constant ``K3``, a row scalar, ``acc``, ``DT(H)``)."""
+    return Ex("lit", (code,), gen, inv=True, leaf=True)
+
+
+def el(buf, index="j", gen=None, base="0", local="0", var=None):
+    """Element ``index`` of a row at ``local`` within the row view at ``base`` of ``buf``."""
+    return Ex("el", (buf, base, local, index), gen, var=var, inv=index != "j", leaf=True)
+
+
+# ---- statements -------------------------------------------------------------------
+class Loop:
+    __slots__ = ("width", "body")
+
+    def __init__(self, width, body):
+        self.width, self.body = width, list(body)
+
+
+class Set:
+    __slots__ = ("target", "value", "add", "full")
+
+    def __init__(self, target, value, add=False, full=True):
+        # full: the write covers its target's whole row (a slice's gradient does not)
+        self.target, self.value, self.add, self.full = target, value, add, full
+
+
+class Let:
+    __slots__ = ("name", "value")
+
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+
+class Reduce:
+    __slots__ = ("name", "init", "width", "update", "how", "then")
+
+    def __init__(self, name, init, width, update, how, then):
+        self.name, self.init, self.width, self.update, self.how, self.then = name, init, width, update, how, list(then)
+
+
+class Norm:
+    __slots__ = ("i", "row", "width")
+
+    def __init__(self, i, row, width):
+        self.i, self.row, self.width = i, row, width
+
+
+class Padded:
+    __slots__ = ("body",)
+
+    def __init__(self, body):
+        self.body = list(body)
+
+
+class Kernel:
+    """One stage kernel: ``name``, the arrays it takes (``args``), its docstring, the
+    state views it binds (``states``: how many), and the statements for one row."""
+
+    def __init__(self, name, args, doc, states, body):
+        self.name, self.args, self.doc, self.states, self.body = name, args, doc, states, body
+
+    def bufs(self):
+        """Every buffer the kernel touches, in order of first use."""
+        seen = {}
+        for e in elements(self.body):
+            seen.setdefault((e.args[0].name, e.args[0].lead), e.args[0])
+        return list(seen.values())
+
+
+# ---- walking --------------------------------------------------------------------
+def children(e):
+    return [a for a in e.args if isinstance(a, Ex)]
+
+
+def exprs(stmts):
+    """Every top-level expression of the statements, targets included, recursively."""
+    for s in stmts:
+        if isinstance(s, Loop):
+            yield from exprs(s.body)
+        elif isinstance(s, Set):
+            yield s.target
+            yield s.value
+        elif isinstance(s, Let):
+            yield s.value
+        elif isinstance(s, Reduce):
+            yield s.init
+            yield s.update
+            yield from exprs(s.then)
+        elif isinstance(s, Norm):
+            yield s.row
+        elif isinstance(s, Padded):
+            yield from exprs(s.body)
+
+
+def elements(stmts):
+    """Every element reference in the statements."""
+    stack = list(exprs(stmts))
+    while stack:
+        e = stack.pop()
+        if e.kind == "el":
+            yield e
+        stack.extend(children(e))
+
+
+def remap(e, fn):
+    """``e`` with every element reference replaced by ``fn(ref)`` (a new tree)."""
+    if e.kind == "el":
+        return fn(e)
+    if not children(e):
+        return e
+    args = tuple(remap(a, fn) if isinstance(a, Ex) else a for a in e.args)
+    return Ex(e.kind, args, e.gen, e.var, e.inv, e.leaf, e.boolean)
+
+
+def remap_all(stmts, fn):
+    """The statements with ``remap(expr, fn)`` applied to every expression, in place."""
+    for s in stmts:
+        if isinstance(s, Loop):
+            remap_all(s.body, fn)
+        elif isinstance(s, Set):
+            s.target, s.value = remap(s.target, fn), remap(s.value, fn)
+        elif isinstance(s, Let):
+            s.value = remap(s.value, fn)
+        elif isinstance(s, Reduce):
+            s.init, s.update = remap(s.init, fn), remap(s.update, fn)
+            remap_all(s.then, fn)
+        elif isinstance(s, Norm):
+            s.row = remap(s.row, fn)
+        elif isinstance(s, Padded):
+            remap_all(s.body, fn)
+    return stmts
+
+
+_TRANSCENDENTAL = ("tanh", "sigmoid", "exp", "log", "sqrt")
+
+
+def transcendentals(stmts):
+    n, stack = 0, list(exprs(stmts))
+    while stack:
+        e = stack.pop()
+        n += e.kind == "pow" or (e.kind == "call" and e.args[0] in _TRANSCENDENTAL)
+        stack.extend(children(e))
+    return n
+
+
+# ---- passes ----------------------------------------------------------------------
+def element_j_only(s):
+    """Whether a loop statement touches element j (or a row's one value) only: no read or
+    write at an offset within the row (a slice's or a cat's part), no running total."""
+    return isinstance(s, Set) and all(e.args[2] == "0" and e.args[3] in ("j", "0")
+                                      for e in elements([s]))
+
+
+def fuse_loops(stmts):
+    """Merge back-to-back one-statement loops over the same range into one loop.
+
+    Only statements that touch element j alone are merged, so a merged loop computes
+    what the separate loops did, and on the GPU its threads never read what another
+    thread writes. A merged loop keeps at most one transcendental call: loops with one
+    vectorise, loops with several do not (a loop with two was 3.5x slower than two loops
+    with one each)."""
+    out, i = [], 0
+    while i < len(stmts):
+        s = stmts[i]
+        i += 1
+        if not (isinstance(s, Loop) and len(s.body) == 1):
+            out.append(s)
+            continue
+        body = list(s.body)
+        while (i < len(stmts) and isinstance(stmts[i], Loop) and stmts[i].width == s.width
+               and len(stmts[i].body) == 1 and element_j_only(body[-1]) and element_j_only(stmts[i].body[0])
+               and transcendentals(body) + transcendentals(stmts[i].body) <= 1):
+            body.append(stmts[i].body[0])
+            i += 1
+        out.append(Loop(s.width, body))
+    return out
+
+
+def norms(stmts):
+    for s in stmts:
+        if isinstance(s, Norm):
+            yield s
+        elif isinstance(s, (Loop, Padded)):
+            yield from norms(s.body)
+        elif isinstance(s, Reduce):
+            yield from norms(s.then)
+
+
+def _sets(stmts):
+    for s in stmts:
+        if isinstance(s, Set):
+            yield s
+        elif isinstance(s, (Loop, Padded)):
+            yield from _sets(s.body)
+        elif isinstance(s, Reduce):
+            yield from _sets(s.then)
+
+
+def first_writes_assign(stmts, covered):
+    """Turn ``+=`` into ``=`` where a gradient row gets exactly one full write first, or is
+    tiled by slices (``covered``: buffer names); return (names that need no zeroing,
+    names written exactly once)."""
+    writes = {}
+    for s in _sets(stmts):
+        buf = s.target.args[0]
+        if s.add and not buf.shared:
+            writes.setdefault(buf.name, []).append(s)
+    assigned = set()
+    for name, ws in writes.items():
+        if name in covered:
+            assigned.add(name)
+            for s in ws:
+                s.add = False
+        elif ws[0].full:
+            assigned.add(name)
+            ws[0].add = False
+    return assigned, {n for n, ws in writes.items() if len(ws) == 1}
+
+
+def drop_empty_loops(stmts):
+    return [s for s in stmts if not (isinstance(s, Loop) and not s.body)]
+
+
+def alias_copies(stmts, single, is_grad):
+    """A gradient row whose one write (``single``) is a plain copy of another row (the
+    identity VJP of add, a seed) becomes a second name for it: no array, no copy loop.
+    Safe because a source is complete before it is copied and nothing writes either name
+    after. Returns (statements, {name: (buffer, offset)})."""
+    aliases = {}
+    for s in stmts:
+        if not isinstance(s, Loop):
+            continue
+        kept = []
+        for c in s.body:
+            t, v = (c.target, c.value) if isinstance(c, Set) else (None, None)
+            if (t is not None and not c.add and is_grad(t.args[0]) and t.args[0].name in single
+                    and t.args[1:] == ("0", "0", "j") and v.kind == "el" and v.args[1:] == ("0", "0", "j")):
+                aliases[t.args[0].name] = (v.args[0], "0")
+            else:
+                kept.append(c)
+        s.body = kept
+    return drop_empty_loops(stmts), aliases
+
+
+def substitute(stmts, mapping):
+    """Replace each buffer named in ``mapping`` ({name: (buffer, offset)}) by its target,
+    chains resolved, in place."""
+    def resolve(name, seen=()):
+        buf, off = mapping[name]
+        if buf.name in mapping and buf.name not in seen:
+            inner, inner_off = resolve(buf.name, seen + (name,))
+            return inner, plus(inner_off, off)
+        return buf, off
+
+    resolved = {name: resolve(name) for name in mapping}
+
+    def fn(e):
+        buf, base, local, index = e.args
+        if buf.name not in resolved:
+            return e
+        target, off = resolved[buf.name]
+        return Ex("el", (target, plus(off, base), local, index), e.gen, e.var, e.inv, e.leaf, e.boolean)
+    return remap_all(stmts, fn)
+
+
+def plus(a, b):
+    """Two offsets (source) added."""
+    if a == "0":
+        return b
+    if b == "0":
+        return a
+    return f"{a} + {b}"
+
+
+# ---- printing, shared by the renderers -------------------------------------------
+def source(e, r):
+    """Python source for expression ``e``; ``r`` (a renderer) spells element references
+    (``r.element``) and calls (``r.call``)."""
+    k, a = e.kind, e.args
+    if k == "lit":
+        return a[0]
+    if k == "el":
+        return r.element(e)
+    if k == "bin":
+        return f"({source(a[1], r)} {a[0]} {source(a[2], r)})"
+    if k == "neg":
+        return f"(-{source(a[0], r)})"
+    if k == "pow":
+        return f"({source(a[0], r)} ** {source(a[1], r)})"
+    if k == "call":
+        return r.call(a[0], [source(x, r) for x in a[1:]])
+    if k == "if":
+        return f"({source(a[1], r)} if {source(a[0], r)} else {source(a[2], r)})"
+    if k == "cmp":
+        return f"({source(a[1], r)} {a[0]} {source(a[2], r)})"
+    if k == "and":
+        return f"({source(a[0], r)} and {source(a[1], r)})"
+    raise AssertionError(k)
+
+
+def index_of(e):
+    """The index of an element reference within its buffer's row, as source."""
+    _, base, local, index = e.args
+    off = plus(base, local)
+    return index if off == "0" else f"{off} + {index}"
+
+
+def describe(stmts, depth=1):
+    """The statements as readable text (``tinygrad-rnn compile`` prints kernels so)."""
+    class _Plain:
+        def element(self, e):
+            buf = e.args[0]
+            row = "" if buf.lead is None or buf.shared else (f"{buf.lead}, b, " if buf.lead else "b, ")
+            return f"{buf.name}[{row}{index_of(e)}]"
+
+        def call(self, fn, args):
+            return f"{fn}({', '.join(args)})"
+    r, pad, out = _Plain(), "    " * depth, []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(f"{pad}for j < {s.width}:")
+            out += describe(s.body, depth + 1)
+        elif isinstance(s, Set):
+            out.append(f"{pad}{source(s.target, r)} {'+=' if s.add else '='} {source(s.value, r)}")
+        elif isinstance(s, Let):
+            out.append(f"{pad}{s.name} = {source(s.value, r)}")
+        elif isinstance(s, Reduce):
+            out.append(f"{pad}{s.name} = {s.how}-reduce over j < {s.width} of {source(s.update, r)} "
+                       f"from {source(s.init, r)}")
+            out += describe(s.then, depth)
+        elif isinstance(s, Norm):
+            out.append(f"{pad}norm[{s.i}, t] += |{source(s.row, r)}|^2 over j < {s.width}")
+        elif isinstance(s, Padded):
+            out.append(f"{pad}if padded:")
+            out += describe(s.body, depth + 1)
+            out.append(f"{pad}    next row")
+    return out

@@ -1,0 +1,558 @@
+"""Lower a Plan to the kernel IR (``kir.py``): stage kernels and one driver description.
+
+Elementwise maths is not written here: the forward and the VJP of each primitive are
+the op table's own lambdas (``ops.OPS[name].fwd`` / ``.vjp``), evaluated on IR
+expressions through a symbolic backend (``_SymBackend``). Structural ops (last-axis
+slices, cat, row reductions) are index maps, written out here with the same meaning as
+their table entries.
+
+Arrays (all C-contiguous), as the drivers name them:
+- ``X<n>`` (T, B, w): hoisted inputs; ``S0_<i>`` (B, H): initial states; ``A<n>``: weights
+  and other batch-free values; ``M`` (T, B): the mask; ``Y`` (T, S, B, H): every state.
+- ``R<v>`` (T, B, w): forward values kept for the backward or for a later stage;
+  ``G<n>`` (T, B, w): recurrent products; ``L<v>``: a value used only in its own stage.
+- Backward: ``DX<n>`` and ``DA<n>`` gradients, ``GD<n>`` product gradients (for the weight
+  GEMMs at the end), ``GL<n>``/``CS<i>_<k>``/``PASS<i>`` the gradient carried to the
+  previous step, ``E<v>_<k>`` contributions from stage k to a value owned by an earlier
+  stage, ``d<v>`` a value's gradient within its stage.
+"""
+import math
+from types import SimpleNamespace
+
+from .. import ops
+from .kir import (Buf, Ex, Kernel, Let, Loop, Norm, Padded, Reduce, Set, alias_copies, drop_empty_loops,
+                  el, elements, first_writes_assign, fuse_loops, lit, norms, plus, substitute)
+from .plan import REDUCTIONS
+
+
+class _SymBackend:
+    """The backend functions the op table's elementwise entries call, for one element."""
+
+    def __init__(self, gen):
+        self.gen = gen
+
+    def _call(self, fn, a):
+        return Ex("call", (fn, a), self.gen, inv=a.inv)
+
+    def tanh(self, a): return self._call("tanh", a)
+    def sigmoid(self, a): return self._call("sigmoid", a)
+    def exp(self, a): return self._call("exp", a)
+    def log(self, a): return self._call("log", a)
+
+    def leaky_relu(self, a, slope):
+        g = self.gen
+        if slope == 0:
+            return Ex("call", ("max", a, g.lit_const(0)), g, inv=a.inv)
+        return Ex("if", (Ex("cmp", (">", a, g.lit_const(0)), g, boolean=True), a, a * slope), g, inv=a.inv)
+
+    def where(self, cond, a, b):
+        lift = lambda v: v if isinstance(v, Ex) else self.gen.lit_const(v)
+        (cond, a, b), inv = self.gen.row_parts((cond, lift(a), lift(b)))
+        return Ex("if", (cond, a, b), self.gen, inv=inv)
+
+    def clip(self, a, lo, hi):
+        g = self.gen
+        return Ex("call", ("min", Ex("call", ("max", a, g.lit_const(lo)), g), g.lit_const(hi)), g, inv=a.inv)
+
+
+def _op_attrs(e):
+    """The attributes the table's lambdas take (``cond`` becomes an operand)."""
+    return {k: v for k, v in e.attrs.items() if k not in ("cond", "residuals")}
+
+
+def const_literal(value):
+    """Python source for a float constant: repr, except for inf, -inf and nan, whose repr
+    is not a name the generated module has (a constant 1e120 is inf in float32)."""
+    return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
+
+
+class Generator:
+    def __init__(self, plan, dtype, sizes=None):
+        self.plan, self.dtype = plan, dtype
+        self.widths, self.slices = sizes or ({}, {})
+        self.consts, self._bufs = {}, {}
+        self.zero = self.const(0)  # K0: the renderers' running totals start from it
+        self._row_lets, self._row_eqn = None, None
+        self.k = _SymBackend(self)
+        g = plan.graph
+        self.states, self.hoisted, self.aux = list(g.states), list(plan.hoisted), list(plan.aux)
+        self.outputs = list(g.outputs)
+        self.producer = {e.out: e for e in plan.step_eqns}
+        self.level, self.top, self.gemms = plan.level, plan.num_levels - 1, list(plan.gemms)
+        self.kernel_eqns = {k: [e for e in plan.step_eqns if e.op not in ("matmul", "compare")
+                                and self.level[e.out] == k] for k in range(self.top + 1)}
+        self.users, self.grad_users = {}, {}  # var -> stages reading it / passing a gradient back to it
+        for k, eqns in self.kernel_eqns.items():
+            for e in eqns:
+                for v in self._reads(e):
+                    self.users.setdefault(v, set()).add(k)
+                for v in e.ins:  # a read inside a comparison passes no gradient
+                    if not (v in self.producer and self.producer[v].op == "compare"):
+                        self.grad_users.setdefault(v, set()).add(k)
+        for v in self.outputs:
+            self.users.setdefault(v, set()).add(self.top)
+            self.grad_users.setdefault(v, set()).add(self.top)
+        self.gemm_lhs = {}
+        for n, e in enumerate(self.gemms):
+            self.gemm_lhs.setdefault(e.ins[0], []).append(n)
+        # A product whose result is the left operand of another (``(h @ W1) @ W2``) gets its
+        # gradient from that product's backward GEMM, which runs after the later stage's
+        # backward kernel: its own stage owns it, so that stage has a kernel even with no
+        # pointwise work (it passes the gradient on to the product's weight gradient).
+        for v in self.gemm_lhs:
+            p = self.producer.get(v)
+            if p is not None and p.op == "matmul":
+                self.users.setdefault(v, set()).add(self.level[v])
+                self.grad_users.setdefault(v, set()).add(self.level[v])
+        self.stages = plan.stages
+
+    # -- sizes: linear in the input size I and hidden size H where that was verified ------
+    def wf(self, v):
+        """v's width as (a, b, c): a*I + b*H + c."""
+        return self.widths.get(v.id) or (0, 0, v.width)
+
+    def W(self, v):
+        return fmt(self.wf(v))
+
+    def bounds(self, e):
+        """(lo, hi) of a last-axis slice equation, as source."""
+        if e.out.id in self.slices:
+            return tuple(fmt(f) for f in self.slices[e.out.id])
+        sl = e.attrs["index"][1]
+        return str(sl.start), str(sl.stop)
+
+    # -- names and buffers ------------------------------------------------------------
+    def const(self, value):
+        value = float(value)
+        return self.consts.setdefault(value, f"K{len(self.consts)}")
+
+    def lit_const(self, value):
+        return lit(self.const(value), self)
+
+    def buf(self, name, lead=None, width=None, shared=False):
+        return self._bufs.setdefault((name, lead), Buf(name, lead, width, shared))
+
+    def _reads(self, e):
+        """Vars an equation reads, looking through compare (an inline expression)."""
+        out = []
+        for v in e.ins:
+            p = self.producer.get(v)
+            out.extend(self._reads(p) if p is not None and p.op == "compare" else [v])
+        return out
+
+    def is_view(self, v):
+        p = self.producer.get(v)
+        return p is not None and p.op == "getitem"
+
+    def owner(self, v):
+        """The stage whose backward finalises v's gradient."""
+        if v in self.producer and self.producer[v].op != "matmul":
+            return self.level[v]
+        return min(self.grad_users.get(v) or self.users.get(v, {self.top}))
+
+    def view(self, v):
+        """(buffer, offset) of v's row inside a kernel."""
+        if v in self.states:
+            return self.buf(f"sp{self.states.index(v)}", ""), "0"
+        if v in self.hoisted:
+            return self.buf(f"X{self.hoisted.index(v)}", "t"), "0"
+        p = self.producer[v]
+        if p.op == "matmul":
+            return self.buf(f"G{self.gemms.index(p)}", "t"), "0"
+        if p.op == "getitem":
+            buf, off = self.view(p.ins[0])
+            return buf, plus(off, self.bounds(p)[0])
+        if v in self.out_index:
+            return self.buf("Y", f"t, {self.out_index[v]}"), "0"
+        if v in self.kept:
+            return self.buf(f"R{v.id}", "t"), "0"
+        return self.buf(f"L{v.id}", None, self.W(v)), "0"
+
+    def read(self, v, index="j", local="0"):
+        buf, base = self.view(v)
+        return el(buf, index, self, base, local, var=v)
+
+    def sym(self, v, o):
+        """One element of v inside the loop over j of the equation making ``o``."""
+        p = self.producer.get(v)
+        if p is not None and p.op == "compare":
+            a, b = (self.sym(u, o) for u in p.ins)
+            return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[p.attrs["how"]]
+        if v.role == "const" and v.value.ndim == 0:
+            return self.lit_const(v.value)
+        index = "j" if self.wf(v) == self.wf(o) and self.wf(o) != (0, 0, 1) else "0"
+        if v in self.aux:
+            return el(self.buf(f"A{self.aux.index(v)}", shared=True), index, self, var=v)
+        return self.read(v, index)
+
+    def row_parts(self, parts):
+        """(parts, whether the expression they form is a row scalar). When it is not, a part
+        that is (``sqrt(mean)``, ``var ** p``: work on a (B, 1) value) becomes a scalar
+        computed once per row before the loop over the row, not once per element."""
+        if all(p.inv for p in parts):
+            return parts, True
+        return tuple(self.row_scalar(p) if p.inv and not p.leaf else p for p in parts), False
+
+    def row_scalar(self, s):
+        """A name for row scalar ``s``, computed once per row before the equation's loop."""
+        if self._row_lets is None or s.leaf:
+            return s
+        name = f"r{len(self._row_lets)}_{self._row_eqn}"  # numbered per equation: unique in a kernel
+        self._row_lets.append(Let(name, s))
+        return lit(name, self)
+
+    def _with_row_scalars(self, e, lower):
+        """``lower()``'s statements for equation ``e``, after the row scalars it asked for."""
+        self._row_lets, self._row_eqn = ([] if self.wf(e.out) != (0, 0, 1) else None), e.out.id
+        try:
+            stmts = lower()
+            return (self._row_lets or []) + stmts
+        finally:
+            self._row_lets = None
+
+    # -- storage ---------------------------------------------------------------------
+    def plan_storage(self):
+        """Decide where each forward value lives: lower the backward once to see which
+        forward values it reads (the element references that name them)."""
+        self.kept = {v for v, ks in self.users.items()
+                     if v in self.producer and self.producer[v].op != "matmul" and any(k != self.level[v] for k in ks)}
+        self.kept |= {v for v in self.gemm_lhs if v in self.producer}
+        self.out_index = {}
+        for k in self.stages:
+            self.kept |= {v for v in self.backward_kernel(k, dry=True)
+                          if v in self.producer and self.producer[v].op != "matmul"}
+        changed = True
+        while changed:  # a kept view keeps its source
+            changed = False
+            for v in list(self.kept):
+                src = self.producer[v].ins[0] if self.is_view(v) else None
+                if src is not None and src not in self.kept and src in self.producer and self.producer[src].op != "matmul":
+                    self.kept.add(src)
+                    changed = True
+        for i, v in enumerate(self.outputs):
+            if (v in self.producer and not self.is_view(v) and self.producer[v].op != "matmul"
+                    and v not in self.out_index and self.outputs.index(v) == i):
+                self.out_index[v] = i
+        self.residuals = [e.out for e in self.plan.step_eqns if e.out in self.kept and e.out not in self.out_index
+                          and e.op not in ("matmul", "compare", "getitem")]
+
+    # -- forward -------------------------------------------------------------------
+    def forward_kernel(self, k):
+        eqns = self.kernel_eqns[k]
+        body = []
+        for e in eqns:
+            body += self._fwd_eqn(e)
+        body = fuse_loops(body)
+        if k == self.top:
+            y = lambda i: self.buf("Y", f"t, {i}")
+            for i, v in enumerate(self.outputs):
+                if self.out_index.get(v) != i:
+                    body.append(Loop(self.W(v), [Set(el(y(i), gen=self), self.read(v))]))
+            body.append(Padded([Loop(self.W(s), [Set(el(y(i), gen=self), self.read(s))])  # carry the state
+                                for i, s in enumerate(self.states)]))
+        return Kernel(f"_forward_stage{k}", None, f"Stage {k} of step t, row by row: {_summary(eqns)}.",
+                      len(self.states), body)
+
+    def _fwd_eqn(self, e):
+        o = e.out
+        out_buf, out_base = self.view(o) if e.op != "getitem" else (None, None)
+        target = lambda index="j", local="0": el(out_buf, index, self, out_base, local)
+        if e.op == "getitem":
+            return []
+        if e.op == "cat":
+            out, start = [], (0, 0, 0)
+            for v in e.ins:
+                out.append(Loop(self.W(v), [Set(target(local=fmt(start)), self.read(v), full=False)]))
+                start = _plus(start, self.wf(v))
+            return out
+        if e.op in REDUCTIONS:
+            a = e.ins[0]
+            init = self.read(a, "0") if e.op == "max" else self.lit_const(0)
+            total = lit("acc", self)
+            fin = Ex("bin", ("/", total, lit(f"DT({self.W(a)})", self)), self) if e.op == "mean" else total
+            return [Reduce("acc", init, self.W(a), self.read(a), "max" if e.op == "max" else "+",
+                           [Set(target("0"), fin)])]
+
+        def lower():
+            syms = [self.sym(v, o) for v in e.ins]
+            attrs = _op_attrs(e)
+            if e.op == "where":
+                attrs["cond"] = syms.pop()
+            expr = ops.OPS[e.op].fwd(self.k, *syms, **attrs)
+            expr = self.row_scalar(expr) if expr.inv else expr  # a row scalar broadcast along the row
+            return [Loop(self.W(o), [Set(target(), expr)])]
+        return self._with_row_scalars(e, lower)
+
+    # -- backward ------------------------------------------------------------------
+    def grad(self, v):
+        return self.buf(f"d{v.id}", None, self.W(v))
+
+    def grad_target(self, v, k):
+        """The buffer stage k adds v's gradient to (None: not differentiable)."""
+        if v.role == "const" or (v in self.producer and self.producer[v].op == "compare"):
+            return None
+        if v in self.aux:
+            return self.buf(f"DA{self.aux.index(v)}", shared=True)
+        if v in self.states:
+            return self.buf(f"CS{self.states.index(v)}_{k}", "", self.W(v))
+        if self.owner(v) == k:
+            return self.grad(v)
+        return self.buf(f"E{v.id}_{k}", "", self.W(v))
+
+    def _finals(self, v):
+        if v in self.hoisted:
+            return [self.buf(f"DX{self.hoisted.index(v)}", "t", self.W(v))]
+        if v in self._gemm_outs():
+            return [self.buf(f"GD{self._gemm_outs().index(v)}", "t", self.W(v))]
+        return []
+
+    def _gemm_outs(self):
+        return [e.out for e in self.gemms]
+
+    def carry_names(self, i):
+        """Buffers that carry dL/dstate_i to the previous step."""
+        s = self.states[i]
+        return ([f"CS{i}_{k}" for k in sorted(self.users.get(s, ()))]
+                + [f"GL{g}" for g in self.gemm_lhs.get(s, ())] + [f"PASS{i}"])
+
+    def backward_kernel(self, k, dry=False):
+        """Stage k's backward kernel; ``dry``: only the forward values its statements read."""
+        eqns = self.kernel_eqns[k]
+        body = []
+        for e in reversed(eqns):
+            for i, v in enumerate(self.outputs):
+                if v is e.out:  # its gradient is complete here: every in-step use is behind us
+                    body.append(Norm(i, el(self.grad(v), gen=self), self.W(v)))
+            body += self._bwd_eqn(e, k)
+        if dry:
+            return {r.var for r in elements(body) if r.var is not None}
+        owned = [e.out for e in eqns] + [v for v in (*self.hoisted, *self._gemm_outs())
+                                          if self.owner(v) == k and k in self.users.get(v, ())]
+        zero = lambda buf, width: Loop(width, [Set(el(buf, gen=self), self.lit_const(0))])
+        copy = lambda width, dest, src, add=True: Loop(width, [Set(el(dest, gen=self), el(src, gen=self), add)])
+        targets = {}  # outgoing per-row buffers of this stage (zeroed for padded rows)
+        for v in [u for e in eqns for u in e.ins] + (self.outputs if k == self.top else []):
+            t = self.grad_target(v, k)
+            if t is not None and t.lead == "":
+                targets[t.name] = (t, self.W(v))
+        for i, s in enumerate(self.states):
+            if k in self.users.get(s, ()):
+                targets[f"CS{i}_{k}"] = (self.grad_target(s, k), self.W(s))
+        g = [self.buf(f"g{i}", None, self.W(s)) for i, s in enumerate(self.states)]
+        pas = [self.buf(f"PASS{i}", "", self.W(s)) for i, s in enumerate(self.states)]
+        head, padded = [], []
+        if k == self.top:
+            for i, s in enumerate(self.states):  # total dL/dstate_i: upstream plus what the next step carried back
+                total = el(self.buf("dY", f"t, {i}"), gen=self)
+                for name in self.carry_names(i):
+                    total = total + el(self.buf(name, "", self.W(s)), gen=self)
+                head.append(Loop(self.W(s), [Set(el(g[i], gen=self), total),
+                                             Set(el(pas[i], gen=self), self.lit_const(0))]))
+            head += [Norm(i, el(g[i], gen=self), self.W(v)) for i, v in enumerate(self.outputs)
+                     if v not in self.producer]  # a state passed through: nothing in the step uses the new one
+        padded += [zero(t, w) for name, (t, w) in sorted(targets.items())]
+        padded += [zero(f, self.W(v)) for v in owned for f in self._finals(v)]
+        if k == self.top:
+            for i, v in enumerate(self.outputs):
+                padded.append(copy(self.W(v), pas[i], g[i], add=False))
+                if v in self.producer:
+                    padded.append(Norm(i, el(g[i], gen=self), self.W(v)))
+        contribs = []
+        if k == self.top:
+            contribs += [copy(self.W(v), self.grad_target(v, k), g[i]) for i, v in enumerate(self.outputs)]
+        for v in owned:
+            contribs += [copy(self.W(v), self.grad(v), self.buf(f"E{v.id}_{j}", "", self.W(v)))
+                         for j in sorted(self.grad_users.get(v, ())) if j != k]
+            contribs += [copy(self.W(v), self.grad(v), self.buf(f"GL{n}", "", self.W(v))) for n in self.gemm_lhs.get(v, ())]
+        covered = self._covered_by_slices(eqns, k)
+        stmts = contribs + body
+        assigned, single = first_writes_assign(stmts, covered)
+        stmts, aliases = alias_copies(stmts, single, lambda b: b.scratch and b.name.startswith("d"))
+        # A gate block's gradient is a view into the gradient of the value it was split
+        # from, so the split's backward copies nothing.
+        views = {}
+        for e in eqns:
+            src, part = self.grad(e.ins[0]), self.grad(e.out)
+            if e.op == "getitem" and src.name in covered and src.name not in aliases and part.name not in aliases:
+                lo = self.bounds(e)[0]
+                views[part.name] = (src, lo)
+                for s in stmts:
+                    if isinstance(s, Loop):
+                        s.body = [c for c in s.body if not _is_copy_back(c, src, lo, part)]
+        stmts = drop_empty_loops(stmts)
+        zeros = [zero(t, w) for name, (t, w) in sorted(targets.items()) if name not in assigned]
+        zeros += [zero(self.grad(v), self.W(v)) for v in owned
+                  if self.grad(v).name not in assigned and self.grad(v).name not in aliases]
+        finals = [copy(self.W(v), f, self.grad(v), add=False) for v in owned for f in self._finals(v)]
+        rows = head + [Padded(padded)] + zeros + fuse_loops(stmts + finals)
+        substitute(rows, {**aliases, **views})
+        return Kernel(f"_backward_stage{k}", None,
+                      f"Gradients through stage {k} of step t, in reverse: {_summary(eqns[::-1])}.",
+                      len(self.states), rows)
+
+    def _covered_by_slices(self, eqns, k):
+        """Gradient buffers of this stage written only by disjoint slices that tile them
+        (the gate blocks of a split): each slice can assign, and nothing needs zeroing."""
+        covered = set()
+        for e in eqns:
+            v = e.out
+            readers = [u for u in eqns if v in u.ins]
+            if (self.users.get(v, set()) - {k} or v in self.gemm_lhs or v in self.outputs
+                    or not readers or any(u.op != "getitem" for u in readers)):
+                continue
+            spans = sorted((u.attrs["index"][1].start, u.attrs["index"][1].stop) for u in readers)
+            if spans[0][0] == 0 and spans[-1][1] == v.width and all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
+                covered.add(self.grad(v).name)
+        return covered
+
+    def _bwd_eqn(self, e, k):
+        o, w = e.out, self.W(e.out)
+        dy = lambda index="j", local="0": el(self.grad(o), index, self, local=local)
+        if e.op == "getitem":
+            t = self.grad_target(e.ins[0], k)
+            lo = self.bounds(e)[0]
+            return [Loop(w, [Set(el(t, gen=self, local=lo), dy(), add=True, full=False)])]
+        if e.op == "cat":
+            out, start = [], (0, 0, 0)
+            for v in e.ins:
+                t = self.grad_target(v, k)
+                if t is not None:
+                    out.append(Loop(self.W(v), [Set(el(t, gen=self), dy(local=fmt(start)), add=True)]))
+                start = _plus(start, self.wf(v))
+            return out
+        if e.op in REDUCTIONS:
+            a = e.ins[0]
+            t = self.grad_target(a, k)
+            if t is None:
+                return []
+            wa = self.W(a)
+            if e.op == "max":
+                hit = Ex("cmp", ("==", self.read(a), self.read(o, "0")), self, boolean=True)
+                share = Ex("bin", ("/", dy("0"), lit("cnt", self)), self)
+                return [Reduce("cnt", self.lit_const(0), wa, Ex("if", (hit, self.lit_const(1), self.lit_const(0)), self),
+                               "+", [Loop(wa, [Set(el(t, gen=self), Ex("if", (hit, share, self.lit_const(0)), self),
+                                                   add=True)])])]
+            if e.op == "mean":  # the row's share, divided once per row
+                name = f"r{o.id}_0"
+                return [Let(name, Ex("bin", ("/", dy("0"), lit(f"DT({wa})", self)), self)),
+                        Loop(wa, [Set(el(t, gen=self), lit(name, self), add=True)])]
+            return [Loop(wa, [Set(el(t, gen=self), dy("0"), add=True)])]
+        return self._with_row_scalars(e, lambda: self._bwd_pointwise(e, k))
+
+    def _bwd_pointwise(self, e, k):
+        o, w = e.out, self.W(e.out)
+        syms = [self.sym(v, o) for v in e.ins]
+        attrs = _op_attrs(e)
+        if e.op == "where":
+            attrs["cond"] = syms.pop()
+        g = el(self.grad(o), "j", self)
+        g.inv = self.wf(o) == (0, 0, 1)
+        grads = ops.OPS[e.op].vjp(self.k, g, self.sym(o, o), *syms, **attrs)
+        out = []
+        for v, gv in zip(e.ins, grads):
+            t = self.grad_target(v, k)
+            if t is None or gv is None:
+                continue
+            gv = gv if isinstance(gv, Ex) else self.lit_const(gv)
+            gv = self.row_scalar(gv) if gv.inv else gv
+            if self.wf(v) == self.wf(o):
+                out.append(Loop(w, [Set(el(t, gen=self), gv, add=True)]))
+            else:  # broadcast along the row: sum the contributions
+                out.append(Reduce("acc", self.lit_const(0), w, gv, "+", [Set(el(t, "0", self), lit("acc", self), add=True)]))
+        return out
+
+    # -- the module: kernels and one driver description for both devices ------------------
+    def lhs(self, v):
+        """A recurrent product's left operand: (kind, index, lo, hi), kind "state" (state
+        index) or an array name and the index before its rows; lo/hi a column range or None."""
+        lo = hi = None
+        while self.is_view(v):  # slices of slices compose
+            a, b = self.bounds(self.producer[v])
+            lo, hi = (a, b) if lo is None else (f"({a}) + ({lo})", f"({a}) + ({hi})")
+            v = self.producer[v].ins[0]
+        if v in self.states:
+            return "state", self.states.index(v), lo, hi
+        p = self.producer[v]
+        if p.op == "matmul":
+            return f"G{self.gemms.index(p)}", "", lo, hi
+        if v in self.out_index:
+            return "Y", f"{self.out_index[v]}", lo, hi
+        return f"R{v.id}", "", lo, hi
+
+    def module(self):
+        """Everything a renderer prints: kernels (arguments filled in) and the drivers."""
+        self.plan_storage()
+        fwd = {k: self.forward_kernel(k) for k in self.stages}
+        bwd = {k: self.backward_kernel(k) for k in reversed(self.stages)}
+        for kern in (*fwd.values(), *bwd.values()):
+            kern.args = _kernel_args(kern, len(self.states))
+        S = len(self.states)
+        weight = lambda e: self.aux.index(e.ins[1])
+        fwd_steps, bwd_steps = [], []
+        for k in range(self.top + 1):  # a stage's products run even when it has no kernel
+            fwd_steps += [("gemm", n, self.lhs(e.ins[0]), weight(e)) for n, e in enumerate(self.gemms) if self.level[e.out] == k]
+            fwd_steps += [("stage", k)] if k in fwd else []
+        for k in range(self.top, -1, -1):
+            bwd_steps += [("stage", k)] if k in bwd else []
+            bwd_steps += [("gemm", n, None, weight(e)) for n, e in enumerate(self.gemms) if self.level[e.out] == k]
+        carries = {f"GL{n}": self.W(e.ins[0]) for n, e in enumerate(self.gemms)}
+        for i, s in enumerate(self.states):
+            carries.update({c: self.W(s) for c in self.carry_names(i) if not c.startswith("GL")})
+        ext = {}
+        for v in self.grad_users:
+            for k in self.grad_users[v]:
+                if k != self.owner(v) and v not in self.states and v not in self.aux and v.role != "const":
+                    ext[f"E{v.id}_{k}"] = self.W(v)
+        weights = sorted({weight(e) for e in self.gemms})
+        return SimpleNamespace(
+            fwd=fwd, bwd=bwd, S=S, consts=self.consts, dtype=self.dtype,
+            residual_ids=[v.id for v in self.residuals], output_ids=[v.id for v in self.outputs],
+            s0=[f"S0_{i}" for i in range(S)], x=[f"X{n}" for n in range(len(self.hoisted))],
+            a=[f"A{n}" for n in range(len(self.aux))], weights=weights,
+            flat=[n for n in range(len(self.aux)) if n not in weights],
+            residuals=[(f"R{v.id}", self.W(v)) for v in self.residuals],
+            products=[(f"G{n}", self.W(e.out), self.lhs(e.ins[0]), self.W(e.ins[0]), weight(e))
+                      for n, e in enumerate(self.gemms)],
+            dx=[(f"DX{n}", self.W(v)) for n, v in enumerate(self.hoisted)],
+            carries=sorted(carries.items()), ext=sorted(ext.items()),
+            dstates=[self.carry_names(i) for i in range(S)],
+            fwd_steps=fwd_steps, bwd_steps=bwd_steps,
+            widths=sorted({self.W(v) for v in (*self.states, *(e.out for e in self.plan.step_eqns))}))
+
+
+def _is_copy_back(s, src, lo, part):
+    """``src[lo + j] = part[j]``: a slice's gradient written back into its source's."""
+    if not isinstance(s, Set) or s.add:
+        return False
+    t, v = s.target.args, s.value.args if s.value.kind == "el" else None
+    return t[0] is src and t[1:] == ("0", lo, "j") and v is not None and v[0] is part and v[1:] == ("0", "0", "j")
+
+
+def _kernel_args(kern, n_states):
+    """The arrays a kernel takes: Y and the initial states (its state views), then every
+    buffer it touches that is not per-row scratch, in order of first use."""
+    names = ["Y", *(f"S0_{i}" for i in range(n_states))]
+    for buf in kern.bufs():
+        if not buf.scratch and not buf.name.startswith("sp") and buf.name not in names:
+            names.append(buf.name)
+    return names + (["SQ"] if any(True for _ in norms(kern.body)) else [])
+
+
+def _summary(eqns):
+    shown = [f"v{e.out.id} = {e.op}({', '.join(v.name for v in e.ins)})" for e in eqns]
+    return "; ".join(shown) if shown else "no pointwise work"
+
+
+def _plus(a, b):
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def fmt(f):
+    """(a, b, c) as source for a*I + b*H + c."""
+    terms = []
+    for coef, name in zip(f[:2], ("I", "H")):
+        if coef:
+            terms.append(name if coef == 1 else f"{coef} * {name}")
+    if f[2] or not terms:
+        terms.append(str(f[2]))
+    return " + ".join(terms).replace("+ -", "- ")

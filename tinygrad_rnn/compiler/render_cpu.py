@@ -1,0 +1,160 @@
+"""Print the kernel IR as plain Python for ``numba.njit``.
+
+A stage kernel runs the rows ``b0..b1`` of one block of the batch: the jitted time
+loop runs a block per core (``runtime.row_blocks``), each block through all T steps.
+Each IR loop is one simple loop over the row, the form that vectorises (one
+transcendental per loop: ``benchmarks/bench_kernels.py``). Arrays indexed by step are
+bound once per kernel call (``X0_t = X0[t]``) and indexed ``[b, j]``: a view made per
+row costs about 5 ns (Numba builds the array struct and counts references), and a stage
+binds a dozen or two for every row of every step.
+"""
+from .kir import Let, Loop, Norm, Padded, Reduce, Set, index_of, source
+from .lower import Generator, const_literal
+
+_CALLS = {"tanh": "tanh_scalar({0})", "sigmoid": "sigmoid_scalar({0})", "exp": "math.exp({0})",
+          "log": "math.log({0})", "sqrt": "math.sqrt({0})", "max": "max({0}, {1})", "min": "min({0}, {1})"}
+
+
+class _KernelPrinter:
+    def __init__(self, zero):
+        self.zero, self.bound = zero, {}
+
+    def element(self, e):
+        buf, index = e.args[0], index_of(e)
+        if buf.shared or buf.lead is None:
+            return f"{buf.name}[{index}]"
+        if buf.lead == "":
+            return f"{buf.name}[b, {index}]"
+        name = f"{buf.name}_{buf.lead.replace(', ', '_')}"
+        self.bound[name] = f"{buf.name}[{buf.lead}]"
+        return f"{name}[b, {index}]"
+
+    def call(self, fn, args):
+        return _CALLS[fn].format(*args)
+
+    def lines(self, stmts, pad):
+        out, src = [], lambda e: source(e, self)
+        for s in stmts:
+            if isinstance(s, Loop):
+                out.append(f"{pad}for j in range({s.width}):")
+                out += self.lines(s.body, pad + "    ")
+            elif isinstance(s, Set):
+                out.append(f"{pad}{src(s.target)} {'+=' if s.add else '='} {src(s.value)}")
+            elif isinstance(s, Let):
+                out.append(f"{pad}{s.name} = {src(s.value)}")
+            elif isinstance(s, Reduce):
+                update = (f"{s.name} += {src(s.update)}" if s.how == "+" else
+                          f"{s.name} = {self.call('max', [s.name, src(s.update)])}")
+                out += [f"{pad}{s.name} = {src(s.init)}", f"{pad}for j in range({s.width}):", f"{pad}    {update}"]
+                out += self.lines(s.then, pad)
+            elif isinstance(s, Norm):
+                x = src(s.row)
+                out += [f"{pad}acc = {self.zero}", f"{pad}for j in range({s.width}):", f"{pad}    acc += {x} * {x}",
+                        f"{pad}SQ[{s.i}, t] += acc"]
+            elif isinstance(s, Padded):
+                out.append(f"{pad}if M[t, b] == 0:  # past this sequence's length")
+                out += self.lines(s.body, pad + "    ") + [f"{pad}    continue"]
+        return out
+
+
+def render_kernel(kern, zero):
+    p = _KernelPrinter(zero)
+    body = p.lines(kern.body, "        ") or ["        pass"]
+    used = {b.name for b in kern.bufs()}
+    head = [f"    sp{i} = S0_{i} if t == 0 else Y[t - 1, {i}]" for i in range(kern.states) if f"sp{i}" in used]
+    head += [f"    {name} = {view}" for name, view in p.bound.items()]
+    head += [f"    {b.name} = np.empty({b.width}, DT)" for b in kern.bufs() if b.scratch]
+    return "\n".join([f"@kernel\ndef {kern.name}(t, b0, b1, I, H, M, {', '.join(kern.args)}):", f'    """{kern.doc}"""',
+                      *head, "    for b in range(b0, b1):", *body])
+
+
+def _lhs_at(lhs, rows):
+    """A product's left operand at step t, rows ``rows``."""
+    kind, index, lo, hi = lhs
+    if kind == "state":
+        base = f"(S0_{index} if t == 0 else Y[t - 1, {index}])[{rows}]"
+    else:
+        base = f"{kind}[t, {index + ', ' if index else ''}{rows}]"
+    return base + (f"[:, {lo}:{hi}]" if lo is not None else "")
+
+
+def _lhs_every_step(lhs):
+    """A product's left operand at every step, (T, B, n)."""
+    kind, index, lo, hi = lhs
+    if kind == "state":
+        base = f"np.concatenate((S0_{index}[None], Y[:-1, {index}]))"
+    else:
+        base = f"{kind}[:, {index}]" if index else kind
+    return base + (f"[:, :, {lo}:{hi}]" if lo is not None else "")
+
+
+def _call(name, args):
+    return f"{name}(t, b0, b1, I, H, M, {', '.join(args)})"
+
+
+def render(plan, dtype, header, sizes=None):
+    """The generated module's source for ``plan`` in ``dtype``; ``sizes`` = (widths, slices)
+    formulas by var id make it one module for every input and hidden size."""
+    m = Generator(plan, dtype, sizes).module()
+    zero = m.consts[0.0]
+    S, rs, gs = m.S, [r for r, _ in m.residuals], [g for g, *_ in m.products]
+    at = [f"AT{w}" for w in m.weights]
+    dx, da, gd = [d for d, _ in m.dx], [f"DA{n}" for n in range(len(m.a))], [f"GD{n}" for n in range(len(m.products))]
+    carries, ext = [c for c, _ in m.carries], [e for e, _ in m.ext]
+    fwd_args = ["T", "b0", "b1", "I", "H", "M", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs]
+    bwd_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs, *dx, *da, *gd, *carries,
+                *ext, "SQ"]
+    out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
+           "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
+           "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_tn, mm_t, row_blocks", "",
+           f"DT = np.{m.dtype.name}"]
+    out += [f"{name} = DT({const_literal(value)})" for value, name in m.consts.items()]
+    out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
+            f"RESIDUAL_IDS = ({''.join(f'{i}, ' for i in m.residual_ids)})",
+            f"OUTPUT_IDS = ({''.join(f'{i}, ' for i in m.output_ids)})", "", ""]
+    for kern in [*(m.fwd[k] for k in sorted(m.fwd)), *(m.bwd[k] for k in sorted(m.bwd, reverse=True))]:
+        out += [render_kernel(kern, zero), "", ""]
+    # The in-kernel product takes dot products over the weight's columns: the forward
+    # passes the weight transposed, the backward (through the weight's transpose) as it is.
+    body = ["@kernel", f"def _forward_loop({', '.join(fwd_args)}):", "    for t in range(T):"]
+    for step in m.fwd_steps:
+        if step[0] == "gemm":
+            _, n, lhs, w = step
+            body.append(f"        mm_t({_lhs_at(lhs, 'b0:b1')}, AT{w}, G{n}[t, b0:b1])")
+        else:
+            body.append(f"        {_call(m.fwd[step[1]].name, m.fwd[step[1]].args)}")
+    body += ["", "", "@kernel", f"def _backward_loop({', '.join(bwd_args)}):", "    for t in range(T - 1, -1, -1):"]
+    for step in m.bwd_steps:
+        if step[0] == "gemm":
+            _, n, _, w = step
+            body.append(f"        mm_t(GD{n}[t, b0:b1], A{w}, GL{n}[b0:b1])")
+        else:
+            body.append(f"        {_call(m.bwd[step[1]].name, m.bwd[step[1]].args)}")
+    out += body + ["", ""]
+    flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
+    transposed = [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in m.weights]
+    res = ", ".join(rs + gs) + ("," if len(rs + gs) == 1 else "")
+    out += [f"def forward(I, H, M, {', '.join([*m.s0, *m.x, *m.a])}):", "    T, B = M.shape", *flat,
+            f"    Y = np.empty((T, {S}, B, H), DT)",
+            *[f"    {r} = np.empty((T, B, {w}), DT)" for r, w in m.residuals],
+            *[f"    {g} = np.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *transposed,
+            "    blocks = row_blocks(B)",
+            f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
+            f"    return Y, ({res})", "", ""]
+    per_block = [f"{a}[n]" if a in (*da, "SQ") else a for a in bwd_args]
+    finish = [f"    DA{w} += matmul_tn({_lhs_every_step(lhs)}.reshape(T * B, {k_in}), GD{n}.reshape(T * B, {w_out}))"
+              f".reshape(DA{w}.shape)" for n, (_, w_out, lhs, k_in, w) in enumerate(m.products)]
+    out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
+            "    T, B = M.shape", *flat, f"    {res} = residuals" if res else "",
+            "    blocks = row_blocks(B)",
+            "    # what every row adds to (batch-free gradients, per-step norms): one partial per block",
+            *[f"    {d} = np.empty((T, B, {w}), DT)" for d, w in m.dx],
+            *[f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(m.a))], *transposed,
+            *[f"    GD{n} = np.empty((T, B, {w}), DT)" for n, (_, w, *_) in enumerate(m.products)],
+            *[f"    {c} = np.zeros((B, {w}), DT)" for c, w in m.carries],
+            *[f"    {e} = np.empty((B, {w}), DT)" for e, w in m.ext],
+            f"    SQ = np.zeros((len(blocks), {S}, T))",
+            f"    in_blocks(blocks, lambda n, b0, b1: _backward_loop({', '.join(per_block)}))",
+            *[f"    {d} = {d}.sum(axis=0)" for d in (*da, "SQ")], *finish,
+            f"    return [{', '.join(dx)}], [{', '.join(' + '.join(c) for c in m.dstates)}], [{', '.join(da)}], np.sqrt(SQ)", ""]
+    return "\n".join(out)
