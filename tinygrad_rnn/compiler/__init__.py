@@ -371,7 +371,7 @@ def inspect_cell(cell, dtype="float32", target="cpu"):
     c = compile_cell(cell, dtype)
     p = c.plan
     summary = (f"param equations: {len(p.param_eqns)}, hoisted (all T*B rows at once): "
-               f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {len(p.stages)} stage kernel(s), "
+               f"{len(p.hoist_eqns)}, per step: {len(p.step_eqns)} in {len(p.stages)} stage(s), "
                f"recurrent products: {len(p.gemms)}")
     summary += "\n\n" + _kernel_ir_text(c)
     if target == "cuda":

@@ -57,15 +57,15 @@ class _KernelPrinter:
         return out
 
 
-def render_kernel(kern, zero):
+def render_stage(kern, zero):
+    """(the lines that run a stage at step t, inside the time loop; its scratch rows)."""
     p = _KernelPrinter(zero)
-    body = p.lines(kern.body, "        ") or ["        pass"]
+    body = p.lines(kern.body, "            ") or ["            pass"]
     used = {b.name for b in kern.bufs()}
-    head = [f"    sp{i} = S0_{i} if t == 0 else Y[t - 1, {i}]" for i in range(kern.states) if f"sp{i}" in used]
-    head += [f"    {name} = {view}" for name, view in p.bound.items()]
-    head += [f"    {b.name} = np.empty({b.width}, DT)" for b in kern.bufs() if b.scratch]
-    return "\n".join([f"@kernel\ndef {kern.name}(t, b0, b1, I, H, M, {', '.join(kern.args)}):", f'    """{kern.doc}"""',
-                      *head, "    for b in range(b0, b1):", *body])
+    head = [f"        sp{i} = S0_{i} if t == 0 else Y[t - 1, {i}]" for i in range(kern.states) if f"sp{i}" in used]
+    head += [f"        {name} = {view}" for name, view in p.bound.items()]
+    return ([f"        # {kern.name}: {kern.doc}", *head, "        for b in range(b0, b1):", *body],
+            [b for b in kern.bufs() if b.scratch])
 
 
 def _lhs_at(lhs, rows):
@@ -88,10 +88,6 @@ def _lhs_every_step(lhs):
     return base + (f"[:, :, {lo}:{hi}]" if lo is not None else "")
 
 
-def _call(name, args):
-    return f"{name}(t, b0, b1, I, H, M, {', '.join(args)})"
-
-
 def render(plan, dtype, header, sizes=None):
     """The generated module's source for ``plan`` in ``dtype``; ``sizes`` = (widths, slices)
     formulas by var id make it one module for every input and hidden size."""
@@ -112,25 +108,27 @@ def render(plan, dtype, header, sizes=None):
     out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
             f"RESIDUAL_IDS = ({''.join(f'{i}, ' for i in m.residual_ids)})",
             f"OUTPUT_IDS = ({''.join(f'{i}, ' for i in m.output_ids)})", "", ""]
-    for kern in [*(m.fwd[k] for k in sorted(m.fwd)), *(m.bwd[k] for k in sorted(m.bwd, reverse=True))]:
-        out += [render_kernel(kern, zero), "", ""]
     # The in-kernel product takes dot products over the weight's columns: the forward
     # passes the weight transposed, the backward (through the weight's transpose) as it is.
-    body = ["@kernel", f"def _forward_loop({', '.join(fwd_args)}):", "    for t in range(T):"]
-    for step in m.fwd_steps:
-        if step[0] == "gemm":
-            _, n, lhs, w = step
-            body.append(f"        mm_t({_lhs_at(lhs, 'b0:b1')}, AT{w}, G{n}[t, b0:b1])")
-        else:
-            body.append(f"        {_call(m.fwd[step[1]].name, m.fwd[step[1]].args)}")
-    body += ["", "", "@kernel", f"def _backward_loop({', '.join(bwd_args)}):", "    for t in range(T - 1, -1, -1):"]
-    for step in m.bwd_steps:
-        if step[0] == "gemm":
-            _, n, _, w = step
-            body.append(f"        mm_t(GD{n}[t, b0:b1], A{w}, GL{n}[b0:b1])")
-        else:
-            body.append(f"        {_call(m.bwd[step[1]].name, m.bwd[step[1]].args)}")
-    out += body + ["", ""]
+    # Each stage runs inline in the time loop: one function for Numba to compile per
+    # direction, its scratch rows allocated once per call.
+    for name, args, steps, kernels, order in (
+            ("_forward_loop", fwd_args, m.fwd_steps, m.fwd, "for t in range(T):"),
+            ("_backward_loop", bwd_args, m.bwd_steps, m.bwd, "for t in range(T - 1, -1, -1):")):
+        body, scratch = [], {}
+        for step in steps:
+            if step[0] == "stage":
+                lines, bufs = render_stage(kernels[step[1]], zero)
+                body += lines
+                scratch.update((b.name, b.width) for b in bufs)
+            elif name == "_forward_loop":
+                _, n, lhs, w = step
+                body.append(f"        mm_t({_lhs_at(lhs, 'b0:b1')}, AT{w}, G{n}[t, b0:b1])")
+            else:
+                _, n, _, w = step
+                body.append(f"        mm_t(GD{n}[t, b0:b1], A{w}, GL{n}[b0:b1])")
+        out += ["@kernel", f"def {name}({', '.join(args)}):", *[f"    {n} = np.empty({w}, DT)" for n, w in scratch.items()],
+                f"    {order}", *body, "", ""]
     flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
     transposed = [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in m.weights]
     res = ", ".join(rs + gs) + ("," if len(rs + gs) == 1 else "")
