@@ -226,7 +226,7 @@ FOUND = {
                 v = tr.cat([x, s0], axis=-1) @ self.w
                 g = v.sigmoid() @ self.u
                 return (g.tanh(), g)
-    ''', "per-step norms of a state returned as a second-stage product's result: compiled lag one step"),
+    ''', None),  # fixed: a product's result as a state has its norm taken in its owning stage
     "flat239_state_is_a_product_read_by_another_op": ('''
         class Alias1(tr.Cell):
             name = "alias1"
@@ -238,7 +238,7 @@ FOUND = {
                 s0, s1 = state
                 g = s0.tanh() @ self.u
                 return (g, g.tanh())
-    ''', "per-step norms of a state that is a recurrent product's output, read by another op"),
+    ''', None),  # fixed: likewise
 }
 
 

@@ -383,7 +383,11 @@ class Generator:
         zeros = [zero(t, w) for name, (t, w) in sorted(targets.items()) if name not in assigned]
         zeros += [zero(self.grad(v), self.W(v)) for v in owned
                   if self.grad(v).name not in assigned and self.grad(v).name not in aliases]
-        finals = [copy(self.W(v), f, self.grad(v), add=False) for v in owned for f in self._finals(v)]
+        # a state that is a product's result: its gradient is complete once this, its
+        # owning stage, has added every contribution
+        finals = [Norm(i, el(self.grad(v), gen=self), self.W(v)) for i, v in enumerate(self.outputs)
+                  if v in owned and self.producer[v].op == "matmul"]
+        finals += [copy(self.W(v), f, self.grad(v), add=False) for v in owned for f in self._finals(v)]
         rows = head + [Padded(padded)] + zeros + fuse_loops(stmts + finals)
         substitute(rows, {**aliases, **views})
         return Kernel(f"_backward_stage{k}", None,
