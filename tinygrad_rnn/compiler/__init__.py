@@ -23,7 +23,7 @@ from .render_cpu import render
 from .plan import make_plan
 from .trace import CompileError, operand_text, trace, trace_checked
 
-__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "compiled_versions", "cuda_kernel_signatures", "generate", "run_layer",
+__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "compiled_versions", "cuda_kernel_signatures", "run_layer",
            "step_values", "inspect_cell"]
 
 
@@ -194,12 +194,6 @@ def _settings(cell):
                         if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))))
 
 
-def generate(cell, dtype):
-    """(graph text, plan, source) for a cell instance: every pass but loading. Raises CompileError."""
-    graph_text, plan, header, sizes = _generate_parts(cell, dtype)
-    return graph_text, plan, render(plan, np.dtype(dtype), header, sizes)
-
-
 def _generate_parts(cell, dtype):
     """(graph text, plan, module header, size formulas or None): what rendering needs."""
     dtype = np.dtype(dtype)
@@ -228,7 +222,8 @@ def compile_status(cls, **options):
     try:
         with init.seeded(0):
             cell = cls(2, 3, **options)
-        generate(cell, np.float32)
+        _, plan, header, sizes = _generate_parts(cell, np.float32)
+        render(plan, np.dtype(np.float32), header, sizes)  # every pass but loading
         return True, ""
     except CompileError as e:
         return False, str(e)
@@ -311,14 +306,15 @@ def _symbolic_graph_text(plan, sizes):
 
 def _replayed_inputs(cell, x, compiled):
     """The fused op's hoisted and batch-free inputs, computed on the tape."""
+    from .runtime import replay
     plan, graph = compiled.plan, compiled.plan.graph
     T, B, I = x.shape
     params = dict(cell.named_parameters())
     env = {v: params[v.name] for v in graph.params}
     env.update({v: Tensor(v.value, device=x.device) for v in graph.consts})
-    ops_replay(plan.param_eqns, env, keep={v for e in plan.hoist_eqns for v in e.ins} | set(plan.aux))
+    replay(plan.param_eqns, env, keep={v for e in plan.hoist_eqns for v in e.ins} | set(plan.aux))
     env[graph.x] = x.reshape(T * B, I)
-    ops_replay(plan.hoist_eqns, env, keep=set(plan.hoisted))
+    replay(plan.hoist_eqns, env, keep=set(plan.hoisted))
     return [env[v].reshape(T, B, v.width) for v in plan.hoisted], [env[v] for v in plan.aux]
 
 
@@ -358,11 +354,6 @@ def step_values(cell, x, state, ops_named=("sigmoid", "tanh")):
         if e.op in found and e.out.id in kept:
             found[e.op].append(kept[e.out.id])
     return found
-
-
-def ops_replay(eqns, env, keep=()):
-    from .runtime import replay
-    return replay(eqns, env, keep)
 
 
 def inspect_cell(cell, dtype="float32", target="cpu"):

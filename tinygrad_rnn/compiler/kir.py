@@ -113,47 +113,42 @@ def el(buf, index="j", gen=None, base="0", local="0", var=None):
 
 
 # ---- statements -------------------------------------------------------------------
-class Loop:
-    __slots__ = ("width", "body")
+class Stmt:
+    """A statement: its fields (``__slots__``), of which ``EXPRS`` hold expressions and
+    ``BLOCKS`` nested statement lists."""
 
-    def __init__(self, width, body):
-        self.width, self.body = width, list(body)
+    EXPRS = BLOCKS = ()
+    DEFAULTS = {}
 
-
-class Set:
-    __slots__ = ("target", "value", "add", "full")
-
-    def __init__(self, target, value, add=False, full=True):
-        # full: the write covers its target's whole row (a slice's gradient does not)
-        self.target, self.value, self.add, self.full = target, value, add, full
+    def __init__(self, *values, **named):
+        given = {**self.DEFAULTS, **dict(zip(self.__slots__, values)), **named}
+        for name in self.__slots__:
+            setattr(self, name, list(given[name]) if name in self.BLOCKS else given[name])
 
 
-class Let:
-    __slots__ = ("name", "value")
-
-    def __init__(self, name, value):
-        self.name, self.value = name, value
+class Loop(Stmt):
+    __slots__, BLOCKS = ("width", "body"), ("body",)
 
 
-class Reduce:
-    __slots__ = ("name", "init", "width", "update", "how", "then")
-
-    def __init__(self, name, init, width, update, how, then):
-        self.name, self.init, self.width, self.update, self.how, self.then = name, init, width, update, how, list(then)
+class Set(Stmt):
+    # full: the write covers its target's whole row (a slice's gradient does not)
+    __slots__, EXPRS, DEFAULTS = ("target", "value", "add", "full"), ("target", "value"), {"add": False, "full": True}
 
 
-class Norm:
-    __slots__ = ("i", "row", "width")
-
-    def __init__(self, i, row, width):
-        self.i, self.row, self.width = i, row, width
+class Let(Stmt):
+    __slots__, EXPRS = ("name", "value"), ("value",)
 
 
-class Padded:
-    __slots__ = ("body",)
+class Reduce(Stmt):
+    __slots__, EXPRS, BLOCKS = ("name", "init", "width", "update", "how", "then"), ("init", "update"), ("then",)
 
-    def __init__(self, body):
-        self.body = list(body)
+
+class Norm(Stmt):
+    __slots__, EXPRS = ("i", "row", "width"), ("row",)
+
+
+class Padded(Stmt):
+    __slots__, BLOCKS = ("body",), ("body",)
 
 
 class Kernel:
@@ -164,7 +159,7 @@ class Kernel:
         self.name, self.args, self.doc, self.states, self.body = name, args, doc, states, body
 
     def bufs(self):
-        """Every buffer the kernel touches, in order of first use."""
+        """Every buffer the kernel touches."""
         seen = {}
         for e in elements(self.body):
             seen.setdefault((e.args[0].name, e.args[0].lead), e.args[0])
@@ -172,28 +167,21 @@ class Kernel:
 
 
 # ---- walking --------------------------------------------------------------------
+def walk(stmts):
+    """Every statement, nested ones after the one holding them (program order)."""
+    for s in stmts:
+        yield s
+        for block in s.BLOCKS:
+            yield from walk(getattr(s, block))
+
+
 def children(e):
     return [a for a in e.args if isinstance(a, Ex)]
 
 
 def exprs(stmts):
-    """Every top-level expression of the statements, targets included, recursively."""
-    for s in stmts:
-        if isinstance(s, Loop):
-            yield from exprs(s.body)
-        elif isinstance(s, Set):
-            yield s.target
-            yield s.value
-        elif isinstance(s, Let):
-            yield s.value
-        elif isinstance(s, Reduce):
-            yield s.init
-            yield s.update
-            yield from exprs(s.then)
-        elif isinstance(s, Norm):
-            yield s.row
-        elif isinstance(s, Padded):
-            yield from exprs(s.body)
+    """Every top-level expression of the statements, targets included."""
+    return (getattr(s, name) for s in walk(stmts) for name in s.EXPRS)
 
 
 def elements(stmts):
@@ -218,20 +206,9 @@ def remap(e, fn):
 
 def remap_all(stmts, fn):
     """The statements with ``remap(expr, fn)`` applied to every expression, in place."""
-    for s in stmts:
-        if isinstance(s, Loop):
-            remap_all(s.body, fn)
-        elif isinstance(s, Set):
-            s.target, s.value = remap(s.target, fn), remap(s.value, fn)
-        elif isinstance(s, Let):
-            s.value = remap(s.value, fn)
-        elif isinstance(s, Reduce):
-            s.init, s.update = remap(s.init, fn), remap(s.update, fn)
-            remap_all(s.then, fn)
-        elif isinstance(s, Norm):
-            s.row = remap(s.row, fn)
-        elif isinstance(s, Padded):
-            remap_all(s.body, fn)
+    for s in walk(stmts):
+        for name in s.EXPRS:
+            setattr(s, name, remap(getattr(s, name), fn))
     return stmts
 
 
@@ -280,35 +257,14 @@ def fuse_loops(stmts):
     return out
 
 
-def norms(stmts):
-    for s in stmts:
-        if isinstance(s, Norm):
-            yield s
-        elif isinstance(s, (Loop, Padded)):
-            yield from norms(s.body)
-        elif isinstance(s, Reduce):
-            yield from norms(s.then)
-
-
-def _sets(stmts):
-    for s in stmts:
-        if isinstance(s, Set):
-            yield s
-        elif isinstance(s, (Loop, Padded)):
-            yield from _sets(s.body)
-        elif isinstance(s, Reduce):
-            yield from _sets(s.then)
-
-
 def first_writes_assign(stmts, covered):
     """Turn ``+=`` into ``=`` where a gradient row gets exactly one full write first, or is
     tiled by slices (``covered``: buffer names); return (names that need no zeroing,
     names written exactly once)."""
     writes = {}
-    for s in _sets(stmts):
-        buf = s.target.args[0]
-        if s.add and not buf.shared:
-            writes.setdefault(buf.name, []).append(s)
+    for s in walk(stmts):
+        if isinstance(s, Set) and s.add and not s.target.args[0].shared:
+            writes.setdefault(s.target.args[0].name, []).append(s)
     assigned = set()
     for name, ws in writes.items():
         if name in covered:

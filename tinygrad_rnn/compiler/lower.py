@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 from .. import ops
 from .kir import (Buf, Ex, Kernel, Let, Loop, Norm, Padded, Reduce, Set, alias_copies, drop_empty_loops,
-                  el, elements, first_writes_assign, fuse_loops, lit, norms, plus, substitute)
+                  el, elements, first_writes_assign, fuse_loops, lit, plus, substitute, walk)
 from .plan import REDUCTIONS
 
 
@@ -539,7 +539,7 @@ def _kernel_args(kern, n_states):
     for buf in kern.bufs():
         if not buf.scratch and not buf.name.startswith("sp") and buf.name not in names:
             names.append(buf.name)
-    return names + (["SQ"] if any(True for _ in norms(kern.body)) else [])
+    return names + (["SQ"] if any(isinstance(s, Norm) for s in walk(kern.body)) else [])
 
 
 def _summary(eqns):

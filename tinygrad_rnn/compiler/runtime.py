@@ -225,16 +225,8 @@ def load_source(source):
     try:
         os.makedirs(folder, exist_ok=True)
         if not _holds(path, source):  # missing, or truncated or edited since: write it anew
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(source)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, path)  # concurrent writers (sweep workers) each write the same text
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            from ..safeio import atomic_write  # concurrent writers (sweep workers) each write the same text
+            atomic_write(path, lambda f: f.write(source.encode()), error=OSError)
     except OSError as e:  # an unusable cache: compile in a temporary folder, gone at exit
         folder = _scratch_folder(folder, e)
         path = os.path.join(folder, f"cell_{digest}.py")
