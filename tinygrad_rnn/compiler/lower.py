@@ -105,6 +105,7 @@ class Generator:
                 self.users.setdefault(v, set()).add(self.level[v])
                 self.grad_users.setdefault(v, set()).add(self.level[v])
         self.stages = plan.stages
+        self.shared_gd = {}  # GD<n> -> the DX or GD array holding the same gradient (one array)
 
     # -- sizes: linear in the input size I and hidden size H where that was verified ------
     def wf(self, v):
@@ -390,9 +391,35 @@ class Generator:
         finals += [copy(self.W(v), f, self.grad(v), add=False) for v in owned for f in self._finals(v)]
         rows = head + [Padded(padded)] + zeros + fuse_loops(stmts + finals)
         substitute(rows, {**aliases, **views})
+        rows = drop_empty_loops(self._share_product_gradients(rows))
         return Kernel(f"_backward_stage{k}", None,
                       f"Gradients through stage {k} of step t, in reverse: {_summary(eqns[::-1])}.",
                       len(self.states), rows)
+
+    def _share_product_gradients(self, rows):
+        """A product's gradient (GD) that is the same row as a hoisted value's (DX) or
+        another product's (an LSTM's gates: x @ W_ih + h @ W_hh) is not written twice: the
+        driver passes that array to the weight gradient's GEMM."""
+        first = {}
+        for s in rows:
+            if not isinstance(s, Loop):
+                continue
+            kept = []
+            for c in s.body:
+                t = c.target.args[0] if isinstance(c, Set) and not c.add and c.value.kind == "el" else None
+                if t is not None and t.lead == "t" and t.name.startswith(("DX", "GD")):
+                    key = (c.value.args[0].name, *c.value.args[1:])
+                    if t.name.startswith("GD") and key in first:
+                        self.shared_gd[t.name] = first[key]
+                        continue
+                    first.setdefault(key, t.name)
+                kept.append(c)
+            s.body = kept
+        for s in rows:
+            if isinstance(s, Padded):  # nor zeroed twice
+                s.body = [z for z in s.body if not (isinstance(z, Loop) and len(z.body) == 1
+                                                    and z.body[0].target.args[0].name in self.shared_gd)]
+        return rows
 
     def _covered_by_slices(self, eqns, k):
         """Gradient buffers of this stage written only by disjoint slices that tile them
@@ -515,6 +542,7 @@ class Generator:
             a=[f"A{n}" for n in range(len(self.aux))], weights=weights,
             flat=[n for n in range(len(self.aux)) if n not in weights],
             residuals=[(f"R{v.id}", self.W(v)) for v in self.residuals],
+            shared_gd=self.shared_gd,
             products=[(f"G{n}", self.W(e.out), self.lhs(e.ins[0]), self.W(e.ins[0]), weight(e))
                       for n, e in enumerate(self.gemms)],
             dx=[(f"DX{n}", self.W(v)) for n, v in enumerate(self.hoisted)],

@@ -168,6 +168,7 @@ def classify(graph):
         if v.shape != graph.states[i].shape:
             raise CompileError(f"cell {graph.cell_name!r}: state {i} has shape {v.shape}")
     _slice_in_kernel(plan)
+    _bias_in_kernel(plan)
     hoisted, aux = [], []
     produced = {e.out for e in plan.step_eqns}
     for e in plan.step_eqns:
@@ -199,6 +200,26 @@ def _slice_in_kernel(plan):
     plan.step_eqns = moved + plan.step_eqns
 
 
+def _bias_in_kernel(plan):
+    """A bias added to a hoisted product that only the step reads (``x @ W_ih + b_ih``) is
+    added in the step kernel, where the row is in registers anyway: the hoisted part is
+    the bare GEMM, and neither the bias's pass over all T*B rows nor its gradient's sum
+    over them is made (at hidden 128 the two took 0.6 ms of a 15 ms LSTM step)."""
+    producer = {e.out: e for e in plan.hoist_eqns}
+    hoisted_reads = [v for e in plan.hoist_eqns for v in e.ins]
+    moved = []
+    for e in plan.hoist_eqns:
+        if e.op != "add" or e.out in hoisted_reads:
+            continue
+        product, bias = e.ins if e.ins[0].batched else e.ins[::-1]
+        p = producer.get(product)
+        if (p is not None and p.op == "matmul" and not bias.batched and hoisted_reads.count(product) == 1
+                and bias.shape in ((product.shape[1],), (1, product.shape[1]))):
+            moved.append(e)
+    plan.hoist_eqns = [e for e in plan.hoist_eqns if e not in moved]
+    plan.step_eqns = moved + plan.step_eqns
+
+
 def _levels(plan):
     level = {v: 0 for v in [*plan.graph.states, *plan.hoisted, *plan.aux]}
     for e in plan.step_eqns:
@@ -208,10 +229,11 @@ def _levels(plan):
             plan.gemms.append(e)
         else:
             level[e.out] = max(ins) if ins else 0
-    # Slices are views and cost nothing: move each to the latest stage its readers allow,
-    # so a slice of a hoisted value does not open a stage of its own.
+    # Slices are views and cost nothing, and work that does not depend on the state costs
+    # the same in any stage: move each to the latest stage its readers allow, so it does
+    # not open a stage of its own or keep a value for a later one.
     for e in reversed(plan.step_eqns):
-        if e.op != "getitem":
+        if e.op != "getitem" and e.out.dep_s:
             continue
         readers = [level[u.out] - (u.op == "matmul") for u in plan.step_eqns if e.out in u.ins]
         if readers and e.out not in plan.graph.outputs:
