@@ -10,37 +10,16 @@ RNN (input = hidden), float32, both compiled; the two run in alternating blocks
 (issue 17's target: at most 1.4). The first line names the CPU.
 """
 import argparse
+import os
+import sys
 
 import numpy as np
 
-import tinygrad_rnn as tr
 from bench_cells import ours_step
 from timing import blocked, machine_line
 
-
-class UsersLayerNormLSTM(tr.Cell):
-    name = "bench_users_ln_lstm"
-    num_states = 2
-
-    def __init__(self, input_size, hidden_size, eps=1e-5):
-        super().__init__(input_size, hidden_size)
-        self.eps = eps
-        self.weight_ih = self.param((4 * hidden_size, input_size), init="xavier_uniform")
-        self.weight_hh = self.param((4 * hidden_size, hidden_size), init="orthogonal")
-        self.gain = self.param((4 * hidden_size,), init="ones")
-        self.gain_c = self.param((hidden_size,), init="ones")
-
-    def norm(self, v, gain):
-        mu = v.mean(axis=-1, keepdims=True)
-        var = ((v - mu) ** 2).mean(axis=-1, keepdims=True)
-        return (v - mu) / (var + self.eps) ** 0.5 * gain
-
-    def step(self, x, state):
-        h, c = state
-        gates = x @ self.weight_ih.T + self.norm(h @ self.weight_hh.T, self.gain)
-        i, f, g, o = gates.split(self.hidden_size, axis=-1)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        return o.sigmoid() * self.norm(c, self.gain_c).tanh(), c
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from example_cells import UsersLayerNormLSTM  # noqa: E402  (the cell the compiler's tests check)
 
 
 def main():

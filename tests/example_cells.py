@@ -177,3 +177,31 @@ class Pow(tr.Cell):
 
 
 ADVERSARIAL = (MaxDup, MaxTies, Multi, OutLhs, SliceSlice, OffsetRace, CompareOnly, Pow)
+
+
+class UsersLayerNormLSTM(tr.Cell):
+    """A layer-normalised LSTM written the way users write it: ``** 2`` and ``** 0.5``
+    on row means (``plugins/layernorm_lstm.py`` is the hand-tuned one)."""
+
+    name = "users_ln_lstm"
+    num_states = 2
+
+    def __init__(self, input_size, hidden_size, eps=1e-5):
+        super().__init__(input_size, hidden_size)
+        self.eps = eps
+        self.weight_ih = self.param((4 * hidden_size, input_size), init="xavier_uniform")
+        self.weight_hh = self.param((4 * hidden_size, hidden_size), init="orthogonal")
+        self.gain = self.param((4 * hidden_size,), init="ones")
+        self.gain_c = self.param((hidden_size,), init="ones")
+
+    def norm(self, v, gain):
+        mu = v.mean(axis=-1, keepdims=True)
+        var = ((v - mu) ** 2).mean(axis=-1, keepdims=True)
+        return (v - mu) / (var + self.eps) ** 0.5 * gain
+
+    def step(self, x, state):
+        h, c = state
+        gates = x @ self.weight_ih.T + self.norm(h @ self.weight_hh.T, self.gain)
+        i, f, g, o = gates.split(self.hidden_size, axis=-1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * self.norm(c, self.gain_c).tanh(), c

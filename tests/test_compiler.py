@@ -8,7 +8,7 @@ import tinygrad_rnn as tr
 from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, compiled_versions, runtime
 from tinygrad_rnn.testing import outputs_and_gradients as run, relative_differences
 
-from example_cells import ADVERSARIAL, KitchenSink, load_example_plugins
+from example_cells import ADVERSARIAL, KitchenSink, UsersLayerNormLSTM, load_example_plugins
 
 
 CELLS = [("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}),
@@ -512,34 +512,6 @@ def test_a_numba_failure_on_generated_code_falls_back_with_one_warning(monkeypat
     assert len(warned) == 1 and "cell 'rnn'" in warned[0] and "not_defined_anywhere" in warned[0], warned
     with pytest.raises(CompileError, match="generated kernels failed to compile .*not_defined_anywhere"):
         tr.nn.RNN("rnn", 2, 3, dtype="float64", fused=True)(x)
-
-
-class UsersLayerNormLSTM(tr.Cell):
-    """A layer-normalised LSTM written the way users write it: ``** 2`` and ``** 0.5``
-    on row means (``plugins/layernorm_lstm.py`` is the hand-tuned one)."""
-
-    name = "users_ln_lstm"
-    num_states = 2
-
-    def __init__(self, input_size, hidden_size, eps=1e-5):
-        super().__init__(input_size, hidden_size)
-        self.eps = eps
-        self.weight_ih = self.param((4 * hidden_size, input_size), init="xavier_uniform")
-        self.weight_hh = self.param((4 * hidden_size, hidden_size), init="orthogonal")
-        self.gain = self.param((4 * hidden_size,), init="ones")
-        self.gain_c = self.param((hidden_size,), init="ones")
-
-    def norm(self, v, gain):
-        mu = v.mean(axis=-1, keepdims=True)
-        var = ((v - mu) ** 2).mean(axis=-1, keepdims=True)
-        return (v - mu) / (var + self.eps) ** 0.5 * gain
-
-    def step(self, x, state):
-        h, c = state
-        gates = x @ self.weight_ih.T + self.norm(h @ self.weight_hh.T, self.gain)
-        i, f, g, o = gates.split(self.hidden_size, axis=-1)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        return o.sigmoid() * self.norm(c, self.gain_c).tanh(), c
 
 
 def _wide_loop_bodies(source):

@@ -365,6 +365,25 @@ def index_of(e):
     return index if off == "0" else f"{off} + {index}"
 
 
+class RowPrinter:
+    """What both renderers print alike: an element reference as ``NAME[b, index]`` (an
+    array indexed by step bound once per step: ``X0_t = X0[t]``, collected in ``bound``),
+    ``name[index]`` for scratch rows and batch-free arrays."""
+
+    def __init__(self):
+        self.bound = {}
+
+    def element(self, e):
+        buf, index = e.args[0], index_of(e)
+        if buf.shared or buf.lead is None:
+            return f"{buf.name}[{index}]"
+        if buf.lead == "":
+            return f"{buf.name}[b, {index}]"
+        name = f"{buf.name}_{buf.lead.replace(', ', '_')}"
+        self.bound[name] = f"{buf.name}[{buf.lead}]"
+        return f"{name}[b, {index}]"
+
+
 def describe(stmts, depth=1):
     """The statements as readable text (``tinygrad-rnn compile`` prints kernels so)."""
     class _Plain:

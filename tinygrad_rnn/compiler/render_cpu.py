@@ -8,26 +8,17 @@ bound once per kernel call (``X0_t = X0[t]``) and indexed ``[b, j]``: a view mad
 row costs about 5 ns (Numba builds the array struct and counts references), and a stage
 binds a dozen or two for every row of every step.
 """
-from .kir import Let, Loop, Norm, Padded, Reduce, Set, index_of, source
+from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, source
 from .lower import Generator, const_literal
 
 _CALLS = {"tanh": "tanh_scalar({0})", "sigmoid": "sigmoid_scalar({0})", "exp": "math.exp({0})",
           "log": "math.log({0})", "sqrt": "math.sqrt({0})", "max": "max({0}, {1})", "min": "min({0}, {1})"}
 
 
-class _KernelPrinter:
+class _KernelPrinter(RowPrinter):
     def __init__(self, zero):
-        self.zero, self.bound = zero, {}
-
-    def element(self, e):
-        buf, index = e.args[0], index_of(e)
-        if buf.shared or buf.lead is None:
-            return f"{buf.name}[{index}]"
-        if buf.lead == "":
-            return f"{buf.name}[b, {index}]"
-        name = f"{buf.name}_{buf.lead.replace(', ', '_')}"
-        self.bound[name] = f"{buf.name}[{buf.lead}]"
-        return f"{name}[b, {index}]"
+        super().__init__()
+        self.zero = zero
 
     def call(self, fn, args):
         return _CALLS[fn].format(*args)

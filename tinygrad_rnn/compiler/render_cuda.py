@@ -19,7 +19,7 @@ import hashlib
 import inspect
 
 from . import cuda_runtime
-from .kir import Let, Loop, Norm, Padded, Reduce, Set, index_of, source
+from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, index_of, source
 from .lower import Generator, const_literal
 
 # numba.cuda's math module spells these; the sigmoid is backend.cuda's formula (it never
@@ -30,20 +30,7 @@ _CALLS = {"tanh": "math.tanh({0})", "sigmoid": "(KHALF + KHALF * math.tanh(KHALF
           "max": "(({1}) if ({1}) > ({0}) else ({0}))", "min": "(({1}) if ({1}) < ({0}) else ({0}))"}
 
 
-class _KernelPrinter:
-    def __init__(self):
-        self.bound = {}
-
-    def element(self, e):
-        buf, index = e.args[0], index_of(e)
-        if buf.shared or buf.lead is None:
-            return f"{buf.name}[{index}]"
-        if buf.lead == "":
-            return f"{buf.name}[b, {index}]"
-        name = f"{buf.name}_{buf.lead.replace(', ', '_')}"
-        self.bound[name] = f"{buf.name}[{buf.lead}]"
-        return f"{name}[b, {index}]"
-
+class _KernelPrinter(RowPrinter):
     def call(self, fn, args):
         return _CALLS[fn].format(*args)
 
