@@ -597,3 +597,74 @@ def test_a_bad_tuning_variable_is_a_warning_naming_it_not_a_traceback(value):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "8", r.stderr
     assert "Traceback" not in r.stderr and "TINYGRAD_RNN_MIN_BLOCK_ROWS" in r.stderr
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def _needs_threaded_blas():
+    if runtime.THREADS < 2 or not any(n > 1 for n in _blas_threads()):
+        pytest.skip("BLAS or Numba runs on one thread here: there is nothing to hold or restore")
+
+
+def test_blas_gets_its_threads_back_after_a_step_and_after_an_error_inside_a_layer(monkeypatch):
+    """The user's own matmuls after a training step keep BLAS's threads, also when the
+    layer stopped with an exception (a shape error, a KeyboardInterrupt)."""
+    _needs_threaded_blas()
+    before = _blas_threads()
+    rnn = tr.nn.RNN("gru", 3, 4)
+    x = tr.Tensor(np.ones((5, 2, 3), np.float32), requires_grad=True)
+    out, _ = rnn(x)
+    out.sum().backward()
+    assert _blas_threads() == before
+
+    def interrupted(*args, **kwargs):
+        assert _blas_threads() == [1] * len(before)  # held while the layer runs
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runtime, "guarded", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rnn(x)
+    assert _blas_threads() == before
+
+
+def test_overlapping_layers_on_two_threads_give_blas_its_threads_back():
+    """Two threads inside compiled layers at once: BLAS stays at one thread until the last
+    one leaves, then gets what it had (restoring at the first exit gave it back too early,
+    and the second exit left it at one thread for the rest of the process)."""
+    import threading
+    _needs_threaded_blas()
+    before = _blas_threads()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with runtime.one_blas_thread():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with runtime.one_blas_thread():
+            second_in.set()
+            first_out.wait(10)
+            seen["after the first left"] = _blas_threads()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen["after the first left"] == [1] * len(before)
+    assert _blas_threads() == before
+
+    def users_own_limit():  # the hold keeps no claim on BLAS that would ignore the user's limits
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=1, user_api="blas"):
+            seen["user's limit"] = _blas_threads()
+    t = threading.Thread(target=users_own_limit)
+    t.start()
+    t.join(20)
+    assert seen["user's limit"] == [1] * len(before)
+    assert _blas_threads() == before
