@@ -346,6 +346,25 @@ def test_training_mode_and_attributes_are_part_of_the_compiled_step():
     np.testing.assert_allclose(changed, rnn(x)[0].numpy(), rtol=1e-12)
 
 
+def test_arrays_a_step_reads_from_its_cell_are_part_of_the_compiled_step():
+    """A constant array or Tensor the step reads from its cell is captured by the trace:
+    changed after the first call, in place or by assignment, the compiled layer must see
+    the new values, as the step path does (it went on with the traced ones)."""
+    def scaled(self, pre, h):
+        return (pre * self.gain + self.shift).tanh()
+    cls = _elman_like("arrayish", scaled, gain=np.linspace(0.5, 1.5, 3), shift=tr.Tensor(np.zeros(3)))
+    rnn = tr.nn.RNN(cls, 2, 3, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((4, 2, 2))
+    states = [np.zeros((1, 2, 3))]
+    assert_close(run(rnn, x, states, None, None), run(rnn, x, states, None, False), 1e-10)
+    cell = rnn.cells[0]
+    for change in (lambda: cell.gain.__imul__(3.0), lambda: setattr(cell, "gain", -cell.gain),
+                   lambda: setattr(cell, "shift", tr.Tensor(np.full(3, 0.7))),
+                   lambda: cell.shift.numpy().__setitem__(slice(None), -0.4)):
+        change()
+        assert_close(run(rnn, x, states, None, None), run(rnn, x, states, None, False), 1e-10)
+
+
 def test_fused_must_be_none_true_or_false():
     with pytest.raises(TypeError, match="fused"):
         tr.nn.RNN("gru", 2, 3, fused=0)
