@@ -687,3 +687,24 @@ def test_overlapping_layers_on_two_threads_give_blas_its_threads_back():
     t.join(20)
     assert seen["user's limit"] == [1] * len(before)
     assert _blas_threads() == before
+
+
+def test_running_out_of_memory_in_a_layer_keeps_its_kernel_cache(tmp_path):
+    """A MemoryError from a generated driver (a long sequence) is not a damaged cache: the
+    cached kernels stay, and the next process does not compile them again."""
+    folder = tmp_path / "__pycache__"
+    folder.mkdir()
+    entry = folder / "cell_x._forward_loop-1.py311.1.nbc"
+    entry.write_bytes(b"kernel")
+    calls = []
+
+    class Module:
+        __file__ = str(tmp_path / "cell_x.py")
+
+        @staticmethod
+        def forward(*args):
+            calls.append(args)
+            raise MemoryError("Unable to allocate 375. MiB")
+    with pytest.raises(MemoryError):
+        runtime.guarded(Module, "forward", 1)
+    assert entry.exists() and len(calls) == 1

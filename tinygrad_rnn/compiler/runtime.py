@@ -321,9 +321,11 @@ def _scratch_folder(wanted, error):
 def guarded(module, name, *args):
     """Call a generated function; if it fails while Numba's on-disk cache of the module
     exists, that cache may be damaged (truncated by a full disk, a killed process): remove
-    it and try once more, compiling afresh."""
+    it and try once more, compiling afresh. Running out of memory is not damage: the cache stays."""
     try:
         return getattr(module, name)(*args)
+    except MemoryError:
+        raise
     except Exception:
         stem = os.path.splitext(os.path.basename(module.__file__))[0]
         folder = os.path.join(os.path.dirname(module.__file__), "__pycache__")
