@@ -708,3 +708,10 @@ def test_running_out_of_memory_in_a_layer_keeps_its_kernel_cache(tmp_path):
     with pytest.raises(MemoryError):
         runtime.guarded(Module, "forward", 1)
     assert entry.exists() and len(calls) == 1
+
+
+def test_compile_help_names_everything_it_prints():
+    from click.testing import CliRunner
+    from cli import main
+    result = CliRunner().invoke(main, ["compile", "--help"])
+    assert result.exit_code == 0 and "kernel IR" in " ".join(result.output.split()), result.output
