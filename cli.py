@@ -366,8 +366,8 @@ def plugins_cmd(as_json):
               help="Which kernels to show: numba.njit for the CPU, or numba.cuda (no GPU needed to read them).")
 @cell_option
 def compile_cmd(cell, input_size, hidden, dtype, source_only, target, cell_option_pairs):
-    """Show what the cell compiler makes of a cell: its traced step, the plan, and the
-    generated Numba source (also cached on disk, path printed)."""
+    """Show what the cell compiler makes of a cell: its traced step, the plan, the kernel
+    IR and the generated Numba source (also cached on disk, path printed)."""
     model = tr.nn.RNN(cell, input_size, hidden, dtype=dtype, **_cell_options(cell, cell_option_pairs))
     try:
         graph, summary, source, path = inspect_cell(model.cells[0], dtype, target)

@@ -346,6 +346,25 @@ def test_training_mode_and_attributes_are_part_of_the_compiled_step():
     np.testing.assert_allclose(changed, rnn(x)[0].numpy(), rtol=1e-12)
 
 
+def test_arrays_a_step_reads_from_its_cell_are_part_of_the_compiled_step():
+    """A constant array or Tensor the step reads from its cell is captured by the trace:
+    changed after the first call, in place or by assignment, the compiled layer must see
+    the new values, as the step path does (it went on with the traced ones)."""
+    def scaled(self, pre, h):
+        return (pre * self.gain + self.shift).tanh()
+    cls = _elman_like("arrayish", scaled, gain=np.linspace(0.5, 1.5, 3), shift=tr.Tensor(np.zeros(3)))
+    rnn = tr.nn.RNN(cls, 2, 3, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((4, 2, 2))
+    states = [np.zeros((1, 2, 3))]
+    assert_close(run(rnn, x, states, None, None), run(rnn, x, states, None, False), 1e-10)
+    cell = rnn.cells[0]
+    for change in (lambda: cell.gain.__imul__(3.0), lambda: setattr(cell, "gain", -cell.gain),
+                   lambda: setattr(cell, "shift", tr.Tensor(np.full(3, 0.7))),
+                   lambda: cell.shift.numpy().__setitem__(slice(None), -0.4)):
+        change()
+        assert_close(run(rnn, x, states, None, None), run(rnn, x, states, None, False), 1e-10)
+
+
 def test_fused_must_be_none_true_or_false():
     with pytest.raises(TypeError, match="fused"):
         tr.nn.RNN("gru", 2, 3, fused=0)
@@ -597,3 +616,102 @@ def test_a_bad_tuning_variable_is_a_warning_naming_it_not_a_traceback(value):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "8", r.stderr
     assert "Traceback" not in r.stderr and "TINYGRAD_RNN_MIN_BLOCK_ROWS" in r.stderr
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def _needs_threaded_blas():
+    if runtime.THREADS < 2 or not any(n > 1 for n in _blas_threads()):
+        pytest.skip("BLAS or Numba runs on one thread here: there is nothing to hold or restore")
+
+
+def test_blas_gets_its_threads_back_after_a_step_and_after_an_error_inside_a_layer(monkeypatch):
+    """The user's own matmuls after a training step keep BLAS's threads, also when the
+    layer stopped with an exception (a shape error, a KeyboardInterrupt)."""
+    _needs_threaded_blas()
+    before = _blas_threads()
+    rnn = tr.nn.RNN("gru", 3, 4)
+    x = tr.Tensor(np.ones((5, 2, 3), np.float32), requires_grad=True)
+    out, _ = rnn(x)
+    out.sum().backward()
+    assert _blas_threads() == before
+
+    def interrupted(*args, **kwargs):
+        assert _blas_threads() == [1] * len(before)  # held while the layer runs
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runtime, "guarded", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rnn(x)
+    assert _blas_threads() == before
+
+
+def test_overlapping_layers_on_two_threads_give_blas_its_threads_back():
+    """Two threads inside compiled layers at once: BLAS stays at one thread until the last
+    one leaves, then gets what it had (restoring at the first exit gave it back too early,
+    and the second exit left it at one thread for the rest of the process)."""
+    import threading
+    _needs_threaded_blas()
+    before = _blas_threads()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with runtime.one_blas_thread():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with runtime.one_blas_thread():
+            second_in.set()
+            first_out.wait(10)
+            seen["after the first left"] = _blas_threads()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen["after the first left"] == [1] * len(before)
+    assert _blas_threads() == before
+
+    def users_own_limit():  # the hold keeps no claim on BLAS that would ignore the user's limits
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=1, user_api="blas"):
+            seen["user's limit"] = _blas_threads()
+    t = threading.Thread(target=users_own_limit)
+    t.start()
+    t.join(20)
+    assert seen["user's limit"] == [1] * len(before)
+    assert _blas_threads() == before
+
+
+def test_running_out_of_memory_in_a_layer_keeps_its_kernel_cache(tmp_path):
+    """A MemoryError from a generated driver (a long sequence) is not a damaged cache: the
+    cached kernels stay, and the next process does not compile them again."""
+    folder = tmp_path / "__pycache__"
+    folder.mkdir()
+    entry = folder / "cell_x._forward_loop-1.py311.1.nbc"
+    entry.write_bytes(b"kernel")
+    calls = []
+
+    class Module:
+        __file__ = str(tmp_path / "cell_x.py")
+
+        @staticmethod
+        def forward(*args):
+            calls.append(args)
+            raise MemoryError("Unable to allocate 375. MiB")
+    with pytest.raises(MemoryError):
+        runtime.guarded(Module, "forward", 1)
+    assert entry.exists() and len(calls) == 1
+
+
+def test_compile_help_names_everything_it_prints():
+    from click.testing import CliRunner
+    from cli import main
+    result = CliRunner().invoke(main, ["compile", "--help"])
+    assert result.exit_code == 0 and "kernel IR" in " ".join(result.output.split()), result.output

@@ -13,11 +13,13 @@ Passes, each small and printable (``tinygrad-rnn compile --cell NAME`` shows the
 
 ``compile_cell(cell, dtype)`` does all four for one cell instance; ``run_layer`` runs it.
 """
+import hashlib
 import weakref
 
 import numpy as np
 
 from .. import ops
+from ..module import Parameter
 from ..tensor import Tensor
 from .render_cpu import render
 from .plan import make_plan
@@ -189,9 +191,22 @@ def _rendered(cell_name, target, renderer, *args):
 
 
 def _settings(cell):
-    """The cell's plain attributes (training mode, options): part of what step computes."""
-    return tuple(sorted((k, v) for k, v in vars(cell).items()
-                        if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))))
+    """The cell's plain attributes (training mode, options) and the contents of its constant
+    arrays and Tensors: part of what step computes. The trace keeps the values it read, so
+    an array changed in place, or a list of numbers, must change the key as a float does."""
+    plain = (bool, int, float, str, type(None))
+    settings = []
+    for k, v in sorted(vars(cell).items()):
+        if k.startswith("_") or isinstance(v, Parameter):
+            continue
+        if isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(u, plain) for u in v)):
+            settings.append((k, v))
+        elif isinstance(v, list) and all(isinstance(u, plain) for u in v):
+            settings.append((k, tuple(v)))
+        elif isinstance(v, (np.ndarray, Tensor)) and v.dtype != object:
+            data = np.ascontiguousarray(v.numpy() if isinstance(v, Tensor) else v)
+            settings.append((k, data.dtype.str, data.shape, hashlib.sha256(data.view(np.uint8)).hexdigest()))
+    return tuple(settings)
 
 
 def _generate_parts(cell, dtype):

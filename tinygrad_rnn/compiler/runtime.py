@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 
 import numba
 import numpy as np
@@ -117,18 +118,75 @@ def mm_t(a, wt, out):
 # 2.82 ms split at 2^20, 2.97 ms unsplit at 2^24.
 SPLIT_FLOPS = 1 << 20
 _blas = []
+# Most BLAS builds (OpenBLAS on its own threads, MKL, BLIS) have one thread count for the
+# whole process, so layers running on several of the user's threads share one hold: the
+# first to enter limits BLAS, the last to leave restores it. Each thread restoring what it
+# saw on entry gave BLAS its threads back while another layer still ran, and left it at
+# one thread for good when that layer returned. OpenBLAS built on OpenMP keeps a count per
+# thread: there each thread limits, and restores, its own.
+_hold = {"count": 0, "limiter": None}
+_hold_lock = threading.Lock()
 
 
 def one_blas_thread():
-    """A context in which BLAS uses one thread (restored after; no-op without threadpoolctl's
-    view of a BLAS, or with one thread configured)."""
+    """A context in which BLAS uses one thread (restored when the last such context on any
+    thread ends; no-op without threadpoolctl's view of a BLAS, or with one thread configured)."""
     if not _blas:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _blas.append(ThreadpoolController().select(user_api="blas") if THREADS > 1 else None)
-        except Exception:  # an unknown BLAS, or a platform threadpoolctl cannot read: leave it be
-            _blas.append(None)
-    return _blas[0].limit(limits=1) if _blas[0] else contextlib.nullcontext()
+        _blas.append(_blas_controllers() if THREADS > 1 else (None, None))
+    shared, per_thread = _blas[0]
+    return _held(shared, per_thread) if shared or per_thread else contextlib.nullcontext()
+
+
+def _blas_controllers():
+    """(process-wide, per-thread): threadpoolctl controllers of the BLAS libraries whose thread
+    count is one setting for the process, and of those where each thread has its own."""
+    try:
+        from threadpoolctl import ThreadpoolController
+        blas = ThreadpoolController().select(user_api="blas")
+        info = blas.info()
+    except Exception:  # an unknown BLAS, or a platform threadpoolctl cannot read: leave it be
+        return None, None
+    own = [i["filepath"] for i in info if i.get("internal_api") == "openblas" and i.get("threading_layer") == "openmp"]
+    shared = [i["filepath"] for i in info if i["filepath"] not in own]
+    return (blas.select(filepath=shared) if shared else None), (blas.select(filepath=own) if own else None)
+
+
+def _taking_control(change):
+    """``change()`` with threadpoolctl's control of OpenBLAS. Since 3.8 it lets one Python
+    thread at a time set OpenBLAS's process-wide pool (the first to set it, until that is
+    cleared) and ignores the others; the hold is taken and given back on whichever threads
+    run layers, so each change takes control and gives it up at once (keeping it would also
+    ignore the user's own limits set from another thread)."""
+    import threadpoolctl
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        return change()
+    finally:
+        if clear is not None:
+            clear(force=True)
+
+
+@contextlib.contextmanager
+def _held(shared, per_thread):
+    own = per_thread.limit(limits=1) if per_thread else None
+    if shared:
+        with _hold_lock:
+            if _hold["count"] == 0:
+                _hold["limiter"] = _taking_control(lambda: shared.limit(limits=1))
+            _hold["count"] += 1
+    try:
+        yield
+    finally:
+        if shared:
+            with _hold_lock:
+                _hold["count"] -= 1
+                if _hold["count"] == 0:
+                    _taking_control(_hold["limiter"].restore_original_limits)
+                    _hold["limiter"] = None
+        if own:
+            own.restore_original_limits()
 
 
 def on_one_blas_thread(fn):
@@ -263,9 +321,11 @@ def _scratch_folder(wanted, error):
 def guarded(module, name, *args):
     """Call a generated function; if it fails while Numba's on-disk cache of the module
     exists, that cache may be damaged (truncated by a full disk, a killed process): remove
-    it and try once more, compiling afresh."""
+    it and try once more, compiling afresh. Running out of memory is not damage: the cache stays."""
     try:
         return getattr(module, name)(*args)
+    except MemoryError:
+        raise
     except Exception:
         stem = os.path.splitext(os.path.basename(module.__file__))[0]
         folder = os.path.join(os.path.dirname(module.__file__), "__pycache__")
