@@ -197,7 +197,8 @@ def test_a_resumed_run_reports_the_steps_it_ran_and_says_when_nothing_is_saved(t
     ck = str(tmp_path / "s.npz")
     tiny = ["--cell", "rnn", "--task", "sum", "--seq-len", "4", "--hidden", "2"]
     first = run("train", *tiny, "--steps", "20", "--save", ck)
-    assert "20 steps in" in first.stdout and "note:" not in first.stderr
+    compiling = "note: compiling Numba kernels"  # a cold kernel cache says so once: not this test's note
+    assert "20 steps in" in first.stdout and "note:" not in first.stderr.replace(compiling, ""), first.stderr
     again = run("train", "--resume", ck, "--steps", "30")
     assert again.exit_code == 0, again.output
     assert "steps 21-30 of 30 in" in again.stdout
