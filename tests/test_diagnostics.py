@@ -345,3 +345,32 @@ def test_compiled_log10_norms_stay_exact_below_float64s_range():
     assert (steps > 29).all() and (steps < 31.5).all()
     fine = norms > 1e-300  # where the norm is a float64, its log10 is its log10
     np.testing.assert_allclose(logs[fine], np.log10(norms[fine]), rtol=1e-12)
+
+
+class _UnreadState(tr.Cell):
+    """Two states, and step never reads h (h' = tanh(x W + c K), c' = h' U): the gradient
+    flows through c, and h's columns of the step Jacobian are zero."""
+
+    name = "unread_state"
+    num_states = 2
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w = self.param((input_size, hidden_size), init="xavier_uniform")
+        self.k = self.param((hidden_size, hidden_size), init="orthogonal")
+        self.u = self.param((hidden_size, hidden_size), init="orthogonal")
+
+    def step(self, x, state):
+        h, c = state
+        h = (x @ self.w + c @ self.k).tanh()
+        return h, h @ self.u
+
+
+def test_a_state_the_step_never_reads_has_zero_jacobian_columns_not_an_off_tape_error():
+    """diagnose took a state step() does not read for one that left the tape."""
+    from tinygrad_rnn import diagnostics
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN(_UnreadState, 2, 3, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((6, 2, 2))
+    norms = diagnostics.step_jacobian_norms(rnn, x)
+    assert np.isfinite(norms).all() and (norms > 0).all()

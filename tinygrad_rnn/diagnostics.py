@@ -120,6 +120,20 @@ def _check_output(rnn, out):
                              "be measured (check its step, init_scheme= and hidden=)")
 
 
+def _never_read(cell, states):
+    """Whether ``step`` reads none of these states (their columns of the Jacobian are zero:
+    ``h' = f(c)``, ``c' = h' @ U``), as opposed to reading one off the tape (a NumPy detour,
+    which the tracer refuses)."""
+    from .compiler import CompileError
+    from .compiler.trace import trace
+    try:
+        graph = trace(cell, next(iter(cell.parameters())).dtype)
+    except CompileError:
+        return False
+    read = {v for e in graph.eqns for v in e.ins}
+    return all(graph.states[i] not in read and graph.states[i] not in graph.outputs for i in states)
+
+
 def _off_tape(cell):
     """The error for a cell whose new state does not depend on its previous state through
     Tensor ops (its step left the tape), with where the compiler's trace saw it leave."""
@@ -204,9 +218,11 @@ def _group_norms(rnn, cell, xs, before, ts, sample, layer, eye):
     if not total.requires_grad:
         raise _off_tape(cell)
     total.backward()
-    if any(s.grad is None for s in inputs):
+    unread = [i for i, s in enumerate(inputs) if s.grad is None]
+    if unread and not _never_read(cell, unread):
         raise _off_tape(cell)
-    J = np.concatenate([s.grad.numpy() for s in inputs], axis=1).astype(np.float64).reshape(n, D, D)
+    J = np.concatenate([np.zeros(s.shape) if s.grad is None else s.grad.numpy() for s in inputs],
+                       axis=1).astype(np.float64).reshape(n, D, D)
     bad = ~np.isfinite(J).reshape(n, -1).all(axis=1)
     if bad.any():
         t = int(ts[np.argmax(bad)])
