@@ -715,3 +715,24 @@ def test_compile_help_names_everything_it_prints():
     from cli import main
     result = CliRunner().invoke(main, ["compile", "--help"])
     assert result.exit_code == 0 and "kernel IR" in " ".join(result.output.split()), result.output
+
+
+def test_an_empty_slice_is_named_as_one():
+    """At hidden 1, ``a[:, :H // 2]`` selects nothing: the refusal says so, not that only
+    slices of the last axis are supported (which it is)."""
+    class Halves(tr.Cell):
+        name = "halves"
+
+        def __init__(self, input_size, hidden_size):
+            super().__init__(input_size, hidden_size)
+            self.w = self.param((input_size, 2 * hidden_size))
+            self.u = self.param((hidden_size, 2 * hidden_size))
+
+        def step(self, x, state):
+            (h,) = state
+            a = x @ self.w + h @ self.u
+            H = self.hidden_size
+            return ((a[:, :H // 2].sum(axis=-1, keepdims=True) + a[:, H:]).tanh(),)
+    assert compile_status(Halves)[0]
+    with pytest.raises(CompileError, match=r"the slice \[:, :0\] of a value 2 wide selects nothing"):
+        compile_cell(tr.nn.RNN(Halves, 2, 1).cells[0])

@@ -150,7 +150,13 @@ def _last_axis_slice(graph, e):
         lo, hi, _ = index[1].indices(width)
         if hi > lo:
             return (slice(None), slice(lo, hi))
+        _fail(graph, e, f"the slice {_slice_text(index[1])} of a value {width} wide selects nothing "
+                        "(at these sizes: the cell's hidden or input size may be too small for it)")
     _fail(graph, e, f"only slices of the last axis (x[:, a:b], split) are supported, got index {index!r}")
+
+
+def _slice_text(sl):
+    return f"[:, {'' if sl.start is None else sl.start}:{'' if sl.stop is None else sl.stop}]"
 
 
 def classify(graph):
