@@ -574,11 +574,14 @@ def test_printed_step_shows_constants_and_the_plan_counts_its_kernels():
     cell = UsersLayerNormLSTM(3, 4)
     graph, summary, source, _ = inspect_cell(cell, "float32")
     step = source.split("per-step equations")[1].split('"""')[0]
-    assert " 1e-05" in step  # the cell's eps
-    scalars = {v.name for v in compile_cell(cell, np.float32).plan.graph.consts if v.value.ndim == 0}
-    operands = {w for line in step.strip().splitlines()[1:] for w in line.split(" = ")[1].split()[1:]}
-    assert scalars and not scalars & operands  # a constant is its value, never an undefined vNN
-    assert " 1e-05" in graph
+    plan = compile_cell(cell, np.float32).plan
+    scalars = {v.name for v in plan.graph.consts if v.value.ndim == 0}
+    eqn_lines = [line for line in step.strip().splitlines()[1:] if " = " in line]
+    operands = {w for line in eqn_lines for w in line.split(" = ")[1].split()[1:]}
+    assert scalars and not scalars & operands  # a constant is never an undefined vNN: the input it is,
+    inputs = {f"A{n}" for n, v in enumerate(plan.aux) if v.role == "const" and v.value.ndim == 0}
+    assert inputs and inputs <= operands and f"inputs of forward and backward (their values: " in step
+    assert " 1e-05" in graph  # and the printed graph (tinygrad-rnn compile) gives its value
     for cell in (UsersLayerNormLSTM(3, 4), tr.nn.RNN("mgu", 2, 3).cells[0], ProductOfAProduct(2, 3)):
         _, summary, source, _ = inspect_cell(cell, "float32")
         kernels = source.count("# _forward_stage")
@@ -715,6 +718,32 @@ def test_compile_help_names_everything_it_prints():
     from cli import main
     result = CliRunner().invoke(main, ["compile", "--help"])
     assert result.exit_code == 0 and "kernel IR" in " ".join(result.output.split()), result.output
+
+
+def test_a_scalar_attribute_changed_between_calls_reuses_the_kernels():
+    """A cell's float attribute (a leak rate, a temperature annealed every call) is an input
+    of the generated kernels, not a literal in them: a new value gives the step path's
+    result without a new module (each new value compiled one, about 1 s, before)."""
+    class Leaky(tr.Cell):
+        name = "leaky_rate"
+
+        def __init__(self, input_size, hidden_size):
+            super().__init__(input_size, hidden_size)
+            self.w = self.param((input_size, hidden_size))
+            self.u = self.param((hidden_size, hidden_size))
+            self.rate = 0.5
+
+        def step(self, x, state):
+            (h,) = state
+            return ((1 - self.rate) * h + self.rate * (x @ self.w + h @ self.u).tanh(),)
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN(Leaky, 3, 4, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    for rate in (0.5, 0.3, 0.1):
+        rnn.cells[0].rate = rate
+        assert_close(run(rnn, x, [np.zeros((1, 2, 4))], None, fused=True),
+                     run(rnn, x, [np.zeros((1, 2, 4))], None, fused=False), 1e-10)
+    assert len({c.source for c in compiled_versions(rnn.cells[0])}) == 1
 
 
 def test_an_empty_slice_is_named_as_one():

@@ -225,7 +225,7 @@ def _c_vjp(k, g, Y, *arrays, module, sizes, mask, probe, n_states, n_hoisted, re
             norms, probe.log10_norms = _segmented(module, sizes, g, Y, mask, states, hoisted, aux,
                                                   RESCUE_SEGMENT)[3:]
         probe.norms = norms
-    daux = [d.reshape(a.shape) for d, a in zip(daux, aux)]
+    daux = [d.reshape(np.shape(a)) for d, a in zip(daux, arrays[n_states + n_hoisted:])]  # 0-d ones too
     return (*dstates, *dx, *daux)
 
 

@@ -93,8 +93,17 @@ def compile_cell(cell, dtype=None):
                                           f"({_one_line(e)}); the cell runs its step op by op (please report this)")
         raise cache[key] from e
     compiled = Compiled(graph_text, plan, source, dtype, header, sizes)
+    for other in cache.values():  # the same kernels (another value of a scalar attribute): already compiled
+        if isinstance(other, Compiled) and other.source == source:
+            compiled._cpu, compiled._cuda = other._cpu, other._cuda
+            break
+    while len(cache) >= _CACHE_PER_CELL:  # an attribute annealed every call must not grow it for ever
+        cache.pop(next(iter(cache)))
     cache[key] = compiled
     return compiled
+
+
+_CACHE_PER_CELL = 16
 
 
 def compiled_versions(cell):
@@ -195,6 +204,7 @@ def _settings(cell):
     arrays and Tensors: part of what step computes. The trace keeps the values it read, so
     an array changed in place, or a list of numbers, must change the key as a float does."""
     plain = (bool, int, float, str, type(None))
+    slots = {name for name, _ in cell.named_parameters()}  # a parameter's slot, even with another tensor in it
     settings = []
     for k, v in sorted(vars(cell).items()):
         if k.startswith("_") or isinstance(v, Parameter):
@@ -203,7 +213,7 @@ def _settings(cell):
             settings.append((k, v))
         elif isinstance(v, list) and all(isinstance(u, plain) for u in v):
             settings.append((k, tuple(v)))
-        elif isinstance(v, (np.ndarray, Tensor)) and v.dtype != object:
+        elif isinstance(v, (np.ndarray, Tensor)) and v.dtype != object and k not in slots:
             data = np.ascontiguousarray(v.numpy() if isinstance(v, Tensor) else v)
             settings.append((k, data.dtype.str, data.shape, hashlib.sha256(data.view(np.uint8)).hexdigest()))
     return tuple(settings)
@@ -303,9 +313,11 @@ def _size_formulas(cell, dtype, plan):
 
 def _symbolic_graph_text(plan, sizes):
     from .lower import fmt as _fmt
-    widths, _ = sizes
+    widths, slices = sizes
     lines = []
-    _, slices = sizes
+    # a scalar constant (eps, beta, dt) by the input it is, not its value: one generated module
+    # serves every value (a cell attribute annealed between calls compiles nothing new)
+    operand = lambda v: f"A{plan.aux.index(v)}" if _is_scalar_constant(v) else operand_text(v)
     for e in plan.step_eqns:
         w = _fmt(widths[e.out.id])
         attrs = ""
@@ -315,8 +327,15 @@ def _symbolic_graph_text(plan, sizes):
         elif e.op not in ("getitem",) and e.attrs:
             attrs = "[" + ", ".join(f"{k}={v!r}" for k, v in e.attrs.items()
                                     if k not in ("cond", "residuals", "index")) + "]"
-        lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(operand_text(v) for v in e.ins)}")
-    return "per-step equations (widths in I and H):\n" + "\n".join(lines)
+        lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(operand(v) for v in e.ins)}")
+    scalars = [f"A{n}" for n, v in enumerate(plan.aux) if _is_scalar_constant(v)]
+    return ("per-step equations (widths in I and H):\n" + "\n".join(lines)
+            + (f"\nscalar constants of the step, inputs of forward and backward (their values: "
+               f"tinygrad-rnn compile): {', '.join(scalars)}" if scalars else ""))
+
+
+def _is_scalar_constant(v):
+    return v.role == "const" and v.value.ndim == 0
 
 
 def _replayed_inputs(cell, x, compiled):

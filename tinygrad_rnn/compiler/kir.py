@@ -375,6 +375,12 @@ class RowPrinter:
 
     def element(self, e):
         buf, index = e.args[0], index_of(e)
+        if buf.shared and buf.name.startswith("A") and index == "0":
+            # a batch-free value one wide (a traced constant: eps, beta, dt) is an input, not a
+            # literal, so that a cell attribute changed between calls reuses the compiled
+            # kernels; read once per step, it is a local scalar inside the loops
+            self.bound[f"{buf.name}_0"] = f"{buf.name}[0]"
+            return f"{buf.name}_0"
         if buf.shared or buf.lead is None:
             return f"{buf.name}[{index}]"
         if buf.lead == "":

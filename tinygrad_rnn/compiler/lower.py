@@ -179,8 +179,6 @@ class Generator:
         if p is not None and p.op == "compare":
             a, b = (self.sym(u, o) for u in p.ins)
             return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[p.attrs["how"]]
-        if v.role == "const" and v.value.ndim == 0:
-            return self.lit_const(v.value)
         index = "j" if self.wf(v) == self.wf(o) and self.wf(o) != (0, 0, 1) else "0"
         if v in self.aux:
             return el(self.buf(f"A{self.aux.index(v)}", shared=True), index, self, var=v)

@@ -181,7 +181,7 @@ def classify(graph):
         for v in e.ins:
             if v.batched and not v.dep_s and v not in hoisted and v not in produced:
                 hoisted.append(v)
-            elif not v.batched and v not in aux and not (v.role == "const" and v.value.ndim == 0):
+            elif not v.batched and v not in aux:  # scalar constants too: inputs, not literals (see lower.py)
                 aux.append(v)
     plan.hoisted, plan.aux = hoisted, aux
     _levels(plan)
