@@ -151,14 +151,19 @@ def _blas_controllers():
     return (blas.select(filepath=shared) if shared else None), (blas.select(filepath=own) if own else None)
 
 
+_clear = []
+
+
 def _taking_control(change):
     """``change()`` with threadpoolctl's control of OpenBLAS. Since 3.8 it lets one Python
     thread at a time set OpenBLAS's process-wide pool (the first to set it, until that is
     cleared) and ignores the others; the hold is taken and given back on whichever threads
     run layers, so each change takes control and gives it up at once (keeping it would also
     ignore the user's own limits set from another thread)."""
-    import threadpoolctl
-    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if not _clear:
+        import threadpoolctl
+        _clear.append(getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None))
+    clear = _clear[0]
     if clear is not None:
         clear(force=True)
     try:
@@ -173,8 +178,10 @@ def _held(shared, per_thread):
     own = per_thread.limit(limits=1) if per_thread else None
     if shared:
         with _hold_lock:
-            if _hold["count"] == 0:
-                _hold["limiter"] = _taking_control(lambda: shared.limit(limits=1))
+            if _hold["count"] == 0:  # each library set directly: a limiter object costs ~20 us a call
+                libs = shared.lib_controllers
+                _hold["limiter"] = [(lib, lib.get_num_threads()) for lib in libs]
+                _taking_control(lambda: [lib.set_num_threads(1) for lib, n in _hold["limiter"] if n != 1])
             _hold["count"] += 1
     try:
         yield
@@ -183,7 +190,7 @@ def _held(shared, per_thread):
             with _hold_lock:
                 _hold["count"] -= 1
                 if _hold["count"] == 0:
-                    _taking_control(_hold["limiter"].restore_original_limits)
+                    _taking_control(lambda: [lib.set_num_threads(n) for lib, n in _hold["limiter"] if n != 1])
                     _hold["limiter"] = None
         if own:
             own.restore_original_limits()
