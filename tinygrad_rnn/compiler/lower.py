@@ -79,6 +79,7 @@ class Generator:
         self.outputs = list(g.outputs)
         self.producer = {e.out: e for e in plan.step_eqns}
         self.level, self.top, self.gemms = plan.level, plan.num_levels - 1, list(plan.gemms)
+        self.gemm_outs = [e.out for e in self.gemms]
         self.kernel_eqns = {k: [e for e in plan.step_eqns if e.op not in ("matmul", "compare")
                                 and self.level[e.out] == k] for k in range(self.top + 1)}
         self.users, self.grad_users = {}, {}  # var -> stages reading it / passing a gradient back to it
@@ -301,12 +302,9 @@ class Generator:
     def _finals(self, v):
         if v in self.hoisted:
             return [self.buf(f"DX{self.hoisted.index(v)}", "t", self.W(v))]
-        if v in self._gemm_outs():
-            return [self.buf(f"GD{self._gemm_outs().index(v)}", "t", self.W(v))]
+        if v in self.gemm_outs:
+            return [self.buf(f"GD{self.gemm_outs.index(v)}", "t", self.W(v))]
         return []
-
-    def _gemm_outs(self):
-        return [e.out for e in self.gemms]
 
     def carry_names(self, i):
         """Buffers that carry dL/dstate_i to the previous step."""
@@ -325,7 +323,7 @@ class Generator:
             body += self._bwd_eqn(e, k)
         if dry:
             return {r.var for r in elements(body) if r.var is not None}
-        owned = [e.out for e in eqns] + [v for v in (*self.hoisted, *self._gemm_outs())
+        owned = [e.out for e in eqns] + [v for v in (*self.hoisted, *self.gemm_outs)
                                           if self.owner(v) == k and k in self.users.get(v, ())]
         zero = lambda buf, width: Loop(width, [Set(el(buf, gen=self), self.lit_const(0))])
         copy = lambda width, dest, src, add=True: Loop(width, [Set(el(dest, gen=self), el(src, gen=self), add)])
@@ -534,7 +532,7 @@ class Generator:
                     ext[f"E{v.id}_{k}"] = self.W(v)
         weights = sorted({weight(e) for e in self.gemms})
         return SimpleNamespace(
-            fwd=fwd, bwd=bwd, S=S, consts=self.consts, dtype=self.dtype,
+            fwd=fwd, bwd=bwd, S=S, consts=self.consts, zero=self.zero, dtype=self.dtype,
             residual_ids=[v.id for v in self.residuals], output_ids=[v.id for v in self.outputs],
             s0=[f"S0_{i}" for i in range(S)], x=[f"X{n}" for n in range(len(self.hoisted))],
             a=[f"A{n}" for n in range(len(self.aux))], weights=weights,

@@ -83,7 +83,7 @@ def render(plan, dtype, header, sizes=None):
     """The generated module's source for ``plan`` in ``dtype``; ``sizes`` = (widths, slices)
     formulas by var id make it one module for every input and hidden size."""
     m = Generator(plan, dtype, sizes).module()
-    zero = m.consts[0.0]
+    zero = m.zero
     S, rs, gs = m.S, [r for r, _ in m.residuals], [g for g, *_ in m.products]
     at = [f"AT{w}" for w in m.weights]
     dx, da, gd = [d for d, _ in m.dx], [f"DA{n}" for n in range(len(m.a))], [f"GD{n}" for n in range(len(m.products))]

@@ -22,6 +22,7 @@ import numpy as np
 from .. import ops
 from ..backend._jit import kernel  # noqa: F401  (the generated source imports it from here)
 
+
 def _env_int(name, default, lo):
     """An integer >= ``lo`` from the environment variable ``name``, else ``default``. Read at
     import, where an exception would be a traceback before any command runs: a bad value
