@@ -5,7 +5,7 @@ compare against (tests/test_kernels.py):
   backward, the embedding backward's scatter-add;
 - the building blocks that the cell compiler's generated kernels call: the scalar
   ``tanh_scalar`` and ``sigmoid_scalar`` (backend/cpu.py; float32 inside Numba is a
-  rational approximation) and the in-kernel product ``mm_t`` (compiler/runtime.py).
+  rational approximation) and the in-kernel product ``mm_panels`` (backend/simd.py).
 
 The generated cell kernels themselves have no twin here: their reference is the cell's
 own ``step`` run op by op, which they are generated from (tests/test_compiler.py). The

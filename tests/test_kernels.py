@@ -6,7 +6,7 @@ import pytest
 import naive
 from numba import njit
 
-from tinygrad_rnn.backend import cpu
+from tinygrad_rnn.backend import cpu, simd
 from tinygrad_rnn.compiler import runtime
 
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (64, 33)]
@@ -77,17 +77,25 @@ def test_scalar_building_blocks_inside_numba(dtype, atol):
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
-@pytest.mark.parametrize("B,K,N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (17, 9, 5), (32, 64, 16)])
+@pytest.mark.parametrize("B,K,N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (17, 9, 5), (32, 64, 16),
+                                   (16, 40, 70), (8, 3, 33)])
 def test_in_kernel_products(rng, dtype, rtol, B, K, N):
+    # sizes around the tile (8 rows, one panel) on both sides, on every side
+    width = simd.panel_width(dtype)
     a = rng.standard_normal((B, K)).astype(dtype)
     w = rng.standard_normal((K, N)).astype(dtype)
-    out = np.full((B, N), np.nan, dtype)  # mm_t must overwrite, not accumulate into, its output
-    runtime.mm_t(a, np.ascontiguousarray(w.T), out)  # the forward's use: the weight transposed
+    out = np.full((B, N), np.nan, dtype)  # the product must overwrite, not accumulate into, its output
+    simd.mm_panels(a, simd.pack_panels(w, width), out)  # the forward's use
     np.testing.assert_allclose(out, naive.mm(a, w), rtol=rtol, atol=rtol * K)
-    out_t = np.full((B, K), np.nan, dtype)  # the backward's use: times the transposed weight
-    runtime.mm_t(out, w, out_t)
+    out_t = np.full((B, K), np.nan, dtype)  # the backward's use: times the weight's transpose, a view
+    simd.mm_panels(out, simd.pack_panels(w.T, width), out_t)
     np.testing.assert_allclose(out_t, naive.mm(out, w.T), rtol=rtol, atol=rtol * N * np.abs(out).max())
-    rows = np.full((B, max(K - 1, 1)), np.nan, dtype)  # a slice of a row block (GRU's r * h @ W_hn)
-    runtime.mm_t(out[:, :max(N - 1, 1)], w[:max(K - 1, 1), :max(N - 1, 1)], rows)
-    np.testing.assert_allclose(rows, naive.mm(out[:, :max(N - 1, 1)], w[:max(K - 1, 1), :max(N - 1, 1)].T),
-                               rtol=rtol, atol=rtol * N * np.abs(out).max())
+    # column slices of wider buffers, as a stage's operand and a block's rows are; nothing
+    # outside the output's slice is written
+    wide = np.zeros((B + 2, N + 5), dtype)
+    rows = np.full((B, K + 3), np.nan, dtype)
+    rows[:, 1:K + 1] = a
+    simd.mm_panels(rows[:, 1:K + 1], simd.pack_panels(w, width), wide[1:B + 1, 2:N + 2])
+    np.testing.assert_array_equal(wide[1:B + 1, 2:N + 2], out)
+    wide[1:B + 1, 2:N + 2] = 0
+    assert not wide.any()

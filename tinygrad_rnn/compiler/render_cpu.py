@@ -85,7 +85,7 @@ def render(plan, dtype, header, sizes=None):
     m = Generator(plan, dtype, sizes).module()
     zero = m.zero
     S, rs, gs = m.S, [r for r, _ in m.residuals], [g for g, *_ in m.products]
-    at = [f"AT{w}" for w in m.weights]
+    at = [f"P{w}" for w in m.weights]
     dx, da, gd = [d for d, _ in m.dx], [f"DA{n}" for n in range(len(m.a))], [f"GD{n}" for n in range(len(m.products))]
     carries, ext = [c for c, _ in m.carries], [e for e, _ in m.ext]
     fwd_args = ["T", "b0", "b1", "I", "H", "M", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs]
@@ -93,14 +93,15 @@ def render(plan, dtype, header, sizes=None):
                 *ext, "SQ"]
     out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
            "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
-           "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_tn, mm_t, row_blocks", "",
-           f"DT = np.{m.dtype.name}"]
+           "from tinygrad_rnn.backend.simd import mm_panels, pack_panels, panel_width",
+           "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_tn, row_blocks", "",
+           f"DT = np.{m.dtype.name}", "PANEL = panel_width(DT)"]
     out += [f"{name} = DT({const_literal(value)})" for value, name in m.consts.items()]
     out += ["# which traced values the residuals and the state outputs hold (for diagnostics)",
             f"RESIDUAL_IDS = ({''.join(f'{i}, ' for i in m.residual_ids)})",
             f"OUTPUT_IDS = ({''.join(f'{i}, ' for i in m.output_ids)})", "", ""]
-    # The in-kernel product takes dot products over the weight's columns: the forward
-    # passes the weight transposed, the backward (through the weight's transpose) as it is.
+    # The in-kernel product reads each weight packed in panels (P<n>): the forward's is
+    # the weight's, the backward's (a product with the weight's transpose) its transpose's.
     # Each stage runs inline in the time loop: one function for Numba to compile per
     # direction, its scratch rows allocated once per call.
     for name, args, steps, kernels, order in (
@@ -114,19 +115,20 @@ def render(plan, dtype, header, sizes=None):
                 scratch.update((b.name, b.width) for b in bufs)
             elif name == "_forward_loop":
                 _, n, lhs, w = step
-                body.append(f"        mm_t({_lhs_at(lhs, 'b0:b1')}, AT{w}, G{n}[t, b0:b1])")
+                body.append(f"        mm_panels({_lhs_at(lhs, 'b0:b1')}, P{w}, G{n}[t, b0:b1])")
             else:
                 _, n, _, w = step
-                body.append(f"        mm_t(GD{n}[t, b0:b1], A{w}, GL{n}[b0:b1])")
+                body.append(f"        mm_panels(GD{n}[t, b0:b1], P{w}, GL{n}[b0:b1])")
         out += ["@kernel", f"def {name}({', '.join(args)}):", *[f"    {n} = np.empty({w}, DT)" for n, w in scratch.items()],
                 f"    {order}", *body, "", ""]
     flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
-    transposed = [f"    AT{n} = np.ascontiguousarray(A{n}.T)" for n in m.weights]
+    packed = [f"    P{n} = pack_panels(A{n}, PANEL)" for n in m.weights]
+    packed_t = [f"    P{n} = pack_panels(A{n}.T, PANEL)" for n in m.weights]
     res = ", ".join(rs + gs) + ("," if len(rs + gs) == 1 else "")
     out += [f"def forward(I, H, M, {', '.join([*m.s0, *m.x, *m.a])}):", "    T, B = M.shape", *flat,
             f"    Y = np.empty((T, {S}, B, H), DT)",
             *[f"    {r} = np.empty((T, B, {w}), DT)" for r, w in m.residuals],
-            *[f"    {g} = np.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *transposed,
+            *[f"    {g} = np.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *packed,
             "    blocks = row_blocks(B)",
             f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
             f"    return Y, ({res})", "", ""]
@@ -138,7 +140,7 @@ def render(plan, dtype, header, sizes=None):
             "    blocks = row_blocks(B)",
             "    # what every row adds to (batch-free gradients, per-step norms): one partial per block",
             *[f"    {d} = np.empty((T, B, {w}), DT)" for d, w in m.dx],
-            *[f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(m.a))], *transposed,
+            *[f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(m.a))], *packed_t,
             *[f"    GD{n} = np.empty((T, B, {w}), DT)" for n, (_, w, *_) in enumerate(m.products) if f"GD{n}" not in m.shared_gd],
             *[f"    {gd} = {same}  # the same gradient" for gd, same in m.shared_gd.items()],
             *[f"    {c} = np.zeros((B, {w}), DT)" for c, w in m.carries],

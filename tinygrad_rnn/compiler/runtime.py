@@ -40,71 +40,6 @@ def _env_int(name, default, lo):
     return default
 
 
-@kernel
-def mm_t(a, wt, out):
-    """``out = a @ wt.T`` inside the jitted time loop, ``wt`` holding the weight's columns
-    as contiguous rows (the forward passes the weight transposed once per call, the
-    backward the weight itself). Each output is a dot product over k, which LLVM
-    vectorises as a reduction (the ``reassoc`` flag), 8 rows x 2 columns at a time in 16
-    scalar accumulators that stay in registers: each loaded stretch of a weight row serves
-    8 rows. Measured single-threaded on the Intel Xeon (AVX-512) host, float32, GFLOP/s
-    against OpenBLAS's np.dot: (16, 128) @ (128, 512) 71-80 vs 60-67, (16, 512) @
-    (512, 2048) 75 vs 45-47, (32, 32) @ (32, 128) 42 vs 72-77 (the axpy form with a row
-    tile in memory reaches about 40: LLVM reloads the tile each k)."""
-    B, K = a.shape
-    N = wt.shape[0]
-    zero = np.zeros(1, out.dtype)[0]  # typed: a literal 0 would make the sums float64
-    B8, N2 = B - B % 8, N - N % 2
-    for b in range(0, B8, 8):
-        a0, a1, a2, a3, a4, a5, a6, a7 = a[b], a[b + 1], a[b + 2], a[b + 3], a[b + 4], a[b + 5], a[b + 6], a[b + 7]
-        for n in range(0, N2, 2):
-            w0, w1 = wt[n], wt[n + 1]
-            s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = zero
-            s40 = s41 = s50 = s51 = s60 = s61 = s70 = s71 = zero
-            for k in range(K):
-                x0, x1 = w0[k], w1[k]
-                s00 += a0[k] * x0
-                s01 += a0[k] * x1
-                s10 += a1[k] * x0
-                s11 += a1[k] * x1
-                s20 += a2[k] * x0
-                s21 += a2[k] * x1
-                s30 += a3[k] * x0
-                s31 += a3[k] * x1
-                s40 += a4[k] * x0
-                s41 += a4[k] * x1
-                s50 += a5[k] * x0
-                s51 += a5[k] * x1
-                s60 += a6[k] * x0
-                s61 += a6[k] * x1
-                s70 += a7[k] * x0
-                s71 += a7[k] * x1
-            out[b, n], out[b, n + 1] = s00, s01
-            out[b + 1, n], out[b + 1, n + 1] = s10, s11
-            out[b + 2, n], out[b + 2, n + 1] = s20, s21
-            out[b + 3, n], out[b + 3, n + 1] = s30, s31
-            out[b + 4, n], out[b + 4, n + 1] = s40, s41
-            out[b + 5, n], out[b + 5, n + 1] = s50, s51
-            out[b + 6, n], out[b + 6, n + 1] = s60, s61
-            out[b + 7, n], out[b + 7, n + 1] = s70, s71
-        for n in range(N2, N):
-            wn = wt[n]
-            for r in range(b, b + 8):
-                ar = a[r]
-                acc = zero
-                for k in range(K):
-                    acc += ar[k] * wn[k]
-                out[r, n] = acc
-    for r in range(B8, B):
-        ar = a[r]
-        for n in range(N):
-            wn = wt[n]
-            acc = zero
-            for k in range(K):
-                acc += ar[k] * wn[k]
-            out[r, n] = acc
-
-
 # BLAS's worker threads busy-wait for a while after each call (OpenBLAS: about 0.1 s), so
 # a BLAS call with two threads right before the jitted loop's two block threads puts
 # three busy threads on two cores: the LSTM's loops at hidden 128 took 7.3 ms instead of
@@ -365,11 +300,11 @@ def _holds(path, source):
 
 def _runtime_key():
     # Numba's cache keys on the generated file only; helpers it calls live here and in
-    # backend/cpu.py, so their source is part of the generated file's name.
-    from ..backend import cpu
+    # backend/cpu.py and backend/simd.py, so their source is part of the generated file's name.
+    from ..backend import cpu, simd
     import inspect
-    return hashlib.sha256((inspect.getsource(sys.modules[__name__]) +
-                           inspect.getsource(cpu)).encode()).hexdigest()[:12]
+    return hashlib.sha256("".join(inspect.getsource(m) for m in (sys.modules[__name__], cpu, simd))
+                          .encode()).hexdigest()[:12]
 
 
 _RUNTIME_KEY = _runtime_key()
