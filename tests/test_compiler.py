@@ -601,8 +601,12 @@ def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
     states = [rng.standard_normal((2, 5, 4)) * 0.5 for _ in range(rnn.num_states)]
     lengths = np.array([4, 1, 3, 4, 2])
     monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(runtime, "SPLIT_STEP_FLOPS", 0)  # blocks however small the products
     monkeypatch.setattr(runtime, "THREADS", 3)  # whatever the machine has: three blocks of 1-2 rows
     assert runtime.row_blocks(5) == [(0, 1), (1, 3), (3, 5)]
+    monkeypatch.setattr(runtime, "SPLIT_STEP_FLOPS", 1 << 16)
+    assert runtime.row_blocks(5, 5 * 4 * 16) == [(0, 5)]  # a step's products too small to share
+    monkeypatch.setattr(runtime, "SPLIT_STEP_FLOPS", 0)
     blocks = run(rnn, x, states, lengths, fused=True)
     monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 100)
     one = run(rnn, x, states, lengths, fused=True)

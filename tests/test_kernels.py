@@ -7,7 +7,6 @@ import naive
 from numba import njit
 
 from tinygrad_rnn.backend import cpu, simd
-from tinygrad_rnn.compiler import runtime
 
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 4), (64, 33)]
 

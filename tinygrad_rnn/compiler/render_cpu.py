@@ -122,6 +122,7 @@ def render(plan, dtype, header, sizes=None):
         out += ["@kernel", f"def {name}({', '.join(args)}):", *[f"    {n} = np.empty({w}, DT)" for n, w in scratch.items()],
                 f"    {order}", *body, "", ""]
     flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
+    step_flops = " + ".join(f"({k_in}) * ({w_out})" for _, w_out, _, k_in, _ in m.products) or "0"
     packed = [f"    P{n} = pack_panels(A{n}, PANEL)" for n in m.weights]
     packed_t = [f"    P{n} = pack_panels(A{n}.T, PANEL)" for n in m.weights]
     res = ", ".join(rs + gs) + ("," if len(rs + gs) == 1 else "")
@@ -129,7 +130,7 @@ def render(plan, dtype, header, sizes=None):
             f"    Y = np.empty((T, {S}, B, H), DT)",
             *[f"    {r} = np.empty((T, B, {w}), DT)" for r, w in m.residuals],
             *[f"    {g} = np.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *packed,
-            "    blocks = row_blocks(B)",
+            f"    blocks = row_blocks(B, B * ({step_flops}))",
             f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
             f"    return Y, ({res})", "", ""]
     per_block = [f"{a}[n]" if a in (*da, "SQ") else a for a in bwd_args]
@@ -137,7 +138,7 @@ def render(plan, dtype, header, sizes=None):
               f".reshape(DA{w}.shape)" for n, (_, w_out, lhs, k_in, w) in enumerate(m.products)]
     out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
             "    T, B = M.shape", *flat, f"    {res} = residuals" if res else "",
-            "    blocks = row_blocks(B)",
+            f"    blocks = row_blocks(B, B * ({step_flops}))",
             "    # what every row adds to (batch-free gradients, per-step norms): one partial per block",
             *[f"    {d} = np.empty((T, B, {w}), DT)" for d, w in m.dx],
             *[f"    DA{n} = np.zeros((len(blocks),) + A{n}.shape, DT)" for n in range(len(m.a))], *packed_t,
