@@ -69,14 +69,17 @@ def _lhs_at(lhs, rows):
     return base + (f"[:, {lo}:{hi}]" if lo is not None else "")
 
 
-def _lhs_every_step(lhs):
-    """A product's left operand at every step, (T, B, n)."""
+def _weight_gradient(n, w_out, lhs, k_in, w):
+    """``DA<w> += (product n's left operand at every step).T @ its gradient``. A state's
+    operand at step t is the state of step t - 1, read in place from Y (a view, no copy,
+    for a cell with one state) plus the initial state's product with step 0's gradient."""
     kind, index, lo, hi = lhs
+    cols = f"[..., {lo}:{hi}]" if lo is not None else ""
     if kind == "state":
-        base = f"np.concatenate((S0_{index}[None], Y[:-1, {index}]))"
-    else:
-        base = f"{kind}[:, {index}]" if index else kind
-    return base + (f"[:, :, {lo}:{hi}]" if lo is not None else "")
+        return (f"    DA{w} += (matmul_tn(Y[:-1, {index}]{cols}.reshape((T - 1) * B, {k_in}), "
+                f"GD{n}[1:].reshape((T - 1) * B, {w_out})) + S0_{index}{cols}.T @ GD{n}[0]).reshape(DA{w}.shape)")
+    every_step = (f"{kind}[:, {index}]" if index else kind) + cols
+    return f"    DA{w} += matmul_tn({every_step}.reshape(T * B, {k_in}), GD{n}.reshape(T * B, {w_out})).reshape(DA{w}.shape)"
 
 
 def render(plan, dtype, header, sizes=None):
@@ -134,8 +137,7 @@ def render(plan, dtype, header, sizes=None):
             f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
             f"    return Y, ({res})", "", ""]
     per_block = [f"{a}[n]" if a in (*da, "SQ") else a for a in bwd_args]
-    finish = [f"    DA{w} += matmul_tn({_lhs_every_step(lhs)}.reshape(T * B, {k_in}), GD{n}.reshape(T * B, {w_out}))"
-              f".reshape(DA{w}.shape)" for n, (_, w_out, lhs, k_in, w) in enumerate(m.products)]
+    finish = [_weight_gradient(n, *product[1:]) for n, product in enumerate(m.products)]
     out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
             "    T, B = M.shape", *flat, f"    {res} = residuals" if res else "",
             f"    blocks = row_blocks(B, B * ({step_flops}))",
