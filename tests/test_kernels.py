@@ -1,5 +1,7 @@
 """Each hand-written CPU kernel and each building block of the generated ones against its
 NumPy twin in tests/naive.py."""
+import os
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,32 @@ def test_in_kernel_products(rng, dtype, rtol, B, K, N):
     np.testing.assert_array_equal(wide[1:B + 1, 2:N + 2], out)
     wide[1:B + 1, 2:N + 2] = 0
     assert not wide.any()
+
+
+def test_in_kernel_products_without_avx512():
+    """On a CPU without AVX-512 the tile is 4 rows of 8-float vectors: the same checks, in a
+    process that sees no AVX-512 (nothing cached, so the kernels compile for that tile)."""
+    import subprocess
+    import sys
+    code = """
+import llvmlite.binding as llvm
+features = llvm.get_host_cpu_features()
+features["avx512f"] = False
+llvm.get_host_cpu_features = lambda: features
+import os
+
+import numpy as np
+from tinygrad_rnn.backend import simd
+assert (simd.ROWS, simd.VECTOR_BYTES) == (4, 32), (simd.ROWS, simd.VECTOR_BYTES)
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for B, K, N in [(1, 1, 1), (5, 7, 9), (9, 13, 17), (4, 16, 16), (3, 5, 40)]:
+        a, w = rng.standard_normal((B, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+        out = np.full((B, N), np.nan, dtype)
+        simd.mm_panels(a, simd.pack_panels(w, simd.panel_width(dtype)), out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-5, atol=1e-5 * K)
+print("ok")
+"""
+    env = {**os.environ, "TINYGRAD_RNN_NO_CACHE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
