@@ -70,6 +70,19 @@ def test_generated_source_is_cached_on_disk_and_readable(tmp_path, monkeypatch):
     assert "# _forward_stage1:" in text and "# _backward_stage2:" in text  # MGU: two stages of products
 
 
+
+def test_a_row_one_loop_writes_and_reads_is_a_scalar_of_that_loop():
+    """The LSTM's backward: the output gate's and cell tanh's gradients live only in the loop
+    that computes them (scalars), the cell state's gradient is read by later loops (an array)."""
+    source = compile_cell(tr.nn.RNN("lstm", 3, 4).cells[0]).source
+    backward = source[source.index("def _backward_loop"):source.index("\ndef forward")]
+    scalars = {name for name in backward.replace("(", " ").split() if name.endswith("_j")}
+    arrays = {line.split()[0] for line in backward.splitlines() if "= np.empty(" in line}
+    assert len(scalars) >= 4, scalars
+    assert not {name[:-2] for name in scalars} & arrays  # none of them is also allocated
+    assert any(f"{name}[j]" in backward for name in arrays)  # rows read across loops stay arrays
+
+
 class Tangled(tr.Cell):
     """A cell whose step mixes samples of the batch: not a row-wise recurrence."""
 
