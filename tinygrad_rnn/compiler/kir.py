@@ -179,19 +179,18 @@ def children(e):
     return [a for a in e.args if isinstance(a, Ex)]
 
 
-def exprs(stmts):
-    """Every top-level expression of the statements, targets included."""
-    return (getattr(s, name) for s in walk(stmts) for name in s.EXPRS)
+def nodes(stmts):
+    """Every expression node of the statements, targets included."""
+    stack = [getattr(s, name) for s in walk(stmts) for name in s.EXPRS]
+    while stack:
+        e = stack.pop()
+        yield e
+        stack.extend(children(e))
 
 
 def elements(stmts):
     """Every element reference in the statements."""
-    stack = list(exprs(stmts))
-    while stack:
-        e = stack.pop()
-        if e.kind == "el":
-            yield e
-        stack.extend(children(e))
+    return (e for e in nodes(stmts) if e.kind == "el")
 
 
 def remap(e, fn):
@@ -204,24 +203,11 @@ def remap(e, fn):
     return Ex(e.kind, args, e.gen, e.var, e.inv, e.leaf, e.boolean)
 
 
-def remap_all(stmts, fn):
-    """The statements with ``remap(expr, fn)`` applied to every expression, in place."""
-    for s in walk(stmts):
-        for name in s.EXPRS:
-            setattr(s, name, remap(getattr(s, name), fn))
-    return stmts
-
-
 _TRANSCENDENTAL = ("tanh", "sigmoid", "exp", "log", "sqrt")
 
 
 def transcendentals(stmts):
-    n, stack = 0, list(exprs(stmts))
-    while stack:
-        e = stack.pop()
-        n += e.kind == "pow" or (e.kind == "call" and e.args[0] in _TRANSCENDENTAL)
-        stack.extend(children(e))
-    return n
+    return sum(e.kind == "pow" or (e.kind == "call" and e.args[0] in _TRANSCENDENTAL) for e in nodes(stmts))
 
 
 # ---- passes ----------------------------------------------------------------------
@@ -277,7 +263,11 @@ def first_writes_assign(stmts, covered):
     return assigned, {n for n, ws in writes.items() if len(ws) == 1}
 
 
-def drop_empty_loops(stmts):
+def drop_from_loops(stmts, drop):
+    """The statements without the loop statements ``drop`` picks, and without loops left empty."""
+    for s in stmts:
+        if isinstance(s, Loop):
+            s.body = [c for c in s.body if not drop(c)]
     return [s for s in stmts if not (isinstance(s, Loop) and not s.body)]
 
 
@@ -286,20 +276,13 @@ def alias_copies(stmts, single, is_grad):
     identity VJP of add, a seed) becomes a second name for it: no array, no copy loop.
     Safe because a source is complete before it is copied and nothing writes either name
     after. Returns (statements, {name: (buffer, offset)})."""
-    aliases = {}
-    for s in stmts:
-        if not isinstance(s, Loop):
-            continue
-        kept = []
-        for c in s.body:
-            t, v = (c.target, c.value) if isinstance(c, Set) else (None, None)
-            if (t is not None and not c.add and is_grad(t.args[0]) and t.args[0].name in single
-                    and t.args[1:] == ("0", "0", "j") and v.kind == "el" and v.args[1:] == ("0", "0", "j")):
-                aliases[t.args[0].name] = (v.args[0], "0")
-            else:
-                kept.append(c)
-        s.body = kept
-    return drop_empty_loops(stmts), aliases
+    def is_alias(c):
+        t, v = (c.target, c.value) if isinstance(c, Set) else (None, None)
+        return (t is not None and not c.add and is_grad(t.args[0]) and t.args[0].name in single
+                and t.args[1:] == ("0", "0", "j") and v.kind == "el" and v.args[1:] == ("0", "0", "j"))
+    aliases = {c.target.args[0].name: (c.value.args[0], "0")
+               for s in stmts if isinstance(s, Loop) for c in s.body if is_alias(c)}
+    return drop_from_loops(stmts, is_alias), aliases
 
 
 def substitute(stmts, mapping):
@@ -320,7 +303,9 @@ def substitute(stmts, mapping):
             return e
         target, off = resolved[buf.name]
         return Ex("el", (target, plus(off, base), local, index), e.gen, e.var, e.inv, e.leaf, e.boolean)
-    return remap_all(stmts, fn)
+    for s in walk(stmts):
+        for name in s.EXPRS:
+            setattr(s, name, remap(getattr(s, name), fn))
 
 
 def plus(a, b):
@@ -333,29 +318,25 @@ def plus(a, b):
 
 
 # ---- printing, shared by the renderers -------------------------------------------
+# How each kind of expression prints; ``s`` gives an operand's source (called in the order
+# they print: a renderer binds the arrays it reads in that order).
+_FORMS = {"lit": lambda a, s: a[0],
+          "bin": lambda a, s: f"({s(a[1])} {a[0]} {s(a[2])})",
+          "cmp": lambda a, s: f"({s(a[1])} {a[0]} {s(a[2])})",
+          "neg": lambda a, s: f"(-{s(a[0])})",
+          "pow": lambda a, s: f"({s(a[0])} ** {s(a[1])})",
+          "if": lambda a, s: f"({s(a[1])} if {s(a[0])} else {s(a[2])})",
+          "and": lambda a, s: f"({s(a[0])} and {s(a[1])})"}
+
+
 def source(e, r):
     """Python source for expression ``e``; ``r`` (a renderer) spells element references
     (``r.element``) and calls (``r.call``)."""
-    k, a = e.kind, e.args
-    if k == "lit":
-        return a[0]
-    if k == "el":
+    if e.kind == "el":
         return r.element(e)
-    if k == "bin":
-        return f"({source(a[1], r)} {a[0]} {source(a[2], r)})"
-    if k == "neg":
-        return f"(-{source(a[0], r)})"
-    if k == "pow":
-        return f"({source(a[0], r)} ** {source(a[1], r)})"
-    if k == "call":
-        return r.call(a[0], [source(x, r) for x in a[1:]])
-    if k == "if":
-        return f"({source(a[1], r)} if {source(a[0], r)} else {source(a[2], r)})"
-    if k == "cmp":
-        return f"({source(a[1], r)} {a[0]} {source(a[2], r)})"
-    if k == "and":
-        return f"({source(a[0], r)} and {source(a[1], r)})"
-    raise AssertionError(k)
+    if e.kind == "call":
+        return r.call(e.args[0], [source(x, r) for x in e.args[1:]])
+    return _FORMS[e.kind](e.args, lambda x: source(x, r))
 
 
 def index_of(e):

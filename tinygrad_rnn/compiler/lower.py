@@ -20,7 +20,7 @@ import math
 from types import SimpleNamespace
 
 from .. import ops
-from .kir import (Buf, Ex, Kernel, Let, Loop, Norm, Padded, Reduce, Set, alias_copies, drop_empty_loops,
+from .kir import (Buf, Ex, Kernel, Let, Loop, Norm, Padded, Reduce, Set, alias_copies, drop_from_loops,
                   el, elements, first_writes_assign, fuse_loops, lit, plus, substitute, walk)
 from .plan import REDUCTIONS
 
@@ -373,10 +373,7 @@ class Generator:
             if e.op == "getitem" and src.name in covered and src.name not in aliases and part.name not in aliases:
                 lo = self.bounds(e)[0]
                 views[part.name] = (src, lo)
-                for s in stmts:
-                    if isinstance(s, Loop):
-                        s.body = [c for c in s.body if not _is_copy_back(c, src, lo, part)]
-        stmts = drop_empty_loops(stmts)
+                stmts = drop_from_loops(stmts, lambda c: _is_copy_back(c, src, lo, part))
         zeros = [zero(t, w) for name, (t, w) in sorted(targets.items()) if name not in assigned]
         zeros += [zero(self.grad(v), self.W(v)) for v in owned
                   if self.grad(v).name not in assigned and self.grad(v).name not in aliases]
@@ -387,7 +384,7 @@ class Generator:
         finals += [copy(self.W(v), f, self.grad(v), add=False) for v in owned for f in self._finals(v)]
         rows = head + [Padded(padded)] + zeros + fuse_loops(stmts + finals)
         substitute(rows, {**aliases, **views})
-        rows = drop_empty_loops(self._share_product_gradients(rows))
+        rows = self._share_product_gradients(rows)
         return Kernel(f"_backward_stage{k}", None,
                       f"Gradients through stage {k} of step t, in reverse: {_summary(eqns[::-1])}.",
                       len(self.states), rows)
@@ -396,25 +393,22 @@ class Generator:
         """A product's gradient (GD) that is the same row as a hoisted value's (DX) or
         another product's (an LSTM's gates: x @ W_ih + h @ W_hh) is not written twice: the
         driver passes that array to the weight gradient's GEMM."""
-        first = {}
-        for s in rows:
-            if not isinstance(s, Loop):
-                continue
-            kept = []
-            for c in s.body:
-                t = c.target.args[0] if isinstance(c, Set) and not c.add and c.value.kind == "el" else None
-                if t is not None and t.lead == "t" and t.name.startswith(("DX", "GD")):
-                    key = (c.value.args[0].name, *c.value.args[1:])
-                    if t.name.startswith("GD") and key in first:
-                        self.shared_gd[t.name] = first[key]
-                        continue
-                    first.setdefault(key, t.name)
-                kept.append(c)
-            s.body = kept
+        first = {}  # the row copied -> the first DX or GD array that holds it
+
+        def copied_before(c):
+            t = c.target.args[0] if isinstance(c, Set) and not c.add and c.value.kind == "el" else None
+            if t is None or t.lead != "t" or not t.name.startswith(("DX", "GD")):
+                return False
+            key = (c.value.args[0].name, *c.value.args[1:])
+            if t.name.startswith("GD") and key in first:
+                self.shared_gd[t.name] = first[key]
+                return True
+            first.setdefault(key, t.name)
+            return False
+        rows = drop_from_loops(rows, copied_before)
         for s in rows:
             if isinstance(s, Padded):  # nor zeroed twice
-                s.body = [z for z in s.body if not (isinstance(z, Loop) and len(z.body) == 1
-                                                    and z.body[0].target.args[0].name in self.shared_gd)]
+                s.body = drop_from_loops(s.body, lambda z: z.target.args[0].name in self.shared_gd)
         return rows
 
     def _covered_by_slices(self, eqns, k):
