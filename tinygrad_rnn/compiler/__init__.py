@@ -23,7 +23,7 @@ from ..module import Parameter
 from ..tensor import Tensor
 from .render_cpu import render
 from .plan import make_plan
-from .trace import CompileError, operand_text, trace, trace_checked
+from .trace import CompileError, operand_text, params_text, trace, trace_checked
 
 __all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "compiled_versions", "cuda_kernel_signatures", "run_layer",
            "step_values", "inspect_cell"]
@@ -320,13 +320,11 @@ def _symbolic_graph_text(plan, sizes):
     operand = lambda v: f"A{plan.aux.index(v)}" if _is_scalar_constant(v) else operand_text(v)
     for e in plan.step_eqns:
         w = _fmt(widths[e.out.id])
-        attrs = ""
         if e.op == "getitem":
             lo, hi = slices[e.out.id]
             attrs = f"[:, {_fmt(lo)}:{_fmt(hi)}]"
-        elif e.op not in ("getitem",) and e.attrs:
-            attrs = "[" + ", ".join(f"{k}={v!r}" for k, v in e.attrs.items()
-                                    if k not in ("cond", "residuals", "index")) + "]"
+        else:
+            attrs = params_text(e.params)
         lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(operand(v) for v in e.ins)}")
     scalars = [f"A{n}" for n, v in enumerate(plan.aux) if _is_scalar_constant(v)]
     return ("per-step equations (widths in I and H):\n" + "\n".join(lines)

@@ -14,7 +14,7 @@
 """
 import numpy as np
 
-from .trace import CompileError, Var
+from .trace import CompileError, Eqn, Var, value_text
 
 POINTWISE = ("add", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid",
              "leaky_relu", "where", "clip", "compare")
@@ -42,7 +42,8 @@ def _fail(graph, e, why):
 
 def split_cat_matmul(graph):
     """Rewrite ``cat(parts, axis=-1) @ W`` (W free of the batch) into a sum of products."""
-    next_id = max([v.id for v in _all_vars(graph)] + [0]) + 1
+    every = [graph.x, *graph.states, *graph.params, *graph.consts, *(e.out for e in graph.eqns)]
+    next_id = max(v.id for v in every) + 1
     producer = {e.out: e for e in graph.eqns}
     out = []
     for e in graph.eqns:
@@ -60,20 +61,18 @@ def split_cat_matmul(graph):
             rows = Var(next_id, "op", (part.shape[1], w.shape[1]), w.dtype)
             prod = Var(next_id + 1, "op", (part.shape[0], w.shape[1]), w.dtype)
             next_id += 2
-            rows.dep_x = rows.dep_s = rows.batched = False
             prod.dep_x, prod.dep_s, prod.batched = part.dep_x, part.dep_s, True
-            out.append(_eqn("getitem", [w], {"index": (slice(int(offsets[i]), int(offsets[i + 1])),)},
-                            rows, e.where))
-            out.append(_eqn("matmul", [part, rows], {}, prod, e.where))
+            out.append(Eqn("getitem", [w], {"index": (slice(int(offsets[i]), int(offsets[i + 1])),)}, rows, e.where))
+            out.append(Eqn("matmul", [part, rows], {}, prod, e.where))
             prods.append(prod)
         if len(prods) == 1:
-            out.append(_eqn("add", [prods[0], _zero(graph, w.dtype)], {}, e.out, e.where))
+            out.append(Eqn("add", [prods[0], _zero(graph, w.dtype)], {}, e.out, e.where))
         total = prods[0]
         for k, prod in enumerate(prods[1:]):
             s = e.out if k == len(prods) - 2 else Var(next_id, "op", e.out.shape, w.dtype)
             next_id += 1
             s.dep_x, s.dep_s, s.batched = total.dep_x or prod.dep_x, total.dep_s or prod.dep_s, True
-            out.append(_eqn("add", [total, prod], {}, s, e.where))
+            out.append(Eqn("add", [total, prod], {}, s, e.where))
             total = s
     graph.eqns = out
     return graph
@@ -83,18 +82,6 @@ def _zero(graph, dtype):
     v = Var(-1 - len(graph.consts), "const", (), dtype, value=np.zeros((), dtype))
     graph.consts.append(v)
     return v
-
-
-def _eqn(op, ins, attrs, out, where):
-    from .trace import Eqn
-    return Eqn(op, ins, attrs, out, where)
-
-
-def _all_vars(graph):
-    seen = [graph.x, *graph.states, *graph.params, *graph.consts]
-    for e in graph.eqns:
-        seen.append(e.out)
-    return seen
 
 
 def prune(graph):
@@ -150,13 +137,9 @@ def _last_axis_slice(graph, e):
         lo, hi, _ = index[1].indices(width)
         if hi > lo:
             return (slice(None), slice(lo, hi))
-        _fail(graph, e, f"the slice {_slice_text(index[1])} of a value {width} wide selects nothing "
+        _fail(graph, e, f"the slice [:, {value_text(index[1])}] of a value {width} wide selects nothing "
                         "(at these sizes: the cell's hidden or input size may be too small for it)")
     _fail(graph, e, f"only slices of the last axis (x[:, a:b], split) are supported, got index {index!r}")
-
-
-def _slice_text(sl):
-    return f"[:, {'' if sl.start is None else sl.start}:{'' if sl.stop is None else sl.stop}]"
 
 
 def classify(graph):

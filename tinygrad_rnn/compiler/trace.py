@@ -51,10 +51,14 @@ class Eqn:
     def __init__(self, op, ins, attrs, out, where):
         self.op, self.ins, self.attrs, self.out, self.where = op, list(ins), dict(attrs), out, where
 
+    @property
+    def params(self):
+        """The attributes that parametrise the op: not ``where``'s condition (an operand
+        here) nor the residuals a forward kept for its VJP."""
+        return {k: v for k, v in self.attrs.items() if k not in ("cond", "residuals")}
+
     def __repr__(self):
-        shown = {k: v for k, v in self.attrs.items() if k not in ("cond", "residuals")}
-        attrs = "[" + ", ".join(f"{k}={_short(v)}" for k, v in shown.items()) + "]" if shown else ""
-        return f"{self.out!r} = {self.op}{attrs} {' '.join(operand_text(v) for v in self.ins)}"
+        return f"{self.out!r} = {self.op}{params_text(self.params)} {' '.join(operand_text(v) for v in self.ins)}"
 
 
 def operand_text(v):
@@ -65,9 +69,15 @@ def operand_text(v):
     return v.name
 
 
-def _short(v):
+def params_text(params):
+    """How an equation's parameters print: ``[axis=1, keepdims=True]``, nothing when none."""
+    return "[" + ", ".join(f"{k}={value_text(v)}" for k, v in params.items()) + "]" if params else ""
+
+
+def value_text(v):
+    """How a parameter's value prints (a slice as ``a:b``)."""
     if isinstance(v, tuple):
-        return "(" + ",".join(_short(i) for i in v) + ")"
+        return "(" + ",".join(value_text(i) for i in v) + ")"
     if isinstance(v, slice):
         return f"{'' if v.start is None else v.start}:{'' if v.stop is None else v.stop}"
     if v is Ellipsis:
@@ -134,16 +144,12 @@ class _Tracer:
         attrs = dict(attrs)
         if name == "where":
             src = self.conds.get(id(attrs["cond"]))
-            ins.append(self.var_of(src) if src is not None else self.const_array(attrs["cond"]))
+            ins.append(self.var_of(src if src is not None else Tensor._make(np.asarray(attrs["cond"]))))
         o = self.new_var(out, "op")
         o.dep_x = any(v.dep_x for v in ins)
         o.dep_s = any(v.dep_s for v in ins)
         o.batched = o.dep_x or o.dep_s
         self.eqns.append(Eqn(name, ins, attrs, o, self.line()))
-
-    def const_array(self, arr):
-        t = Tensor._make(np.asarray(arr))
-        return self.var_of(t)
 
     def line(self):
         """``file:line`` of the innermost frame in the cell's source file."""
@@ -225,8 +231,7 @@ def _fingerprint(graph):
     for c in graph.consts:
         out.append(("a constant", (c.id, c.value.shape, c.value.dtype.str, c.value.tobytes())))
     for e in graph.eqns:
-        attrs = {k: v for k, v in e.attrs.items() if k not in ("cond", "residuals")}
-        out.append((e.where, (e.op, tuple(v.id for v in e.ins), e.out.id, repr(attrs),
+        out.append((e.where, (e.op, tuple(v.id for v in e.ins), e.out.id, repr(e.params),
                               e.out.shape[1:] if e.out.batched else e.out.shape)))
     out.append(("its return", tuple(v.id for v in graph.outputs)))
     return out
