@@ -53,11 +53,8 @@ class Ex:
         self.inv, self.leaf, self.boolean = inv, leaf, boolean
 
     # The op table's lambdas evaluate on these: arithmetic builds trees.
-    def _lift(self, other):
-        return other if isinstance(other, Ex) else self.gen.lit_const(other)
-
     def _bin(self, other, op, rev=False):
-        other = self._lift(other)
+        other = self.gen.lift(other)
         (a, b), inv = self.gen.row_parts((other, self) if rev else (self, other))
         if op == "*" and (a.boolean or b.boolean):
             cond, val = (a, b) if a.boolean else (b, a)
@@ -89,7 +86,7 @@ class Ex:
         return Ex("pow", (self, g.lit_const(p)), g, inv=self.inv)
 
     def _cmp(self, o, op):
-        (a, b), inv = self.gen.row_parts((self, self._lift(o)))
+        (a, b), inv = self.gen.row_parts((self, self.gen.lift(o)))
         return Ex("cmp", (op, a, b), self.gen, boolean=True, inv=inv)
 
     def __gt__(self, o): return self._cmp(o, ">")

@@ -46,18 +46,12 @@ class _SymBackend:
         return Ex("if", (Ex("cmp", (">", a, g.lit_const(0)), g, boolean=True), a, a * slope), g, inv=a.inv)
 
     def where(self, cond, a, b):
-        lift = lambda v: v if isinstance(v, Ex) else self.gen.lit_const(v)
-        (cond, a, b), inv = self.gen.row_parts((cond, lift(a), lift(b)))
+        (cond, a, b), inv = self.gen.row_parts((cond, self.gen.lift(a), self.gen.lift(b)))
         return Ex("if", (cond, a, b), self.gen, inv=inv)
 
     def clip(self, a, lo, hi):
         g = self.gen
         return Ex("call", ("min", Ex("call", ("max", a, g.lit_const(lo)), g), g.lit_const(hi)), g, inv=a.inv)
-
-
-def _op_attrs(e):
-    """The attributes the table's lambdas take (``cond`` becomes an operand)."""
-    return {k: v for k, v in e.attrs.items() if k not in ("cond", "residuals")}
 
 
 def const_literal(value):
@@ -88,7 +82,7 @@ class Generator:
                 for v in self._reads(e):
                     self.users.setdefault(v, set()).add(k)
                 for v in e.ins:  # a read inside a comparison passes no gradient
-                    if not (v in self.producer and self.producer[v].op == "compare"):
+                    if self.op_of(v) != "compare":
                         self.grad_users.setdefault(v, set()).add(k)
         for v in self.outputs:
             self.users.setdefault(v, set()).add(self.top)
@@ -101,8 +95,7 @@ class Generator:
         # backward kernel: its own stage owns it, so that stage has a kernel even with no
         # pointwise work (it passes the gradient on to the product's weight gradient).
         for v in self.gemm_lhs:
-            p = self.producer.get(v)
-            if p is not None and p.op == "matmul":
+            if self.op_of(v) == "matmul":
                 self.users.setdefault(v, set()).add(self.level[v])
                 self.grad_users.setdefault(v, set()).add(self.level[v])
         self.stages = plan.stages
@@ -131,24 +124,27 @@ class Generator:
     def lit_const(self, value):
         return lit(self.const(value), self)
 
+    def lift(self, value):
+        """An expression for ``value``: itself, or a constant for a number."""
+        return value if isinstance(value, Ex) else self.lit_const(value)
+
     def buf(self, name, lead=None, width=None, shared=False):
         return self._bufs.setdefault((name, lead), Buf(name, lead, width, shared))
+
+    def op_of(self, v):
+        """The op that computes v in the step; None for an input of the step."""
+        return self.producer[v].op if v in self.producer else None
 
     def _reads(self, e):
         """Vars an equation reads, looking through compare (an inline expression)."""
         out = []
         for v in e.ins:
-            p = self.producer.get(v)
-            out.extend(self._reads(p) if p is not None and p.op == "compare" else [v])
+            out += self._reads(self.producer[v]) if self.op_of(v) == "compare" else [v]
         return out
-
-    def is_view(self, v):
-        p = self.producer.get(v)
-        return p is not None and p.op == "getitem"
 
     def owner(self, v):
         """The stage whose backward finalises v's gradient."""
-        if v in self.producer and self.producer[v].op != "matmul":
+        if self.op_of(v) not in (None, "matmul"):
             return self.level[v]
         return min(self.grad_users.get(v) or self.users.get(v, {self.top}))
 
@@ -176,10 +172,9 @@ class Generator:
 
     def sym(self, v, o):
         """One element of v inside the loop over j of the equation making ``o``."""
-        p = self.producer.get(v)
-        if p is not None and p.op == "compare":
-            a, b = (self.sym(u, o) for u in p.ins)
-            return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[p.attrs["how"]]
+        if self.op_of(v) == "compare":
+            a, b = (self.sym(u, o) for u in self.producer[v].ins)
+            return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[self.producer[v].attrs["how"]]
         index = "j" if self.wf(v) == self.wf(o) and self.wf(o) != (0, 0, 1) else "0"
         if v in self.aux:
             return el(self.buf(f"A{self.aux.index(v)}", shared=True), index, self, var=v)
@@ -214,35 +209,27 @@ class Generator:
     def plan_storage(self):
         """Decide where each forward value lives: lower the backward once to see which
         forward values it reads (the element references that name them)."""
-        self.kept = {v for v, ks in self.users.items()
-                     if v in self.producer and self.producer[v].op != "matmul" and any(k != self.level[v] for k in ks)}
+        staged = lambda v: self.op_of(v) not in (None, "matmul")  # a stage kernel computes it
+        self.kept = {v for v, ks in self.users.items() if staged(v) and any(k != self.level[v] for k in ks)}
         self.kept |= {v for v in self.gemm_lhs if v in self.producer}
         self.out_index = {}
         for k in self.stages:
-            self.kept |= {v for v in self.backward_kernel(k, dry=True)
-                          if v in self.producer and self.producer[v].op != "matmul"}
-        changed = True
-        while changed:  # a kept view keeps its source
-            changed = False
-            for v in list(self.kept):
-                src = self.producer[v].ins[0] if self.is_view(v) else None
-                if src is not None and src not in self.kept and src in self.producer and self.producer[src].op != "matmul":
-                    self.kept.add(src)
-                    changed = True
-        for i, v in enumerate(self.outputs):
-            if (v in self.producer and not self.is_view(v) and self.producer[v].op != "matmul"
-                    and v not in self.out_index and self.outputs.index(v) == i):
-                self.out_index[v] = i
+            self.kept |= {v for v in self.backward_kernel(k, dry=True) if staged(v)}
+        views = [v for v in self.kept if self.op_of(v) == "getitem"]
+        while views:  # a kept view keeps its source
+            src = self.producer[views.pop()].ins[0]
+            if src not in self.kept and staged(src):
+                self.kept.add(src)
+                views += [src] if self.op_of(src) == "getitem" else []
+        self.out_index = {v: i for i, v in enumerate(self.outputs)
+                          if staged(v) and self.op_of(v) != "getitem" and self.outputs.index(v) == i}
         self.residuals = [e.out for e in self.plan.step_eqns if e.out in self.kept and e.out not in self.out_index
                           and e.op not in ("matmul", "compare", "getitem")]
 
     # -- forward -------------------------------------------------------------------
     def forward_kernel(self, k):
         eqns = self.kernel_eqns[k]
-        body = []
-        for e in eqns:
-            body += self._fwd_eqn(e)
-        body = fuse_loops(body)
+        body = fuse_loops([s for e in eqns for s in self._fwd_eqn(e)])
         if k == self.top:
             y = lambda i: self.buf("Y", f"t, {i}")
             for i, v in enumerate(self.outputs):
@@ -254,17 +241,12 @@ class Generator:
                       len(self.states), body)
 
     def _fwd_eqn(self, e):
-        o = e.out
-        out_buf, out_base = self.view(o) if e.op != "getitem" else (None, None)
-        target = lambda index="j", local="0": el(out_buf, index, self, out_base, local)
         if e.op == "getitem":
             return []
+        out_buf, out_base = self.view(e.out)
+        target = lambda index="j", local="0": el(out_buf, index, self, out_base, local)
         if e.op == "cat":
-            out, start = [], (0, 0, 0)
-            for v in e.ins:
-                out.append(Loop(self.W(v), [Set(target(local=fmt(start)), self.read(v), full=False)]))
-                start = _plus(start, self.wf(v))
-            return out
+            return [Loop(self.W(v), [Set(target(local=at), self.read(v), full=False)]) for v, at in self._cat_parts(e)]
         if e.op in REDUCTIONS:
             a = e.ins[0]
             init = self.read(a, "0") if e.op == "max" else self.lit_const(0)
@@ -274,14 +256,26 @@ class Generator:
                            [Set(target("0"), fin)])]
 
         def lower():
-            syms = [self.sym(v, o) for v in e.ins]
-            attrs = _op_attrs(e)
-            if e.op == "where":
-                attrs["cond"] = syms.pop()
-            expr = ops.OPS[e.op].fwd(self.k, *syms, **attrs)
+            syms, params = self._operands(e)
+            expr = ops.OPS[e.op].fwd(self.k, *syms, **params)
             expr = self.row_scalar(expr) if expr.inv else expr  # a row scalar broadcast along the row
-            return [Loop(self.W(o), [Set(target(), expr)])]
+            return [Loop(self.W(e.out), [Set(target(), expr)])]
         return self._with_row_scalars(e, lower)
+
+    def _operands(self, e):
+        """One element of each operand of pointwise ``e`` and the parameters the op table's
+        lambdas take (``where``'s condition is an operand here, a parameter there)."""
+        syms, params = [self.sym(v, e.out) for v in e.ins], e.params
+        if e.op == "where":
+            params["cond"] = syms.pop()
+        return syms, params
+
+    def _cat_parts(self, e):
+        """Each part of a cat and where it starts in the row (source)."""
+        start = (0, 0, 0)
+        for v in e.ins:
+            yield v, fmt(start)
+            start = tuple(a + b for a, b in zip(start, self.wf(v)))
 
     # -- backward ------------------------------------------------------------------
     def grad(self, v):
@@ -289,7 +283,7 @@ class Generator:
 
     def grad_target(self, v, k):
         """The buffer stage k adds v's gradient to (None: not differentiable)."""
-        if v.role == "const" or (v in self.producer and self.producer[v].op == "compare"):
+        if v.role == "const" or self.op_of(v) == "compare":
             return None
         if v in self.aux:
             return self.buf(f"DA{self.aux.index(v)}", shared=True)
@@ -434,13 +428,9 @@ class Generator:
             lo = self.bounds(e)[0]
             return [Loop(w, [Set(el(t, gen=self, local=lo), dy(), add=True, full=False)])]
         if e.op == "cat":
-            out, start = [], (0, 0, 0)
-            for v in e.ins:
-                t = self.grad_target(v, k)
-                if t is not None:
-                    out.append(Loop(self.W(v), [Set(el(t, gen=self), dy(local=fmt(start)), add=True)]))
-                start = _plus(start, self.wf(v))
-            return out
+            parts = [(self.grad_target(v, k), v, at) for v, at in self._cat_parts(e)]
+            return [Loop(self.W(v), [Set(el(t, gen=self), dy(local=at), add=True)])
+                    for t, v, at in parts if t is not None]
         if e.op in REDUCTIONS:
             a = e.ins[0]
             t = self.grad_target(a, k)
@@ -462,19 +452,16 @@ class Generator:
 
     def _bwd_pointwise(self, e, k):
         o, w = e.out, self.W(e.out)
-        syms = [self.sym(v, o) for v in e.ins]
-        attrs = _op_attrs(e)
-        if e.op == "where":
-            attrs["cond"] = syms.pop()
+        syms, params = self._operands(e)
         g = el(self.grad(o), "j", self)
         g.inv = self.wf(o) == (0, 0, 1)
-        grads = ops.OPS[e.op].vjp(self.k, g, self.sym(o, o), *syms, **attrs)
+        grads = ops.OPS[e.op].vjp(self.k, g, self.sym(o, o), *syms, **params)
         out = []
         for v, gv in zip(e.ins, grads):
             t = self.grad_target(v, k)
             if t is None or gv is None:
                 continue
-            gv = gv if isinstance(gv, Ex) else self.lit_const(gv)
+            gv = self.lift(gv)
             gv = self.row_scalar(gv) if gv.inv else gv
             if self.wf(v) == self.wf(o):
                 out.append(Loop(w, [Set(el(t, gen=self), gv, add=True)]))
@@ -487,7 +474,7 @@ class Generator:
         """A recurrent product's left operand: (kind, index, lo, hi), kind "state" (state
         index) or an array name and the index before its rows; lo/hi a column range or None."""
         lo = hi = None
-        while self.is_view(v):  # slices of slices compose
+        while self.op_of(v) == "getitem":  # slices of slices compose
             a, b = self.bounds(self.producer[v])
             lo, hi = (a, b) if lo is None else (f"({a}) + ({lo})", f"({a}) + ({hi})")
             v = self.producer[v].ins[0]
@@ -563,10 +550,6 @@ def _kernel_args(kern, n_states):
 def _summary(eqns):
     shown = [f"v{e.out.id} = {e.op}({', '.join(v.name for v in e.ins)})" for e in eqns]
     return "; ".join(shown) if shown else "no pointwise work"
-
-
-def _plus(a, b):
-    return tuple(x + y for x, y in zip(a, b))
 
 
 def fmt(f):
