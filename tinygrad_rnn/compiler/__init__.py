@@ -168,11 +168,13 @@ def _run_drivers(compiled, module):
 
 
 def _record_cuda_drivers(compiled, module):
+    """{kernel name: (Python function, argument types)} of every launch the drivers make."""
     from .cuda_runtime import record_launches
     sizes, mask, arrays = _probe_arrays(compiled)
-    with record_launches():
+    with record_launches() as rec:
         Y, residuals = module.forward(*sizes, mask, *arrays)
         module.backward(*sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+    return rec.launches
 
 
 def fallback_warning(cell, error):
@@ -414,22 +416,11 @@ def _kernel_ir_text(compiled):
     return "\n".join(out)
 
 
-def cuda_kernel_signatures(cell, dtype, T=3, B=2):
+def cuda_kernel_signatures(cell, dtype):
     """{kernel name: (Python function, argument types)} for every kernel of the cell's
     CUDA module, found by running its drivers on host arrays (no GPU needed), so each
-    can be compiled ahead of time, e.g. to PTX for a given compute capability."""
-    from .cuda_runtime import record_launches
-    from ..tape import no_grad
+    can be compiled ahead of time, e.g. to PTX for a given compute capability. The
+    recorder makes every array C-contiguous, as the device drivers do, so arrays of the
+    real call's dtypes and ranks give the real call's types."""
     compiled = compile_cell(cell, dtype)
-    module = compiled.cuda_module
-    x = Tensor(np.zeros((T, B, cell.input_size), dtype))
-    state = [np.zeros((B, cell.hidden_size), dtype) for _ in range(cell.num_states)]
-    with no_grad():
-        hoisted, aux = _replayed_inputs(cell, x, compiled)
-    arrays = [*state, *(t.numpy() for t in (*hoisted, *aux))]
-    sizes = (cell.input_size, cell.hidden_size)
-    mask = np.ones((T, B), dtype)
-    with record_launches() as rec:
-        Y, residuals = module.forward(*sizes, mask, *arrays)
-        module.backward(*sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
-    return rec.launches
+    return _record_cuda_drivers(compiled, compiled.cuda_module)

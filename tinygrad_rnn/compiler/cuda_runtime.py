@@ -119,9 +119,6 @@ class _Device:
     def wrap(self, a):
         return CudaArray(a.reshape(-1), a.shape)
 
-    def host(self, a):
-        return a.copy_to_host()
-
 
 class _Recorder:
     """Runs the drivers on host arrays and records each kernel launch's argument types
@@ -153,9 +150,6 @@ class _Recorder:
         return np.ascontiguousarray(a)
 
     def wrap(self, a):
-        return a
-
-    def host(self, a):
         return a
 
 

@@ -16,6 +16,7 @@ Arrays (all C-contiguous), as the drivers name them:
   previous step, ``E<v>_<k>`` contributions from stage k to a value owned by an earlier
   stage, ``d<v>`` a value's gradient within its stage.
 """
+import collections
 import math
 from types import SimpleNamespace
 
@@ -76,28 +77,28 @@ class Generator:
         self.gemm_outs = [e.out for e in self.gemms]
         self.kernel_eqns = {k: [e for e in plan.step_eqns if e.op not in ("matmul", "compare")
                                 and self.level[e.out] == k] for k in range(self.top + 1)}
-        self.users, self.grad_users = {}, {}  # var -> stages reading it / passing a gradient back to it
+        # var -> stages reading it / passing a gradient back to it
+        self.users, self.grad_users = collections.defaultdict(set), collections.defaultdict(set)
         for k, eqns in self.kernel_eqns.items():
             for e in eqns:
                 for v in self._reads(e):
-                    self.users.setdefault(v, set()).add(k)
+                    self.users[v].add(k)
                 for v in e.ins:  # a read inside a comparison passes no gradient
                     if self.op_of(v) != "compare":
-                        self.grad_users.setdefault(v, set()).add(k)
-        for v in self.outputs:
-            self.users.setdefault(v, set()).add(self.top)
-            self.grad_users.setdefault(v, set()).add(self.top)
+                        self.grad_users[v].add(k)
         self.gemm_lhs = {}
         for n, e in enumerate(self.gemms):
             self.gemm_lhs.setdefault(e.ins[0], []).append(n)
-        # A product whose result is the left operand of another (``(h @ W1) @ W2``) gets its
-        # gradient from that product's backward GEMM, which runs after the later stage's
-        # backward kernel: its own stage owns it, so that stage has a kernel even with no
-        # pointwise work (it passes the gradient on to the product's weight gradient).
-        for v in self.gemm_lhs:
-            if self.op_of(v) == "matmul":
-                self.users.setdefault(v, set()).add(self.level[v])
-                self.grad_users.setdefault(v, set()).add(self.level[v])
+        # The last stage writes the new states. A product whose result is the left operand of
+        # another (``(h @ W1) @ W2``) gets its gradient from that product's backward GEMM,
+        # which runs after the later stage's backward kernel: its own stage owns it, so that
+        # stage has a kernel even with no pointwise work (it passes the gradient on to the
+        # product's weight gradient).
+        uses = [(v, self.top) for v in self.outputs]
+        uses += [(v, self.level[v]) for v in self.gemm_lhs if self.op_of(v) == "matmul"]
+        for v, k in uses:
+            self.users[v].add(k)
+            self.grad_users[v].add(k)
         self.stages = plan.stages
         self.shared_gd = {}  # GD<n> -> the DX or GD array holding the same gradient (one array)
 
@@ -506,11 +507,8 @@ class Generator:
         carries = {f"GL{n}": self.W(e.ins[0]) for n, e in enumerate(self.gemms)}
         for i, s in enumerate(self.states):
             carries.update({c: self.W(s) for c in self.carry_names(i) if not c.startswith("GL")})
-        ext = {}
-        for v in self.grad_users:
-            for k in self.grad_users[v]:
-                if k != self.owner(v) and v not in self.states and v not in self.aux and v.role != "const":
-                    ext[f"E{v.id}_{k}"] = self.W(v)
+        ext = {f"E{v.id}_{k}": self.W(v) for v, ks in self.grad_users.items() for k in ks
+               if k != self.owner(v) and v not in self.states and v not in self.aux and v.role != "const"}
         weights = sorted({weight(e) for e in self.gemms})
         return SimpleNamespace(
             fwd=fwd, bwd=bwd, S=S, consts=self.consts, zero=self.zero, dtype=self.dtype,
