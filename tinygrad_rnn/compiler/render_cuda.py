@@ -70,7 +70,7 @@ class _KernelPrinter(RowPrinter):
 
 
 def render_kernel(kern):
-    """(source, [(scratch name, width)])."""
+    """(source, the arguments it is launched with, [(scratch name, width)])."""
     p = _KernelPrinter()
     body = p.lines(kern.body, "    ")
     used = {b.name for b in kern.bufs()}
@@ -81,7 +81,7 @@ def render_kernel(kern):
     head += [f"    {name} = SCR_{name}[b]" for name, _ in scratch]
     args = [*kern.args, *(f"SCR_{n}" for n, _ in scratch)]
     return "\n".join([f"@kernel\ndef {kern.name}(t, I, H, M, {', '.join(args)}):", f'    """{kern.doc}"""',
-                      *head, *body]), scratch
+                      *head, *body]), args, scratch
 
 
 def _lhs_at(lhs):
@@ -111,26 +111,22 @@ def render_cuda(plan, dtype, header, sizes=None):
            "from tinygrad_rnn.compiler.cuda_runtime import kernel", "", f"DT = np.{m.dtype.name}"]
     out += [f"{name} = DT({const_literal(value)})" for value, name in m.consts.items()]
     out += ["KHALF = DT(0.5)", "", ""]
-    fwd = {k: render_kernel(kern) for k, kern in m.fwd.items()}
-    bwd = {k: render_kernel(kern) for k, kern in m.bwd.items()}
-    for k in sorted(fwd):
-        out += [fwd[k][0], "", ""]
-    for k in sorted(bwd, reverse=True):
-        out += [bwd[k][0], "", ""]
+    built = {kern: render_kernel(kern) for kern in (*(m.fwd[k] for k in sorted(m.fwd)),
+                                                          *(m.bwd[k] for k in sorted(m.bwd, reverse=True)))}
+    for text, _, _ in built.values():
+        out += [text, "", ""]
     to_dev = [f"    {a} = rt.api.device({a})" for a in (*m.s0, *m.x, *m.a)]
     flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
     threads = f"    NT = rt.threads_for(max({', '.join(m.widths)}, 1))"
 
-    def scratch(kernels):
-        seen = {}
-        for _, sc in kernels.values():
-            for name, width in sc:
-                seen.setdefault(name, width)
-        return [f"    SCR_{n} = rt.api.empty((B, {w}), DT)" for n, w in seen.items()]
+    def scratch(stages):
+        widths = {n: w for kern in stages.values() for n, w in built[kern][2]}
+        return [f"    SCR_{n} = rt.api.empty((B, {w}), DT)" for n, w in widths.items()]
 
-    def launch(kernels, built, k):
-        kern, sc = kernels[k], built[k][1]
-        return f"        rt.api.launch({kern.name}, B, NT, (t, I, H, M, {', '.join([*kern.args, *(f'SCR_{n}' for n, _ in sc)])}))"
+    def loop_body(steps, stages, gemm):
+        """The time loop's body: a product's line from ``gemm(n, lhs, w)``, a stage's launch."""
+        launch = lambda kern: f"        rt.api.launch({kern.name}, B, NT, (t, I, H, M, {', '.join(built[kern][1])}))"
+        return [gemm(*step[1:]) if step[0] == "gemm" else launch(stages[step[1]]) for step in steps]
 
     res = [r for r, _ in m.residuals] + [g for g, *_ in m.products]
     packed = ", ".join(res) + ("," if len(res) == 1 else "")
@@ -139,15 +135,10 @@ def render_cuda(plan, dtype, header, sizes=None):
             "    T, B = M.shape", "    M = rt.api.device(M)", *to_dev, *flat, threads,
             f"    Y = rt.api.empty((T, {S}, B, H), DT)",
             *[f"    {r} = rt.api.empty((T, B, {w}), DT)" for r, w in m.residuals],
-            *[f"    {g} = rt.api.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *scratch(fwd),
-            "    for t in range(T):"]
-    for step in m.fwd_steps:
-        if step[0] == "gemm":
-            _, n, lhs, w = step
-            out.append(f"        rt.api.gemm({_lhs_at(lhs)}, A{w}, G{n}[t])")
-        else:
-            out.append(launch(m.fwd, fwd, step[1]))
-    out += [f"    return rt.api.wrap(Y), ({packed})", "", ""]
+            *[f"    {g} = rt.api.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *scratch(m.fwd),
+            "    for t in range(T):",
+            *loop_body(m.fwd_steps, m.fwd, lambda n, lhs, w: f"        rt.api.gemm({_lhs_at(lhs)}, A{w}, G{n}[t])"),
+            f"    return rt.api.wrap(Y), ({packed})", "", ""]
     out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
             '    """Gradients of the inputs, initial states and batch-free inputs, and per-step norms."""',
             "    T, B = M.shape", "    M = rt.api.device(M)", "    dY = rt.api.device(dY)", "    Y = rt.api.device(Y)",
@@ -158,13 +149,8 @@ def render_cuda(plan, dtype, header, sizes=None):
             *[f"    {gd} = {same}  # the same gradient" for gd, same in m.shared_gd.items()],
             *[f"    {c} = rt.api.zeros((B, {w}), DT)" for c, w in m.carries],
             *[f"    {e} = rt.api.empty((B, {w}), DT)" for e, w in m.ext],
-            f"    SQ = rt.api.zeros(({S}, T), np.float64)", *scratch(bwd), "    for t in range(T - 1, -1, -1):"]
-    for step in m.bwd_steps:
-        if step[0] == "gemm":
-            _, n, _, w = step
-            out.append(f"        rt.api.gemm(GD{n}[t], A{w}, GL{n}, trans_b=True)")
-        else:
-            out.append(launch(m.bwd, bwd, step[1]))
+            f"    SQ = rt.api.zeros(({S}, T), np.float64)", *scratch(m.bwd), "    for t in range(T - 1, -1, -1):",
+            *loop_body(m.bwd_steps, m.bwd, lambda n, _, w: f"        rt.api.gemm(GD{n}[t], A{w}, GL{n}, trans_b=True)")]
     for n, (_, w_out, lhs, k_in, w) in enumerate(m.products):
         out.append(f"    rt.api.gemm({_lhs_every_step(lhs, k_in)}.reshape(T * B, {k_in}), "
                    f"GD{n}.reshape(T * B, {w_out}), DA{w}, trans_a=True, accumulate=True)")
