@@ -23,7 +23,7 @@ from ..module import Parameter
 from ..tensor import Tensor
 from .render_cpu import render
 from .plan import make_plan
-from .trace import CompileError, operand_text, params_text, trace, trace_checked
+from .trace import CompileError, operand_text, trace, trace_checked
 
 __all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "compiled_versions", "cuda_kernel_signatures", "run_layer",
            "step_values", "inspect_cell"]
@@ -42,9 +42,8 @@ class Compiled:
         """The loaded CPU module, its kernels compiled (and checked) on first use; a
         CompileError when Numba cannot compile them (the same error every time)."""
         if self._cpu is None:
-            from .runtime import load_source
             try:
-                self._cpu = _checked_module(self, lambda: load_source(self.source), _run_drivers)
+                self._cpu = _checked_module(self, self.source, _run_drivers)
             except CompileError as e:
                 self._cpu = e
         if isinstance(self._cpu, CompileError):
@@ -62,9 +61,7 @@ class Compiled:
     def cuda_module(self):
         """The loaded CUDA module (generated and cached on first use)."""
         if self._cuda is None:
-            from .runtime import load_source
-            source = self.cuda_source
-            self._cuda = _checked_module(self, lambda: load_source(source), _record_cuda_drivers)
+            self._cuda = _checked_module(self, self.cuda_source, _record_cuda_drivers)
         return self._cuda
 
 
@@ -127,13 +124,14 @@ class InternalCompileError(CompileError):
     """The compiler, not the cell, failed: its generator, or Numba on the generated code."""
 
 
-def _checked_module(compiled, load, run):
-    """``load()``'s module after ``run(compiled, module)`` has driven its forward and
-    backward once on a tiny batch: Numba types and compiles the kernels on first call (and
-    caches them, so the real run does not compile again), and a failure there is a bug of
-    the compiler's, found before the layer has put anything on the tape."""
+def _checked_module(compiled, source, run):
+    """The module loaded from ``source`` after ``run(compiled, module)`` has driven its
+    forward and backward once on a tiny batch: Numba types and compiles the kernels on first
+    call (and caches them, so the real run does not compile again), and a failure there is a
+    bug of the compiler's, found before the layer has put anything on the tape."""
+    from .runtime import load_source
     try:
-        module = load()
+        module = load_source(source)
         run(compiled, module)
         return module
     except Exception as e:
@@ -150,30 +148,24 @@ def _one_line(e):
     return f"{type(e).__name__}: {(telling or lines or [''])[0]}"
 
 
-def _probe_arrays(compiled, T=2, B=2):
-    """Inputs of the generated drivers with the real call's types and a tiny batch."""
-    plan, dt = compiled.plan, compiled.dtype
-    I, H = plan.graph.x.shape[1], plan.graph.states[0].shape[1]
-    states = [np.full((B, H), 0.5, dt) for _ in plan.graph.states]
-    hoisted = [np.full((T, B, v.width), 0.5, dt) for v in plan.hoisted]
-    aux = [np.full(v.shape, 0.5, dt) for v in plan.aux]
-    return (I, H), np.ones((T, B), dt), [*states, *hoisted, *aux]
-
-
-def _run_drivers(compiled, module):
+def _run_drivers(compiled, module, call=None):
+    """Call the module's ``forward`` and ``backward`` (through ``call(module, name, *args)``;
+    by default ``runtime.guarded``) with the real call's types and a tiny batch."""
     from .runtime import guarded
-    sizes, mask, arrays = _probe_arrays(compiled)
-    Y, residuals = guarded(module, "forward", *sizes, mask, *arrays)
-    guarded(module, "backward", *sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+    plan, dt, T, B = compiled.plan, compiled.dtype, 2, 2
+    I, H = plan.graph.x.shape[1], plan.graph.states[0].shape[1]
+    arrays = [*(np.full((B, H), 0.5, dt) for _ in plan.graph.states),
+              *(np.full((T, B, v.width), 0.5, dt) for v in plan.hoisted), *(np.full(v.shape, 0.5, dt) for v in plan.aux)]
+    mask, call = np.ones((T, B), dt), call or guarded
+    Y, residuals = call(module, "forward", I, H, mask, *arrays)
+    call(module, "backward", I, H, np.ones_like(Y), Y, residuals, mask, *arrays)
 
 
 def _record_cuda_drivers(compiled, module):
     """{kernel name: (Python function, argument types)} of every launch the drivers make."""
     from .cuda_runtime import record_launches
-    sizes, mask, arrays = _probe_arrays(compiled)
     with record_launches() as rec:
-        Y, residuals = module.forward(*sizes, mask, *arrays)
-        module.backward(*sizes, np.ones_like(Y), Y, residuals, mask, *arrays)
+        _run_drivers(compiled, module, lambda m, name, *args: getattr(m, name)(*args))
     return rec.launches
 
 
@@ -326,7 +318,7 @@ def _symbolic_graph_text(plan, sizes):
             lo, hi = slices[e.out.id]
             attrs = f"[:, {_fmt(lo)}:{_fmt(hi)}]"
         else:
-            attrs = params_text(e.params)
+            attrs = e.params_text()
         lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(operand(v) for v in e.ins)}")
     scalars = [f"A{n}" for n, v in enumerate(plan.aux) if _is_scalar_constant(v)]
     return ("per-step equations (widths in I and H):\n" + "\n".join(lines)

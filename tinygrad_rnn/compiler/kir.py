@@ -285,10 +285,10 @@ def alias_copies(stmts, single, is_grad):
 def substitute(stmts, mapping):
     """Replace each buffer named in ``mapping`` ({name: (buffer, offset)}) by its target,
     chains resolved, in place."""
-    def resolve(name, seen=()):
+    def resolve(name):
         buf, off = mapping[name]
-        if buf.name in mapping and buf.name not in seen:
-            inner, inner_off = resolve(buf.name, seen + (name,))
+        if buf.name in mapping:
+            inner, inner_off = resolve(buf.name)
             return inner, plus(inner_off, off)
         return buf, off
 

@@ -330,10 +330,10 @@ class Generator:
         for i, s in enumerate(self.states):
             if k in self.users.get(s, ()):
                 targets[f"CS{i}_{k}"] = (self.grad_target(s, k), self.W(s))
-        g = [self.buf(f"g{i}", None, self.W(s)) for i, s in enumerate(self.states)]
-        pas = [self.buf(f"PASS{i}", "", self.W(s)) for i, s in enumerate(self.states)]
-        head, padded = [], []
+        head, padded, contribs = [], [], []
         if k == self.top:
+            g = [self.buf(f"g{i}", None, self.W(s)) for i, s in enumerate(self.states)]
+            pas = [self.buf(f"PASS{i}", "", self.W(s)) for i, s in enumerate(self.states)]
             for i, s in enumerate(self.states):  # total dL/dstate_i: upstream plus what the next step carried back
                 total = el(self.buf("dY", f"t, {i}"), gen=self)
                 for name in self.carry_names(i):
@@ -342,16 +342,13 @@ class Generator:
                                              Set(el(pas[i], gen=self), self.lit_const(0))]))
             head += [Norm(i, el(g[i], gen=self), self.W(v)) for i, v in enumerate(self.outputs)
                      if v not in self.producer]  # a state passed through: nothing in the step uses the new one
-        padded += [zero(t, w) for name, (t, w) in sorted(targets.items())]
-        padded += [zero(f, self.W(v)) for v in owned for f in self._finals(v)]
-        if k == self.top:
             for i, v in enumerate(self.outputs):
                 padded.append(copy(self.W(v), pas[i], g[i], add=False))
                 if v in self.producer:
                     padded.append(Norm(i, el(g[i], gen=self), self.W(v)))
-        contribs = []
-        if k == self.top:
-            contribs += [copy(self.W(v), self.grad_target(v, k), g[i]) for i, v in enumerate(self.outputs)]
+            contribs = [copy(self.W(v), self.grad_target(v, k), g[i]) for i, v in enumerate(self.outputs)]
+        padded = ([zero(t, w) for name, (t, w) in sorted(targets.items())]
+                  + [zero(f, self.W(v)) for v in owned for f in self._finals(v)] + padded)
         for v in owned:
             contribs += [copy(self.W(v), self.grad(v), self.buf(f"E{v.id}_{j}", "", self.W(v)))
                          for j in sorted(self.grad_users.get(v, ())) if j != k]

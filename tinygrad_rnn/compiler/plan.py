@@ -47,9 +47,8 @@ def split_cat_matmul(graph):
     producer = {e.out: e for e in graph.eqns}
     out = []
     for e in graph.eqns:
-        a = e.ins[0] if e.op == "matmul" else None
-        cat = producer.get(a) if a is not None else None
-        w = e.ins[1] if a is not None else None
+        a, w = e.ins if e.op == "matmul" else (None, None)
+        cat = producer.get(a)
         if (cat is None or cat.op != "cat" or len(a.shape) != 2 or cat.attrs["axis"] != 1
                 or w.batched or len(w.shape) != 2):
             out.append(e)
@@ -65,8 +64,10 @@ def split_cat_matmul(graph):
             out.append(Eqn("getitem", [w], {"index": (slice(int(offsets[i]), int(offsets[i + 1])),)}, rows, e.where))
             out.append(Eqn("matmul", [part, rows], {}, prod, e.where))
             prods.append(prod)
-        if len(prods) == 1:
-            out.append(Eqn("add", [prods[0], _zero(graph, w.dtype)], {}, e.out, e.where))
+        if len(prods) == 1:  # a cat of one part: e.out is its product (plus zero: an equation must make it)
+            zero = Var(-1 - len(graph.consts), "const", (), w.dtype, value=np.zeros((), w.dtype))
+            graph.consts.append(zero)
+            out.append(Eqn("add", [prods[0], zero], {}, e.out, e.where))
         total = prods[0]
         for k, prod in enumerate(prods[1:]):
             s = e.out if k == len(prods) - 2 else Var(next_id, "op", e.out.shape, w.dtype)
@@ -76,12 +77,6 @@ def split_cat_matmul(graph):
             total = s
     graph.eqns = out
     return graph
-
-
-def _zero(graph, dtype):
-    v = Var(-1 - len(graph.consts), "const", (), dtype, value=np.zeros((), dtype))
-    graph.consts.append(v)
-    return v
 
 
 def prune(graph):
@@ -158,15 +153,13 @@ def classify(graph):
             raise CompileError(f"cell {graph.cell_name!r}: state {i} has shape {v.shape}")
     _slice_in_kernel(plan)
     _bias_in_kernel(plan)
-    hoisted, aux = [], []
     produced = {e.out for e in plan.step_eqns}
     for e in plan.step_eqns:
         for v in e.ins:
-            if v.batched and not v.dep_s and v not in hoisted and v not in produced:
-                hoisted.append(v)
-            elif not v.batched and v not in aux:  # scalar constants too: inputs, not literals (see lower.py)
-                aux.append(v)
-    plan.hoisted, plan.aux = hoisted, aux
+            if v.batched and not v.dep_s and v not in plan.hoisted and v not in produced:
+                plan.hoisted.append(v)
+            elif not v.batched and v not in plan.aux:  # scalar constants too: inputs, not literals (see lower.py)
+                plan.aux.append(v)
     _levels(plan)
     return plan
 

@@ -57,8 +57,13 @@ class Eqn:
         here) nor the residuals a forward kept for its VJP."""
         return {k: v for k, v in self.attrs.items() if k not in ("cond", "residuals")}
 
+    def params_text(self):
+        """How the parameters print: ``[axis=1, keepdims=True]``, nothing when there are none."""
+        shown = self.params
+        return "[" + ", ".join(f"{k}={value_text(v)}" for k, v in shown.items()) + "]" if shown else ""
+
     def __repr__(self):
-        return f"{self.out!r} = {self.op}{params_text(self.params)} {' '.join(operand_text(v) for v in self.ins)}"
+        return f"{self.out!r} = {self.op}{self.params_text()} {' '.join(operand_text(v) for v in self.ins)}"
 
 
 def operand_text(v):
@@ -67,11 +72,6 @@ def operand_text(v):
     if v.role == "const" and v.value is not None and v.value.ndim == 0:
         return str(v.value[()])  # in the cell's dtype: 1e-05, not 9.999999747378752e-06
     return v.name
-
-
-def params_text(params):
-    """How an equation's parameters print: ``[axis=1, keepdims=True]``, nothing when none."""
-    return "[" + ", ".join(f"{k}={value_text(v)}" for k, v in params.items()) + "]" if params else ""
 
 
 def value_text(v):
