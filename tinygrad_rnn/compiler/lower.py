@@ -233,9 +233,8 @@ class Generator:
         body = fuse_loops([s for e in eqns for s in self._fwd_eqn(e)])
         if k == self.top:
             y = lambda i: self.buf("Y", f"t, {i}")
-            for i, v in enumerate(self.outputs):
-                if self.out_index.get(v) != i:
-                    body.append(Loop(self.W(v), [Set(el(y(i), gen=self), self.read(v))]))
+            body += [Loop(self.W(v), [Set(el(y(i), gen=self), self.read(v))])
+                     for i, v in enumerate(self.outputs) if self.out_index.get(v) != i]
             body.append(Padded([Loop(self.W(s), [Set(el(y(i), gen=self), self.read(s))])  # carry the state
                                 for i, s in enumerate(self.states)]))
         return Kernel(f"_forward_stage{k}", None, f"Stage {k} of step t, row by row: {_summary(eqns)}.",

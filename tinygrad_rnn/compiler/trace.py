@@ -96,11 +96,8 @@ class Graph:
     def __str__(self):
         head = " ".join(repr(v) for v in [self.x, *self.states])
         params = " ".join(repr(v) for v in self.params)
-        lines = [f"{{ lambda {head} ; {params} ."]
-        for e in self.eqns:
-            lines.append(f"    {e!r}")
-        lines.append(f"  in ({', '.join(v.name for v in self.outputs)}) }}")
-        return "\n".join(lines)
+        return "\n".join([f"{{ lambda {head} ; {params} .", *(f"    {e!r}" for e in self.eqns),
+                          f"  in ({', '.join(v.name for v in self.outputs)}) }}"])
 
 
 class _Tracer:
