@@ -49,10 +49,13 @@ def _env_int(name, default, lo):
 # into the user's next computation, and a split product takes what BLAS's own threads
 # took: (3200, 128) @ (128, 512) 1.73 ms in two row halves against 1.55 ms with two BLAS
 # threads (2.94 ms on one).
-# Below this a product runs whole: handing half to a thread costs more than it saves. LSTM
-# training step at hidden 32 (products of 2^22-2^24 multiply-adds), 5 alternating blocks:
-# 2.82 ms split at 2^20, 2.97 ms unsplit at 2^24.
-SPLIT_FLOPS = 1 << 20
+# Below this a product runs whole: handing half to a pool thread costs about 75 us here
+# (a sleeping thread's wake-up), more than it saves. Training steps at hidden 32 / 64
+# (products of 2^21.6 - 2^24 multiply-adds), two runs of 3 alternating blocks, split at 2^20
+# against 2^23: RNN 1.03-1.07 / 1.98-1.99 ms against 0.83 / 1.94-1.99; GRU 2.28-2.39 /
+# 4.11-4.15 against 2.27-2.32 / 3.81-3.83; LSTM 2.48-2.55 / 4.65-4.66 against 2.52-2.63 /
+# 4.40-4.83 (Intel Xeon).
+SPLIT_FLOPS = 1 << 23
 _blas = []
 # Most BLAS builds (OpenBLAS on its own threads, MKL, BLIS) have one thread count for the
 # whole process, so layers running on several of the user's threads share one hold: the
