@@ -161,7 +161,15 @@ def render(plan, dtype, header, sizes=None):
     at = [f"P{w}" for w in m.weights]
     dx, da, gd = [d for d, _ in m.dx], [f"DA{n}" for n in range(len(m.a))], [f"GD{n}" for n in range(len(m.products))]
     carries, ext = [c for c, _ in m.carries], [e for e, _ in m.ext]
+    # A product's result that no backward kernel reads and no weight gradient needs lives for
+    # one step: a (B, w) block of rows, not a (T, B, w) residual (the LSTM's at hidden 512: 26
+    # MB a layer, written and read once a step).
+    kept = {b.name for k in m.bwd.values() for b in k.bufs()} | {lhs[0] for _, _, lhs, _, _ in m.products}
+    one_step = {g for g in gs if g not in kept}
+    for buf in {b for k in m.fwd.values() for b in k.bufs() if b.name in one_step}:
+        buf.lead = ""
     fwd_args = ["T", "b0", "b1", "I", "H", "M", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs]
+    gs = [g for g in gs if g not in one_step]
     bwd_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs, *dx, *da, *gd, *carries,
                 *ext, "SQ"]
     out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
@@ -190,7 +198,8 @@ def render(plan, dtype, header, sizes=None):
                 scratch.update((b.name, b.width) for b in bufs)
             elif name == "_forward_loop":
                 _, n, lhs, w = step
-                body.append(f"        mm_panels({_lhs_at(lhs, 'b0:b1')}, P{w}, G{n}[t, b0:b1])")
+                rows = "b0:b1" if f"G{n}" in one_step else "t, b0:b1"
+                body.append(f"        mm_panels({_lhs_at(lhs, 'b0:b1')}, P{w}, G{n}[{rows}])")
             else:
                 _, n, _, w = step
                 body.append(f"        mm_panels(GD{n}[t, b0:b1], P{w}, GL{n}[b0:b1])")
@@ -204,7 +213,7 @@ def render(plan, dtype, header, sizes=None):
     out += [f"def forward(I, H, M, {', '.join([*m.s0, *m.x, *m.a])}):", "    T, B = M.shape", *flat,
             f"    Y = np.empty((T, {S}, B, H), DT)",
             *[f"    {r} = np.empty((T, B, {w}), DT)" for r, w in m.residuals],
-            *[f"    {g} = np.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *packed,
+            *[f"    {g} = np.empty(({'' if g in one_step else 'T, '}B, {w}), DT)" for g, w, *_ in m.products], *packed,
             f"    blocks = row_blocks(B, B * ({step_flops}))",
             f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
             f"    return Y, ({res})", "", ""]
