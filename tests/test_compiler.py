@@ -83,6 +83,14 @@ def test_a_row_one_loop_writes_and_reads_is_a_scalar_of_that_loop():
     assert any(f"{name}[j]" in backward for name in arrays)  # rows read across loops stay arrays
 
 
+
+def test_the_generated_header_prints_where_like_the_traced_graph():
+    """An op without parameters prints none (it printed ``where[]`` in the symbolic header)."""
+    source = compile_cell(KitchenSink(3, 4)).source
+    header = source.split('"""')[1]
+    assert " = where " in header and "where[]" not in header
+
+
 class Tangled(tr.Cell):
     """A cell whose step mixes samples of the batch: not a row-wise recurrence."""
 
