@@ -50,11 +50,10 @@ class _KernelPrinter(RowPrinter):
 
 def loop_scalars(kernels):
     """Names of the scratch rows that one loop of one kernel both writes and reads, element j
-    at j, written before it is read: each is a scalar of that loop (``d22 = ...``), not an
-    array. LLVM vectorises a loop only when it can rule out overlap between the arrays it
-    writes and reads, and it checks at run time at most 8 pairs, so a loop with half a dozen
-    scratch rows stays scalar: the GRU's backward at hidden 32 took 1.84 ms with them, 1.55
-    with its loop-local rows as scalars."""
+    at j, written before it is read: each is a scalar of that loop (``d22_j = ...``), not an
+    array, which leaves the loop fewer loads and stores and LLVM fewer arrays whose overlap it
+    must rule out before vectorising. One block, Intel Xeon, backward ms with / without:
+    GRU 0.84 / 1.01 at hidden 32 and 5.29 / 5.57 at 128; LSTM 0.93 / 0.93 and 6.25 / 6.52."""
     loops, ok = {}, {}
 
     def visit(stmts):
