@@ -50,12 +50,14 @@ def _env_int(name, default, lo):
 # took: (3200, 128) @ (128, 512) 1.73 ms in two row halves against 1.55 ms with two BLAS
 # threads (2.94 ms on one).
 # Below this a product runs whole: handing half to a pool thread costs about 75 us here
-# (a sleeping thread's wake-up), more than it saves. Training steps at hidden 32 / 64
-# (products of 2^21.6 - 2^24 multiply-adds), two runs of 3 alternating blocks, split at 2^20
-# against 2^23: RNN 1.03-1.07 / 1.98-1.99 ms against 0.83 / 1.94-1.99; GRU 2.28-2.39 /
-# 4.11-4.15 against 2.27-2.32 / 3.81-3.83; LSTM 2.48-2.55 / 4.65-4.66 against 2.52-2.63 /
-# 4.40-4.83 (Intel Xeon).
-SPLIT_FLOPS = 1 << 23
+# (a sleeping thread's wake-up), more than it saves. A layer small enough to run whole is
+# best run with no hand-over at all (this and SPLIT_STEP_FLOPS together): training steps at
+# hidden 32 (products of 2^21.6 - 2^23.6 multiply-adds), 5 alternating blocks, split at
+# 2^23 / whole at 2^24: LSTM 2.54 / 2.33 ms, GRU 2.28 / 1.88, RNN 0.83 / 0.80; split at
+# 2^20 the RNN took 1.03-1.07 ms. At hidden 64 the LSTM's and GRU's (2^25.2 - 2^25.6) are
+# split: their time loops in one block took 5.43 ms against 4.76 and 4.45-4.65 against 3.90
+# (Intel Xeon).
+SPLIT_FLOPS = 1 << 24
 _blas = []
 # Most BLAS builds (OpenBLAS on its own threads, MKL, BLIS) have one thread count for the
 # whole process, so layers running on several of the user's threads share one hold: the
@@ -175,10 +177,10 @@ MIN_BLOCK_ROWS = _env_int("TINYGRAD_RNN_MIN_BLOCK_ROWS", 8, 1)
 THREADS = numba.config.NUMBA_NUM_THREADS  # as configured (NUMBA_NUM_THREADS); Numba's own threads stay unstarted
 # Handing a block to a pool thread and waiting for it costs about 75 us on these VMs (a
 # sleeping thread's wake-up), twice per training step. Below this many multiply-adds per
-# step in the step's products the loop runs as one block: RNN at hidden 32 (2^15 a step,
-# B=32) took 1.12-1.26 ms a training step in one block against 1.39-1.43 ms in two; the GRU
-# at 32 (about 2^16.6) 2.46-2.50 in two against 2.66-2.67 in one (Intel Xeon, 3 blocks).
-SPLIT_STEP_FLOPS = 1 << 16
+# step in the step's products the loop runs as one block (hidden 32: 2^15 - 2^17 for the
+# RNN, GRU and LSTM at B=32; see SPLIT_FLOPS for the figures); the RNN at hidden 32 took
+# 1.12-1.26 ms a training step in one block against 1.39-1.43 ms in two.
+SPLIT_STEP_FLOPS = 1 << 18
 _pool = []
 
 
