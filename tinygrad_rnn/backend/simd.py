@@ -63,7 +63,9 @@ def _tile_intrinsic(rows):
             size = 4 if signature.args[0] == types.float32 else 8
             lanes = VECTOR_BYTES // size
             vec = ir.VectorType(f, lanes)
-            fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}{'f32' if size == 4 else 'f64'}", (),
+            # fmuladd, not fma: fused where the target has FMA (bit-identical, as fast), a multiply
+            # and an add where not; fma must be exact, which there is a libm call per lane
+            fma = builder.module.declare_intrinsic(f"llvm.fmuladd.v{lanes}{'f32' if size == 4 else 'f64'}", (),
                                                    ir.FunctionType(vec, [vec, vec, vec]))
             i = pa.type
 
