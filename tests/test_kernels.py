@@ -129,3 +129,65 @@ print("ok")
     env = {**os.environ, "TINYGRAD_RNN_NO_CACHE": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_tile_follows_numbas_target_so_a_portable_cache_serves_every_cpu(tmp_path):
+    """With ``NUMBA_CPU_NAME=generic`` (Numba's setting for a cache shared by machines, e.g.
+    a cluster's home directory) Numba keys cached code on no CPU features at all, so the
+    tile's geometry must not come from the host's: a cache written where AVX-512 is, read
+    where it is not, ran an 8-row tile over 4-row panels (heap corruption, an abort)."""
+    import subprocess
+    import sys
+    code = """
+import sys
+import llvmlite.binding as llvm
+features = llvm.get_host_cpu_features()
+features["avx512f"] = sys.argv[1] == "avx512"
+llvm.get_host_cpu_features = lambda: features
+
+import numpy as np
+from tinygrad_rnn.backend import simd
+rng = np.random.default_rng(0)
+a, w = rng.standard_normal((9, 13)).astype(np.float32), rng.standard_normal((13, 40)).astype(np.float32)
+out = np.full((9, 40), np.nan, np.float32)
+simd.mm_panels(a, simd.pack_panels(w, simd.panel_width(np.float32)), out)
+np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
+print("ok", simd.ROWS, bool(simd.mm_panels.stats.cache_hits))
+"""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    env.pop("TINYGRAD_RNN_NO_CACHE", None)
+    runs = [subprocess.run([sys.executable, "-c", code, host], capture_output=True, text=True, env=env, timeout=300)
+            for host in ("avx512", "avx2")]
+    for r in runs:
+        assert r.returncode == 0 and r.stdout.startswith("ok"), (r.returncode, r.stderr[-2000:])
+    (_, rows_a, _), (_, rows_b, hit) = (r.stdout.split() for r in runs)
+    assert rows_a == rows_b and hit == "True"  # one geometry, and the second run read the first's cache
+
+
+@pytest.mark.slow
+def test_the_tile_calls_no_software_fma_where_the_target_has_no_fma():
+    """The tile's multiply-adds fuse where the CPU has FMA and are a multiply and an add
+    where it has none (``llvm.fmuladd``): ``llvm.fma`` must be exact, so a target without
+    FMA (``NUMBA_CPU_NAME=generic``, the portable cache) called libm's fmaf per lane, 2.2
+    against 34 GFLOP/s at (16, 128) @ (128, 512) on the Intel Xeon."""
+    import subprocess
+    import sys
+    code = """
+import re
+import numpy as np
+from tinygrad_rnn.backend import simd
+calls = 0
+for dtype in (np.float32, np.float64):
+    a, out = np.ones((9, 3), dtype), np.empty((9, 5), dtype)
+    simd.mm_panels(a, simd.pack_panels(np.ones((3, 5), dtype), simd.panel_width(dtype)), out)
+    assert (out == 3).all()
+for asm in simd.mm_panels.inspect_asm().values():
+    calls += len(re.findall(r"\\bfmaf?\\b", asm))
+print(calls)
+"""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "TINYGRAD_RNN_NO_CACHE": "1"}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "0", (r.stdout, r.stderr[-2000:])

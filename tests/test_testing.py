@@ -222,3 +222,13 @@ def test_the_simulator_subprocess_reports_what_differed(monkeypatch, tmp_path):
     with pytest.raises(AssertionError, match=r"^cuda_matches_cpu \[cell 'device_dependent'.*output differs by "
                                              r".* \(cuda .*, cpu .*\)"):
         testing.check_cuda_matches_cpu("device_dependent", hidden_size=2, seq_len=2)
+
+
+def test_relative_differences_of_float32_zeros_are_zero():
+    """Two all-zero float32 gradients (a cell that ignores its input) agree: 0, not NaN
+    (1e-300 as a float32 is 0, and 0 / 0 is NaN, which every tolerance test reads as a
+    failure, and which ``max`` of a list may silently skip)."""
+    zeros = np.zeros(3, np.float32)
+    tiny = np.full(3, 1e-30, np.float32)
+    same, off_zero, same_tiny = testing.relative_differences([zeros, tiny, tiny], [zeros, zeros, tiny])
+    assert same == 0.0 and same_tiny == 0.0 and off_zero > 1

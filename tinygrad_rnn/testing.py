@@ -674,4 +674,6 @@ def outputs_and_gradients(rnn, x, states, lengths=None, fused=None):
 
 def relative_differences(got, want):
     """``max |a - b| / max |b|`` for each pair of arrays of two ``outputs_and_gradients`` lists."""
-    return [float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in zip(got, want)]
+    # in float64: a float32 quotient's floor of 1e-300 is 0, and two zero arrays gave 0 / 0 = NaN
+    pairs = ((np.asarray(a, np.float64), np.asarray(b, np.float64)) for a, b in zip(got, want))
+    return [float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in pairs]

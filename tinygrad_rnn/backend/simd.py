@@ -27,7 +27,14 @@ from ._jit import kernel
 
 def _vector_bytes():
     """The SIMD register width: 64 bytes with AVX-512, else 32 (AVX2; LLVM splits wider
-    vectors where there are no such registers, so this only decides speed)."""
+    vectors where there are no such registers, so this only decides speed). Read from the
+    features Numba compiles for, which key its disk cache, not from the host's: with
+    ``NUMBA_CPU_NAME=generic`` (a cache shared by machines) Numba compiles for none, and a
+    tile chosen from the host's had code cached on an AVX-512 machine run 8-row tiles over
+    another machine's 4-row panels."""
+    from numba.core import config
+    if config.CPU_FEATURES is not None:
+        return 64 if "+avx512f" in config.CPU_FEATURES.split(",") else 32
     import llvmlite.binding as llvm
     return 64 if llvm.get_host_cpu_features().get("avx512f") else 32
 
@@ -56,7 +63,9 @@ def _tile_intrinsic(rows):
             size = 4 if signature.args[0] == types.float32 else 8
             lanes = VECTOR_BYTES // size
             vec = ir.VectorType(f, lanes)
-            fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}{'f32' if size == 4 else 'f64'}", (),
+            # fmuladd, not fma: fused where the target has FMA (bit-identical, as fast), a multiply
+            # and an add where not; fma must be exact, which there is a libm call per lane
+            fma = builder.module.declare_intrinsic(f"llvm.fmuladd.v{lanes}{'f32' if size == 4 else 'f64'}", (),
                                                    ir.FunctionType(vec, [vec, vec, vec]))
             i = pa.type
 
