@@ -176,18 +176,18 @@ def children(e):
     return [a for a in e.args if isinstance(a, Ex)]
 
 
-def nodes(stmts):
-    """Every expression node of the statements, targets included."""
-    stack = [getattr(s, name) for s in walk(stmts) for name in s.EXPRS]
+def nodes(stmts, exprs=()):
+    """Every expression node of the statements (targets included) and of ``exprs``."""
+    stack = [getattr(s, name) for s in walk(stmts) for name in s.EXPRS] + list(exprs)
     while stack:
         e = stack.pop()
         yield e
         stack.extend(children(e))
 
 
-def elements(stmts):
-    """Every element reference in the statements."""
-    return (e for e in nodes(stmts) if e.kind == "el")
+def elements(stmts, exprs=()):
+    """Every element reference in the statements and in ``exprs``."""
+    return (e for e in nodes(stmts, exprs) if e.kind == "el")
 
 
 def remap(e, fn):

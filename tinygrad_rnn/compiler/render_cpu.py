@@ -8,7 +8,7 @@ bound once per kernel call (``X0_t = X0[t]``) and indexed ``[b, j]``: a view mad
 row costs about 5 ns (Numba builds the array struct and counts references), and a stage
 binds a dozen or two for every row of every step.
 """
-from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source
+from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source, walk
 from .lower import Generator, const_literal
 
 _CALLS = {"tanh": "tanh_scalar({0})", "sigmoid": "sigmoid_scalar({0})", "exp": "math.exp({0})",
@@ -67,36 +67,25 @@ def loop_scalars(kernels):
                             if not isinstance(c, Set) or e.args[1:] != ("0", "0", "j"):
                                 ok[e.args[0].name] = False
             else:
-                for name in s.EXPRS:
-                    for e in elements([Set(getattr(s, name), getattr(s, name))]):
-                        ok[e.args[0].name] = False
+                for e in elements([], [getattr(s, name) for name in s.EXPRS]):
+                    ok[e.args[0].name] = False
                 for block in s.BLOCKS:
                     visit(getattr(s, block))
     for kern in kernels:
         visit(kern.body)
     candidates = {n for n, where in loops.items() if len(where) == 1 and ok[n]}
 
-    def first_is_write(loop):
-        for c in loop.body:
-            touched = {e.args[0].name for e in elements([c])} & candidates
-            written = c.target.args[0].name if c.target.kind == "el" else None
-            for n in touched - seen:
-                seen.add(n)
-                if n != written or c.add or n in {e.args[0].name for e in elements([Set(c.value, c.value)])}:
-                    candidates.discard(n)
     seen = set()
-    for kern in kernels:
-        for s in _loops(kern.body):
-            first_is_write(s)
+    for c in (c for kern in kernels for loop in _loops(kern.body) for c in loop.body):
+        for n in {e.args[0].name for e in elements([c])} & candidates - seen:
+            seen.add(n)  # its first statement must write it, whole, from other values
+            if c.target.args[0].name != n or c.add or n in {e.args[0].name for e in elements([], [c.value])}:
+                candidates.discard(n)
     return candidates
 
 
 def _loops(stmts):
-    for s in stmts:
-        if isinstance(s, Loop):
-            yield s
-        for block in s.BLOCKS:
-            yield from _loops(getattr(s, block))
+    return [s for s in walk(stmts) if isinstance(s, Loop)]
 
 
 def _as_loop_scalars(stmts, names):
