@@ -65,7 +65,7 @@ _blas = []
 # saw on entry gave BLAS its threads back while another layer still ran, and left it at
 # one thread for good when that layer returned. OpenBLAS built on OpenMP keeps a count per
 # thread: there each thread limits, and restores, its own.
-_hold = {"count": 0, "limiter": None}
+_hold = {"count": 0, "saved": None}
 _hold_lock = threading.Lock()
 
 
@@ -73,23 +73,38 @@ def one_blas_thread():
     """A context in which BLAS uses one thread (restored when the last such context on any
     thread ends; no-op without threadpoolctl's view of a BLAS, or with one thread configured)."""
     if not _blas:
-        _blas.append(_blas_controllers() if THREADS > 1 else (None, None))
+        _blas.append(_blas_controllers() if THREADS > 1 else ([], None))
     shared, per_thread = _blas[0]
     return _held(shared, per_thread) if shared or per_thread else contextlib.nullcontext()
 
 
 def _blas_controllers():
-    """(process-wide, per-thread): threadpoolctl controllers of the BLAS libraries whose thread
-    count is one setting for the process, and of those where each thread has its own."""
+    """(process-wide, per-thread): a (get, set) pair of thread-count functions for each BLAS
+    library whose thread count is one setting for the process, and threadpoolctl's controller
+    of those where each thread has its own."""
     try:
         from threadpoolctl import ThreadpoolController
         blas = ThreadpoolController().select(user_api="blas")
         info = blas.info()
     except Exception:  # an unknown BLAS, or a platform threadpoolctl cannot read: leave it be
-        return None, None
+        return [], None
     own = [i["filepath"] for i in info if i.get("internal_api") == "openblas" and i.get("threading_layer") == "openmp"]
     shared = [i["filepath"] for i in info if i["filepath"] not in own]
-    return (blas.select(filepath=shared) if shared else None), (blas.select(filepath=own) if own else None)
+    libs = blas.select(filepath=shared).lib_controllers if shared else []
+    return [_thread_count_functions(lib) for lib in libs], (blas.select(filepath=own) if own else None)
+
+
+def _thread_count_functions(lib):
+    """(get, set) of one library's process-wide thread count. For OpenBLAS, its own C
+    functions: threadpoolctl's (since 3.8) let one Python thread at a time change OpenBLAS,
+    and taking and giving up that control around each change made a hold cost 28-35 us
+    against about 1 us, eight holds per training step (AMD EPYC)."""
+    symbol = getattr(lib, "_get_symbol", None)  # threadpoolctl's lookup with the build's symbol affixes
+    if lib.internal_api == "openblas" and symbol is not None:
+        get, set_ = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
+        if get is not None and set_ is not None:
+            return get, set_
+    return lib.get_num_threads, lambda n: _taking_control(lambda: lib.set_num_threads(n))
 
 
 _clear = []
@@ -119,10 +134,10 @@ def _held(shared, per_thread):
     own = per_thread.limit(limits=1) if per_thread else None
     if shared:
         with _hold_lock:
-            if _hold["count"] == 0:  # each library set directly: a limiter object costs ~20 us a call
-                libs = shared.lib_controllers
-                _hold["limiter"] = [(lib, lib.get_num_threads()) for lib in libs]
-                _taking_control(lambda: [lib.set_num_threads(1) for lib, n in _hold["limiter"] if n != 1])
+            if _hold["count"] == 0:
+                _hold["saved"] = [(set_, n) for get, set_ in shared if (n := get()) != 1]
+                for set_, _ in _hold["saved"]:
+                    set_(1)
             _hold["count"] += 1
     try:
         yield
@@ -131,8 +146,9 @@ def _held(shared, per_thread):
             with _hold_lock:
                 _hold["count"] -= 1
                 if _hold["count"] == 0:
-                    _taking_control(lambda: [lib.set_num_threads(n) for lib, n in _hold["limiter"] if n != 1])
-                    _hold["limiter"] = None
+                    for set_, n in _hold["saved"]:
+                        set_(n)
+                    _hold["saved"] = None
         if own:
             own.restore_original_limits()
 
