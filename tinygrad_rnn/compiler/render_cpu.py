@@ -127,17 +127,17 @@ def _lhs_at(lhs, rows):
     return base + (f"[:, {lo}:{hi}]" if lo is not None else "")
 
 
-def _weight_gradient(n, w_out, lhs, k_in, w):
+def _weight_gradient(n, lhs, w):
     """``DA<w> += (product n's left operand at every step).T @ its gradient``. A state's
-    operand at step t is the state of step t - 1, read in place from Y (a view, no copy,
-    for a cell with one state) plus the initial state's product with step 0's gradient."""
+    operand at step t is the state of step t - 1, read in place from Y, plus the initial
+    state's product with step 0's gradient."""
     kind, index, lo, hi = lhs
     cols = f"[..., {lo}:{hi}]" if lo is not None else ""
     if kind == "state":
-        return (f"    DA{w} += (matmul_tn(Y[:-1, {index}]{cols}.reshape((T - 1) * B, {k_in}), "
-                f"GD{n}[1:].reshape((T - 1) * B, {w_out})) + S0_{index}{cols}.T @ GD{n}[0]).reshape(DA{w}.shape)")
+        return (f"    DA{w} += (matmul_tn(Y[:-1, {index}]{cols}, GD{n}[1:]) + S0_{index}{cols}.T @ GD{n}[0])"
+                f".reshape(DA{w}.shape)")
     every_step = (f"{kind}[:, {index}]" if index else kind) + cols
-    return f"    DA{w} += matmul_tn({every_step}.reshape(T * B, {k_in}), GD{n}.reshape(T * B, {w_out})).reshape(DA{w}.shape)"
+    return f"    DA{w} += matmul_tn({every_step}, GD{n}).reshape(DA{w}.shape)"
 
 
 def render(plan, dtype, header, sizes=None):
@@ -206,7 +206,7 @@ def render(plan, dtype, header, sizes=None):
             f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
             f"    return Y, ({res})", "", ""]
     per_block = [f"{a}[n]" if a in (*da, "SQ") else a for a in bwd_args]
-    finish = [_weight_gradient(n, *product[1:]) for n, product in enumerate(m.products)]
+    finish = [_weight_gradient(n, lhs, w) for n, (_, _, lhs, _, w) in enumerate(m.products)]
     out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
             "    T, B = M.shape", *flat, f"    {res} = residuals" if res else "",
             f"    blocks = row_blocks(B, B * ({step_flops}))",

@@ -171,14 +171,16 @@ def matmul(a, b):
 
 
 def matmul_tn(a, g):
-    """``a.T @ g`` (a weight gradient: a sum over the rows of both), the rows cut into one
-    partial sum per block thread when large."""
+    """``a.T @ g`` over every row of ``a`` (..., K) and ``g`` (..., N), leading axes flattened (a
+    weight gradient: a sum over the rows of both), cut along the first axis into one partial
+    sum per block thread when large; each block flattens its own rows, so a strided view (an
+    LSTM's hidden states inside Y) is copied in parallel."""
     n = a.shape[0]
-    blocks = row_blocks(n) if n * a.shape[1] * g.shape[1] >= SPLIT_FLOPS else [(0, n)]
+    blocks = row_blocks(n) if a.size * g.shape[-1] >= SPLIT_FLOPS else [(0, n)]
     parts = [None] * len(blocks)
 
     def part(i, r0, r1):
-        parts[i] = a[r0:r1].T @ g[r0:r1]
+        parts[i] = a[r0:r1].reshape(-1, a.shape[-1]).T @ g[r0:r1].reshape(-1, g.shape[-1])
     in_blocks(blocks, part)
     return sum(parts[1:], parts[0])
 
