@@ -6,6 +6,7 @@ import pytest
 
 import tinygrad_rnn as tr
 from tinygrad_rnn.compiler import CompileError, compile_cell, compile_status, compiled_versions, runtime
+from tinygrad_rnn.backend import threads
 from tinygrad_rnn.testing import outputs_and_gradients as run, relative_differences
 
 from example_cells import ADVERSARIAL, KitchenSink, UsersLayerNormLSTM, load_example_plugins
@@ -621,15 +622,15 @@ def test_row_blocks_on_threads_equal_one_block(cell, monkeypatch):
     x = rng.standard_normal((4, 5, 3))
     states = [rng.standard_normal((2, 5, 4)) * 0.5 for _ in range(rnn.num_states)]
     lengths = np.array([4, 1, 3, 4, 2])
-    monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 1)
-    monkeypatch.setattr(runtime, "SPLIT_STEP_FLOPS", 0)  # blocks however small the products
-    monkeypatch.setattr(runtime, "THREADS", 3)  # whatever the machine has: three blocks of 1-2 rows
-    assert runtime.row_blocks(5) == [(0, 1), (1, 3), (3, 5)]
-    monkeypatch.setattr(runtime, "SPLIT_STEP_FLOPS", 1 << 16)
-    assert runtime.row_blocks(5, 5 * 4 * 16) == [(0, 5)]  # a step's products too small to share
-    monkeypatch.setattr(runtime, "SPLIT_STEP_FLOPS", 0)
+    monkeypatch.setattr(threads, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(threads, "SPLIT_STEP_FLOPS", 0)  # blocks however small the products
+    monkeypatch.setattr(threads, "THREADS", 3)  # whatever the machine has: three blocks of 1-2 rows
+    assert threads.row_blocks(5) == [(0, 1), (1, 3), (3, 5)]
+    monkeypatch.setattr(threads, "SPLIT_STEP_FLOPS", 1 << 16)
+    assert threads.row_blocks(5, 5 * 4 * 16) == [(0, 5)]  # a step's products too small to share
+    monkeypatch.setattr(threads, "SPLIT_STEP_FLOPS", 0)
     blocks = run(rnn, x, states, lengths, fused=True)
-    monkeypatch.setattr(runtime, "MIN_BLOCK_ROWS", 100)
+    monkeypatch.setattr(threads, "MIN_BLOCK_ROWS", 100)
     one = run(rnn, x, states, lengths, fused=True)
     assert_close(blocks, one, 1e-12)
     assert_close(blocks, run(rnn, x, states, lengths, fused=False), 1e-10)
@@ -640,7 +641,7 @@ def test_a_bad_tuning_variable_is_a_warning_naming_it_not_a_traceback(value):
     import subprocess
     import sys
     env = dict(os.environ, TINYGRAD_RNN_MIN_BLOCK_ROWS=value)
-    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.compiler.runtime as r; print(r.MIN_BLOCK_ROWS)"],
+    r = subprocess.run([sys.executable, "-c", "import tinygrad_rnn.backend.threads as r; print(r.MIN_BLOCK_ROWS)"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "8", r.stderr
     assert "Traceback" not in r.stderr and "TINYGRAD_RNN_MIN_BLOCK_ROWS" in r.stderr
@@ -652,7 +653,7 @@ def _blas_threads():
 
 
 def _needs_threaded_blas():
-    if runtime.THREADS < 2 or not any(n > 1 for n in _blas_threads()):
+    if threads.THREADS < 2 or not any(n > 1 for n in _blas_threads()):
         pytest.skip("BLAS or Numba runs on one thread here: there is nothing to hold or restore")
 
 
@@ -676,6 +677,31 @@ def test_blas_gets_its_threads_back_after_a_step_and_after_an_error_inside_a_lay
     assert _blas_threads() == before
 
 
+def test_a_large_tape_matmul_runs_with_blas_held_and_gives_its_threads_back(monkeypatch):
+    """A 2-D product large enough to wake BLAS's busy-waiting workers runs with BLAS at one
+    thread (a Linear head's left them spinning into the next layer's block threads); a small
+    one, which BLAS runs on one thread anyway, pays no hold; both equal NumPy's."""
+    from tinygrad_rnn.backend import cpu
+    _needs_threaded_blas()
+    before, seen = _blas_threads(), []
+    split = threads.matmul
+
+    def watched(a, b):
+        seen.append(_blas_threads())
+        return split(a, b)
+    monkeypatch.setattr(threads, "matmul", watched)
+    rng = np.random.default_rng(0)
+    big, w = rng.standard_normal((256, 64)), rng.standard_normal((64, 64))  # 2^20 multiply-adds
+    small = rng.standard_normal((8, 64))
+    x = tr.Tensor(big, requires_grad=True)
+    (x @ tr.Tensor(w)).sum().backward()
+    assert seen and all(n == [1] * len(before) for n in seen)
+    np.testing.assert_allclose(cpu.matmul(big, w), big @ w, rtol=1e-12)
+    seen.clear()
+    np.testing.assert_allclose(cpu.matmul(small, w), small @ w, rtol=1e-12)
+    assert not seen and _blas_threads() == before
+
+
 def test_overlapping_layers_on_two_threads_give_blas_its_threads_back():
     """Two threads inside compiled layers at once: BLAS stays at one thread until the last
     one leaves, then gets what it had (restoring at the first exit gave it back too early,
@@ -687,21 +713,21 @@ def test_overlapping_layers_on_two_threads_give_blas_its_threads_back():
     seen = {}
 
     def first():
-        with runtime.one_blas_thread():
+        with threads.one_blas_thread():
             first_in.set()
             second_in.wait(10)
         first_out.set()
 
     def second():
         first_in.wait(10)
-        with runtime.one_blas_thread():
+        with threads.one_blas_thread():
             second_in.set()
             first_out.wait(10)
             seen["after the first left"] = _blas_threads()
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
+    workers = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join(20)
     assert seen["after the first left"] == [1] * len(before)
     assert _blas_threads() == before

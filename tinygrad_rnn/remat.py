@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from . import ops
-from .compiler.runtime import on_one_blas_thread
+from .backend.threads import on_one_blas_thread
 from .norms import GradProbe, safe_from_squares
 from .tape import _recording, no_grad
 from .tensor import Tensor

@@ -24,6 +24,7 @@ from numba import types
 from numba.extending import overload
 
 from . import _malloc  # noqa: F401  (tunes glibc once, at import)
+from . import threads
 from ._jit import kernel
 
 name = "cpu"
@@ -249,6 +250,26 @@ def copy_as(g, dtype):
     return np.array(g, dtype=dtype, copy=True)
 
 
+# OpenBLAS (NumPy's) wakes its worker threads for a product of more than 2^18 multiply-adds
+# and they then busy-wait for about 0.1 s: every core is busy for 50 ms after a (32, 32) @
+# (32, 2^9) product, none after (32, 32) @ (32, 2^8) (AMD EPYC). Running where the compiled
+# layers' block threads run next, that took their cores: a character LSTM's training step
+# (hidden 128, 76 symbols, T=50, B=32, a Linear head on it) took 28.5-30.8 ms, and 20.9-22.9 ms
+# with the workers' wait cut short (OPENBLAS_THREAD_TIMEOUT=4); with such products held at one
+# thread, 18.4-20.2 ms. The step path, whose per-step products are of that size, pays for it:
+# an LSTM's at hidden 128 took 122-141 ms (medians 178-182) against 109-144 (155-157).
+BLAS_THREADED_FLOPS = 1 << 18
+
+
+def matmul(a, b):
+    """NumPy's matmul; a 2-D product large enough to wake BLAS's threads runs with BLAS held at
+    one thread, its rows spread over the block threads when large (``threads.matmul``)."""
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] * a.shape[1] * b.shape[1] > BLAS_THREADED_FLOPS:
+        with threads.one_blas_thread():
+            return threads.matmul(a, b)
+    return np.matmul(a, b)
+
+
 # NumPy already is the array API the ops are written against.
-from numpy import (broadcast_to, clip, concatenate, exp, expand_dims, log, matmul,  # noqa: E402,F401
+from numpy import (broadcast_to, clip, concatenate, exp, expand_dims, log,  # noqa: E402,F401
                    ones_like, stack, swapaxes, where)
