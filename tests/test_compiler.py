@@ -697,6 +697,8 @@ def test_a_large_tape_matmul_runs_with_blas_held_and_gives_its_threads_back(monk
     (x @ tr.Tensor(w)).sum().backward()
     assert seen and all(n == [1] * len(before) for n in seen)
     np.testing.assert_allclose(cpu.matmul(big, w), big @ w, rtol=1e-12)
+    steps = big.reshape(64, 4, 64).transpose(1, 0, 2)  # a (T, B, H) view: its rows flattened into one product
+    np.testing.assert_allclose(cpu.matmul(steps, w), steps @ w, rtol=1e-12)
     seen.clear()
     np.testing.assert_allclose(cpu.matmul(small, w), small @ w, rtol=1e-12)
     assert not seen and _blas_threads() == before

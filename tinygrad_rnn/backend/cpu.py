@@ -262,11 +262,13 @@ BLAS_THREADED_FLOPS = 1 << 18
 
 
 def matmul(a, b):
-    """NumPy's matmul; a 2-D product large enough to wake BLAS's threads runs with BLAS held at
-    one thread, its rows spread over the block threads when large (``threads.matmul``)."""
-    if a.ndim == 2 and b.ndim == 2 and a.shape[0] * a.shape[1] * b.shape[1] > BLAS_THREADED_FLOPS:
+    """NumPy's matmul. Rows times one matrix (``a`` (..., K), ``b`` (K, N)) is one 2-D product
+    of all of a's rows (NumPy makes one BLAS call per leading index); large enough to wake
+    BLAS's threads, it runs with BLAS held at one thread, its rows spread over the block threads
+    when large (``threads.matmul``)."""
+    if a.ndim >= 2 and b.ndim == 2 and a.size * b.shape[1] > BLAS_THREADED_FLOPS:
         with threads.one_blas_thread():
-            return threads.matmul(a, b)
+            return threads.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[1:])
     return np.matmul(a, b)
 
 
