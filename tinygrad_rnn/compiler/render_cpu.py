@@ -1,7 +1,7 @@
 """Print the kernel IR as plain Python for ``numba.njit``.
 
 A stage kernel runs the rows ``b0..b1`` of one block of the batch: the jitted time
-loop runs a block per core (``runtime.row_blocks``), each block through all T steps.
+loop runs a block per core (``backend.threads.row_blocks``), each block through all T steps.
 Each IR loop is one simple loop over the row, the form that vectorises (one
 transcendental per loop: ``benchmarks/bench_kernels.py``). Arrays indexed by step are
 bound once per kernel call (``X0_t = X0[t]``) and indexed ``[b, j]``: a view made per
