@@ -591,6 +591,39 @@ def test_row_values_are_computed_once_per_row():
                  run(rnn, x, states, np.array([4, 1, 3]), fused=False), 1e-10)
 
 
+def test_a_repeated_expression_is_one_value_unless_a_state_is_one_of_its_twins():
+    """``v - mu`` written twice (a layer norm as users write it) is traced once; a state that
+    step returns twinned with an expression used elsewhere keeps a value of its own, so its
+    per-step gradient norm is that of the tensor returned (the fuzzer's seed 3)."""
+    graph = compile_cell(UsersLayerNormLSTM(3, 4), np.float32).plan.graph
+    assert [e.op for e in graph.eqns].count("neg") == 2  # one per norm, not one per mention
+
+    class Twinned(tr.Cell):
+        name = "twinned_state"
+        num_states = 2
+
+        def __init__(self, input_size, hidden_size):
+            super().__init__(input_size, hidden_size)
+            self.w = self.param((input_size + hidden_size, hidden_size), init="xavier_uniform")
+
+        def step(self, x, state):
+            h, c = state
+            v = tr.cat([x, h], axis=-1) @ self.w
+            return v.tanh(), c * v.sigmoid() + v.tanh()
+    graph = compile_cell(Twinned(2, 3), np.float32).plan.graph
+    assert [e.op for e in graph.eqns].count("tanh") == 2
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN(Twinned, 2, 3, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 2, 2))
+    probes = []
+    for fused in (True, False):
+        rnn.fused = fused
+        out, _ = rnn(tr.Tensor(x), probe=True)
+        (out ** 2).sum().backward()
+        probes.append(rnn.step_grad_norms(0))
+    np.testing.assert_allclose(probes[0], probes[1], rtol=1e-10)
+
+
 def test_printed_step_shows_constants_and_the_plan_counts_its_kernels():
     from tinygrad_rnn.compiler import inspect_cell
     cell = UsersLayerNormLSTM(3, 4)

@@ -83,6 +83,8 @@ class Ex:
             return Ex("call", ("sqrt", self), g, inv=self.inv)
         if p == -1:
             return Ex("bin", ("/", g.lit_const(1), self), g, inv=self.inv)
+        if p == -0.5:  # the gradient of ** 0.5 (a layer norm's): a vectorised sqrt, not a call of pow
+            return Ex("bin", ("/", g.lit_const(1), Ex("call", ("sqrt", self), g, inv=self.inv)), g, inv=self.inv)
         return Ex("pow", (self, g.lit_const(p)), g, inv=self.inv)
 
     def _cmp(self, o, op):

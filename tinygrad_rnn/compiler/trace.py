@@ -101,13 +101,16 @@ class Graph:
 
 
 class _Tracer:
-    def __init__(self, step_file):
+    def __init__(self, step_file, merge=True):
         self.vars = {}      # id(tensor) -> Var
         self.keep = []      # the traced tensors, so their ids stay unique
         self.eqns, self.consts = [], []
         self.conds = {}     # id(bool array handed to where) -> the compare Tensor it came from
         self.step_file = step_file
         self.count = 0
+        self.merge = merge
+        self.seen = {}      # (op, inputs, attrs) -> the Var it gave: a repeated expression is one value
+        self.twinned = set()  # the Vars that more than one tensor of step's became
 
     def new_var(self, t, role, name=None, value=None):
         self.count += 1
@@ -142,7 +145,17 @@ class _Tracer:
         if name == "where":
             src = self.conds.get(id(attrs["cond"]))
             ins.append(self.var_of(src if src is not None else Tensor._make(np.asarray(attrs["cond"]))))
+        # the same op on the same values is the same value: ``v - mu`` written twice in a
+        # layer norm is computed once (its row and its gradient), not once per mention
+        key = _same_value_key(name, ins, attrs) if self.merge else None
+        if key is not None and key in self.seen:
+            self.vars[id(out)] = self.seen[key]
+            self.keep.append(out)
+            self.twinned.add(self.seen[key])
+            return
         o = self.new_var(out, "op")
+        if key is not None:
+            self.seen[key] = o
         o.dep_x = any(v.dep_x for v in ins)
         o.dep_s = any(v.dep_s for v in ins)
         o.batched = o.dep_x or o.dep_s
@@ -158,8 +171,23 @@ class _Tracer:
         return "step"
 
 
-def trace(cell, dtype, batch=TRACE_BATCH):
-    """Run ``cell.step`` once on a batch of ``batch`` and return its Graph."""
+def _same_value_key(name, ins, attrs):
+    """What makes an equation's value: its op, its inputs and its attributes, or None where an
+    attribute is not a plain value (a ``where``'s condition array is one of its inputs)."""
+    plain = (bool, int, float, str, slice, type(None), type(Ellipsis))
+
+    def flat(v):
+        return all(flat(u) for u in v) if isinstance(v, tuple) else isinstance(v, plain)
+    items = tuple(sorted((k, v) for k, v in attrs.items() if not (name == "where" and k == "cond")))
+    if not all(flat(v) for _, v in items):
+        return None
+    return name, tuple(v.id for v in ins), repr(items)
+
+
+def trace(cell, dtype, batch=TRACE_BATCH, merge=True):
+    """Run ``cell.step`` once on a batch of ``batch`` and return its Graph; ``merge``: a
+    repeated expression is one value (not where a state step returns is one: the gradient of
+    the value returned, which the per-step norms measure, is not that of its twin)."""
     from ..cell import _checked_state
     dtype = np.dtype(dtype)
     try:
@@ -168,7 +196,7 @@ def trace(cell, dtype, batch=TRACE_BATCH):
         step_file = "<step>"
     rng = np.random.default_rng(0)
     B = batch
-    tracer = _Tracer(step_file)
+    tracer = _Tracer(step_file, merge)
     x = Tensor((rng.standard_normal((B, cell.input_size)) * 0.5).astype(dtype))
     states = tuple(Tensor((rng.standard_normal((B, cell.hidden_size)) * 0.5).astype(dtype))
                    for _ in range(cell.num_states))
@@ -199,6 +227,8 @@ def trace(cell, dtype, batch=TRACE_BATCH):
             raise CompileError(f"cell {cell.name!r}: state {i} returned by step() was not computed "
                                "by tinygrad_rnn ops")
         outs.append(tracer.vars[id(t)])
+    if any(v in tracer.twinned for v in outs):
+        return trace(cell, dtype, batch, merge=False)
     return Graph(cell.name, vx, vs, vp, tracer.eqns, outs, tracer.consts)
 
 
