@@ -276,9 +276,8 @@ def alias_copies(stmts, single, is_grad):
     Safe because a source is complete before it is copied and nothing writes either name
     after. Returns (statements, {name: (buffer, offset)})."""
     def is_alias(c):
-        t, v = (c.target, c.value) if isinstance(c, Set) else (None, None)
-        return (t is not None and not c.add and is_grad(t.args[0]) and t.args[0].name in single
-                and t.args[1:] == ("0", "0", "j") and v.kind == "el" and v.args[1:] == ("0", "0", "j"))
+        return (isinstance(c, Set) and not c.add and is_grad(c.target.args[0]) and c.target.args[0].name in single
+                and c.value.kind == "el" and c.target.args[1:] == c.value.args[1:] == ("0", "0", "j"))
     aliases = {c.target.args[0].name: (c.value.args[0], "0")
                for s in stmts if isinstance(s, Loop) for c in s.body if is_alias(c)}
     return drop_from_loops(stmts, is_alias), aliases

@@ -113,11 +113,7 @@ def _check_row_op(graph, e):
     else:
         w = e.out.shape[1]
         for v in e.ins:
-            if v.batched:
-                ok = v.shape[1] in (w, 1)
-            else:
-                ok = v.shape in ((), (1,), (w,), (1, w), (1, 1))
-            if not ok:
+            if not (v.shape[1] in (w, 1) if v.batched else v.shape in ((), (1,), (w,), (1, w), (1, 1))):
                 _fail(graph, e, f"operand {v!r} does not broadcast row by row against width {w}")
 
 
@@ -168,15 +164,8 @@ def _slice_in_kernel(plan):
     """A step that reads slices of a hoisted value (GRU's gate blocks of W_ih x) reads
     the whole value and slices it in the kernel: one (T, B, 3H) array instead of three
     copies, and one gradient array instead of three scatters on the tape."""
-    producer = {e.out: e for e in plan.hoist_eqns}
-    moved = []
-    for e in plan.step_eqns:
-        for v in e.ins:
-            p = producer.get(v)
-            if p is not None and p.op == "getitem" and p not in moved:
-                moved.append(p)
-    if not moved:
-        return
+    producer = {e.out: e for e in plan.hoist_eqns if e.op == "getitem"}
+    moved = list(dict.fromkeys(producer[v] for e in plan.step_eqns for v in e.ins if v in producer))
     still_used = {v for e in plan.hoist_eqns if e not in moved for v in e.ins}
     plan.hoist_eqns = [e for e in plan.hoist_eqns if e not in moved or e.out in still_used]
     plan.step_eqns = moved + plan.step_eqns

@@ -7,6 +7,8 @@ A compiled layer runs in three parts:
 3. the generated time loop, one op on the tape whose VJP is the generated backward.
 Parts 1 and 2 are ordinary recorded ops, so their gradients come from the op table.
 """
+import collections
+import glob
 import hashlib
 import importlib.util
 import os
@@ -97,7 +99,7 @@ def guarded(module, name, *args):
     except Exception:
         stem = os.path.splitext(os.path.basename(module.__file__))[0]
         folder = os.path.join(os.path.dirname(module.__file__), "__pycache__")
-        stale = [os.path.join(folder, f) for f in _listdir(folder) if f.startswith(stem + ".")]
+        stale = glob.glob(os.path.join(glob.escape(folder), glob.escape(stem) + ".*"))
         if not stale:
             raise
         for f in stale:
@@ -106,13 +108,6 @@ def guarded(module, name, *args):
             except OSError:
                 pass
         return getattr(module, name)(*args)
-
-
-def _listdir(folder):
-    try:
-        return os.listdir(folder)
-    except OSError:
-        return []
 
 
 def _holds(path, source):
@@ -144,10 +139,7 @@ def replay(eqns, env, keep=()):
     ``input_projection`` op, whose VJP skips the gradients no input needs: the
     input x of a layer usually needs none, and its product would cost as much as
     the forward GEMM."""
-    readers = {}
-    for e in eqns:
-        for v in e.ins:
-            readers[v] = readers.get(v, 0) + 1
+    readers = collections.Counter(v for e in eqns for v in e.ins)
     fused = set()
     for n, e in enumerate(eqns):
         if e in fused:

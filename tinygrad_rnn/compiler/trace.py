@@ -195,10 +195,9 @@ def trace(cell, dtype, batch=TRACE_BATCH, merge=True):
     except TypeError:
         step_file = "<step>"
     rng = np.random.default_rng(0)
-    B = batch
     tracer = _Tracer(step_file, merge)
-    x = Tensor((rng.standard_normal((B, cell.input_size)) * 0.5).astype(dtype))
-    states = tuple(Tensor((rng.standard_normal((B, cell.hidden_size)) * 0.5).astype(dtype))
+    x = Tensor((rng.standard_normal((batch, cell.input_size)) * 0.5).astype(dtype))
+    states = tuple(Tensor((rng.standard_normal((batch, cell.hidden_size)) * 0.5).astype(dtype))
                    for _ in range(cell.num_states))
     vx = tracer.new_var(x, "x", "x")
     vs = [tracer.new_var(s, "state", f"s{i}") for i, s in enumerate(states)]
@@ -254,11 +253,7 @@ def trace_checked(cell, dtype):
 
 def _fingerprint(graph):
     """What must not change with the batch size: ops, wiring, attributes, constants."""
-    out = []
-    for c in graph.consts:
-        out.append(("a constant", (c.id, c.value.shape, c.value.dtype.str, c.value.tobytes())))
-    for e in graph.eqns:
-        out.append((e.where, (e.op, tuple(v.id for v in e.ins), e.out.id, repr(e.params),
-                              e.out.shape[1:] if e.out.batched else e.out.shape)))
-    out.append(("its return", tuple(v.id for v in graph.outputs)))
-    return out
+    out = [("a constant", (c.id, c.value.shape, c.value.dtype.str, c.value.tobytes())) for c in graph.consts]
+    out += [(e.where, (e.op, tuple(v.id for v in e.ins), e.out.id, repr(e.params),
+                       e.out.shape[1:] if e.out.batched else e.out.shape)) for e in graph.eqns]
+    return out + [("its return", tuple(v.id for v in graph.outputs))]
