@@ -151,11 +151,11 @@ class Padded(Stmt):
 
 
 class Kernel:
-    """One stage kernel: ``name``, the arrays it takes (``args``), its docstring, the
-    state views it binds (``states``: how many), and the statements for one row."""
+    """One stage kernel: ``name``, its docstring, the state views it binds (``states``: how
+    many), the statements for one row, and the arrays it takes (``args``, filled in last)."""
 
-    def __init__(self, name, args, doc, states, body):
-        self.name, self.args, self.doc, self.states, self.body = name, args, doc, states, body
+    def __init__(self, name, doc, states, body):
+        self.name, self.doc, self.states, self.body, self.args = name, doc, states, body, None
 
     def bufs(self):
         """Every buffer the kernel touches."""

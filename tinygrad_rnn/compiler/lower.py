@@ -132,6 +132,13 @@ class Generator:
     def buf(self, name, lead=None, width=None, shared=False):
         return self._bufs.setdefault((name, lead), Buf(name, lead, width, shared))
 
+    def row(self, name, v):
+        """A (B, width of v) array."""
+        return self.buf(name, "", self.W(v))
+
+    def at(self, buf, index="j", local="0"):
+        return el(buf, index, self, local=local)
+
     def op_of(self, v):
         """The op that computes v in the step; None for an input of the step."""
         return self.producer[v].op if v in self.producer else None
@@ -167,9 +174,9 @@ class Generator:
             return self.buf(f"R{v.id}", "t"), "0"
         return self.buf(f"L{v.id}", None, self.W(v)), "0"
 
-    def read(self, v, index="j", local="0"):
+    def read(self, v, index="j"):
         buf, base = self.view(v)
-        return el(buf, index, self, base, local, var=v)
+        return el(buf, index, self, base, var=v)
 
     def sym(self, v, o):
         """One element of v inside the loop over j of the equation making ``o``."""
@@ -233,11 +240,11 @@ class Generator:
         body = fuse_loops([s for e in eqns for s in self._fwd_eqn(e)])
         if k == self.top:
             y = lambda i: self.buf("Y", f"t, {i}")
-            body += [Loop(self.W(v), [Set(el(y(i), gen=self), self.read(v))])
+            body += [Loop(self.W(v), [Set(self.at(y(i)), self.read(v))])
                      for i, v in enumerate(self.outputs) if self.out_index.get(v) != i]
-            body.append(Padded([Loop(self.W(s), [Set(el(y(i), gen=self), self.read(s))])  # carry the state
+            body.append(Padded([Loop(self.W(s), [Set(self.at(y(i)), self.read(s))])  # carry the state
                                 for i, s in enumerate(self.states)]))
-        return Kernel(f"_forward_stage{k}", None, f"Stage {k} of step t, row by row: {_summary(eqns)}.",
+        return Kernel(f"_forward_stage{k}", f"Stage {k} of step t, row by row: {_summary(eqns)}.",
                       len(self.states), body)
 
     def _fwd_eqn(self, e):
@@ -288,10 +295,10 @@ class Generator:
         if v in self.aux:
             return self.buf(f"DA{self.aux.index(v)}", shared=True)
         if v in self.states:
-            return self.buf(f"CS{self.states.index(v)}_{k}", "", self.W(v))
+            return self.row(f"CS{self.states.index(v)}_{k}", v)
         if self.owner(v) == k:
             return self.grad(v)
-        return self.buf(f"E{v.id}_{k}", "", self.W(v))
+        return self.row(f"E{v.id}_{k}", v)
 
     def _finals(self, v):
         if v in self.hoisted:
@@ -310,48 +317,43 @@ class Generator:
         """Stage k's backward kernel; ``dry``: only the forward values its statements read."""
         eqns = self.kernel_eqns[k]
         body = []
-        for e in reversed(eqns):
-            for i, v in enumerate(self.outputs):
-                if v is e.out:  # its gradient is complete here: every in-step use is behind us
-                    body.append(Norm(i, el(self.grad(v), gen=self), self.W(v)))
+        for e in reversed(eqns):  # a state's gradient is complete at its equation: every in-step use is behind us
+            body += [Norm(i, self.at(self.grad(v)), self.W(v)) for i, v in enumerate(self.outputs) if v is e.out]
             body += self._bwd_eqn(e, k)
         if dry:
             return {r.var for r in elements(body) if r.var is not None}
         owned = [e.out for e in eqns] + [v for v in (*self.hoisted, *self.gemm_outs)
                                           if self.owner(v) == k and k in self.users.get(v, ())]
-        zero = lambda buf, width: Loop(width, [Set(el(buf, gen=self), self.lit_const(0))])
-        copy = lambda width, dest, src, add=True: Loop(width, [Set(el(dest, gen=self), el(src, gen=self), add)])
+        zero = lambda buf, width: Loop(width, [Set(self.at(buf), self.lit_const(0))])
+        copy = lambda width, dest, src, add=True: Loop(width, [Set(self.at(dest), self.at(src), add)])
         targets = {}  # outgoing per-row buffers of this stage (zeroed for padded rows)
         for v in [u for e in eqns for u in e.ins] + (self.outputs if k == self.top else []):
             t = self.grad_target(v, k)
             if t is not None and t.lead == "":
                 targets[t.name] = (t, self.W(v))
-        for i, s in enumerate(self.states):
-            if k in self.users.get(s, ()):
-                targets[f"CS{i}_{k}"] = (self.grad_target(s, k), self.W(s))
+        targets.update({f"CS{i}_{k}": (self.grad_target(s, k), self.W(s)) for i, s in enumerate(self.states)
+                        if k in self.users.get(s, ())})
         head, padded, contribs = [], [], []
         if k == self.top:
             g = [self.buf(f"g{i}", None, self.W(s)) for i, s in enumerate(self.states)]
-            pas = [self.buf(f"PASS{i}", "", self.W(s)) for i, s in enumerate(self.states)]
+            pas = [self.row(f"PASS{i}", s) for i, s in enumerate(self.states)]
             for i, s in enumerate(self.states):  # total dL/dstate_i: upstream plus what the next step carried back
-                total = el(self.buf("dY", f"t, {i}"), gen=self)
-                for name in self.carry_names(i):
-                    total = total + el(self.buf(name, "", self.W(s)), gen=self)
-                head.append(Loop(self.W(s), [Set(el(g[i], gen=self), total),
-                                             Set(el(pas[i], gen=self), self.lit_const(0))]))
-            head += [Norm(i, el(g[i], gen=self), self.W(v)) for i, v in enumerate(self.outputs)
+                carried = [self.at(self.row(name, s)) for name in self.carry_names(i)]
+                total = sum(carried, self.at(self.buf("dY", f"t, {i}")))
+                head.append(Loop(self.W(s), [Set(self.at(g[i]), total), Set(self.at(pas[i]), self.lit_const(0))]))
+            head += [Norm(i, self.at(g[i]), self.W(v)) for i, v in enumerate(self.outputs)
                      if v not in self.producer]  # a state passed through: nothing in the step uses the new one
             for i, v in enumerate(self.outputs):
                 padded.append(copy(self.W(v), pas[i], g[i], add=False))
                 if v in self.producer:
-                    padded.append(Norm(i, el(g[i], gen=self), self.W(v)))
+                    padded.append(Norm(i, self.at(g[i]), self.W(v)))
             contribs = [copy(self.W(v), self.grad_target(v, k), g[i]) for i, v in enumerate(self.outputs)]
         padded = ([zero(t, w) for name, (t, w) in sorted(targets.items())]
                   + [zero(f, self.W(v)) for v in owned for f in self._finals(v)] + padded)
         for v in owned:
-            contribs += [copy(self.W(v), self.grad(v), self.buf(f"E{v.id}_{j}", "", self.W(v)))
+            contribs += [copy(self.W(v), self.grad(v), self.row(f"E{v.id}_{j}", v))
                          for j in sorted(self.grad_users.get(v, ())) if j != k]
-            contribs += [copy(self.W(v), self.grad(v), self.buf(f"GL{n}", "", self.W(v))) for n in self.gemm_lhs.get(v, ())]
+            contribs += [copy(self.W(v), self.grad(v), self.row(f"GL{n}", v)) for n in self.gemm_lhs.get(v, ())]
         covered = self._covered_by_slices(eqns, k)
         stmts = contribs + body
         assigned, single = first_writes_assign(stmts, covered)
@@ -370,15 +372,14 @@ class Generator:
                   if self.grad(v).name not in assigned and self.grad(v).name not in aliases]
         # a state that is a product's result: its gradient is complete once this, its
         # owning stage, has added every contribution
-        finals = [Norm(i, el(self.grad(v), gen=self), self.W(v)) for i, v in enumerate(self.outputs)
+        finals = [Norm(i, self.at(self.grad(v)), self.W(v)) for i, v in enumerate(self.outputs)
                   if v in owned and self.producer[v].op == "matmul"]
         finals += [copy(self.W(v), f, self.grad(v), add=False) for v in owned for f in self._finals(v)]
         rows = head + [Padded(padded)] + zeros + fuse_loops(stmts + finals)
         substitute(rows, {**aliases, **views})
         rows = self._share_product_gradients(rows)
-        return Kernel(f"_backward_stage{k}", None,
-                      f"Gradients through stage {k} of step t, in reverse: {_summary(eqns[::-1])}.",
-                      len(self.states), rows)
+        return Kernel(f"_backward_stage{k}", f"Gradients through stage {k} of step t, in reverse: "
+                      f"{_summary(eqns[::-1])}.", len(self.states), rows)
 
     def _share_product_gradients(self, rows):
         """A product's gradient (GD) that is the same row as a hoisted value's (DX) or
@@ -419,14 +420,13 @@ class Generator:
 
     def _bwd_eqn(self, e, k):
         o, w = e.out, self.W(e.out)
-        dy = lambda index="j", local="0": el(self.grad(o), index, self, local=local)
+        dy = lambda index="j", local="0": self.at(self.grad(o), index, local)
         if e.op == "getitem":
             t = self.grad_target(e.ins[0], k)
-            lo = self.bounds(e)[0]
-            return [Loop(w, [Set(el(t, gen=self, local=lo), dy(), add=True, full=False)])]
+            return [Loop(w, [Set(self.at(t, local=self.bounds(e)[0]), dy(), add=True, full=False)])]
         if e.op == "cat":
             parts = [(self.grad_target(v, k), v, at) for v, at in self._cat_parts(e)]
-            return [Loop(self.W(v), [Set(el(t, gen=self), dy(local=at), add=True)])
+            return [Loop(self.W(v), [Set(self.at(t), dy(local=at), add=True)])
                     for t, v, at in parts if t is not None]
         if e.op in REDUCTIONS:
             a = e.ins[0]
@@ -436,21 +436,21 @@ class Generator:
             wa = self.W(a)
             if e.op == "max":
                 hit = Ex("cmp", ("==", self.read(a), self.read(o, "0")), self, boolean=True)
-                share = Ex("bin", ("/", dy("0"), lit("cnt", self)), self)
-                return [Reduce("cnt", self.lit_const(0), wa, Ex("if", (hit, self.lit_const(1), self.lit_const(0)), self),
-                               "+", [Loop(wa, [Set(el(t, gen=self), Ex("if", (hit, share, self.lit_const(0)), self),
-                                                   add=True)])])]
+                zero, one = self.lit_const(0), self.lit_const(1)
+                share = Ex("if", (hit, Ex("bin", ("/", dy("0"), lit("cnt", self)), self), zero), self)
+                return [Reduce("cnt", zero, wa, Ex("if", (hit, one, zero), self), "+",
+                               [Loop(wa, [Set(self.at(t), share, add=True)])])]
             if e.op == "mean":  # the row's share, divided once per row
                 name = f"r{o.id}_0"
                 return [Let(name, Ex("bin", ("/", dy("0"), lit(f"DT({wa})", self)), self)),
-                        Loop(wa, [Set(el(t, gen=self), lit(name, self), add=True)])]
-            return [Loop(wa, [Set(el(t, gen=self), dy("0"), add=True)])]
+                        Loop(wa, [Set(self.at(t), lit(name, self), add=True)])]
+            return [Loop(wa, [Set(self.at(t), dy("0"), add=True)])]
         return self._with_row_scalars(e, lambda: self._bwd_pointwise(e, k))
 
     def _bwd_pointwise(self, e, k):
         o, w = e.out, self.W(e.out)
         syms, params = self._operands(e)
-        g = el(self.grad(o), "j", self)
+        g = self.at(self.grad(o))
         g.inv = self.wf(o) == (0, 0, 1)
         grads = ops.OPS[e.op].vjp(self.k, g, self.sym(o, o), *syms, **params)
         out = []
@@ -461,9 +461,10 @@ class Generator:
             gv = self.lift(gv)
             gv = self.row_scalar(gv) if gv.inv else gv
             if self.wf(v) == self.wf(o):
-                out.append(Loop(w, [Set(el(t, gen=self), gv, add=True)]))
+                out.append(Loop(w, [Set(self.at(t), gv, add=True)]))
             else:  # broadcast along the row: sum the contributions
-                out.append(Reduce("acc", self.lit_const(0), w, gv, "+", [Set(el(t, "0", self), lit("acc", self), add=True)]))
+                out.append(Reduce("acc", self.lit_const(0), w, gv, "+",
+                                  [Set(self.at(t, "0"), lit("acc", self), add=True)]))
         return out
 
     # -- the module: kernels and one driver description for both devices ------------------
@@ -489,17 +490,18 @@ class Generator:
         self.plan_storage()
         fwd = {k: self.forward_kernel(k) for k in self.stages}
         bwd = {k: self.backward_kernel(k) for k in reversed(self.stages)}
-        for kern in (*fwd.values(), *bwd.values()):
-            kern.args = _kernel_args(kern, len(self.states))
         S = len(self.states)
+        for kern in (*fwd.values(), *bwd.values()):
+            kern.args = _kernel_args(kern, S)
         weight = lambda e: self.aux.index(e.ins[1])
         fwd_steps, bwd_steps = [], []
+        products_at = lambda k: [(n, e) for n, e in enumerate(self.gemms) if self.level[e.out] == k]
         for k in range(self.top + 1):  # a stage's products run even when it has no kernel
-            fwd_steps += [("gemm", n, self.lhs(e.ins[0]), weight(e)) for n, e in enumerate(self.gemms) if self.level[e.out] == k]
+            fwd_steps += [("gemm", n, self.lhs(e.ins[0]), weight(e)) for n, e in products_at(k)]
             fwd_steps += [("stage", k)] if k in fwd else []
         for k in range(self.top, -1, -1):
             bwd_steps += [("stage", k)] if k in bwd else []
-            bwd_steps += [("gemm", n, None, weight(e)) for n, e in enumerate(self.gemms) if self.level[e.out] == k]
+            bwd_steps += [("gemm", n, None, weight(e)) for n, e in products_at(k)]
         carries = {f"GL{n}": self.W(e.ins[0]) for n, e in enumerate(self.gemms)}
         for i, s in enumerate(self.states):
             carries.update({c: self.W(s) for c in self.carry_names(i) if not c.startswith("GL")})
