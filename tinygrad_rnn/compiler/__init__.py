@@ -403,7 +403,7 @@ def _kernel_ir_text(compiled):
     from .lower import Generator
     m = Generator(compiled.plan, compiled.dtype, compiled.sizes).module()
     out = ["kernel IR (each kernel's work for one row b of the batch at step t):"]
-    for kern in [*(m.fwd[k] for k in sorted(m.fwd)), *(m.bwd[k] for k in sorted(m.bwd, reverse=True))]:
+    for kern in m.kernels:
         out += [f"  {kern.name}({', '.join(kern.args)})", *describe(kern.body, 2)]
     return "\n".join(out)
 

@@ -490,8 +490,8 @@ class Generator:
         self.plan_storage()
         fwd = {k: self.forward_kernel(k) for k in self.stages}
         bwd = {k: self.backward_kernel(k) for k in reversed(self.stages)}
-        S = len(self.states)
-        for kern in (*fwd.values(), *bwd.values()):
+        S, kernels = len(self.states), [*fwd.values(), *bwd.values()]  # forward by stage, then backward in reverse
+        for kern in kernels:
             kern.args = _kernel_args(kern, S)
         weight = lambda e: self.aux.index(e.ins[1])
         fwd_steps, bwd_steps = [], []
@@ -509,7 +509,7 @@ class Generator:
                if k != self.owner(v) and v not in self.states and v not in self.aux and v.role != "const"}
         weights = sorted({weight(e) for e in self.gemms})
         return SimpleNamespace(
-            fwd=fwd, bwd=bwd, S=S, consts=self.consts, zero=self.zero, dtype=self.dtype,
+            fwd=fwd, bwd=bwd, kernels=kernels, S=S, consts=self.consts, zero=self.zero, dtype=self.dtype,
             residual_ids=[v.id for v in self.residuals], output_ids=[v.id for v in self.outputs],
             s0=[f"S0_{i}" for i in range(S)], x=[f"X{n}" for n in range(len(self.hoisted))],
             a=[f"A{n}" for n in range(len(self.aux))], weights=weights,
@@ -523,6 +523,16 @@ class Generator:
             dstates=[self.carry_names(i) for i in range(S)],
             fwd_steps=fwd_steps, bwd_steps=bwd_steps,
             widths=sorted({self.W(v) for v in (*self.states, *(e.out for e in self.plan.step_eqns))}))
+
+
+def lhs_at(lhs, rows=""):
+    """A product's left operand (``Generator.lhs``) at step t: rows ``rows`` of it, or every row."""
+    kind, index, lo, hi = lhs
+    if kind == "state":
+        base = f"(S0_{index} if t == 0 else Y[t - 1, {index}])" + (f"[{rows}]" if rows else "")
+    else:
+        base = f"{kind}[{', '.join(i for i in ('t', index, rows) if i)}]"
+    return base + (f"[:, {lo}:{hi}]" if lo is not None else "")
 
 
 def _is_copy_back(s, src, lo, part):

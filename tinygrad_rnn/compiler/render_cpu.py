@@ -9,7 +9,7 @@ row costs about 5 ns (Numba builds the array struct and counts references), and 
 binds a dozen or two for every row of every step.
 """
 from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source, walk
-from .lower import Generator, const_literal
+from .lower import Generator, const_literal, lhs_at
 
 _CALLS = {"tanh": "tanh_scalar({0})", "sigmoid": "sigmoid_scalar({0})", "exp": "math.exp({0})",
           "log": "math.log({0})", "sqrt": "math.sqrt({0})", "max": "max({0}, {1})", "min": "min({0}, {1})"}
@@ -117,16 +117,6 @@ def render_stage(kern, zero):
             [b for b in kern.bufs() if b.scratch])
 
 
-def _lhs_at(lhs, rows):
-    """A product's left operand at step t, rows ``rows``."""
-    kind, index, lo, hi = lhs
-    if kind == "state":
-        base = f"(S0_{index} if t == 0 else Y[t - 1, {index}])[{rows}]"
-    else:
-        base = f"{kind}[t, {index + ', ' if index else ''}{rows}]"
-    return base + (f"[:, {lo}:{hi}]" if lo is not None else "")
-
-
 def _weight_gradient(n, lhs, w):
     """``DA<w> += (product n's left operand at every step).T @ its gradient``. A state's
     operand at step t is the state of step t - 1, read in place from Y, plus the initial
@@ -187,7 +177,7 @@ def render(plan, dtype, header, sizes=None):
             elif name == "_forward_loop":
                 _, n, lhs, w = step
                 rows = "b0:b1" if f"G{n}" in one_step else "t, b0:b1"
-                body.append(f"        mm_panels({_lhs_at(lhs, 'b0:b1')}, P{w}, G{n}[{rows}])")
+                body.append(f"        mm_panels({lhs_at(lhs, 'b0:b1')}, P{w}, G{n}[{rows}])")
             else:
                 _, n, _, w = step
                 body.append(f"        mm_panels(GD{n}[t, b0:b1], P{w}, GL{n}[b0:b1])")

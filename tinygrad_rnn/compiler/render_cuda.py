@@ -20,7 +20,7 @@ import inspect
 
 from . import cuda_runtime
 from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, index_of, source
-from .lower import Generator, const_literal
+from .lower import Generator, const_literal, lhs_at
 
 # numba.cuda's math module spells these; the sigmoid is backend.cuda's formula (it never
 # overflows, unlike 1 / (1 + exp(-x))); min and max as Python's (the first argument wins
@@ -84,13 +84,6 @@ def render_kernel(kern):
                       *head, *body]), args, scratch
 
 
-def _lhs_at(lhs):
-    kind, index, lo, hi = lhs
-    base = f"(S0_{index} if t == 0 else Y[t - 1, {index}])" if kind == "state" else \
-        f"{kind}[t{', ' + index if index else ''}]"
-    return base + (f"[:, {lo}:{hi}]" if lo is not None else "")
-
-
 def _lhs_every_step(lhs, width):
     """A product's left operand for all steps, contiguous (T, B, n)."""
     kind, index, lo, hi = lhs
@@ -111,8 +104,7 @@ def render_cuda(plan, dtype, header, sizes=None):
            "from tinygrad_rnn.compiler.cuda_runtime import kernel", "", f"DT = np.{m.dtype.name}"]
     out += [f"{name} = DT({const_literal(value)})" for value, name in m.consts.items()]
     out += ["KHALF = DT(0.5)", "", ""]
-    built = {kern: render_kernel(kern) for kern in (*(m.fwd[k] for k in sorted(m.fwd)),
-                                                          *(m.bwd[k] for k in sorted(m.bwd, reverse=True)))}
+    built = {kern: render_kernel(kern) for kern in m.kernels}
     for text, _, _ in built.values():
         out += [text, "", ""]
     to_dev = [f"    {a} = rt.api.device({a})" for a in (*m.s0, *m.x, *m.a)]
@@ -137,7 +129,7 @@ def render_cuda(plan, dtype, header, sizes=None):
             *[f"    {r} = rt.api.empty((T, B, {w}), DT)" for r, w in m.residuals],
             *[f"    {g} = rt.api.empty((T, B, {w}), DT)" for g, w, *_ in m.products], *scratch(m.fwd),
             "    for t in range(T):",
-            *loop_body(m.fwd_steps, m.fwd, lambda n, lhs, w: f"        rt.api.gemm({_lhs_at(lhs)}, A{w}, G{n}[t])"),
+            *loop_body(m.fwd_steps, m.fwd, lambda n, lhs, w: f"        rt.api.gemm({lhs_at(lhs)}, A{w}, G{n}[t])"),
             f"    return rt.api.wrap(Y), ({packed})", "", ""]
     out += [f"def backward(I, H, dY, Y, residuals, M, {', '.join([*m.s0, *m.x, *m.a])}):",
             '    """Gradients of the inputs, initial states and batch-free inputs, and per-step norms."""',
