@@ -25,8 +25,8 @@ from .render_cpu import render
 from .plan import make_plan
 from .trace import CompileError, operand_text, trace, trace_checked
 
-__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status", "compiled_versions", "cuda_kernel_signatures", "run_layer",
-           "step_values", "inspect_cell"]
+__all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning", "compile_cell", "compile_status",
+           "compiled_versions", "cuda_kernel_signatures", "run_layer", "step_values", "inspect_cell"]
 
 
 class Compiled:
@@ -155,7 +155,8 @@ def _run_drivers(compiled, module, call=None):
     plan, dt, T, B = compiled.plan, compiled.dtype, 2, 2
     I, H = plan.graph.x.shape[1], plan.graph.states[0].shape[1]
     arrays = [*(np.full((B, H), 0.5, dt) for _ in plan.graph.states),
-              *(np.full((T, B, v.width), 0.5, dt) for v in plan.hoisted), *(np.full(v.shape, 0.5, dt) for v in plan.aux)]
+              *(np.full((T, B, v.width), 0.5, dt) for v in plan.hoisted),
+              *(np.full(v.shape, 0.5, dt) for v in plan.aux)]
     mask, call = np.ones((T, B), dt), call or guarded
     Y, residuals = call(module, "forward", I, H, mask, *arrays)
     call(module, "backward", I, H, np.ones_like(Y), Y, residuals, mask, *arrays)
@@ -351,12 +352,11 @@ def run_layer(cell, x, state, mask=None, probe=None, compiled=None):
     hoisted, aux = _replayed_inputs(cell, x, compiled)
     m = np.ones((T, B), x.dtype) if mask is None else np.ascontiguousarray(mask, dtype=x.dtype)
     module = compiled.module if x.device == "cpu" else compiled.cuda_module
-    Y = ops.apply(ops.OPS["compiled_sequence"], *state, *hoisted, *aux, module=module,
-                  sizes=(I, cell.hidden_size),
+    Y = ops.apply(ops.OPS["compiled_sequence"], *state, *hoisted, *aux, module=module, sizes=(I, cell.hidden_size),
                   mask=m, probe=probe, n_states=len(state), n_hoisted=len(hoisted))
     out = Y[:, 0]
-    if mask is not None and not mask.all():
-        out = out * Tensor(mask[:, :, None].astype(x.dtype), device=x.device)  # padded steps output zeros, as in PyTorch
+    if mask is not None and not mask.all():  # padded steps output zeros, as in PyTorch
+        out = out * Tensor(mask[:, :, None].astype(x.dtype), device=x.device)
     return out, tuple(Y[T - 1, i] for i in range(cell.num_states))
 
 
@@ -375,11 +375,8 @@ def step_values(cell, x, state, ops_named=("sigmoid", "tanh")):
                                np.ones((T, B), x.dtype), *arrays)
     kept = dict(zip(compiled.module.RESIDUAL_IDS, residuals))
     kept.update({vid: Y[:, i] for i, vid in enumerate(compiled.module.OUTPUT_IDS)})
-    found = {op: [] for op in ops_named}
-    for e in compiled.plan.step_eqns:
-        if e.op in found and e.out.id in kept:
-            found[e.op].append(kept[e.out.id])
-    return found
+    return {op: [kept[e.out.id] for e in compiled.plan.step_eqns if e.op == op and e.out.id in kept]
+            for op in ops_named}
 
 
 def inspect_cell(cell, dtype="float32", target="cpu"):
