@@ -250,15 +250,10 @@ def first_writes_assign(stmts, covered):
     for s in walk(stmts):
         if isinstance(s, Set) and s.add and not s.target.args[0].shared:
             writes.setdefault(s.target.args[0].name, []).append(s)
-    assigned = set()
-    for name, ws in writes.items():
-        if name in covered:
-            assigned.add(name)
-            for s in ws:
-                s.add = False
-        elif ws[0].full:
-            assigned.add(name)
-            ws[0].add = False
+    assigned = {name for name, ws in writes.items() if name in covered or ws[0].full}
+    for name in assigned:
+        for s in writes[name] if name in covered else writes[name][:1]:
+            s.add = False
     return assigned, {n for n, ws in writes.items() if len(ws) == 1}
 
 

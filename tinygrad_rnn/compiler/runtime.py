@@ -48,19 +48,16 @@ def source_path(source):
 def load_source(source):
     """Import generated ``source`` from the cache directory (written once, atomically)."""
     digest = _digest(source)
-    mod = _modules.get(digest)
-    if mod is not None:
-        return mod
-    folder = cache_dir()
-    path = os.path.join(folder, f"cell_{digest}.py")
+    if digest in _modules:
+        return _modules[digest]
+    path = source_path(source)
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         if not _holds(path, source):  # missing, or truncated or edited since: write it anew
             from ..safeio import atomic_write  # concurrent writers (sweep workers) each write the same text
             atomic_write(path, lambda f: f.write(source.encode()), error=OSError)
     except OSError as e:  # an unusable cache: compile in a temporary folder, gone at exit
-        folder = _scratch_folder(folder, e)
-        path = os.path.join(folder, f"cell_{digest}.py")
+        path = os.path.join(_scratch_folder(os.path.dirname(path), e), os.path.basename(path))
         with open(path, "w") as f:
             f.write(source)
     name = f"tinygrad_rnn_compiled.cell_{digest}"
