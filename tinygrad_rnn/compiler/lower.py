@@ -547,10 +547,8 @@ def _kernel_args(kern, n_states):
     """The arrays a kernel takes: Y and the initial states (its state views), then every
     buffer it touches that is not per-row scratch, in order of first use."""
     names = ["Y", *(f"S0_{i}" for i in range(n_states))]
-    for buf in kern.bufs():
-        if not buf.scratch and not buf.name.startswith("sp") and buf.name not in names:
-            names.append(buf.name)
-    return names + (["SQ"] if any(isinstance(s, Norm) for s in walk(kern.body)) else [])
+    names += [b.name for b in kern.bufs() if not b.scratch and not b.name.startswith("sp")]
+    return list(dict.fromkeys(names)) + (["SQ"] if any(isinstance(s, Norm) for s in walk(kern.body)) else [])
 
 
 def _summary(eqns):
@@ -560,10 +558,7 @@ def _summary(eqns):
 
 def fmt(f):
     """(a, b, c) as source for a*I + b*H + c."""
-    terms = []
-    for coef, name in zip(f[:2], ("I", "H")):
-        if coef:
-            terms.append(name if coef == 1 else f"{coef} * {name}")
+    terms = [name if coef == 1 else f"{coef} * {name}" for coef, name in zip(f[:2], ("I", "H")) if coef]
     if f[2] or not terms:
         terms.append(str(f[2]))
     return " + ".join(terms).replace("+ -", "- ")

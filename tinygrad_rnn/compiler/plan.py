@@ -194,12 +194,11 @@ def _bias_in_kernel(plan):
 def _levels(plan):
     level = {v: 0 for v in [*plan.graph.states, *plan.hoisted, *plan.aux]}
     for e in plan.step_eqns:
-        ins = [level.get(v, 0) for v in e.ins if v.batched]
         if e.op == "matmul":
             level[e.out] = level[e.ins[0]] + 1
             plan.gemms.append(e)
         else:
-            level[e.out] = max(ins) if ins else 0
+            level[e.out] = max([level.get(v, 0) for v in e.ins if v.batched], default=0)
     # Slices are views and cost nothing, and work that does not depend on the state costs
     # the same in any stage: move each to the latest stage its readers allow, so it does
     # not open a stage of its own or keep a value for a later one.

@@ -89,7 +89,7 @@ def _loops(stmts):
 
 
 def _as_loop_scalars(stmts, names):
-    """The statements with each loop's scratch rows in ``names`` as scalars ``<name>_j``."""
+    """Each loop's scratch rows in ``names`` made scalars ``<name>_j``, in place."""
     def read(e):
         return lit(f"{e.args[0].name}_j", e.gen) if e.args[0].name in names else e
     for loop in _loops(stmts):
@@ -103,7 +103,6 @@ def _as_loop_scalars(stmts, names):
                 c.target, c.value = remap(c.target, read), value
                 body.append(c)
         loop.body = body
-    return stmts
 
 
 def render_stage(kern, zero):
