@@ -69,9 +69,8 @@ class Generator:
         self.zero = self.const(0)  # K0: the renderers' running totals start from it
         self._row_lets, self._row_eqn = None, None
         self.k = _SymBackend(self)
-        g = plan.graph
-        self.states, self.hoisted, self.aux = list(g.states), list(plan.hoisted), list(plan.aux)
-        self.outputs = list(g.outputs)
+        self.states, self.outputs = list(plan.graph.states), list(plan.graph.outputs)
+        self.hoisted, self.aux = list(plan.hoisted), list(plan.aux)
         self.producer = {e.out: e for e in plan.step_eqns}
         self.level, self.top, self.gemms = plan.level, plan.num_levels - 1, list(plan.gemms)
         self.gemm_outs = [e.out for e in self.gemms]
@@ -132,8 +131,7 @@ class Generator:
     def buf(self, name, lead=None, width=None, shared=False):
         return self._bufs.setdefault((name, lead), Buf(name, lead, width, shared))
 
-    def row(self, name, v):
-        """A (B, width of v) array."""
+    def row(self, name, v):  # a (B, width of v) array
         return self.buf(name, "", self.W(v))
 
     def at(self, buf, index="j", local="0"):

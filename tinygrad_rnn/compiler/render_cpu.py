@@ -133,7 +133,6 @@ def render(plan, dtype, header, sizes=None):
     """The generated module's source for ``plan`` in ``dtype``; ``sizes`` = (widths, slices)
     formulas by var id make it one module for every input and hidden size."""
     m = Generator(plan, dtype, sizes).module()
-    zero = m.zero
     S, rs, gs = m.S, [r for r, _ in m.residuals], [g for g, *_ in m.products]
     at = [f"P{w}" for w in m.weights]
     dx, da, gd = [d for d, _ in m.dx], [f"DA{n}" for n in range(len(m.a))], [f"GD{n}" for n in range(len(m.products))]
@@ -170,7 +169,7 @@ def render(plan, dtype, header, sizes=None):
         for step in steps:
             if step[0] == "stage":
                 _as_loop_scalars(kernels[step[1]].body, scalars)
-                lines, bufs = render_stage(kernels[step[1]], zero)
+                lines, bufs = render_stage(kernels[step[1]], m.zero)
                 body += lines
                 scratch.update((b.name, b.width) for b in bufs)
             elif name == "_forward_loop":

@@ -220,12 +220,11 @@ def trace(cell, dtype, batch=TRACE_BATCH, merge=True):
         for p, data in on_device:
             p.data = data
     new = _checked_state(cell, new, states, 0)
-    outs = []
     for i, t in enumerate(new):
         if id(t) not in tracer.vars:
             raise CompileError(f"cell {cell.name!r}: state {i} returned by step() was not computed "
                                "by tinygrad_rnn ops")
-        outs.append(tracer.vars[id(t)])
+    outs = [tracer.vars[id(t)] for t in new]
     if any(v in tracer.twinned for v in outs):
         return trace(cell, dtype, batch, merge=False)
     return Graph(cell.name, vx, vs, vp, tracer.eqns, outs, tracer.consts)
