@@ -307,20 +307,16 @@ def _size_formulas(cell, dtype, plan):
 
 
 def _symbolic_graph_text(plan, sizes):
-    from .lower import fmt as _fmt
+    from .lower import fmt
     widths, slices = sizes
     lines = []
     # a scalar constant (eps, beta, dt) by the input it is, not its value: one generated module
     # serves every value (a cell attribute annealed between calls compiles nothing new)
     operand = lambda v: f"A{plan.aux.index(v)}" if _is_scalar_constant(v) else operand_text(v)
     for e in plan.step_eqns:
-        w = _fmt(widths[e.out.id])
-        if e.op == "getitem":
-            lo, hi = slices[e.out.id]
-            attrs = f"[:, {_fmt(lo)}:{_fmt(hi)}]"
-        else:
-            attrs = e.params_text()
-        lines.append(f"    {e.out.name}[B,{w}] = {e.op}{attrs} {' '.join(operand(v) for v in e.ins)}")
+        attrs = "[:, {}:{}]".format(*map(fmt, slices[e.out.id])) if e.op == "getitem" else e.params_text()
+        operands = " ".join(operand(v) for v in e.ins)
+        lines.append(f"    {e.out.name}[B,{fmt(widths[e.out.id])}] = {e.op}{attrs} {operands}")
     scalars = [f"A{n}" for n, v in enumerate(plan.aux) if _is_scalar_constant(v)]
     return ("per-step equations (widths in I and H):\n" + "\n".join(lines)
             + (f"\nscalar constants of the step, inputs of forward and backward (their values: "
