@@ -192,11 +192,11 @@ class Generator:
         computed once per row before the loop over the row, not once per element."""
         if all(p.inv for p in parts):
             return parts, True
-        return tuple(self.row_scalar(p) if p.inv and not p.leaf else p for p in parts), False
+        return tuple(self.row_scalar(p) for p in parts), False
 
     def row_scalar(self, s):
-        """A name for row scalar ``s``, computed once per row before the equation's loop."""
-        if self._row_lets is None or s.leaf:
+        """A name for ``s`` if it is a row scalar, computed once per row before the equation's loop."""
+        if self._row_lets is None or s.leaf or not s.inv:
             return s
         name = f"r{len(self._row_lets)}_{self._row_eqn}"  # numbered per equation: unique in a kernel
         self._row_lets.append(Let(name, s))
@@ -262,8 +262,7 @@ class Generator:
 
         def lower():
             syms, params = self._operands(e)
-            expr = ops.OPS[e.op].fwd(self.k, *syms, **params)
-            expr = self.row_scalar(expr) if expr.inv else expr  # a row scalar broadcast along the row
+            expr = self.row_scalar(ops.OPS[e.op].fwd(self.k, *syms, **params))  # a row scalar: broadcast along the row
             return [Loop(self.W(e.out), [Set(target(), expr)])]
         return self._with_row_scalars(e, lower)
 
@@ -456,8 +455,7 @@ class Generator:
             t = self.grad_target(v, k)
             if t is None or gv is None:
                 continue
-            gv = self.lift(gv)
-            gv = self.row_scalar(gv) if gv.inv else gv
+            gv = self.row_scalar(self.lift(gv))
             if self.wf(v) == self.wf(o):
                 out.append(Loop(w, [Set(self.at(t), gv, add=True)]))
             else:  # broadcast along the row: sum the contributions
