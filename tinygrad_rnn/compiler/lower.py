@@ -474,12 +474,8 @@ class Generator:
             v = self.producer[v].ins[0]
         if v in self.states:
             return "state", self.states.index(v), lo, hi
-        p = self.producer[v]
-        if p.op == "matmul":
-            return f"G{self.gemms.index(p)}", "", lo, hi
-        if v in self.out_index:
-            return "Y", f"{self.out_index[v]}", lo, hi
-        return f"R{v.id}", "", lo, hi
+        buf, _ = self.view(v)  # a product's G, Y or a residual R: its lead is "t" or "t, <index>"
+        return buf.name, buf.lead[len("t, "):], lo, hi
 
     def module(self):
         """Everything a renderer prints: kernels (arguments filled in) and the drivers."""
