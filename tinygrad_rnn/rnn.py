@@ -201,7 +201,7 @@ class RNN(Module):
         except CompileError as e:
             if self.fused:
                 raise
-            fallback_warning(cell, e)
+            fallback_warning(e)
             return _reference_sequence(cell, x, state, mask, probe, every)
         if x.device == "cpu" and (every is not None or probe is not None):
             return compiled_sequence(cell, x, state, mask, probe, compiled, every)

@@ -170,7 +170,7 @@ def _record_cuda_drivers(compiled, module):
     return rec.launches
 
 
-def fallback_warning(cell, error):
+def fallback_warning(error):
     """One line on stderr when a layer falls back to the step path because of a compiler
     bug (a cell the compiler refuses falls back without a word: that is documented)."""
     import sys

@@ -495,8 +495,8 @@ class Generator:
             bwd_steps += [("stage", k)] if k in bwd else []
             bwd_steps += [("gemm", n, None, weight(e)) for n, e in products_at(k)]
         carries = {f"GL{n}": self.W(e.ins[0]) for n, e in enumerate(self.gemms)}
-        for i, s in enumerate(self.states):
-            carries.update({c: self.W(s) for c in self.carry_names(i) if not c.startswith("GL")})
+        carries.update({c: self.W(s) for i, s in enumerate(self.states) for c in self.carry_names(i)
+                        if not c.startswith("GL")})
         ext = {f"E{v.id}_{k}": self.W(v) for v, ks in self.grad_users.items() for k in ks
                if k != self.owner(v) and v not in self.states and v not in self.aux and v.role != "const"}
         weights = sorted({weight(e) for e in self.gemms})
