@@ -377,8 +377,7 @@ def describe(stmts, depth=1):
     r, pad, out = _Plain(), "    " * depth, []
     for s in stmts:
         if isinstance(s, Loop):
-            out.append(f"{pad}for j < {s.width}:")
-            out += describe(s.body, depth + 1)
+            out += [f"{pad}for j < {s.width}:", *describe(s.body, depth + 1)]
         elif isinstance(s, Set):
             out.append(f"{pad}{source(s.target, r)} {'+=' if s.add else '='} {source(s.value, r)}")
         elif isinstance(s, Let):
@@ -390,7 +389,5 @@ def describe(stmts, depth=1):
         elif isinstance(s, Norm):
             out.append(f"{pad}norm[{s.i}, t] += |{source(s.row, r)}|^2 over j < {s.width}")
         elif isinstance(s, Padded):
-            out.append(f"{pad}if padded:")
-            out += describe(s.body, depth + 1)
-            out.append(f"{pad}    next row")
+            out += [f"{pad}if padded:", *describe(s.body, depth + 1), f"{pad}    next row"]
     return out

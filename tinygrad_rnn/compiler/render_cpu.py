@@ -27,8 +27,7 @@ class _KernelPrinter(RowPrinter):
         out, src = [], lambda e: source(e, self)
         for s in stmts:
             if isinstance(s, Loop):
-                out.append(f"{pad}for j in range({s.width}):")
-                out += self.lines(s.body, pad + "    ")
+                out += [f"{pad}for j in range({s.width}):", *self.lines(s.body, pad + "    ")]
             elif isinstance(s, Set):
                 out.append(f"{pad}{src(s.target)} {'+=' if s.add else '='} {src(s.value)}")
             elif isinstance(s, Let):
