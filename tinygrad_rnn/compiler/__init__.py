@@ -285,8 +285,7 @@ def _size_formulas(cell, dtype, plan):
     def fit(values):
         a, b = values[1] - values[0], values[2] - values[0]
         f = (a, b, values[0] - 2 * a - 3 * b)
-        ok = all(f[0] * I + f[1] * H + f[2] == v for (I, H), v in zip(sizes, values))
-        return f if ok else None
+        return f if all(f[0] * I + f[1] * H + f[2] == v for (I, H), v in zip(sizes, values)) else None
 
     widths, slices = {}, {}
     every = [*plans, plan]
