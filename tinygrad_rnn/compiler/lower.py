@@ -544,8 +544,7 @@ def _kernel_args(kern, n_states):
 
 
 def _summary(eqns):
-    shown = [f"v{e.out.id} = {e.op}({', '.join(v.name for v in e.ins)})" for e in eqns]
-    return "; ".join(shown) if shown else "no pointwise work"
+    return "; ".join(f"v{e.out.id} = {e.op}({', '.join(v.name for v in e.ins)})" for e in eqns) or "no pointwise work"
 
 
 def fmt(f):
