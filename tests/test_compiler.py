@@ -710,6 +710,23 @@ def test_blas_gets_its_threads_back_after_a_step_and_after_an_error_inside_a_lay
     assert _blas_threads() == before
 
 
+def test_a_weight_gradient_over_few_steps_is_split_by_its_rows(monkeypatch):
+    """matmul_tn on (T, B, K) cuts along T, but counts rows: 4 steps of 16 rows are two blocks
+    (counting steps, 4 < MIN_BLOCK_ROWS, made one block of 64 rows, on one core, for any T < 16),
+    and 2 steps of 3 rows stay one; the sum equals one flat product."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    monkeypatch.setattr(threads, "MIN_BLOCK_ROWS", 8)
+    monkeypatch.setattr(threads, "SPLIT_FLOPS", 0)
+    seen, run_blocks = [], threads.in_blocks
+    monkeypatch.setattr(threads, "in_blocks", lambda blocks, run: (seen.append(blocks), run_blocks(blocks, run))[1])
+    rng = np.random.default_rng(0)
+    for (T, B), blocks in [((4, 16), [(0, 2), (2, 4)]), ((2, 3), [(0, 2)]), ((1, 64), [(0, 1)])]:
+        a, g = rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 5))
+        seen.clear()
+        np.testing.assert_allclose(threads.matmul_tn(a, g), a.reshape(-1, 3).T @ g.reshape(-1, 5), rtol=1e-12)
+        assert seen == [blocks]
+
+
 def test_a_large_tape_matmul_runs_with_blas_held_and_gives_its_threads_back(monkeypatch):
     """A 2-D product large enough to wake BLAS's busy-waiting workers runs with BLAS at one
     thread (a Linear head's left them spinning into the next layer's block threads); a small

@@ -109,6 +109,17 @@ def test_matmul(rng, sa, sb):
     assert gradcheck(lambda x, y: x @ y, [a, b])
 
 
+@pytest.mark.parametrize("sa,sb", [((3, 0), (0, 4)), ((3, 4), (4, 0)), ((2, 3, 0), (0, 4)),
+                                   ((2, 3, 4), (4, 0)), ((2, 0, 4), (4, 5))])
+def test_matmul_gradients_with_an_empty_axis(sa, sb):
+    """An empty inner or output axis: zero gradients of the operands' shapes (flattening the
+    rows with ``reshape(-1, 0)`` raised, a 0-size array's -1 being ambiguous)."""
+    a, b = tr.Tensor(np.ones(sa), requires_grad=True), tr.Tensor(np.ones(sb), requires_grad=True)
+    (a @ b).sum().backward()
+    assert a.grad.shape == sa and b.grad.shape == sb
+    assert not a.grad.numpy().any() and not b.grad.numpy().any()
+
+
 @pytest.mark.parametrize("index", [1, -1, slice(1, 3), (slice(None), -2), (Ellipsis, 0),
                                    np.array([0, 2, 0]), (np.array([0, 1, 1]), np.array([2, 0, 2])),
                                    (slice(None), [3, 3, 0])],

@@ -109,7 +109,8 @@ def _count(shape, axis):
 
 def _matmul_vjp(k, g, out, a, b):
     if a.ndim >= 2 and b.ndim == 2:  # rows times one matrix (a Linear on (T, B, H)): b's gradient is one product
-        rows, g_rows = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+        n = int(np.prod(a.shape[:-1]))  # not -1: a 0-size array's reshape(-1, 0) is ambiguous
+        rows, g_rows = a.reshape(n, a.shape[-1]), g.reshape(n, g.shape[-1])
         return k.matmul(g, b.T), k.matmul(rows.T, g_rows)
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b

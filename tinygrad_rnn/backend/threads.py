@@ -167,9 +167,13 @@ def matmul_tn(a, g):
     """``a.T @ g`` over every row of ``a`` (..., K) and ``g`` (..., N), leading axes flattened (a
     weight gradient: a sum over the rows of both), cut along the first axis into one partial
     sum per block thread when large; each block flattens its own rows, so a strided view (an
-    LSTM's hidden states inside Y) is copied in parallel."""
+    LSTM's hidden states inside Y) is copied in parallel. The blocks are counted in rows, not
+    in indices of the first axis: (T, B, K) at T < 2 * MIN_BLOCK_ROWS is still split."""
     n = a.shape[0]
-    blocks = row_blocks(n) if a.size * g.shape[-1] >= SPLIT_FLOPS else [(0, n)]
+    blocks = [(0, n)]
+    if a.size * g.shape[-1] >= SPLIT_FLOPS:
+        count = max(1, min(len(row_blocks(n * int(np.prod(a.shape[1:-1])))), n))
+        blocks = [(n * i // count, n * (i + 1) // count) for i in range(count)]
     parts = [None] * len(blocks)
 
     def part(i, r0, r1):
