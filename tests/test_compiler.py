@@ -624,6 +624,36 @@ def test_a_repeated_expression_is_one_value_unless_a_state_is_one_of_its_twins()
     np.testing.assert_allclose(probes[0], probes[1], rtol=1e-10)
 
 
+def test_a_step_that_turns_gradients_off_is_not_compiled():
+    """``tr.no_grad()`` inside step: the compiled kernels would differentiate through it (a
+    gradient off by 13% in float64), so the compiler refuses it, naming the line, and the
+    default falls back to the step path; a softmax inside step (no_grad inside the op) compiles."""
+    class Gated(tr.Cell):
+        name = "no_grad_gate"
+
+        def __init__(self, input_size, hidden_size, off=True):
+            super().__init__(input_size, hidden_size)
+            self.off = off
+            self.w = self.param((input_size + hidden_size, hidden_size), init="xavier_uniform")
+
+        def step(self, x, state):
+            (h,) = state
+            if self.off:
+                with tr.no_grad():
+                    gate = (h * 2).sigmoid()
+            else:
+                gate = (h * 2).softmax(-1)
+            return ((tr.cat([x, h], axis=-1) @ self.w).tanh() * gate,)
+    with pytest.raises(CompileError, match=r"no_grad.*test_compiler\.py:\d+"):
+        compile_cell(Gated(2, 3), np.float32)
+    compile_cell(Gated(2, 3, off=False), np.float32)
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN(Gated, 2, 3, dtype="float64")
+    rng = np.random.default_rng(0)
+    x, states = rng.standard_normal((4, 2, 2)), [rng.standard_normal((1, 2, 3)) * 0.5]
+    assert_close(run(rnn, x, states, fused=None), run(rnn, x, states, fused=False), 1e-12)
+
+
 def test_printed_step_shows_constants_and_the_plan_counts_its_kernels():
     from tinygrad_rnn.compiler import inspect_cell
     cell = UsersLayerNormLSTM(3, 4)

@@ -33,7 +33,7 @@ import builtins
 import numpy as np
 
 from . import backend
-from .tape import Node, _recording, _tracer, no_grad  # noqa: F401  (_tracer: compiler/trace.py sets it here)
+from .tape import Node, _recording, _tracer, no_grad, not_recording  # noqa: F401  (_tracer: compiler/trace.py sets it here)
 from .tensor import Tensor, _as_dtype
 
 OPS = {}
@@ -392,7 +392,7 @@ def softmax(a, axis=-1): return exp(log_softmax(a, _axis(axis, a.ndim, "softmax"
 
 def log_softmax(a, axis=-1):
     axis = _axis(axis, a.ndim, "log_softmax")
-    with no_grad():  # the shift only keeps exp finite: its derivative cancels exactly
+    with not_recording():  # the shift only keeps exp finite: its derivative cancels exactly
         shift = max(a, axis, keepdims=True)
     shifted = sub(a, shift)
     return sub(shifted, log(sum(exp(shifted), axis, keepdims=True)))

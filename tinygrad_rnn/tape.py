@@ -33,6 +33,16 @@ def is_recording():
 @contextmanager
 def no_grad():
     """Run ops without recording them (evaluation, optimiser updates)."""
+    if _tracer[0] is not None:  # inside a step the cell compiler traces: it would differentiate through it
+        _tracer[0].turns_gradients_off()
+    with not_recording():
+        yield
+
+
+@contextmanager
+def not_recording():
+    """``no_grad`` for the library's own use inside ops (``log_softmax``'s shift, whose gradient
+    cancels exactly), which a traced step may contain."""
     previous = _recording[0]
     _recording[0] = False
     try:

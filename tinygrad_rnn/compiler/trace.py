@@ -161,6 +161,11 @@ class _Tracer:
         o.batched = o.dep_x or o.dep_s
         self.eqns.append(Eqn(name, ins, attrs, o, self.line()))
 
+    def turns_gradients_off(self):
+        raise CompileError(f"step() turns gradients off (tr.no_grad()) at {self.line()}: the compiled kernels "
+                           "differentiate every op of step; leave it out, or run the cell on the step path "
+                           "(fused=False)")
+
     def line(self):
         """``file:line`` of the innermost frame in the cell's source file."""
         frame = inspect.currentframe()
@@ -212,8 +217,8 @@ def trace(cell, dtype, batch=TRACE_BATCH, merge=True):
     previous = ops._tracer[0]
     ops._tracer[0] = tracer
     try:
-        from ..tape import no_grad
-        with no_grad():
+        from ..tape import not_recording
+        with not_recording():
             new = cell.step(x, states)
     finally:
         ops._tracer[0] = previous
