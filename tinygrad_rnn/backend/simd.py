@@ -115,8 +115,10 @@ def pack_panels(w, width):
     """``w`` (K, N), any strides, as (ceil(N / width), K, width) panels, zero-padded."""
     K, N = w.shape
     panels = np.zeros(((N + width - 1) // width, K, width), w.dtype)
-    if w.strides[0] < w.strides[1]:  # a transposed view (the backward's w.T): read along its columns,
-        for s in range(panels.shape[0]):  # 1.1-1.2 ms against 3.0 ms at (512, 2048) (AMD EPYC, one core)
+    # a transposed view (the backward's w.T) is read along its columns: 1.1-1.2 ms against 3.0 ms
+    # at (512, 2048) (AMD EPYC, one core)
+    if w.strides[0] < w.strides[1]:
+        for s in range(panels.shape[0]):
             for j in range(min(width, N - s * width)):
                 for k in range(K):
                     panels[s, k, j] = w[k, s * width + j]

@@ -116,8 +116,9 @@ def _holds(path, source):
 
 
 def _runtime_key():
-    # Numba's cache keys on the generated file only; helpers it calls live here and in
-    # backend/cpu.py and backend/simd.py, so their source is part of the generated file's name.
+    # Numba's cache keys on the generated file only; the jitted helpers it calls live in
+    # backend/cpu.py and backend/simd.py (the rest it imports from here), so their source is
+    # part of the generated file's name.
     from ..backend import cpu, simd
     import inspect
     return hashlib.sha256("".join(inspect.getsource(m) for m in (sys.modules[__name__], cpu, simd))
