@@ -526,13 +526,18 @@ def _axes(axis, ndim):
 def _reduce(a, axis, keepdims, kernel):
     axes = _axes(axis, a.ndim)
     keep = [d for d in range(a.ndim) if d not in axes]
-    moved = a.transpose(keep + list(axes)) if a.ndim else a  # no copy when already in order
     rows = int(np.prod([a.shape[d] for d in keep]))
-    row_len = max(1, int(np.prod([a.shape[d] for d in axes])))
-    out = cuda.device_array(rows, a.dtype)
-    kernel[_blocks(rows), THREADS](moved.buf, row_len, out)
+    row_len = int(np.prod([a.shape[d] for d in axes]))  # 1 for a 0-d array: one row of one
     shape = tuple(1 if d in axes else a.shape[d] for d in range(a.ndim)) if keepdims else \
         tuple(a.shape[d] for d in keep)
+    if row_len == 0:  # an empty reduced part: a sum is 0, as NumPy's; a max has no value, as NumPy says
+        if kernel is _row_max_kernel:
+            raise ValueError("zero-size array to reduction operation maximum which has no identity")
+        return zeros(shape, a.dtype)
+    out = cuda.device_array(rows, a.dtype)
+    if rows:
+        moved = a.transpose(keep + list(axes)) if a.ndim else a  # no copy when already in order
+        kernel[_blocks(rows), THREADS](moved.buf, row_len, out)
     return CudaArray(out, shape)
 
 
