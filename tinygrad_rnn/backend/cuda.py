@@ -592,8 +592,11 @@ def asarray(data, dtype=None):
     host = np.asarray(data, dtype=dtype)
     if dtype is None and host.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
         host = host.astype(np.float32)
-    host = np.ascontiguousarray(host)
-    return CudaArray(cuda.to_device(host.reshape(-1)), host.shape)
+    # The shape before np.ascontiguousarray, which makes a 0-d array 1-d: a Python scalar, a
+    # NumPy scalar or a 0-d array stays 0-d here, as on the CPU (it was (1,), and so was every
+    # result it broadcast into: a loss, a mean, ``t.sum() * 2``).
+    shape = host.shape
+    return CudaArray(cuda.to_device(np.ascontiguousarray(host).reshape(-1)), shape)
 
 
 def to_numpy(x):
