@@ -642,13 +642,17 @@ def matmul(a, b):
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are incompatible")
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a3 = broadcast_to(a, batch + a.shape[-2:]).reshape(-1, *a.shape[-2:])
-    b3 = broadcast_to(b, batch + b.shape[-2:]).reshape(-1, *b.shape[-2:])
-    Z, n, m = a3.shape[0], a.shape[-2], b.shape[-1]
-    out = cuda.device_array((Z, n, m), a.dtype)
-    grid = ((m + TILE - 1) // TILE, (n + TILE - 1) // TILE, Z)
-    _matmul_kernel[grid, (TILE, TILE)](a3.buf.reshape(a3.shape), b3.buf.reshape(b3.shape), out)
+    # The batch count from the shape, not reshape(-1, n, k): with k = 0 that read Z as 0.
+    Z, n, k, m = int(np.prod(batch)), a.shape[-2], a.shape[-1], b.shape[-1]
     shape = batch + (n, m)
+    if Z * n * m == 0 or k == 0:  # nothing to launch (a grid dimension of 0 is a launch error), or K = 0: zeros
+        out = zeros(Z * n * m, a.dtype).buf
+    else:
+        a3 = broadcast_to(a, batch + a.shape[-2:]).reshape(Z, n, k)
+        b3 = broadcast_to(b, batch + b.shape[-2:]).reshape(Z, k, m)
+        out = cuda.device_array((Z, n, m), a.dtype)
+        grid = ((m + TILE - 1) // TILE, (n + TILE - 1) // TILE, Z)
+        _matmul_kernel[grid, (TILE, TILE)](a3.buf.reshape(a3.shape), b3.buf.reshape(b3.shape), out)
     if squeeze_a:
         shape = shape[:-2] + shape[-1:]
     if squeeze_b:
