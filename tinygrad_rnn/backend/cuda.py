@@ -370,9 +370,11 @@ class CudaArray:
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         shape = tuple(int(s) for s in shape)
-        if -1 in shape:
+        if -1 in shape:  # as NumPy: one -1, and not next to a 0 (reshape(-1, 0) of 0 elements is ambiguous)
             known = int(np.prod([s for s in shape if s != -1]))
-            shape = tuple(self.size // max(known, 1) if s == -1 else s for s in shape)
+            if shape.count(-1) > 1 or known == 0 or self.size % known:
+                raise ValueError(f"cannot reshape array of size {self.size} into shape {shape}")
+            shape = tuple(self.size // known if s == -1 else s for s in shape)
         if int(np.prod(shape)) != self.size:
             raise ValueError(f"cannot reshape array of size {self.size} into shape {shape}")
         return CudaArray(self.buf, shape)
