@@ -401,7 +401,8 @@ class CudaArray:
 
     def copy(self):
         out = cuda.device_array(self.size, self.dtype)
-        out.copy_to_device(self.buf)
+        if self.size:  # an empty copy: nothing to move (the simulator refuses one, its strides differ)
+            out.copy_to_device(self.buf)
         return CudaArray(out, self.shape)
 
     # reductions
