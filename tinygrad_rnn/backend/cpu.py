@@ -175,7 +175,7 @@ def leaky_relu_bwd(g, x, slope):
 def embedding_bwd(weight_shape, indices, g):
     out = np.zeros(weight_shape, g.dtype)
     _embedding_bwd(indices.ravel().astype(np.int64, copy=False),
-                   np.ascontiguousarray(g).reshape(-1, weight_shape[1]), out)
+                   np.ascontiguousarray(g).reshape(indices.size, weight_shape[1]), out)  # not -1: ambiguous at dim 0
     return out
 
 
