@@ -440,7 +440,9 @@ class CudaArray:
         if _basic(index):
             offset, strides, shape = _view(self.shape, index)
             return _gather(self, offset, strides, shape)
-        if isinstance(index, CudaArray) or (isinstance(index, np.ndarray) and index.dtype.kind in "iu"):
+        if isinstance(index, np.ndarray) and index.dtype.kind in "iu":
+            return take_rows(self, _row_indices(index, self.shape[0] if self.ndim else 0))
+        if isinstance(index, CudaArray):  # on the device: not checked (that would be a read back)
             return take_rows(self, index)
         return asarray(_to_host_for("getitem with mixed fancy indexing", self)[index])
 
@@ -766,11 +768,22 @@ def scatter_add(shape, index, g):
         offset, strides, view_shape = _view(tuple(shape), index)
         _scatter_into(out, broadcast_to(g, view_shape), offset, strides, view_shape)
         return out
-    if isinstance(index, (np.ndarray, CudaArray)):
+    if isinstance(index, np.ndarray):
+        return embedding_bwd(shape, _row_indices(index, shape[0]), g)
+    if isinstance(index, CudaArray):
         return embedding_bwd(shape, index, g)
     host = np.zeros(shape, g.dtype)
     np.add.at(host, index, _to_host_for("scatter_add with mixed fancy indexing", g))
     return asarray(host)
+
+
+def _row_indices(index, n):
+    """Host row indices checked against ``n`` rows, as NumPy checks them, and negative ones
+    wrapped: the kernels do not check (a GPU reads or adds out of bounds silently)."""
+    if index.size and (index.min() < -n or index.max() >= n):
+        bad = index.max() if index.max() >= n else index.min()
+        raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n}")
+    return index % max(n, 1) if index.size and index.min() < 0 else index
 
 
 def _indices(indices):
