@@ -59,6 +59,7 @@ def _run(fn, inputs, device):
 @pytest.mark.parametrize("name,fn,inputs", CASES, ids=[c[0] for c in CASES])
 def test_op_and_gradient_match_cpu(name, fn, inputs):
     for got, want in zip(_run(fn, inputs, "cuda"), _run(fn, inputs, "cpu")):
+        assert got.shape == want.shape  # assert_allclose lets () pass for (1,)
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
