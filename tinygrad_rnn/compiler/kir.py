@@ -339,6 +339,12 @@ def index_of(e):
     return index if off == "0" else f"{off} + {index}"
 
 
+# min and max as Python's (the first argument wins ties and NaNs), written out for both
+# renderers: Numba compiles its builtin ``max`` (an ``overload``) again in every process
+# that compiles a new cell, and a CUDA device function call needs a GPU to compile.
+MIN_MAX = {"max": "(({1}) if ({1}) > ({0}) else ({0}))", "min": "(({1}) if ({1}) < ({0}) else ({0}))"}
+
+
 class RowPrinter:
     """What both renderers print alike: an element reference as ``NAME[b, index]`` (an
     array indexed by step bound once per step: ``X0_t = X0[t]``, collected in ``bound``),

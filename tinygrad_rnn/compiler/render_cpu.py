@@ -8,20 +8,22 @@ bound once per kernel call (``X0_t = X0[t]``) and indexed ``[b, j]``: a view mad
 row costs about 5 ns (Numba builds the array struct and counts references), and a stage
 binds a dozen or two for every row of every step.
 """
-from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source, walk
+from .kir import MIN_MAX, Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source, walk
 from .lower import Generator, const_literal, lhs_at
 
-_CALLS = {"tanh": "tanh_scalar({0})", "sigmoid": "sigmoid_scalar({0})", "exp": "math.exp({0})",
-          "log": "math.log({0})", "sqrt": "math.sqrt({0})", "max": "max({0}, {1})", "min": "min({0}, {1})"}
+# tanh and the sigmoid by dtype: float32's vectorise (``backend/cpu.py``)
+_CALLS = {"exp": "math.exp({0})", "log": "math.log({0})", "sqrt": "math.sqrt({0})", **MIN_MAX}
+_BY_DTYPE = {"float32": {"tanh": "tanh_f32({0})", "sigmoid": "sigmoid_f32({0})"},
+             "float64": {"tanh": "math.tanh({0})", "sigmoid": "sigmoid_f64({0})"}}
 
 
 class _KernelPrinter(RowPrinter):
-    def __init__(self, zero):
+    def __init__(self, zero, dtype):
         super().__init__()
-        self.zero = zero
+        self.zero, self.calls = zero, {**_CALLS, **_BY_DTYPE[dtype]}
 
     def call(self, fn, args):
-        return _CALLS[fn].format(*args)
+        return self.calls[fn].format(*args)
 
     def lines(self, stmts, pad):
         out, src = [], lambda e: source(e, self)
@@ -100,9 +102,9 @@ def _as_loop_scalars(stmts, names):
         loop.body = body
 
 
-def render_stage(kern, zero):
+def render_stage(kern, zero, dtype):
     """(the lines that run a stage at step t, inside the time loop; its scratch rows)."""
-    p = _KernelPrinter(zero)
+    p = _KernelPrinter(zero, dtype)
     body = p.lines(kern.body, "            ") or ["            pass"]
     used = {b.name for b in kern.bufs()}
     head = [f"        sp{i} = S0_{i} if t == 0 else Y[t - 1, {i}]" for i in range(kern.states) if f"sp{i}" in used]
@@ -144,7 +146,7 @@ def render(plan, dtype, header, sizes=None):
     bwd_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs, *dx, *da, *gd, *carries,
                 *ext, "SQ"]
     out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
-           "from tinygrad_rnn.backend.cpu import sigmoid_scalar, tanh_scalar",
+           f"from tinygrad_rnn.backend.cpu import {'sigmoid_f32, tanh_f32' if m.dtype.name == 'float32' else 'sigmoid_f64'}",
            "from tinygrad_rnn.backend.simd import mm_panels, pack_panels, panel_width",
            "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_tn, row_blocks", "",
            f"DT = np.{m.dtype.name}", "PANEL = panel_width(DT)"]
@@ -155,7 +157,9 @@ def render(plan, dtype, header, sizes=None):
     # The in-kernel product reads each weight packed in panels (P<n>): the forward's is
     # the weight's, the backward's (a product with the weight's transpose) its transpose's.
     # Each stage runs inline in the time loop: one function for Numba to compile per
-    # direction, its scratch rows allocated once per call.
+    # direction. Its scratch rows come from the driver, one set per block: np.empty inside
+    # a kernel is an overload, which Numba compiles again in every process (0.1 s).
+    scratch_rows = {}
     for name, args, steps, kernels, order in (
             ("_forward_loop", fwd_args, m.fwd_steps, m.fwd, "for t in range(T):"),
             ("_backward_loop", bwd_args, m.bwd_steps, m.bwd, "for t in range(T - 1, -1, -1):")):
@@ -164,7 +168,7 @@ def render(plan, dtype, header, sizes=None):
         for step in steps:
             if step[0] == "stage":
                 _as_loop_scalars(kernels[step[1]].body, scalars)
-                lines, bufs = render_stage(kernels[step[1]], m.zero)
+                lines, bufs = render_stage(kernels[step[1]], m.zero, m.dtype.name)
                 body += lines
                 scratch.update((b.name, b.width) for b in bufs)
             elif name == "_forward_loop":
@@ -174,8 +178,8 @@ def render(plan, dtype, header, sizes=None):
             else:
                 _, n, _, w = step
                 body.append(f"        mm_panels(GD{n}[t, b0:b1], P{w}, GL{n}[b0:b1])")
-        out += ["@kernel", f"def {name}({', '.join(args)}):", *[f"    {n} = np.empty({w}, DT)" for n, w in scratch.items()],
-                f"    {order}", *body, "", ""]
+        scratch_rows[name] = [f"np.empty({w}, DT)" for w in scratch.values()]
+        out += ["@kernel", f"def {name}({', '.join([*args, *scratch])}):", f"    {order}", *body, "", ""]
     flat = [f"    A{n} = A{n}.reshape(-1)" for n in m.flat]
     step_flops = " + ".join(f"({k_in}) * ({w_out})" for _, w_out, _, k_in, _ in m.products) or "0"
     packed = [f"    P{n} = pack_panels(A{n}, PANEL)" for n in m.weights]
@@ -186,7 +190,7 @@ def render(plan, dtype, header, sizes=None):
             *[f"    {r} = np.empty((T, B, {w}), DT)" for r, w in m.residuals],
             *[f"    {g} = np.empty(({'' if g in one_step else 'T, '}B, {w}), DT)" for g, w, *_ in m.products], *packed,
             f"    blocks = row_blocks(B, B * ({step_flops}))",
-            f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args)}))",
+            f"    in_blocks(blocks, lambda n, b0, b1: _forward_loop({', '.join(fwd_args + scratch_rows['_forward_loop'])}))",
             f"    return Y, ({res})", "", ""]
     per_block = [f"{a}[n]" if a in (*da, "SQ") else a for a in bwd_args]
     finish = [_weight_gradient(n, lhs, w) for n, (_, _, lhs, _, w) in enumerate(m.products)]
@@ -201,7 +205,7 @@ def render(plan, dtype, header, sizes=None):
             *[f"    {c} = np.zeros((B, {w}), DT)" for c, w in m.carries],
             *[f"    {e} = np.empty((B, {w}), DT)" for e, w in m.ext],
             f"    SQ = np.zeros((len(blocks), {S}, T))",
-            f"    in_blocks(blocks, lambda n, b0, b1: _backward_loop({', '.join(per_block)}))",
+            f"    in_blocks(blocks, lambda n, b0, b1: _backward_loop({', '.join(per_block + scratch_rows['_backward_loop'])}))",
             *[f"    {d} = {d}.sum(axis=0)" for d in (*da, "SQ")], *finish,
             f"    return [{', '.join(dx)}], [{', '.join(' + '.join(c) for c in m.dstates)}], [{', '.join(da)}], np.sqrt(SQ)", ""]
     return "\n".join(out)

@@ -19,15 +19,13 @@ import hashlib
 import inspect
 
 from . import cuda_runtime
-from .kir import Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, index_of, source
+from .kir import MIN_MAX, Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, index_of, source
 from .lower import Generator, const_literal, lhs_at
 
 # numba.cuda's math module spells these; the sigmoid is backend.cuda's formula (it never
-# overflows, unlike 1 / (1 + exp(-x))); min and max as Python's (the first argument wins
-# ties and NaNs), written out because a device function call needs a GPU to compile.
+# overflows, unlike 1 / (1 + exp(-x))).
 _CALLS = {"tanh": "math.tanh({0})", "sigmoid": "(KHALF + KHALF * math.tanh(KHALF * {0}))", "exp": "math.exp({0})",
-          "log": "math.log({0})", "sqrt": "math.sqrt({0})",
-          "max": "(({1}) if ({1}) > ({0}) else ({0}))", "min": "(({1}) if ({1}) < ({0}) else ({0}))"}
+          "log": "math.log({0})", "sqrt": "math.sqrt({0})", **MIN_MAX}
 
 
 class _KernelPrinter(RowPrinter):
