@@ -32,10 +32,9 @@ __all__ = ["CompileError", "Compiled", "InternalCompileError", "fallback_warning
 class Compiled:
     """A cell compiled for one (input size, hidden size, dtype): its graph, plan and module."""
 
-    def __init__(self, graph_text, plan, source, dtype, header=None, sizes=None):
-        self.graph_text, self.plan, self.source = graph_text, plan, source
-        self.dtype, self.header, self.sizes = dtype, header, sizes
-        self._cpu = self._cuda = None
+    def __init__(self, graph_text, plan, dtype, header, sizes):
+        self.graph_text, self.plan, self.dtype, self.header, self.sizes = graph_text, plan, dtype, header, sizes
+        self.source = self._cpu = self._cuda = None
 
     @property
     def module(self):
@@ -54,8 +53,7 @@ class Compiled:
     def cuda_source(self):
         """The same kernels for numba.cuda (``render_cuda``)."""
         from .render_cuda import render_cuda
-        return _rendered(self.plan.graph.cell_name, " CUDA", render_cuda, self.plan, self.dtype, self.header,
-                         self.sizes)
+        return self._rendered(render_cuda, " CUDA")
 
     @property
     def cuda_module(self):
@@ -63,6 +61,18 @@ class Compiled:
         if self._cuda is None:
             self._cuda = _checked_module(self, self.cuda_source, _record_cuda_drivers)
         return self._cuda
+
+    def _rendered(self, renderer, target=""):
+        """The generated source; a failure of the generator itself (a bug, not the cell's
+        doing) becomes a CompileError, so the layer still runs on the step path."""
+        try:
+            return renderer(self.plan, self.dtype, self.header, self.sizes)
+        except CompileError:
+            raise
+        except Exception as e:
+            raise InternalCompileError(f"cell {self.plan.graph.cell_name!r}: the{target} code generator failed "
+                                       f"({type(e).__name__}: {e}); the cell runs its step op by op (please report "
+                                       "this)") from e
 
 
 def compile_cell(cell, dtype=None):
@@ -77,8 +87,8 @@ def compile_cell(cell, dtype=None):
             raise hit
         return hit
     try:
-        graph_text, plan, header, sizes = _generate_parts(cell, dtype)
-        source = _rendered(cell.name, "", render, plan, dtype, header, sizes)
+        compiled = _generate(cell, dtype)
+        compiled.source = source = compiled._rendered(render)
     except CompileError as e:
         cache[key] = e
         raise
@@ -89,7 +99,6 @@ def compile_cell(cell, dtype=None):
         cache[key] = InternalCompileError(f"cell {cell.name!r}: the generated module failed to load "
                                           f"({_one_line(e)}); the cell runs its step op by op (please report this)")
         raise cache[key] from e
-    compiled = Compiled(graph_text, plan, source, dtype, header, sizes)
     for other in cache.values():  # the same kernels (another value of a scalar attribute): already compiled
         if isinstance(other, Compiled) and other.source == source:
             compiled._cpu, compiled._cuda = other._cpu, other._cuda
@@ -182,18 +191,6 @@ def fallback_warning(error):
 _warned = set()
 
 
-def _rendered(cell_name, target, renderer, *args):
-    """The generated source; a failure of the generator itself (a bug, not the cell's
-    doing) becomes a CompileError, so the layer still runs on the step path."""
-    try:
-        return renderer(*args)
-    except CompileError:
-        raise
-    except Exception as e:
-        raise InternalCompileError(f"cell {cell_name!r}: the{target} code generator failed ({type(e).__name__}: {e}); "
-                           "the cell runs its step op by op (please report this)") from e
-
-
 def _settings(cell):
     """The cell's plain attributes (training mode, options) and the contents of its constant
     arrays and Tensors: part of what step computes. The trace keeps the values it read, so
@@ -214,8 +211,8 @@ def _settings(cell):
     return tuple(settings)
 
 
-def _generate_parts(cell, dtype):
-    """(graph text, plan, module header, size formulas or None): what rendering needs."""
+def _generate(cell, dtype):
+    """The Compiled for ``cell`` before rendering: graph text, plan, module header, size formulas or None."""
     dtype = np.dtype(dtype)
     try:
         graph = trace_checked(cell, dtype)
@@ -233,7 +230,7 @@ def _generate_parts(cell, dtype):
               f"({where}, {dtype.name}).\n\nThe traced step"
               f"{' (at the sizes above)' if not sizes else ''}:\n\n"
               + (_symbolic_graph_text(plan, sizes) if sizes else graph_text) + "\n")
-    return graph_text, plan, header, sizes
+    return Compiled(graph_text, plan, dtype, header, sizes)
 
 
 def compile_status(cls, **options):
@@ -242,8 +239,8 @@ def compile_status(cls, **options):
     try:
         with init.seeded(0):
             cell = cls(2, 3, **options)
-        _, plan, header, sizes = _generate_parts(cell, np.float32)
-        render(plan, np.dtype(np.float32), header, sizes)  # every pass but loading
+        c = _generate(cell, np.float32)
+        render(c.plan, c.dtype, c.header, c.sizes)  # every pass but loading
         return True, ""
     except CompileError as e:
         return False, str(e)

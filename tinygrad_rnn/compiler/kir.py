@@ -89,7 +89,7 @@ class Ex:
 
     def _cmp(self, o, op):
         (a, b), inv = self.gen.row_parts((self, self.gen.lift(o)))
-        return Ex("cmp", (op, a, b), self.gen, boolean=True, inv=inv)
+        return Ex("bin", (op, a, b), self.gen, boolean=True, inv=inv)
 
     def __gt__(self, o): return self._cmp(o, ">")
     def __ge__(self, o): return self._cmp(o, ">=")
@@ -98,7 +98,7 @@ class Ex:
 
     def __and__(self, o):
         (a, b), inv = self.gen.row_parts((self, o))
-        return Ex("and", (a, b), self.gen, boolean=True, inv=inv)
+        return Ex("bin", ("and", a, b), self.gen, boolean=True, inv=inv)
 
 
 def lit(code, gen):
@@ -315,11 +315,9 @@ def plus(a, b):
 # they print: a renderer binds the arrays it reads in that order).
 _FORMS = {"lit": lambda a, s: a[0],
           "bin": lambda a, s: f"({s(a[1])} {a[0]} {s(a[2])})",
-          "cmp": lambda a, s: f"({s(a[1])} {a[0]} {s(a[2])})",
           "neg": lambda a, s: f"(-{s(a[0])})",
           "pow": lambda a, s: f"({s(a[0])} ** {s(a[1])})",
-          "if": lambda a, s: f"({s(a[1])} if {s(a[0])} else {s(a[2])})",
-          "and": lambda a, s: f"({s(a[0])} and {s(a[1])})"}
+          "if": lambda a, s: f"({s(a[1])} if {s(a[0])} else {s(a[2])})"}
 
 
 def source(e, r):

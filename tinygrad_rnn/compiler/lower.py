@@ -44,7 +44,7 @@ class _SymBackend:
         g = self.gen
         if slope == 0:
             return Ex("call", ("max", a, g.lit_const(0)), g, inv=a.inv)
-        return Ex("if", (Ex("cmp", (">", a, g.lit_const(0)), g, boolean=True), a, a * slope), g, inv=a.inv)
+        return Ex("if", (Ex("bin", (">", a, g.lit_const(0)), g, boolean=True), a, a * slope), g, inv=a.inv)
 
     def where(self, cond, a, b):
         (cond, a, b), inv = self.gen.row_parts((cond, self.gen.lift(a), self.gen.lift(b)))
@@ -432,7 +432,7 @@ class Generator:
                 return []
             wa = self.W(a)
             if e.op == "max":
-                hit = Ex("cmp", ("==", self.read(a), self.read(o, "0")), self, boolean=True)
+                hit = Ex("bin", ("==", self.read(a), self.read(o, "0")), self, boolean=True)
                 zero, one = self.lit_const(0), self.lit_const(1)
                 share = Ex("if", (hit, Ex("bin", ("/", dy("0"), lit("cnt", self)), self), zero), self)
                 return [Reduce("cnt", zero, wa, Ex("if", (hit, one, zero), self), "+",

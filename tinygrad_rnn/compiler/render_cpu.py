@@ -55,41 +55,33 @@ def loop_scalars(kernels):
     array, which leaves the loop fewer loads and stores and LLVM fewer arrays whose overlap it
     must rule out before vectorising. One block, Intel Xeon, backward ms with / without:
     GRU 0.84 / 1.01 at hidden 32 and 5.29 / 5.57 at 128; LSTM 0.93 / 0.93 and 6.25 / 6.52."""
-    loops, ok = {}, {}
+    loops, first, bad = {}, {}, set()
     stmts = [s for kern in kernels for s in walk(kern.body)]
     in_loops = {id(c) for s in stmts if isinstance(s, Loop) for c in s.body}
     for s in stmts:
         if isinstance(s, Loop):
             for c in s.body:
-                for e in elements([c]):
-                    if e.args[0].scratch:
-                        loops.setdefault(e.args[0].name, set()).add(id(s))
-                        ok.setdefault(e.args[0].name, True)
-                        if not isinstance(c, Set) or e.args[1:] != ("0", "0", "j"):
-                            ok[e.args[0].name] = False
+                for e in (e for e in elements([c]) if e.args[0].scratch):
+                    loops.setdefault(e.args[0].name, set()).add(id(s))
+                    first.setdefault(e.args[0].name, c)
+                    if not isinstance(c, Set) or e.args[1:] != ("0", "0", "j"):
+                        bad.add(e.args[0].name)
         elif id(s) not in in_loops:  # read or written outside a loop
-            for e in elements([], [getattr(s, name) for name in s.EXPRS]):
-                ok[e.args[0].name] = False
-    candidates = {n for n, where in loops.items() if len(where) == 1 and ok[n]}
-
-    seen = set()
-    for c in (c for kern in kernels for loop in _loops(kern.body) for c in loop.body):
-        for n in {e.args[0].name for e in elements([c])} & candidates - seen:
-            seen.add(n)  # its first statement must write it, whole, from other values
-            if c.target.args[0].name != n or c.add or n in {e.args[0].name for e in elements([], [c.value])}:
-                candidates.discard(n)
-    return candidates
+            bad.update(e.args[0].name for e in elements([], [getattr(s, name) for name in s.EXPRS]))
+    return {n for n, where in loops.items() if len(where) == 1 and n not in bad and _writes_whole(first[n], n)}
 
 
-def _loops(stmts):
-    return [s for s in walk(stmts) if isinstance(s, Loop)]
+def _writes_whole(c, name):
+    """Whether ``c`` writes row ``name`` whole, from other values: a loop scalar's first statement must."""
+    reads = {e.args[0].name for e in elements([], [c.value])}
+    return c.target.args[0].name == name and not c.add and name not in reads
 
 
 def _as_loop_scalars(stmts, names):
     """Each loop's scratch rows in ``names`` made scalars ``<name>_j``, in place."""
     def read(e):
         return lit(f"{e.args[0].name}_j", e.gen) if e.args[0].name in names else e
-    for loop in _loops(stmts):
+    for loop in [s for s in walk(stmts) if isinstance(s, Loop)]:
         body = []
         for c in loop.body:
             value = remap(c.value, read)
