@@ -263,8 +263,8 @@ class _Gen:
         elif form == "const":
             text, value = self.const()
             expr, mag = f"{a.name} / {text}", a.mag / value
-        elif form == "recip":
-            expr, mag = f"1 / (1 + {b.name} * {b.name})", 1.0
+        elif form == "recip":  # b's width, not a's: b may be a row value (fuzz seed 9074 made a cat too wide)
+            expr, mag, a = f"1 / (1 + {b.name} * {b.name})", 1.0, b
         else:
             vec = self.param([a.width], "vector")
             expr, mag = f"{a.name} / ({vec} * {vec} + 1)", a.mag
