@@ -904,3 +904,36 @@ def test_an_empty_slice_is_named_as_one():
     assert compile_status(Halves)[0]
     with pytest.raises(CompileError, match=r"the slice \[:, :0\] of a value 2 wide selects nothing"):
         compile_cell(tr.nn.RNN(Halves, 2, 1).cells[0])
+
+
+class _RowMaxOfState(tr.Cell):
+    """h' = tanh(x W + h / 2 + max(h) / 10): the row max reads the state element by element,
+    so a NaN in one element of h reaches the max without a product spreading it first."""
+    name = "row_max_of_state"
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.w = self.param((input_size, hidden_size), init="xavier_uniform")
+
+    def step(self, x, state):
+        (h,) = state
+        return ((x @ self.w + h * 0.5 + h.max(axis=-1, keepdims=True) * 0.1).tanh(),)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_nan_anywhere_in_a_row_makes_its_compiled_max_nan_as_on_the_step_path(dtype, where):
+    """np.max is NaN when any element is; the kernels' running max was Python's
+    (``u if u > acc else acc``), which drops a NaN after the row's first element, so the
+    compiled layer gave finite outputs where the step path gave NaN."""
+    tr.manual_seed(0)
+    rnn = tr.nn.RNN(_RowMaxOfState, 2, 3, dtype=dtype)
+    x = np.random.default_rng(1).standard_normal((3, 2, 2)).astype(dtype)
+    s0 = np.full((1, 2, 3), 0.2, dtype)
+    s0[0, 0, where] = np.nan
+    with np.errstate(invalid="ignore"):
+        compiled = run(rnn, x, [s0], np.array([3, 2]), fused=True)
+        step = run(rnn, x, [s0], np.array([3, 2]), fused=False)
+    assert np.isnan(step[0][:, 0]).all()  # row 0 is NaN from its first step on
+    for got, want in zip(compiled, step):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))

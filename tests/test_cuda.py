@@ -63,6 +63,15 @@ def test_op_and_gradient_match_cpu(name, fn, inputs):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_max_is_nan_when_any_element_is_as_on_the_cpu():
+    """The row max kernel kept Python's ``v if v > acc else acc``, which drops a NaN after
+    a row's first element: CUDA gave 2.0 where NumPy (the CPU) gives NaN."""
+    a = np.array([[1.0, np.nan, 2.0], [np.nan, 1.0, 3.0], [1.0, 2.0, 3.0]])
+    for axis in (None, 1, 0):
+        got = tr.Tensor(a, device="cuda").max(axis=axis).numpy()
+        np.testing.assert_array_equal(got, tr.Tensor(a).max(axis=axis).numpy())
+
+
 COMPILED_CELLS = [("rnn", {}, 1), ("rnn", {"nonlinearity": "relu"}, 2), ("lstm", {}, 2), ("gru", {}, 1),
                   ("mgu", {}, 2), ("peephole_lstm", {}, 1), ("indrnn", {}, 1), ("ln_lstm", {}, 1),
                   ("kitchen_sink", {}, 2)]

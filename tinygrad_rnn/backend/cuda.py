@@ -271,7 +271,7 @@ def _row_max_kernel(src, row_len, out):
         acc = src[r * row_len]
         for j in range(1, row_len):
             v = src[r * row_len + j]
-            acc = v if v > acc else acc
+            acc = v if v > acc or v != v else acc  # a NaN anywhere makes the max NaN, as NumPy's
         out[r] = acc
 
 

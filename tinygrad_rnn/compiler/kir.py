@@ -341,6 +341,9 @@ def index_of(e):
 # renderers: Numba compiles its builtin ``max`` (an ``overload``) again in every process
 # that compiles a new cell, and a CUDA device function call needs a GPU to compile.
 MIN_MAX = {"max": "(({1}) if ({1}) > ({0}) else ({0}))", "min": "(({1}) if ({1}) < ({0}) else ({0}))"}
+# A row's running max (``max`` over the hidden axis) is NumPy's: a NaN anywhere in the row
+# makes it NaN, as on the step path (``{0}`` the total so far, ``{1}`` the next element).
+ROW_MAX = "(({1}) if ({1}) > ({0}) or ({1}) != ({1}) else ({0}))"
 
 
 class RowPrinter:

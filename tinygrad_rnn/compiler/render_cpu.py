@@ -8,7 +8,7 @@ bound once per kernel call (``X0_t = X0[t]``) and indexed ``[b, j]``: a view mad
 row costs about 5 ns (Numba builds the array struct and counts references), and a stage
 binds a dozen or two for every row of every step.
 """
-from .kir import MIN_MAX, Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source, walk
+from .kir import MIN_MAX, ROW_MAX, Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, elements, lit, remap, source, walk
 from .lower import Generator, const_literal, lhs_at
 
 # tanh and the sigmoid by dtype: float32's vectorise (``backend/cpu.py``)
@@ -36,7 +36,7 @@ class _KernelPrinter(RowPrinter):
                 out.append(f"{pad}{s.name} = {src(s.value)}")
             elif isinstance(s, Reduce):
                 update = (f"{s.name} += {src(s.update)}" if s.how == "+" else
-                          f"{s.name} = {self.call('max', [s.name, src(s.update)])}")
+                          f"{s.name} = {ROW_MAX.format(s.name, src(s.update))}")
                 out += [f"{pad}{s.name} = {src(s.init)}", f"{pad}for j in range({s.width}):", f"{pad}    {update}"]
                 out += self.lines(s.then, pad)
             elif isinstance(s, Norm):

@@ -19,7 +19,7 @@ import hashlib
 import inspect
 
 from . import cuda_runtime
-from .kir import MIN_MAX, Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, index_of, source
+from .kir import MIN_MAX, ROW_MAX, Let, Loop, Norm, Padded, Reduce, RowPrinter, Set, index_of, source
 from .lower import Generator, const_literal, lhs_at
 
 # numba.cuda's math module spells these; the sigmoid is backend.cuda's formula (it never
@@ -52,7 +52,7 @@ class _KernelPrinter(RowPrinter):
                 out.append(f"{pad}{s.name} = {src(s.value)}")
             elif isinstance(s, Reduce):
                 update = (f"{s.name} += {src(s.update)}" if s.how == "+" else
-                          f"{s.name} = {self.call('max', [s.name, src(s.update)])}")
+                          f"{s.name} = {ROW_MAX.format(s.name, src(s.update))}")
                 out += one("a running total over the row")
                 out += [f"{inner}{s.name} = {src(s.init)}", f"{inner}for j in range({s.width}):", f"{inner}    {update}"]
                 out += self.lines(s.then, inner, serial=True) + barrier
