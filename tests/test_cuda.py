@@ -38,6 +38,7 @@ CASES = [
     ("reshape_transpose", lambda a: a.reshape(3, 2).T.transpose(1, 0) * 2, [A]),
     ("getitem_basic", lambda a: a[1, ::-2] * a[:, None, 0].sum(), [V]),
     ("getitem_rows", lambda a: a[IDX] * 3, [A]),
+    ("getitem_mask", lambda a: a[np.array([True, False])] * 3, [A]),  # its VJP read the mask as rows 1 and 0
     ("cat_stack_split", lambda a, b: tr.cat([a, b], 1) * tr.stack([a, b], 0).sum(0).sum() + tr.split(a, [1, 2], 1)[1].sum(),
      [A, R.standard_normal((2, 3))]),
     ("where_clip", lambda a, b: tr.where(A > 0, a, b).clip(-0.5, 0.5), [A, B3]),

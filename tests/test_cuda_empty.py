@@ -58,6 +58,7 @@ CASES = [
     ("getitem_empty_index", {"getitem"}, lambda a: a[EMPTY], [(3, 2)]),
     ("getitem_rows_of_empty", {"getitem"}, lambda a: a[np.array([2, -1, 2])], [(3, 0)]),
     ("getitem_row_of_no_rows", {"getitem"}, lambda a: a[np.array([0])], [(0, 3)]),  # IndexError on both
+    ("getitem_empty_mask", {"getitem"}, lambda a: a[np.zeros(3, bool)], [(3, 2)]),
     ("cat_empty_piece", {"cat"}, lambda a, b: tr.cat([a, b], 1), [(3, 0), (3, 2)]),
     ("cat_all_empty", {"cat"}, lambda a, b: tr.cat([a, b], 0), [(0, 2), (0, 2)]),
     ("stack_split", {"cat", "reshape", "getitem"},

@@ -768,7 +768,7 @@ def scatter_add(shape, index, g):
         offset, strides, view_shape = _view(tuple(shape), index)
         _scatter_into(out, broadcast_to(g, view_shape), offset, strides, view_shape)
         return out
-    if isinstance(index, np.ndarray):
+    if isinstance(index, np.ndarray) and index.dtype.kind in "iu":  # a boolean mask is not rows: on the host
         return embedding_bwd(shape, _row_indices(index, shape[0]), g)
     if isinstance(index, CudaArray):
         return embedding_bwd(shape, index, g)
