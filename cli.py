@@ -12,14 +12,18 @@ import os
 import sys
 import traceback
 
-import click
+try:  # the package and Numba take about half a second to import: a Ctrl-C then ends as any other
+    import click
 
-import tinygrad_rnn as tr
-from tinygrad_rnn import checkpoint, limits, options, plugins, safeio, scaffold
-from tinygrad_rnn import training
-from tinygrad_rnn.cell_options import parse_cell_options
-from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
-from tinygrad_rnn.notices import compile_notice
+    import tinygrad_rnn as tr
+    from tinygrad_rnn import checkpoint, limits, options, plugins, safeio, scaffold
+    from tinygrad_rnn import training
+    from tinygrad_rnn.cell_options import parse_cell_options
+    from tinygrad_rnn.compiler import CompileError, compile_status, inspect_cell
+    from tinygrad_rnn.notices import compile_notice
+except KeyboardInterrupt:
+    sys.stderr.write("\nAborted!\n")  # click's words for a Ctrl-C, and its exit status
+    raise SystemExit(1) from None
 
 FAIL_ON_EXIT = 3
 BUG_NOTE = ("This is a bug in tinygrad-rnn (or in a plugin it loaded), not a mistake of yours: "

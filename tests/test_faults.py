@@ -521,3 +521,22 @@ def test_an_error_of_every_rank_in_the_set_up_is_one_line_without_mpi_abort(tmp_
     assert r.returncode == 1, r.stderr
     assert r.stderr.count("cannot be split across 2 processes") == 1, r.stderr
     assert "BAD TERMINATION" not in r.stdout + r.stderr and "Abort" not in r.stderr
+
+
+def test_ctrl_c_while_the_cli_imports_the_package_is_one_line_not_a_traceback():
+    """The console script imports ``cli``, which imports the package and Numba (about half a
+    second): a Ctrl-C then showed a KeyboardInterrupt traceback from deep in Numba's
+    imports. It ends as any other Ctrl-C does: click's ``Aborted!``, exit 1."""
+    script = "\n".join([
+        "import sys",
+        "class CtrlC:",
+        "    def find_spec(self, name, path=None, target=None):",
+        "        if name == 'numba':",
+        "            raise KeyboardInterrupt",
+        "sys.meta_path.insert(0, CtrlC())",
+        "sys.argv = ['tinygrad-rnn', 'cells']",
+        "from cli import main",  # what the console script does
+        "sys.exit(main())"])
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stderr.strip()) == (1, "Aborted!"), r.stderr
