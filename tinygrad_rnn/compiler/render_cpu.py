@@ -15,6 +15,7 @@ from .lower import Generator, const_literal, lhs_at
 _CALLS = {"exp": "math.exp({0})", "log": "math.log({0})", "sqrt": "math.sqrt({0})", **MIN_MAX}
 _BY_DTYPE = {"float32": {"tanh": "tanh_f32({0})", "sigmoid": "sigmoid_f32({0})"},
              "float64": {"tanh": "math.tanh({0})", "sigmoid": "sigmoid_f64({0})"}}
+_IMPORTED = {"float32": "sigmoid_f32, tanh_f32", "float64": "sigmoid_f64"}  # what _BY_DTYPE calls from backend.cpu
 
 
 class _KernelPrinter(RowPrinter):
@@ -138,7 +139,7 @@ def render(plan, dtype, header, sizes=None):
     bwd_args = ["T", "b0", "b1", "I", "H", "M", "dY", "Y", *m.s0, *m.x, *m.a, *at, *rs, *gs, *dx, *da, *gd, *carries,
                 *ext, "SQ"]
     out = [f'"""{header}"""', "import math", "", "import numpy as np", "",
-           f"from tinygrad_rnn.backend.cpu import {'sigmoid_f32, tanh_f32' if m.dtype.name == 'float32' else 'sigmoid_f64'}",
+           f"from tinygrad_rnn.backend.cpu import {_IMPORTED[m.dtype.name]}",
            "from tinygrad_rnn.backend.simd import mm_panels, pack_panels, panel_width",
            "from tinygrad_rnn.compiler.runtime import in_blocks, kernel, matmul_tn, row_blocks", "",
            f"DT = np.{m.dtype.name}", "PANEL = panel_width(DT)"]
